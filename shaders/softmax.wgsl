@@ -1,0 +1,104 @@
+// Row softmax with causal and key-padding masks, in place.
+//
+// x is [matrices, rows, cols]; row i of matrix g becomes
+//   softmax over the valid keys j: (!causal || j <= i) && mask[g / heads][j] != 0,
+// and invalid entries become 0. A row with no valid key becomes all zeros.
+// Subtracting the row maximum keeps it exact for logits up to |1e4| and beyond:
+// every exponent is <= 0 and the maximum itself contributes exp(0) = 1 to the sum.
+//
+// Versions:
+//   softmax_rows  v1: one workgroup of 64 invocations per row; each strides over
+//                 the columns, then max and sum are reduced in workgroup memory.
+
+struct Params {
+    matrices: u32,
+    rows: u32,
+    cols: u32,
+    // Matrices per key-mask row: [B, H, N, N] scores with a [B, N] mask use H.
+    heads: u32,
+    causal: u32,
+    has_mask: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> key_mask: array<f32>;
+
+const WG: u32 = 64u;
+var<workgroup> red_max: array<f32, 64>;
+var<workgroup> red_sum: array<f32, 64>;
+var<workgroup> red_any: array<u32, 64>;
+
+fn valid(g: u32, i: u32, j: u32) -> bool {
+    if (p.causal != 0u && j > i) {
+        return false;
+    }
+    if (p.has_mask != 0u && key_mask[(g / p.heads) * p.cols + j] == 0.0) {
+        return false;
+    }
+    return true;
+}
+
+@compute @workgroup_size(64)
+fn softmax_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wid.x + wid.y * nwg.x;
+    // The whole workgroup leaves together, so the barriers below stay uniform.
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+
+    var m = -3.0e38;
+    var found = 0u;
+    for (var j = lid; j < p.cols; j = j + WG) {
+        if (valid(g, i, j)) {
+            m = max(m, x[base + j]);
+            found = 1u;
+        }
+    }
+    red_max[lid] = m;
+    red_any[lid] = found;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red_max[lid] = max(red_max[lid], red_max[lid + s]);
+            red_any[lid] = max(red_any[lid], red_any[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let row_max = red_max[0];
+    let row_any = red_any[0];
+
+    var sum = 0.0;
+    for (var j = lid; j < p.cols; j = j + WG) {
+        if (valid(g, i, j)) {
+            sum = sum + exp(x[base + j] - row_max);
+        }
+    }
+    workgroupBarrier();
+    red_sum[lid] = sum;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red_sum[lid] = red_sum[lid] + red_sum[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red_sum[0];
+
+    for (var j = lid; j < p.cols; j = j + WG) {
+        var out = 0.0;
+        if (row_any != 0u && valid(g, i, j)) {
+            out = exp(x[base + j] - row_max) * inv;
+        }
+        x[base + j] = out;
+    }
+}

@@ -1,0 +1,4 @@
+//! Subcommands of the `saobp` binary, one module each.
+
+pub mod demo;
+pub mod info;

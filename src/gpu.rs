@@ -1,0 +1,728 @@
+//! The GPU context: adapter choice, device, queue, pipeline cache, and the one
+//! place where work is submitted and waited for.
+//!
+//! Everything here is async at the core (so the browser can use the same code)
+//! with `*_blocking` helpers on top for native callers. Every piece of GPU work
+//! runs inside wgpu error scopes, so validation errors, out-of-memory and
+//! device loss come back as [`Error`]s instead of panics, and every wait has a
+//! timeout.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// Which graphics API to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A hardware adapter if there is one, else a software one (lavapipe, llvmpipe, WARP).
+    #[default]
+    Auto,
+    /// Vulkan (including lavapipe).
+    Vulkan,
+    /// Metal.
+    Metal,
+    /// Direct3D 12 (including WARP).
+    Dx12,
+    /// OpenGL / GLES (including llvmpipe).
+    Gl,
+}
+
+impl BackendChoice {
+    /// The wgpu backends this choice allows.
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::all(),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "vulkan" | "vk" => Ok(BackendChoice::Vulkan),
+            "metal" | "mtl" => Ok(BackendChoice::Metal),
+            "dx12" | "d3d12" => Ok(BackendChoice::Dx12),
+            "gl" | "gles" | "opengl" => Ok(BackendChoice::Gl),
+            _ => Err(Error::UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+/// How to choose and run an adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuOptions {
+    /// Which API (`SAOBP_BACKEND`).
+    pub backend: BackendChoice,
+    /// A case-insensitive substring of the adapter's name (`SAOBP_ADAPTER`).
+    pub adapter: Option<String>,
+    /// The longest any single wait on the GPU may take (`SAOBP_TIMEOUT_S`).
+    pub timeout: Duration,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backend: BackendChoice::Auto,
+            adapter: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl GpuOptions {
+    /// Reads `SAOBP_BACKEND`, `SAOBP_ADAPTER` and `SAOBP_TIMEOUT_S`; unset
+    /// variables keep their defaults, malformed ones are an error.
+    pub fn from_env() -> Result<Self> {
+        let mut opts = GpuOptions::default();
+        if let Ok(b) = std::env::var("SAOBP_BACKEND") {
+            opts.backend = b.parse()?;
+        }
+        if let Ok(a) = std::env::var("SAOBP_ADAPTER") {
+            if !a.trim().is_empty() {
+                opts.adapter = Some(a);
+            }
+        }
+        if let Ok(t) = std::env::var("SAOBP_TIMEOUT_S") {
+            let secs: f64 = t.trim().parse().map_err(|_| {
+                Error::invalid(format!("SAOBP_TIMEOUT_S = `{t}` is not a number of seconds"))
+            })?;
+            if !(secs.is_finite() && secs > 0.0) {
+                return Err(Error::invalid(format!(
+                    "SAOBP_TIMEOUT_S = `{t}` must be a positive number of seconds"
+                )));
+            }
+            opts.timeout = Duration::from_secs_f64(secs);
+        }
+        Ok(opts)
+    }
+}
+
+/// What we know about one adapter, in a form that can be printed and compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Graphics API.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: wgpu::DeviceType,
+    /// Driver name.
+    pub driver: String,
+    /// Driver version and details.
+    pub driver_info: String,
+}
+
+impl AdapterSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+
+    /// A software rasterizer running on the CPU (lavapipe, llvmpipe, WARP, SwiftShader).
+    pub fn is_software(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Lower is preferred by [`BackendChoice::Auto`]: hardware before software,
+    /// then Vulkan/Metal/DX12 before GL.
+    fn auto_rank(&self) -> (u8, u8) {
+        let kind = match self.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let api = match self.backend {
+            wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+            wgpu::Backend::BrowserWebGpu => 1,
+            _ => 2,
+        };
+        (kind, api)
+    }
+
+    fn matches(&self, opts: &GpuOptions) -> bool {
+        opts.backend.backends().contains(self.backend.into())
+            && opts.adapter.as_ref().is_none_or(|want| {
+                self.name
+                    .to_ascii_lowercase()
+                    .contains(&want.to_ascii_lowercase())
+            })
+    }
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{:?}, {:?}, driver: {} {}]",
+            self.name, self.backend, self.device_type, self.driver, self.driver_info
+        )
+    }
+}
+
+/// Of `adapters`, the index that `opts` selects, if any.
+///
+/// With a backend or name filter the first match in rank order wins; `Auto`
+/// prefers hardware over software.
+pub fn choose_adapter(adapters: &[AdapterSummary], opts: &GpuOptions) -> Option<usize> {
+    adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.matches(opts))
+        .min_by_key(|(i, a)| (a.auto_rank(), *i))
+        .map(|(i, _)| i)
+}
+
+/// Advice printed whenever no adapter can be found.
+pub const NO_ADAPTER_HINT: &str = "no GPU adapter found. Install a software one: \
+    `apt-get install -y mesa-vulkan-drivers` gives lavapipe (Vulkan); Mesa's llvmpipe \
+    (OpenGL, package libegl-mesa0) and WARP on Windows work too.";
+
+fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+async fn adapters_for(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    new_instance(backend.backends())
+        .enumerate_adapters(backend.backends())
+        .await
+}
+
+/// Every adapter this machine offers for `backend`, in the order wgpu lists them.
+pub async fn list_adapters(backend: BackendChoice) -> Vec<AdapterSummary> {
+    adapters_for(backend)
+        .await
+        .iter()
+        .map(|a| AdapterSummary::from_info(&a.get_info()))
+        .collect()
+}
+
+/// Blocking form of [`list_adapters`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn list_adapters_blocking(backend: BackendChoice) -> Vec<AdapterSummary> {
+    pollster::block_on(list_adapters(backend))
+}
+
+/// A compute shader entry point in one of the `shaders/*.wgsl` families.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    /// Family name, also the file name under `shaders/`.
+    pub family: &'static str,
+    /// The WGSL source.
+    pub source: &'static str,
+    /// Entry point.
+    pub entry: &'static str,
+}
+
+/// One step of recorded GPU work.
+pub(crate) enum Step<'a> {
+    /// A compute dispatch.
+    Dispatch(Dispatch<'a>),
+    /// A buffer-to-buffer copy of `bytes` bytes.
+    Copy {
+        src: &'a wgpu::Buffer,
+        dst: &'a wgpu::Buffer,
+        bytes: u64,
+    },
+}
+
+/// One compute dispatch: a kernel, its uniform parameters (binding 0) and its
+/// storage buffers (bindings 1, 2, ... in order).
+pub(crate) struct Dispatch<'a> {
+    pub kernel: &'static Kernel,
+    pub params: Vec<u8>,
+    pub buffers: Vec<&'a wgpu::Buffer>,
+    /// Total number of workgroups; split over x and y when it exceeds the
+    /// per-dimension cap. Shaders rebuild the linear id from `num_workgroups`.
+    pub workgroups: u64,
+}
+
+#[derive(Default)]
+struct Health {
+    /// Set by the device-lost callback.
+    lost: Option<String>,
+    /// An error no scope caught (e.g. from a thread without a scope).
+    uncaptured: Option<String>,
+}
+
+/// A GPU context: one adapter, its device and queue, and the compiled pipelines.
+///
+/// `Gpu` is `Send + Sync` on native targets; share it behind an `Arc` or a
+/// reference. Create one with [`Gpu::new`] (async) or [`Gpu::new_blocking`].
+pub struct Gpu {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    limits: wgpu::Limits,
+    timeout: Duration,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    health: Arc<Mutex<Health>>,
+    /// Bound where a kernel's optional input (e.g. a key mask) is absent.
+    placeholder: wgpu::Buffer,
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.summary).finish()
+    }
+}
+
+impl Gpu {
+    /// Opens the adapter that `opts` selects (see [`choose_adapter`]).
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let adapters = adapters_for(opts.backend).await;
+        let summaries: Vec<_> = adapters
+            .iter()
+            .map(|a| AdapterSummary::from_info(&a.get_info()))
+            .collect();
+        let Some(i) = choose_adapter(&summaries, opts) else {
+            return Err(Error::NoAdapter(if summaries.is_empty() {
+                NO_ADAPTER_HINT.to_string()
+            } else {
+                let names: Vec<_> = summaries
+                    .iter()
+                    .map(|s| format!("{} ({:?})", s.name, s.backend))
+                    .collect();
+                format!(
+                    "no adapter matches backend {:?} and name {:?}; available: {}",
+                    opts.backend,
+                    opts.adapter.as_deref().unwrap_or("any"),
+                    names.join(", ")
+                )
+            }));
+        };
+        let adapter = adapters.into_iter().nth(i).ok_or_else(|| {
+            Error::NoAdapter("adapter list changed while choosing".to_string())
+        })?;
+        Gpu::from_adapter(adapter, opts.timeout).await
+    }
+
+    /// Blocking form of [`Gpu::new`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::new(opts))
+    }
+
+    /// Opens the adapter chosen by the `SAOBP_*` environment variables.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env_blocking() -> Result<Gpu> {
+        Gpu::new_blocking(&GpuOptions::from_env()?)
+    }
+
+    /// Opens every adapter that matches `opts`' backend and name filter, one
+    /// result per adapter (an adapter that fails to open gives its error).
+    pub async fn all(opts: &GpuOptions) -> Vec<Result<Gpu>> {
+        let mut out = Vec::new();
+        for adapter in adapters_for(opts.backend).await {
+            if AdapterSummary::from_info(&adapter.get_info()).matches(opts) {
+                out.push(Gpu::from_adapter(adapter, opts.timeout).await);
+            }
+        }
+        out
+    }
+
+    /// Blocking form of [`Gpu::all`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn all_blocking(opts: &GpuOptions) -> Vec<Result<Gpu>> {
+        pollster::block_on(Gpu::all(opts))
+    }
+
+    /// Opens a device on `adapter` with the adapter's own limits (not wgpu's
+    /// small defaults), so large storage buffers and workgroup memory work.
+    pub async fn from_adapter(adapter: wgpu::Adapter, timeout: Duration) -> Result<Gpu> {
+        let summary = AdapterSummary::from_info(&adapter.get_info());
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("saobp"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) =
+            adapter
+                .request_device(&desc)
+                .await
+                .map_err(|e| Error::RequestDevice {
+                    adapter: summary.name.clone(),
+                    message: e.to_string(),
+                })?;
+        let health = Arc::new(Mutex::new(Health::default()));
+        {
+            let h = health.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                h.lock().unwrap_or_else(PoisonError::into_inner).lost =
+                    Some(format!("{reason:?}: {msg}"));
+            });
+            let h = health.clone();
+            // wgpu's default handler panics; keep the error and report it on the next call.
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut h = h.lock().unwrap_or_else(PoisonError::into_inner);
+                h.uncaptured.get_or_insert_with(|| e.to_string());
+            }));
+        }
+        let limits = device.limits();
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Gpu {
+            placeholder,
+            adapter,
+            device,
+            queue,
+            summary,
+            limits,
+            timeout,
+            pipelines: Mutex::new(HashMap::new()),
+            health,
+        })
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// The underlying wgpu adapter, for callers who need more than the summary.
+    pub fn wgpu_adapter(&self) -> &wgpu::Adapter {
+        &self.adapter
+    }
+
+    /// The device's limits (the adapter's real ones).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The wgpu device, for callers who add their own kernels.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The longest any single wait may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A small buffer to bind where an optional input is absent.
+    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
+        &self.placeholder
+    }
+
+    /// Fails with [`Error::DeviceLost`] once the device is gone, and reports an
+    /// error that no scope caught.
+    pub(crate) fn check_health(&self) -> Result<()> {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(msg) = &h.lost {
+            return Err(Error::DeviceLost(msg.clone()));
+        }
+        if let Some(msg) = h.uncaptured.take() {
+            return Err(Error::Validation(msg));
+        }
+        Ok(())
+    }
+
+    /// Checks that one buffer of `bytes` bytes can be created and bound as storage.
+    pub(crate) fn check_buffer_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let binding = self.limits.max_storage_buffer_binding_size;
+        if bytes > binding {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                limit_name: "max_buffer_size",
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside error scopes for out-of-memory, validation and internal
+    /// errors, and turns the first one caught into an [`Error`].
+    pub(crate) async fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_health()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out = f();
+        // Scopes pop innermost first; the pops take effect at once, the futures only report.
+        let internal = internal.pop();
+        let validation = validation.pop();
+        let oom = oom.pop();
+        let errors = [oom.await, validation.await, internal.await];
+        self.check_health()?;
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+
+    fn pipeline(&self, kernel: &'static Kernel) -> wgpu::ComputePipeline {
+        let key = (kernel.family, kernel.entry);
+        let mut cache = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.family),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    });
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(kernel.entry),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(kernel.entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            })
+            .clone()
+    }
+
+    /// Splits `total` workgroups over x and y within the per-dimension cap.
+    fn grid(&self, total: u64) -> Result<(u32, u32)> {
+        let cap = u64::from(self.limits.max_compute_workgroups_per_dimension.max(1));
+        let x = total.min(cap);
+        let y = total.div_ceil(cap.max(1)).max(1);
+        if y > cap {
+            return Err(Error::Limit {
+                what: "a dispatch".to_string(),
+                needed: total,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+                limit: cap * cap,
+            });
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Records `steps` in order into one command buffer and submits it.
+    /// Does not wait for the GPU; a later read does.
+    pub(crate) async fn run(&self, steps: &[Step<'_>]) -> Result<()> {
+        let dispatches: Vec<&Dispatch> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Dispatch(d) => Some(d),
+                Step::Copy { .. } => None,
+            })
+            .collect();
+        let grids = dispatches
+            .iter()
+            .map(|d| self.grid(d.workgroups))
+            .collect::<Result<Vec<_>>>()?;
+        let pipelines = self
+            .scoped(|| dispatches.iter().map(|d| self.pipeline(d.kernel)).collect::<Vec<_>>())
+            .await;
+        let pipelines = match pipelines {
+            Ok(p) => p,
+            Err(e) => {
+                // A pipeline that failed to build is invalid: do not keep it.
+                let mut cache = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+                for d in dispatches {
+                    cache.remove(&(d.kernel.family, d.kernel.entry));
+                }
+                return Err(e);
+            }
+        };
+        self.scoped(|| {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut prepared = dispatches.iter().zip(&pipelines).zip(&grids);
+            for step in steps {
+                let (d, pipeline, (x, y)) = match step {
+                    Step::Copy { src, dst, bytes } => {
+                        if *bytes > 0 {
+                            encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                        }
+                        continue;
+                    }
+                    Step::Dispatch(_) => match prepared.next() {
+                        Some(((d, pipeline), grid)) => (d, pipeline, grid),
+                        None => break,
+                    },
+                };
+                if d.workgroups == 0 {
+                    continue;
+                }
+                let params = self
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("params"),
+                        contents: &d.params,
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params.as_entire_binding(),
+                }];
+                for (i, b) in d.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: b.as_entire_binding(),
+                    });
+                }
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(d.kernel.entry),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(d.kernel.entry),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+            self.queue.submit([encoder.finish()]);
+        })
+        .await
+    }
+
+    /// Waits (with the context's timeout) until all submitted work is done.
+    pub(crate) fn wait(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            match self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(self.timeout),
+            }) {
+                Ok(_) => {}
+                Err(wgpu::PollError::Timeout) => return Err(Error::Timeout(self.timeout)),
+                Err(e) => return Err(Error::Internal(e.to_string())),
+            }
+        }
+        self.check_health()
+    }
+
+    /// Copies the first `len` f32 values of `buffer` back to the host.
+    pub(crate) async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = (len * 4) as u64;
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        let staging = self
+            .scoped(|| {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder = self
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+                self.queue.submit([encoder.finish()]);
+                staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = sender.send(r);
+                });
+                staging
+            })
+            .await?;
+        self.wait()?;
+        let mapped = receiver
+            .await
+            .map_err(|_| Error::Readback("the map callback was dropped".to_string()))?;
+        mapped.map_err(|e| Error::Readback(e.to_string()))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str, backend: wgpu::Backend, ty: wgpu::DeviceType) -> AdapterSummary {
+        AdapterSummary {
+            name: name.into(),
+            backend,
+            device_type: ty,
+            driver: String::new(),
+            driver_info: String::new(),
+        }
+    }
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!("Vulkan".parse::<BackendChoice>(), Ok(BackendChoice::Vulkan));
+        assert_eq!("gl".parse::<BackendChoice>(), Ok(BackendChoice::Gl));
+        assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
+        assert_eq!(
+            "cuda".parse::<BackendChoice>(),
+            Err(Error::UnknownBackend("cuda".into()))
+        );
+    }
+
+    #[test]
+    fn auto_prefers_hardware_then_vulkan_over_gl() {
+        use wgpu::{Backend, DeviceType};
+        let list = vec![
+            summary("llvmpipe", Backend::Gl, DeviceType::Cpu),
+            summary("llvmpipe (LLVM)", Backend::Vulkan, DeviceType::Cpu),
+            summary("Intel Iris", Backend::Gl, DeviceType::IntegratedGpu),
+        ];
+        let auto = GpuOptions::default();
+        assert_eq!(choose_adapter(&list, &auto), Some(2));
+        assert_eq!(choose_adapter(&list[..2], &auto), Some(1));
+        let gl = GpuOptions {
+            backend: BackendChoice::Gl,
+            adapter: Some("LLVMPIPE".into()),
+            ..auto.clone()
+        };
+        assert_eq!(choose_adapter(&list, &gl), Some(0));
+        let none = GpuOptions {
+            adapter: Some("radeon".into()),
+            ..auto
+        };
+        assert_eq!(choose_adapter(&list, &none), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! GPU kernels, one module per family, each next to its `shaders/<family>.wgsl`
+//! and its float64 twin in [`crate::reference`].
+//!
+//! Each module validates shapes and arguments before any GPU work, builds the
+//! uniform parameters (a `#[repr(C)]` struct mirrored in the WGSL file) and
+//! returns [`Step`]s that callers may chain into one submission.
+
+pub mod attention;
+pub mod matmul;
+pub mod softmax;
+
+use crate::gpu::Kernel;
+
+/// Every shader family: (file name, WGSL source). The naga validation test
+/// walks this list, so a new family is checked as soon as it is added here.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("matmul.wgsl", matmul::SOURCE),
+    ("softmax.wgsl", softmax::SOURCE),
+];
+
+/// Every kernel entry point with the byte size of its Rust parameter struct,
+/// so a test can check the WGSL `Params` struct has the same size.
+pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
+    (&matmul::MATMUL_BLOCKED, std::mem::size_of::<matmul::MatmulParams>()),
+    (&softmax::SOFTMAX_ROWS, std::mem::size_of::<softmax::SoftmaxParams>()),
+];
+
+/// The size of each uniform `Params` struct (binding 0) of each entry point in
+/// [`SHADERS`], as naga lays it out: `(family, entry, WGSL size, Rust size)`.
+pub fn param_layouts() -> Result<Vec<(&'static str, &'static str, u32, usize)>, String> {
+    KERNELS
+        .iter()
+        .map(|(k, rust)| {
+            let module = naga::front::wgsl::parse_str(k.source)
+                .map_err(|e| format!("{}: {}", k.family, e.emit_to_string(k.source)))?;
+            let var = module
+                .global_variables
+                .iter()
+                .find(|(_, v)| {
+                    v.space == naga::AddressSpace::Uniform
+                        && v.binding.as_ref().is_some_and(|b| b.binding == 0)
+                })
+                .map(|(_, v)| v)
+                .ok_or_else(|| format!("{}: no uniform at binding 0", k.family))?;
+            let size = module.types[var.ty].inner.size(module.to_ctx());
+            Ok((k.family, k.entry, size, *rust))
+        })
+        .collect()
+}

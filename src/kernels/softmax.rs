@@ -1,0 +1,114 @@
+//! Row softmax with causal and key-padding masks.
+//!
+//! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::tensor::Tensor;
+
+pub(crate) const SOURCE: &str = include_str!("../../shaders/softmax.wgsl");
+
+pub(crate) static SOFTMAX_ROWS: Kernel = Kernel {
+    family: "softmax",
+    source: SOURCE,
+    entry: "softmax_rows",
+};
+
+/// Options of [`softmax`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SoftmaxOptions<'a> {
+    /// Row `i` only sees columns `j <= i`.
+    pub causal: bool,
+    /// `[B, C]`: 1 keeps a column, 0 masks it, per batch item (the first
+    /// dimension of `x`). For a rank-2 `x`, use `[1, C]` or `[C]`.
+    pub key_mask: Option<&'a Tensor>,
+}
+
+/// Mirrors `Params` in `shaders/softmax.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SoftmaxParams {
+    matrices: u32,
+    rows: u32,
+    cols: u32,
+    heads: u32,
+    causal: u32,
+    has_mask: u32,
+    _pad: [u32; 2],
+}
+
+fn to_u32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::shape(format!("{what} = {v} does not fit in 32 bits")))
+}
+
+/// Checks `x` ([.., R, C]) and the mask against each other.
+pub(crate) fn plan(x: &[usize], causal: bool, mask: Option<&[usize]>) -> Result<SoftmaxParams> {
+    if x.len() < 2 {
+        return Err(Error::shape(format!(
+            "softmax needs a tensor of rank >= 2, got {x:?}"
+        )));
+    }
+    let rows = x[x.len() - 2];
+    let cols = x[x.len() - 1];
+    let matrices: usize = x[..x.len() - 2].iter().product();
+    let batch = if x.len() > 2 { x[0] } else { 1 };
+    let heads = matrices.checked_div(batch).unwrap_or(1);
+    if let Some(m) = mask {
+        let ok = m == [batch, cols] || (x.len() == 2 && m == [cols]);
+        if !ok {
+            return Err(Error::shape(format!(
+                "key mask has shape {m:?}, expected [{batch}, {cols}] for scores {x:?}"
+            )));
+        }
+    }
+    Ok(SoftmaxParams {
+        matrices: to_u32("matrices", matrices)?,
+        rows: to_u32("rows", rows)?,
+        cols: to_u32("cols", cols)?,
+        heads: to_u32("heads", heads.max(1))?,
+        causal: causal.into(),
+        has_mask: mask.is_some().into(),
+        _pad: [0; 2],
+    })
+}
+
+/// The in-place softmax of `x`.
+pub(crate) fn step<'a>(
+    gpu: &'a Gpu,
+    params: &SoftmaxParams,
+    x: &'a Tensor,
+    mask: Option<&'a Tensor>,
+) -> Step<'a> {
+    Step::Dispatch(Dispatch {
+        kernel: &SOFTMAX_ROWS,
+        params: bytemuck::bytes_of(params).to_vec(),
+        buffers: vec![
+            x.buffer(),
+            mask.map_or(gpu.placeholder(), |m| m.buffer()),
+        ],
+        workgroups: u64::from(params.matrices) * u64::from(params.rows),
+    })
+}
+
+/// Softmax over the last dimension of `x` (`[.., R, C]`), with masked entries
+/// set to 0 and fully masked rows all zeros. Returns a new tensor.
+pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
+    let params = plan(x.shape(), opts.causal, opts.key_mask.map(Tensor::shape))?;
+    let y = Tensor::zeros(gpu, x.shape())?;
+    gpu.run(&[
+        Step::Copy {
+            src: x.buffer(),
+            dst: y.buffer(),
+            bytes: (x.len() * 4) as u64,
+        },
+        step(gpu, &params, &y, opts.key_mask),
+    ])
+    .await?;
+    Ok(y)
+}
+
+/// Blocking form of [`softmax`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn softmax_blocking(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
+    pollster::block_on(softmax(gpu, x, opts))
+}

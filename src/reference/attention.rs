@@ -1,0 +1,73 @@
+//! Reference of [`crate::kernels::attention`]: the spec's attention, written
+//! out loop by loop (it does not call the other reference functions, so the
+//! two paths check each other).
+
+/// Reference attention result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionRef {
+    /// `A`, `[B, H, N, N]`.
+    pub attention: Vec<f64>,
+    /// `O = A·V`, `[B, H, N, Dv]`.
+    pub output: Vec<f64>,
+}
+
+/// Masks and scale of the reference, as in [`crate::AttentionOptions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefOptions<'a> {
+    /// Query `i` only sees keys `j <= i`.
+    pub causal: bool,
+    /// `[B, N]`, nonzero = keep.
+    pub key_mask: Option<&'a [f32]>,
+    /// Defaults to `1/sqrt(D)`.
+    pub scale: Option<f64>,
+}
+
+/// Attention in f64. `q`, `k` are `[B, H, N, D]` (`shape`), `v` is
+/// `[B, H, N, dv]`.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: [usize; 4],
+    dv: usize,
+    opts: &RefOptions,
+) -> AttentionRef {
+    let [bs, hs, n, d] = shape;
+    let RefOptions {
+        causal,
+        key_mask,
+        scale,
+    } = *opts;
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut attention = vec![0.0f64; bs * hs * n * n];
+    let mut output = vec![0.0f64; bs * hs * n * dv];
+    for b in 0..bs {
+        for h in 0..hs {
+            let g = b * hs + h;
+            for i in 0..n {
+                let valid: Vec<usize> = (0..n)
+                    .filter(|&j| (!causal || j <= i) && key_mask.is_none_or(|m| m[b * n + j] != 0.0))
+                    .collect();
+                let scores: Vec<f64> = valid
+                    .iter()
+                    .map(|&j| {
+                        let dot: f64 = (0..d)
+                            .map(|c| f64::from(q[(g * n + i) * d + c]) * f64::from(k[(g * n + j) * d + c]))
+                            .sum();
+                        scale * dot
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (&j, s) in valid.iter().zip(&scores) {
+                    let p = (s - max).exp() / sum;
+                    attention[(g * n + i) * n + j] = p;
+                    for c in 0..dv {
+                        output[(g * n + i) * dv + c] += p * f64::from(v[(g * n + j) * dv + c]);
+                    }
+                }
+            }
+        }
+    }
+    AttentionRef { attention, output }
+}

@@ -1,0 +1,61 @@
+//! Reference of [`crate::kernels::matmul`].
+
+use crate::error::{Error, Result};
+use crate::kernels::matmul::MatmulOptions;
+
+/// `alpha · op(A) · op(B)` in f64, with the shape rules of
+/// [`crate::kernels::matmul::matmul`]. Returns the values of `C` (row-major).
+pub fn matmul(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    opts: &MatmulOptions,
+) -> Result<Vec<f64>> {
+    if a_shape.len() < 2 || b_shape.len() < 2 {
+        return Err(Error::shape("matmul operands need rank >= 2"));
+    }
+    if a.len() != a_shape.iter().product::<usize>() || b.len() != b_shape.iter().product::<usize>()
+    {
+        return Err(Error::shape("matmul data length does not match its shape"));
+    }
+    let (a_lead, a_mat) = a_shape.split_at(a_shape.len() - 2);
+    let (b_lead, b_mat) = b_shape.split_at(b_shape.len() - 2);
+    let (m, k) = if opts.trans_a {
+        (a_mat[1], a_mat[0])
+    } else {
+        (a_mat[0], a_mat[1])
+    };
+    let (k2, n) = if opts.trans_b {
+        (b_mat[1], b_mat[0])
+    } else {
+        (b_mat[0], b_mat[1])
+    };
+    if k != k2 || (!a_lead.is_empty() && !b_lead.is_empty() && a_lead != b_lead) {
+        return Err(Error::shape(format!(
+            "matmul shapes {a_shape:?} and {b_shape:?} do not fit"
+        )));
+    }
+    let batch: usize = if a_lead.is_empty() { b_lead } else { a_lead }
+        .iter()
+        .product();
+    let a_stride = if a_lead.is_empty() { 0 } else { m * k };
+    let b_stride = if b_lead.is_empty() { 0 } else { k * n };
+    let mut c = vec![0.0f64; batch * m * n];
+    for g in 0..batch {
+        let a = &a[g * a_stride..];
+        let b = &b[g * b_stride..];
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum = 0.0f64;
+                for l in 0..k {
+                    let x = if opts.trans_a { a[l * m + i] } else { a[i * k + l] };
+                    let y = if opts.trans_b { b[j * k + l] } else { b[l * n + j] };
+                    sum += f64::from(x) * f64::from(y);
+                }
+                c[(g * m + i) * n + j] = f64::from(opts.alpha) * sum;
+            }
+        }
+    }
+    Ok(c)
+}

@@ -1,0 +1,14 @@
+//! The float64 CPU reference of every kernel, written as plainly as the spec.
+//!
+//! Inputs are the same f32 values the GPU sees; all arithmetic is f64. Tests
+//! compare GPU results against these functions, and users can do the same to
+//! check their own GPU. Nothing here shares code with the GPU path beyond
+//! argument types.
+
+pub mod attention;
+pub mod matmul;
+pub mod softmax;
+
+pub use attention::{attention, AttentionRef, RefOptions};
+pub use matmul::matmul;
+pub use softmax::softmax;

@@ -1,0 +1,127 @@
+//! [`Tensor`]: an f32 buffer on the GPU with a row-major shape.
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// A dense, row-major f32 tensor living in a GPU storage buffer.
+///
+/// ```no_run
+/// # fn main() -> saobp::Result<()> {
+/// use saobp::{Gpu, Tensor};
+/// let gpu = Gpu::from_env_blocking()?;
+/// let x = Tensor::from_slice(&gpu, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+/// assert_eq!(x.shape(), &[2, 3]);
+/// assert_eq!(x.to_vec_blocking(&gpu)?, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+}
+
+/// Number of elements of `shape`, or a shape error on overflow.
+pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::shape(format!("shape {shape:?} has more elements than fit in memory")))
+}
+
+impl Tensor {
+    fn alloc(gpu: &Gpu, shape: &[usize], init: Option<&[f32]>) -> Result<Tensor> {
+        let len = numel(shape)?;
+        let bytes = (len as u64)
+            .checked_mul(4)
+            .ok_or_else(|| Error::shape(format!("shape {shape:?} is too large")))?;
+        gpu.check_buffer_size(&format!("a tensor of shape {shape:?}"), bytes)?;
+        // wgpu cannot bind an empty buffer; keep one word so empty tensors stay usable.
+        let size = bytes.max(4);
+        // Created outside an error scope so that this stays synchronous on every
+        // target; a failure reaches the uncaptured-error handler at once on
+        // native and is reported here, or by the next call everywhere else.
+        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(data) = init.filter(|d| !d.is_empty()) {
+            gpu.queue()
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        }
+        gpu.check_health()?;
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Uploads `data` (row-major) as a tensor of `shape`.
+    ///
+    /// Fails with [`Error::Shape`] when `data.len()` is not the product of
+    /// `shape`, and with [`Error::Limit`] when the buffer exceeds the adapter's limits.
+    pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let len = numel(shape)?;
+        if data.len() != len {
+            return Err(Error::shape(format!(
+                "shape {shape:?} holds {len} values but {} were given",
+                data.len()
+            )));
+        }
+        Tensor::alloc(gpu, shape, Some(data))
+    }
+
+    /// A tensor of `shape` filled with zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        Tensor::alloc(gpu, shape, None)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the tensor holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The storage buffer, for callers who bind it in their own kernels.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The same data seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape)? != self.len() {
+            return Err(Error::shape(format!(
+                "cannot reshape {:?} ({} values) to {shape:?}",
+                self.shape,
+                self.len()
+            )));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Downloads the values (row-major), waiting for all queued work first.
+    pub async fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.read_f32(&self.buffer, self.len()).await
+    }
+
+    /// Blocking form of [`Tensor::to_vec`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec_blocking(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        pollster::block_on(self.to_vec(gpu))
+    }
+}

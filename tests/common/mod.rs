@@ -1,0 +1,99 @@
+//! Shared test harness: every GPU test runs on every adapter the machine has.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use saobp::{Gpu, GpuOptions};
+
+/// All adapters, opened once per test binary. Fails loudly when there are
+/// none, or when `SAOBP_REQUIRE_BACKENDS` (e.g. `vulkan,gl`, set by CI) names
+/// a backend that is missing: a GPU test never passes by running nowhere.
+pub fn gpus() -> &'static [Gpu] {
+    static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
+    GPUS.get_or_init(|| {
+        let opts = GpuOptions::from_env().expect("SAOBP_* environment variables");
+        let gpus: Vec<Gpu> = Gpu::all_blocking(&opts)
+            .into_iter()
+            .map(|g| g.expect("an adapter was listed but could not be opened"))
+            .collect();
+        assert!(!gpus.is_empty(), "{}", saobp::gpu::NO_ADAPTER_HINT);
+        if let Ok(required) = std::env::var("SAOBP_REQUIRE_BACKENDS") {
+            for want in required.split(',').filter(|s| !s.trim().is_empty()) {
+                let want: saobp::BackendChoice = want.parse().expect("SAOBP_REQUIRE_BACKENDS");
+                assert!(
+                    gpus.iter()
+                        .any(|g| want.backends().contains(g.adapter().backend.into())),
+                    "SAOBP_REQUIRE_BACKENDS asks for {want:?} but the adapters are {:?}",
+                    gpus.iter().map(|g| g.adapter().to_string()).collect::<Vec<_>>()
+                );
+            }
+        }
+        for g in &gpus {
+            eprintln!("GPU tests run on: {}", g.adapter());
+        }
+        gpus
+    })
+}
+
+/// Runs `f` on every adapter, naming the adapter in any failure, and prints
+/// where the test ran.
+pub fn on_every_gpu(test: &str, mut f: impl FnMut(&Gpu)) {
+    for gpu in gpus() {
+        let name = format!("{:?} {}", gpu.adapter().backend, gpu.adapter().name);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(gpu)));
+        if let Err(e) = r {
+            eprintln!("{test} FAILED on {name}");
+            std::panic::resume_unwind(e);
+        }
+        eprintln!("{test}: ok on {name}");
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Asserts `got` (f32 from the GPU) matches `want` (f64 reference) within
+/// `|got - want| <= abs + rel * |want|` element-wise, naming the first miss.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = f64::from(g);
+        assert!(g.is_finite(), "{what}[{i}] = {g} is not finite (want {w})");
+        let err = (g - w).abs();
+        let ok = approx::relative_eq!(g, w, epsilon = abs, max_relative = rel);
+        assert!(ok, "{what}[{i}] = {g}, want {w} (error {err:e}, rel {rel:e}, abs {abs:e})");
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+}

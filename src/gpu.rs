@@ -97,7 +97,9 @@ impl GpuOptions {
         }
         if let Ok(t) = std::env::var("SAOBP_TIMEOUT_S") {
             let secs: f64 = t.trim().parse().map_err(|_| {
-                Error::invalid(format!("SAOBP_TIMEOUT_S = `{t}` is not a number of seconds"))
+                Error::invalid(format!(
+                    "SAOBP_TIMEOUT_S = `{t}` is not a number of seconds"
+                ))
             })?;
             if !(secs.is_finite() && secs > 0.0) {
                 return Err(Error::invalid(format!(
@@ -285,7 +287,9 @@ pub struct Gpu {
 
 impl fmt::Debug for Gpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gpu").field("adapter", &self.summary).finish()
+        f.debug_struct("Gpu")
+            .field("adapter", &self.summary)
+            .finish()
     }
 }
 
@@ -313,9 +317,10 @@ impl Gpu {
                 )
             }));
         };
-        let adapter = adapters.into_iter().nth(i).ok_or_else(|| {
-            Error::NoAdapter("adapter list changed while choosing".to_string())
-        })?;
+        let adapter = adapters
+            .into_iter()
+            .nth(i)
+            .ok_or_else(|| Error::NoAdapter("adapter list changed while choosing".to_string()))?;
         Gpu::from_adapter(adapter, opts.timeout).await
     }
 
@@ -496,7 +501,10 @@ impl Gpu {
 
     fn pipeline(&self, kernel: &'static Kernel) -> wgpu::ComputePipeline {
         let key = (kernel.family, kernel.entry);
-        let mut cache = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cache
             .entry(key)
             .or_insert_with(|| {
@@ -550,13 +558,21 @@ impl Gpu {
             .map(|d| self.grid(d.workgroups))
             .collect::<Result<Vec<_>>>()?;
         let pipelines = self
-            .scoped(|| dispatches.iter().map(|d| self.pipeline(d.kernel)).collect::<Vec<_>>())
+            .scoped(|| {
+                dispatches
+                    .iter()
+                    .map(|d| self.pipeline(d.kernel))
+                    .collect::<Vec<_>>()
+            })
             .await;
         let pipelines = match pipelines {
             Ok(p) => p,
             Err(e) => {
                 // A pipeline that failed to build is invalid: do not keep it.
-                let mut cache = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut cache = self
+                    .pipelines
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 for d in dispatches {
                     cache.remove(&(d.kernel.family, d.kernel.entry));
                 }

@@ -7,33 +7,51 @@
 //!
 //! ```no_run
 //! # fn main() -> saobp::Result<()> {
-//! use saobp::{attention_blocking, AttentionOptions, Gpu, Tensor};
+//! use saobp::{attention_blocking, AttentionOptions, Gpu, Lambda, Mode, Tensor};
 //! let gpu = Gpu::from_env_blocking()?; // SAOBP_BACKEND, SAOBP_ADAPTER
 //! let (b, h, n, d) = (1, 2, 4, 8);
 //! let data: Vec<f32> = (0..b * h * n * d).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let q = Tensor::from_slice(&gpu, &[b, h, n, d], &data)?;
-//! let out = attention_blocking(&gpu, &q, &q, &q, &AttentionOptions { causal: true, ..Default::default() })?;
-//! let a = out.attention.to_vec_blocking(&gpu)?; // [B, H, N, N]
-//! assert_eq!(a.len(), b * h * n * n);
+//! let opts = AttentionOptions {
+//!     causal: true,
+//!     lambda: Lambda::Scalar(0.5), // SAOBP strength
+//!     mode: Mode::Fused,           // O(N²D), never forms the N×N message matrix
+//!     metrics: true,
+//!     ..Default::default()
+//! };
+//! let out = attention_blocking(&gpu, &q, &q, &q, &opts)?;
+//! let o = out.output.to_vec_blocking(&gpu)?; // [B, H, N, D]
+//! assert_eq!(o.len(), b * h * n * d);
+//! let gtd = out.metrics.unwrap().refined.unwrap().overall().gtd;
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`gpu`] (context), [`tensor`] (data), [`kernels`] (one module per
+//! Layout: [`gpu`] (context), [`tensor`] (data), [`attention`] (the pipeline:
+//! scores → softmax → SAOBP → output → metrics), [`kernels`] (one module per
 //! `shaders/*.wgsl` family), [`reference`] (float64 twins).
 
+pub mod attention;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod reference;
 pub mod tensor;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use attention::attention_blocking;
+pub use attention::{attention, AttentionOptions, AttentionOutput, Metrics, Mode};
 pub use error::{Error, Result};
-pub use gpu::{choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use gpu::list_adapters_blocking;
-pub use kernels::attention::{attention, Attention, AttentionOptions};
+pub use gpu::{choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions};
+pub use kernels::attention::AttentionShape;
 pub use kernels::matmul::{matmul, MatmulOptions};
+pub use kernels::metrics::{metrics, HeadSummary, MapMetrics, MetricsOptions, METRIC_NAMES};
+pub use kernels::saobp::{refine_map, Lambda, Refined};
 pub use kernels::softmax::{softmax, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]
-pub use kernels::{attention::attention_blocking, matmul::matmul_blocking, softmax::softmax_blocking};
+pub use kernels::{
+    matmul::matmul_blocking, metrics::metrics_blocking, saobp::refine_map_blocking,
+    softmax::softmax_blocking,
+};
 pub use tensor::Tensor;

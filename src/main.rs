@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "saobp", version, about = "Attention and SAOBP on any GPU through wgpu")]
+#[command(
+    name = "saobp",
+    version,
+    about = "Attention and SAOBP on any GPU through wgpu"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

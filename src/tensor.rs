@@ -25,7 +25,11 @@ pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| Error::shape(format!("shape {shape:?} has more elements than fit in memory")))
+        .ok_or_else(|| {
+            Error::shape(format!(
+                "shape {shape:?} has more elements than fit in memory"
+            ))
+        })
 }
 
 impl Tensor {

@@ -1,11 +1,11 @@
-//! Multi-head attention against the float64 reference on every adapter, and
-//! the spec's worked example.
+//! Multi-head attention (plain mode) against the float64 reference on every
+//! adapter. SAOBP and the spec's worked example are in `saobp.rs`.
 
 mod common;
 
 use common::{assert_close, on_every_gpu, Rng};
 use saobp::reference::{self, RefOptions};
-use saobp::{attention_blocking, AttentionOptions, Tensor};
+use saobp::{attention_blocking, AttentionOptions, Mode, Tensor};
 
 struct Case {
     shape: [usize; 4],
@@ -22,13 +22,26 @@ fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
     let v = rng.vec(b * h * n * c.dv, -1.0, 1.0);
     // Pad the tail of each batch item; item 0 keeps at least one key.
     let mask: Vec<f32> = (0..b * n)
-        .map(|i| if c.masked && i % n >= (n / 2).max(1) + i / n % 2 { 0.0 } else { 1.0 })
+        .map(|i| {
+            if c.masked && i % n >= (n / 2).max(1) + i / n % 2 {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     let tq = Tensor::from_slice(gpu, &c.shape, &q).unwrap();
     let tk = Tensor::from_slice(gpu, &c.shape, &k).unwrap();
     let tv = Tensor::from_slice(gpu, &[b, h, n, c.dv], &v).unwrap();
     let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
-    let opts = AttentionOptions { causal: c.causal, key_mask: c.masked.then_some(&tm), scale: c.scale };
+    let opts = AttentionOptions {
+        causal: c.causal,
+        key_mask: c.masked.then_some(&tm),
+        scale: c.scale,
+        mode: Mode::Plain,
+        return_attention: true,
+        ..Default::default()
+    };
     let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
     let want = reference::attention(
         &q,
@@ -36,11 +49,34 @@ fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
         &v,
         c.shape,
         c.dv,
-        &RefOptions { causal: c.causal, key_mask: c.masked.then_some(&mask), scale: c.scale.map(f64::from) },
+        &RefOptions {
+            causal: c.causal,
+            key_mask: c.masked.then_some(&mask),
+            scale: c.scale.map(f64::from),
+        },
     );
-    let what = format!("attention {:?} dv={} causal={} masked={}", c.shape, c.dv, c.causal, c.masked);
-    assert_close(&format!("{what} A"), &out.attention.to_vec_blocking(gpu).unwrap(), &want.attention, 1e-4, 1e-5);
-    assert_close(&format!("{what} O"), &out.output.to_vec_blocking(gpu).unwrap(), &want.output, 1e-4, 1e-5);
+    let what = format!(
+        "attention {:?} dv={} causal={} masked={}",
+        c.shape, c.dv, c.causal, c.masked
+    );
+    assert_close(
+        &format!("{what} A"),
+        &out.attention
+            .as_ref()
+            .unwrap()
+            .to_vec_blocking(gpu)
+            .unwrap(),
+        &want.attention,
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        &format!("{what} O"),
+        &out.output.to_vec_blocking(gpu).unwrap(),
+        &want.output,
+        1e-4,
+        1e-5,
+    );
 }
 
 #[test]
@@ -48,8 +84,19 @@ fn random_cases_match_reference() {
     on_every_gpu("attention random", |gpu| {
         let mut rng = Rng::new(5);
         for i in 0..12 {
-            let shape = [1 + rng.below(2), 1 + rng.below(3), 1 + rng.below(80), 1 + rng.below(40)];
-            let case = Case { shape, dv: 1 + rng.below(20), causal: i % 2 == 0, masked: i % 3 != 0, scale: None };
+            let shape = [
+                1 + rng.below(2),
+                1 + rng.below(3),
+                1 + rng.below(80),
+                1 + rng.below(40),
+            ];
+            let case = Case {
+                shape,
+                dv: 1 + rng.below(20),
+                causal: i % 2 == 0,
+                masked: i % 3 != 0,
+                scale: None,
+            };
             check(gpu, &mut rng, &case);
         }
     });
@@ -60,48 +107,45 @@ fn edge_shapes_match_reference() {
     on_every_gpu("attention edges", |gpu| {
         let mut rng = Rng::new(6);
         let cases = [
-            Case { shape: [1, 1, 1, 1], dv: 1, causal: false, masked: false, scale: None },
-            Case { shape: [1, 1, 1, 5], dv: 3, causal: true, masked: false, scale: None },
-            Case { shape: [2, 2, 7, 1], dv: 1, causal: true, masked: true, scale: Some(3.0) },
-            Case { shape: [1, 3, 33, 64], dv: 64, causal: false, masked: true, scale: None },
-            Case { shape: [2, 1, 65, 9], dv: 2, causal: true, masked: true, scale: Some(0.05) },
+            Case {
+                shape: [1, 1, 1, 1],
+                dv: 1,
+                causal: false,
+                masked: false,
+                scale: None,
+            },
+            Case {
+                shape: [1, 1, 1, 5],
+                dv: 3,
+                causal: true,
+                masked: false,
+                scale: None,
+            },
+            Case {
+                shape: [2, 2, 7, 1],
+                dv: 1,
+                causal: true,
+                masked: true,
+                scale: Some(3.0),
+            },
+            Case {
+                shape: [1, 3, 33, 64],
+                dv: 64,
+                causal: false,
+                masked: true,
+                scale: None,
+            },
+            Case {
+                shape: [2, 1, 65, 9],
+                dv: 2,
+                causal: true,
+                masked: true,
+                scale: Some(0.05),
+            },
         ];
         for c in &cases {
             check(gpu, &mut rng, c);
         }
-    });
-}
-
-/// `../SPEC.md`, worked example: with `k = I` and scale 1, `scale·q·kᵀ = S`.
-#[test]
-fn spec_worked_example() {
-    #[rustfmt::skip]
-    let s = [2.0, 0.0, 1.0,  0.5, 1.5, 0.0,  0.0, 1.0, 1.0f32];
-    #[rustfmt::skip]
-    let eye = [1.0, 0.0, 0.0,  0.0, 1.0, 0.0,  0.0, 0.0, 1.0f32];
-    let v = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0f32];
-    #[rustfmt::skip]
-    let a_spec = [0.665241, 0.090031, 0.244728,  0.231224, 0.628532, 0.140244,  0.155362, 0.422319, 0.422319];
-    // Causal row 1 is softmax([0.5, 1.5]); row 2 sees every key, as without the mask.
-    let causal_row1 = [0.268941, 0.731059, 0.0];
-    on_every_gpu("attention spec example", |gpu| {
-        let q = Tensor::from_slice(gpu, &[1, 1, 3, 3], &s).unwrap();
-        let k = Tensor::from_slice(gpu, &[1, 1, 3, 3], &eye).unwrap();
-        let tv = Tensor::from_slice(gpu, &[1, 1, 3, 2], &v).unwrap();
-        let opts = AttentionOptions { scale: Some(1.0), ..Default::default() };
-        let out = attention_blocking(gpu, &q, &k, &tv, &opts).unwrap();
-        let a = out.attention.to_vec_blocking(gpu).unwrap();
-        // The spec prints 6 decimals: half a unit of the last place plus f32 rounding.
-        assert_close("spec A", &a, &a_spec, 0.0, 6e-7);
-        let o = out.output.to_vec_blocking(gpu).unwrap();
-        let o_want: Vec<f64> = (0..3).flat_map(|i| [a_spec[3 * i] + a_spec[3 * i + 2], a_spec[3 * i + 1] + a_spec[3 * i + 2]]).collect();
-        assert_close("spec A·V", &o, &o_want, 0.0, 1.5e-6);
-
-        let causal = AttentionOptions { causal: true, ..opts };
-        let a = attention_blocking(gpu, &q, &k, &tv, &causal).unwrap().attention.to_vec_blocking(gpu).unwrap();
-        assert_eq!(&a[..3], &[1.0, 0.0, 0.0]);
-        assert_close("spec causal row 1", &a[3..6], &causal_row1, 0.0, 6e-7);
-        assert_close("spec causal row 2", &a[6..], &a_spec[6..], 0.0, 6e-7);
     });
 }
 
@@ -114,13 +158,36 @@ fn bad_arguments_are_typed_errors() {
     let empty = Tensor::zeros(gpu, &[1, 2, 0, 8]).unwrap();
     let mask_bad = Tensor::zeros(gpu, &[1, 5]).unwrap();
     let plain = AttentionOptions::default();
-    let shape_err = |r: saobp::Result<saobp::Attention>| matches!(r, Err(saobp::Error::Shape(_)));
-    let invalid = |r: saobp::Result<saobp::Attention>| matches!(r, Err(saobp::Error::InvalidArgument(_)));
+    let shape_err =
+        |r: saobp::Result<saobp::AttentionOutput>| matches!(r, Err(saobp::Error::Shape(_)));
+    let invalid = |r: saobp::Result<saobp::AttentionOutput>| {
+        matches!(r, Err(saobp::Error::InvalidArgument(_)))
+    };
     assert!(shape_err(attention_blocking(gpu, &q, &k3, &q, &plain)));
     assert!(shape_err(attention_blocking(gpu, &q, &q, &v_bad, &plain)));
-    assert!(shape_err(attention_blocking(gpu, &q, &q, &q, &AttentionOptions { key_mask: Some(&mask_bad), ..plain })));
-    assert!(invalid(attention_blocking(gpu, &empty, &empty, &empty, &plain)));
+    assert!(shape_err(attention_blocking(
+        gpu,
+        &q,
+        &q,
+        &q,
+        &AttentionOptions {
+            key_mask: Some(&mask_bad),
+            ..plain.clone()
+        }
+    )));
+    assert!(invalid(attention_blocking(
+        gpu, &empty, &empty, &empty, &plain
+    )));
     for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        assert!(invalid(attention_blocking(gpu, &q, &q, &q, &AttentionOptions { scale: Some(scale), ..plain })));
+        assert!(invalid(attention_blocking(
+            gpu,
+            &q,
+            &q,
+            &q,
+            &AttentionOptions {
+                scale: Some(scale),
+                ..plain.clone()
+            }
+        )));
     }
 }

@@ -6,13 +6,24 @@ fn every_shader_validates_with_naga() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("shaders/ exists")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = saobp::kernels::SHADERS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut listed: Vec<String> = saobp::kernels::SHADERS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "every shaders/*.wgsl is listed in kernels::SHADERS");
+    assert_eq!(
+        on_disk, listed,
+        "every shaders/*.wgsl is listed in kernels::SHADERS"
+    );
 
     for (name, source) in saobp::kernels::SHADERS {
         let module = naga::front::wgsl::parse_str(source)
@@ -23,7 +34,10 @@ fn every_shader_validates_with_naga() {
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-        eprintln!("{name}: valid, {} entry point(s)", module.entry_points.len());
+        eprintln!(
+            "{name}: valid, {} entry point(s)",
+            module.entry_points.len()
+        );
     }
 }
 
@@ -32,6 +46,9 @@ fn params_structs_match_their_wgsl_mirrors() {
     let layouts = saobp::kernels::param_layouts().expect("shaders parse");
     assert!(!layouts.is_empty());
     for (family, entry, wgsl, rust) in layouts {
-        assert_eq!(wgsl as usize, rust, "{family}::{entry}: WGSL Params is {wgsl} bytes, Rust {rust}");
+        assert_eq!(
+            wgsl as usize, rust,
+            "{family}::{entry}: WGSL Params is {wgsl} bytes, Rust {rust}"
+        );
     }
 }

@@ -5,10 +5,24 @@ mod common;
 use common::{assert_close, on_every_gpu, Rng};
 use saobp::{reference, softmax_blocking, SoftmaxOptions, Tensor};
 
-fn check(gpu: &saobp::Gpu, x: &[f32], shape: &[usize], causal: bool, mask: Option<&[f32]>) -> Vec<f32> {
+fn check(
+    gpu: &saobp::Gpu,
+    x: &[f32],
+    shape: &[usize],
+    causal: bool,
+    mask: Option<&[f32]>,
+) -> Vec<f32> {
     let tx = Tensor::from_slice(gpu, shape, x).unwrap();
     let tm = mask.map(|m| Tensor::from_slice(gpu, &[shape[0], shape[shape.len() - 1]], m).unwrap());
-    let y = softmax_blocking(gpu, &tx, &SoftmaxOptions { causal, key_mask: tm.as_ref() }).unwrap();
+    let y = softmax_blocking(
+        gpu,
+        &tx,
+        &SoftmaxOptions {
+            causal,
+            key_mask: tm.as_ref(),
+        },
+    )
+    .unwrap();
     let got = y.to_vec_blocking(gpu).unwrap();
     let want = reference::softmax(x, shape, causal, mask);
     let what = format!("softmax {shape:?} causal={causal} mask={}", mask.is_some());
@@ -24,8 +38,16 @@ fn random_rows_with_masks_match_reference() {
             let (b, h, n) = (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(150));
             let shape = [b, h, n, n];
             let x = rng.vec(b * h * n * n, -8.0, 8.0);
-            let mask: Vec<f32> = (0..b * n).map(|_| if rng.below(4) == 0 { 0.0 } else { 1.0 }).collect();
-            check(gpu, &x, &shape, case % 2 == 0, (case % 3 != 0).then_some(&mask[..]));
+            let mask: Vec<f32> = (0..b * n)
+                .map(|_| if rng.below(4) == 0 { 0.0 } else { 1.0 })
+                .collect();
+            check(
+                gpu,
+                &x,
+                &shape,
+                case % 2 == 0,
+                (case % 3 != 0).then_some(&mask[..]),
+            );
         }
     });
 }
@@ -43,7 +65,9 @@ fn huge_equal_and_one_hot_rows_are_exact() {
         let got = check(gpu, &x, &[4, n], false, None);
         let even = 1.0 / n.div_ceil(2) as f32;
         assert!((got[0] - even).abs() < 1e-6 && got[1] == 0.0);
-        assert!(got[n..2 * n].iter().all(|&p| (p - 1.0 / n as f32).abs() < 1e-7));
+        assert!(got[n..2 * n]
+            .iter()
+            .all(|&p| (p - 1.0 / n as f32).abs() < 1e-7));
         assert_eq!(got[2 * n + 5], 1.0);
         assert!((got[3 * n..].iter().sum::<f32>() - 1.0).abs() < 1e-5);
     });
@@ -68,6 +92,14 @@ fn mask_of_wrong_shape_is_a_shape_error() {
     let gpu = &common::gpus()[0];
     let x = Tensor::zeros(gpu, &[2, 3, 4, 4]).unwrap();
     let mask = Tensor::zeros(gpu, &[2, 5]).unwrap();
-    let e = softmax_blocking(gpu, &x, &SoftmaxOptions { causal: false, key_mask: Some(&mask) }).unwrap_err();
+    let e = softmax_blocking(
+        gpu,
+        &x,
+        &SoftmaxOptions {
+            causal: false,
+            key_mask: Some(&mask),
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
 }

@@ -6,7 +6,9 @@ pub fn run() -> Result<()> {
     let opts = GpuOptions::from_env()?;
     let all = list_adapters_blocking(BackendChoice::Auto);
     if all.is_empty() {
-        return Err(saobp::Error::NoAdapter(saobp::gpu::NO_ADAPTER_HINT.to_string()));
+        return Err(saobp::Error::NoAdapter(
+            saobp::gpu::NO_ADAPTER_HINT.to_string(),
+        ));
     }
     let auto = choose_adapter(&all, &GpuOptions::default());
     let chosen = choose_adapter(&all, &opts);
@@ -19,7 +21,11 @@ pub fn run() -> Result<()> {
         if Some(i) == chosen && opts != GpuOptions::default() {
             marks.push("selected by SAOBP_BACKEND/SAOBP_ADAPTER");
         }
-        let mark = if marks.is_empty() { String::new() } else { format!("  <- {}", marks.join(", ")) };
+        let mark = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  <- {}", marks.join(", "))
+        };
         println!(
             "  [{i}] {:<8} {:<14} {}{mark}\n      driver: {} {}",
             format!("{:?}", a.backend),

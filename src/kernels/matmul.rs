@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = include_str!("../../shaders/matmul.wgsl");
@@ -62,10 +63,6 @@ pub(crate) struct MatmulPlan {
     params: MatmulParams,
     /// Leading (batch) dimensions followed by `[M, N]`.
     pub out_shape: Vec<usize>,
-}
-
-fn to_u32(what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::shape(format!("{what} = {v} does not fit in 32 bits")))
 }
 
 /// Checks the shapes of `A` and `B` (rank >= 2; leading dimensions equal, or

@@ -7,22 +7,43 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod metrics;
+pub mod saobp;
 pub mod softmax;
 
+use crate::error::{Error, Result};
 use crate::gpu::Kernel;
+
+/// Sizes go to the GPU as u32; anything larger is a shape error, not a wrap.
+pub(crate) fn to_u32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::shape(format!("{what} = {v} does not fit in 32 bits")))
+}
+
+/// Workgroups of 64 invocations covering `elements` one per invocation.
+pub(crate) fn elementwise_groups(elements: usize) -> u64 {
+    (elements as u64).div_ceil(64)
+}
 
 /// Every shader family: (file name, WGSL source). The naga validation test
 /// walks this list, so a new family is checked as soon as it is added here.
 pub const SHADERS: &[(&str, &str)] = &[
     ("matmul.wgsl", matmul::SOURCE),
+    ("metrics.wgsl", metrics::SOURCE),
+    ("saobp.wgsl", saobp::SOURCE),
     ("softmax.wgsl", softmax::SOURCE),
 ];
 
 /// Every kernel entry point with the byte size of its Rust parameter struct,
 /// so a test can check the WGSL `Params` struct has the same size.
 pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
-    (&matmul::MATMUL_BLOCKED, std::mem::size_of::<matmul::MatmulParams>()),
-    (&softmax::SOFTMAX_ROWS, std::mem::size_of::<softmax::SoftmaxParams>()),
+    (
+        &matmul::MATMUL_BLOCKED,
+        std::mem::size_of::<matmul::MatmulParams>(),
+    ),
+    (
+        &softmax::SOFTMAX_ROWS,
+        std::mem::size_of::<softmax::SoftmaxParams>(),
+    ),
 ];
 
 /// The size of each uniform `Params` struct (binding 0) of each entry point in

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = include_str!("../../shaders/softmax.wgsl");
@@ -35,10 +36,6 @@ pub(crate) struct SoftmaxParams {
     causal: u32,
     has_mask: u32,
     _pad: [u32; 2],
-}
-
-fn to_u32(what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::shape(format!("{what} = {v} does not fit in 32 bits")))
 }
 
 /// Checks `x` ([.., R, C]) and the mask against each other.
@@ -82,10 +79,7 @@ pub(crate) fn step<'a>(
     Step::Dispatch(Dispatch {
         kernel: &SOFTMAX_ROWS,
         params: bytemuck::bytes_of(params).to_vec(),
-        buffers: vec![
-            x.buffer(),
-            mask.map_or(gpu.placeholder(), |m| m.buffer()),
-        ],
+        buffers: vec![x.buffer(), mask.map_or(gpu.placeholder(), |m| m.buffer())],
         workgroups: u64::from(params.matrices) * u64::from(params.rows),
     })
 }

@@ -46,13 +46,18 @@ pub fn attention(
             let g = b * hs + h;
             for i in 0..n {
                 let valid: Vec<usize> = (0..n)
-                    .filter(|&j| (!causal || j <= i) && key_mask.is_none_or(|m| m[b * n + j] != 0.0))
+                    .filter(|&j| {
+                        (!causal || j <= i) && key_mask.is_none_or(|m| m[b * n + j] != 0.0)
+                    })
                     .collect();
                 let scores: Vec<f64> = valid
                     .iter()
                     .map(|&j| {
                         let dot: f64 = (0..d)
-                            .map(|c| f64::from(q[(g * n + i) * d + c]) * f64::from(k[(g * n + j) * d + c]))
+                            .map(|c| {
+                                f64::from(q[(g * n + i) * d + c])
+                                    * f64::from(k[(g * n + j) * d + c])
+                            })
                             .sum();
                         scale * dot
                     })

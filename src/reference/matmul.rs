@@ -49,8 +49,16 @@ pub fn matmul(
             for j in 0..n {
                 let mut sum = 0.0f64;
                 for l in 0..k {
-                    let x = if opts.trans_a { a[l * m + i] } else { a[i * k + l] };
-                    let y = if opts.trans_b { b[j * k + l] } else { b[l * n + j] };
+                    let x = if opts.trans_a {
+                        a[l * m + i]
+                    } else {
+                        a[i * k + l]
+                    };
+                    let y = if opts.trans_b {
+                        b[j * k + l]
+                    } else {
+                        b[l * n + j]
+                    };
                     sum += f64::from(x) * f64::from(y);
                 }
                 c[(g * m + i) * n + j] = f64::from(opts.alpha) * sum;

@@ -7,8 +7,11 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod metrics;
+pub mod saobp;
 pub mod softmax;
 
 pub use attention::{attention, AttentionRef, RefOptions};
 pub use matmul::matmul;
+pub use saobp::{saobp, SaobpRef};
 pub use softmax::softmax;

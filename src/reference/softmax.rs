@@ -14,9 +14,8 @@ pub fn softmax(x: &[f32], shape: &[usize], causal: bool, key_mask: Option<&[f32]
         let b = g / per_batch;
         for i in 0..rows {
             let row = &x[(g * rows + i) * cols..][..cols];
-            let valid = |j: usize| {
-                (!causal || j <= i) && key_mask.is_none_or(|m| m[b * cols + j] != 0.0)
-            };
+            let valid =
+                |j: usize| (!causal || j <= i) && key_mask.is_none_or(|m| m[b * cols + j] != 0.0);
             let max = (0..cols)
                 .filter(|&j| valid(j))
                 .map(|j| f64::from(row[j]))

@@ -24,7 +24,9 @@ pub fn gpus() -> &'static [Gpu] {
                     gpus.iter()
                         .any(|g| want.backends().contains(g.adapter().backend.into())),
                     "SAOBP_REQUIRE_BACKENDS asks for {want:?} but the adapters are {:?}",
-                    gpus.iter().map(|g| g.adapter().to_string()).collect::<Vec<_>>()
+                    gpus.iter()
+                        .map(|g| g.adapter().to_string())
+                        .collect::<Vec<_>>()
                 );
             }
         }
@@ -91,7 +93,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
         assert!(g.is_finite(), "{what}[{i}] = {g} is not finite (want {w})");
         let err = (g - w).abs();
         let ok = approx::relative_eq!(g, w, epsilon = abs, max_relative = rel);
-        assert!(ok, "{what}[{i}] = {g}, want {w} (error {err:e}, rel {rel:e}, abs {abs:e})");
+        assert!(
+            ok,
+            "{what}[{i}] = {g}, want {w} (error {err:e}, rel {rel:e}, abs {abs:e})"
+        );
         if err > worst.0 {
             worst = (err, i);
         }

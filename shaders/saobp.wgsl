@@ -1,0 +1,271 @@
+// SAOBP: one belief-propagation step on the attention graph (../SPEC.md).
+//
+// Every entry point sees A as [matrices, n, n] (matrices = B*H), row i = query i.
+//
+// Materialized path (N^3 per head; for analysis and as a check):
+//   messages      M_ij = sum_{k not in {i,j}} A_ik A_kj (j != i), M_ii = 0.
+//                 v1: 4x4 outputs per invocation, 32x32 tile per workgroup, the
+//                 echo terms k = i and k = j dropped in the inner loop.
+//   refine        m_i = sum_j M_ij, then R_ij = (A_ij + lambda_h M_ij) / (1 + lambda_h m_i).
+//                 v1: one workgroup per row.
+//
+// Fused path (O(N^2 D), never forms M):
+//   diag_stats    per row: a_i = A_ii, r_i = sum_j A_ij, c_i = sum_{k != i} A_ik A_ki.
+//   mass          m_i = sum_k A_ik (r_k - a_k) - a_i (r_i - a_i) - c_i.
+//   two_hop_values U_k = Y_k - a_k V_k   (Y = A V comes from matmul.wgsl).
+//   fused_output  O_i = (Y_i + lambda (M V)_i) / (1 + lambda m_i),
+//                 (M V)_i = (A U)_i - a_i Y_i - (c_i - a_i^2) V_i   (A U from matmul.wgsl).
+// m and M V are clamped at 0 only where rounding could push a true 0 below it.
+
+struct Params {
+    matrices: u32,
+    n: u32,
+    // Value width D (elementwise kernels).
+    d: u32,
+    heads: u32,
+    // Output tiles per dimension of `messages`: ceil(n / 32).
+    tiles: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+const TILE: u32 = 32u;
+const BLOCK: u32 = 4u;
+
+var<workgroup> scratch: array<f32, 64>;
+
+// Sum of `v` over the workgroup; call from uniform control flow.
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            scratch[lid] = scratch[lid] + scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return scratch[0];
+}
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// ---- messages ---------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> msg_a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> msg_m: array<f32>;
+
+// A_ik, or 0 when out of range or when k = i (no echo through the sender).
+fn msg_left(base: u32, i: u32, k: u32) -> f32 {
+    if (i >= p.n || k == i) {
+        return 0.0;
+    }
+    return msg_a[base + i * p.n + k];
+}
+
+// A_kj, or 0 when out of range or when k = j (no echo through the receiver).
+fn msg_right(base: u32, k: u32, j: u32) -> f32 {
+    if (j >= p.n || k == j) {
+        return 0.0;
+    }
+    return msg_a[base + k * p.n + j];
+}
+
+@compute @workgroup_size(64)
+fn messages(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tile = linear_id(wid, nwg);
+    let per_matrix = p.tiles * p.tiles;
+    if (tile >= per_matrix * p.matrices) {
+        return;
+    }
+    let g = tile / per_matrix;
+    let t = tile % per_matrix;
+    let i0 = (t / p.tiles) * TILE + (lid / 8u) * BLOCK;
+    let j0 = (t % p.tiles) * TILE + (lid % 8u) * BLOCK;
+    let base = g * p.n * p.n;
+
+    var acc: array<array<f32, 4>, 4>;
+    for (var k = 0u; k < p.n; k = k + 1u) {
+        var left: array<f32, 4>;
+        var right: array<f32, 4>;
+        for (var x = 0u; x < BLOCK; x = x + 1u) {
+            left[x] = msg_left(base, i0 + x, k);
+            right[x] = msg_right(base, k, j0 + x);
+        }
+        for (var x = 0u; x < BLOCK; x = x + 1u) {
+            for (var y = 0u; y < BLOCK; y = y + 1u) {
+                acc[x][y] = acc[x][y] + left[x] * right[y];
+            }
+        }
+    }
+    for (var x = 0u; x < BLOCK; x = x + 1u) {
+        let i = i0 + x;
+        for (var y = 0u; y < BLOCK; y = y + 1u) {
+            let j = j0 + y;
+            if (i < p.n && j < p.n) {
+                msg_m[base + i * p.n + j] = select(acc[x][y], 0.0, i == j);
+            }
+        }
+    }
+}
+
+// ---- refine -----------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ref_a: array<f32>;
+@group(0) @binding(2) var<storage, read> ref_m: array<f32>;
+@group(0) @binding(3) var<storage, read> ref_lambda: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ref_r: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ref_mass: array<f32>;
+
+@compute @workgroup_size(64)
+fn refine(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let lambda = ref_lambda[(row / p.n) % p.heads];
+    let base = row * p.n;
+    var s = 0.0;
+    for (var j = lid; j < p.n; j = j + WG) {
+        s = s + ref_m[base + j];
+    }
+    let mass = reduce_sum(lid, s);
+    let inv = 1.0 / (1.0 + lambda * mass);
+    for (var j = lid; j < p.n; j = j + WG) {
+        ref_r[base + j] = (ref_a[base + j] + lambda * ref_m[base + j]) * inv;
+    }
+    if (lid == 0u) {
+        ref_mass[row] = mass;
+    }
+}
+
+// ---- diag_stats -------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ds_a: array<f32>;
+// [matrices * n, 3]: a_i, r_i, c_i.
+@group(0) @binding(2) var<storage, read_write> ds_stats: array<f32>;
+
+@compute @workgroup_size(64)
+fn diag_stats(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let i = row % p.n;
+    let base = (row / p.n) * p.n * p.n;
+    var r = 0.0;
+    var c = 0.0;
+    for (var k = lid; k < p.n; k = k + WG) {
+        let a_ik = ds_a[base + i * p.n + k];
+        r = r + a_ik;
+        if (k != i) {
+            c = c + a_ik * ds_a[base + k * p.n + i];
+        }
+    }
+    r = reduce_sum(lid, r);
+    c = reduce_sum(lid, c);
+    if (lid == 0u) {
+        ds_stats[3u * row] = ds_a[base + i * p.n + i];
+        ds_stats[3u * row + 1u] = r;
+        ds_stats[3u * row + 2u] = c;
+    }
+}
+
+// ---- mass -------------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ms_a: array<f32>;
+@group(0) @binding(2) var<storage, read> ms_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ms_mass: array<f32>;
+
+@compute @workgroup_size(64)
+fn mass(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let first = (row / p.n) * p.n;
+    let base = row * p.n;
+    var s = 0.0;
+    for (var k = lid; k < p.n; k = k + WG) {
+        let sk = 3u * (first + k);
+        s = s + ms_a[base + k] * (ms_stats[sk + 1u] - ms_stats[sk]);
+    }
+    s = reduce_sum(lid, s);
+    if (lid == 0u) {
+        let a = ms_stats[3u * row];
+        let r = ms_stats[3u * row + 1u];
+        let c = ms_stats[3u * row + 2u];
+        ms_mass[row] = max(s - a * (r - a) - c, 0.0);
+    }
+}
+
+// ---- two_hop_values ---------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> tv_y: array<f32>;
+@group(0) @binding(2) var<storage, read> tv_v: array<f32>;
+@group(0) @binding(3) var<storage, read> tv_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> tv_u: array<f32>;
+
+@compute @workgroup_size(64)
+fn two_hop_values(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_id(wid, nwg) * WG + lid;
+    if (idx >= p.matrices * p.n * p.d) {
+        return;
+    }
+    let row = idx / p.d;
+    tv_u[idx] = tv_y[idx] - tv_stats[3u * row] * tv_v[idx];
+}
+
+// ---- fused_output -----------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> fo_y: array<f32>;
+@group(0) @binding(2) var<storage, read> fo_v: array<f32>;
+@group(0) @binding(3) var<storage, read> fo_au: array<f32>;
+@group(0) @binding(4) var<storage, read> fo_stats: array<f32>;
+@group(0) @binding(5) var<storage, read> fo_mass: array<f32>;
+@group(0) @binding(6) var<storage, read> fo_lambda: array<f32>;
+@group(0) @binding(7) var<storage, read_write> fo_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn fused_output(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_id(wid, nwg) * WG + lid;
+    if (idx >= p.matrices * p.n * p.d) {
+        return;
+    }
+    let row = idx / p.d;
+    let lambda = fo_lambda[(row / p.n) % p.heads];
+    let a = fo_stats[3u * row];
+    let c = fo_stats[3u * row + 2u];
+    let mv = fo_au[idx] - a * fo_y[idx] - (c - a * a) * fo_v[idx];
+    fo_out[idx] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * fo_mass[row]);
+}

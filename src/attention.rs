@@ -1,0 +1,262 @@
+//! The pipeline a reader follows top to bottom:
+//! scores → softmax → (messages → refine | fused output) → output → metrics.
+//!
+//! Everything is recorded into one submission; only the per-head summaries
+//! are downloaded, never an N×N map unless the caller asks for it.
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Step};
+use crate::kernels::attention::{map_steps, AttentionShape};
+use crate::kernels::matmul::{self, MatmulOptions};
+use crate::kernels::metrics::{MapMetrics, MetricsJob};
+use crate::kernels::saobp::{self, Lambda};
+use crate::tensor::Tensor;
+
+/// How the refined output is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// No refinement: `O = A·V`.
+    Plain,
+    /// SAOBP in O(N²D): `O` from `A·V`, `A·U` and row statistics; `M` is never formed.
+    #[default]
+    Fused,
+    /// SAOBP with `M` explicit (N³ per head): `R = (A + λM)/(1 + λm)`, `O = R·V`.
+    Materialized,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "plain" => Ok(Mode::Plain),
+            "fused" => Ok(Mode::Fused),
+            "materialized" => Ok(Mode::Materialized),
+            _ => Err(crate::Error::invalid(format!(
+                "unknown mode `{s}`: expected plain, fused or materialized"
+            ))),
+        }
+    }
+}
+
+/// Options of [`attention`].
+#[derive(Debug, Clone, Default)]
+pub struct AttentionOptions<'a> {
+    /// Query `i` only attends to keys `j <= i`.
+    pub causal: bool,
+    /// `[B, N]`: 1 = the key may be attended, 0 = padding.
+    pub key_mask: Option<&'a Tensor>,
+    /// Score scale; `None` means `1/sqrt(D)`. Must be finite and positive.
+    pub scale: Option<f32>,
+    /// SAOBP strength, finite and >= 0; ignored in [`Mode::Plain`].
+    pub lambda: Lambda,
+    /// Plain, fused or materialized.
+    pub mode: Mode,
+    /// Return the attention map `A` `[B, H, N, N]`.
+    pub return_attention: bool,
+    /// Return the refined map `R` `[B, H, N, N]` (not in [`Mode::Plain`]).
+    /// In fused mode this forms `M` once, on the side, for `R` alone.
+    pub return_refined: bool,
+    /// Compute row metrics and per-head summaries of `A` (and of `R` unless
+    /// plain). Metrics of `R` need its entries, so in fused mode they form `M`
+    /// on the side as `return_refined` does; the output itself stays O(N²D).
+    pub metrics: bool,
+}
+
+/// Metrics of [`attention`]: of `A`, and of `R` when refined.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Metrics of the attention map; GTD at λ = 1.
+    pub attention: MapMetrics,
+    /// Metrics of the refined map; GTD at the λ used. `None` in plain mode.
+    pub refined: Option<MapMetrics>,
+}
+
+/// The result of [`attention`].
+#[derive(Debug, Clone)]
+pub struct AttentionOutput {
+    /// `O` `[B, H, N, Dv]`: `R·V`, or `A·V` in plain mode.
+    pub output: Tensor,
+    /// `A` when asked for.
+    pub attention: Option<Tensor>,
+    /// `R` when asked for (not in plain mode).
+    pub refined: Option<Tensor>,
+    /// Multi-hop mass `m` `[B, H, N]`, whenever it was computed (any refined
+    /// mode, or metrics).
+    pub multi_hop_mass: Option<Tensor>,
+    /// Row metrics and summaries when asked for.
+    pub metrics: Option<Metrics>,
+}
+
+/// Attention of `q`, `k`, `v` (`[B, H, N, D]`; `v` may have another last
+/// dimension), refined by SAOBP unless the mode is plain, exactly as in the
+/// spec. λ = 0 gives plain attention in every mode.
+///
+/// ```no_run
+/// # fn main() -> saobp::Result<()> {
+/// use saobp::{attention_blocking, AttentionOptions, Gpu, Lambda, Mode, Tensor};
+/// let gpu = Gpu::from_env_blocking()?;
+/// let x: Vec<f32> = (0..2 * 16 * 8).map(|i| (i as f32 * 0.61).cos()).collect();
+/// let q = Tensor::from_slice(&gpu, &[1, 2, 16, 8], &x)?;
+/// let opts = AttentionOptions { lambda: Lambda::Scalar(0.5), mode: Mode::Fused, metrics: true, ..Default::default() };
+/// let out = attention_blocking(&gpu, &q, &q, &q, &opts)?;
+/// let m = out.metrics.unwrap();
+/// println!("entropy of A {:.3}, of R {:.3}", m.attention.heads[0].entropy, m.refined.unwrap().heads[0].entropy);
+/// # Ok(()) }
+/// ```
+pub async fn attention(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions<'_>,
+) -> Result<AttentionOutput> {
+    let shape = AttentionShape::check(
+        q.shape(),
+        k.shape(),
+        v.shape(),
+        opts.key_mask.map(Tensor::shape),
+        opts.scale,
+    )?;
+    let lambda_values = shape_lambda(&shape, opts)?;
+    let matrices = shape.batch * shape.heads;
+    let plan = saobp::plan(matrices, shape.heads, shape.n, shape.dv)?;
+    let refined_mode = opts.mode != Mode::Plain;
+    // R is formed in materialized mode, and on the side when asked for.
+    let form_r =
+        opts.mode == Mode::Materialized || (refined_mode && (opts.return_refined || opts.metrics));
+    // The fused formula's m and its row stats serve the fused output and plain metrics.
+    let need_stats = opts.mode == Mode::Fused || (opts.mode == Mode::Plain && opts.metrics);
+
+    // Allocate everything first: the steps borrow it.
+    let a = Tensor::zeros(gpu, &shape.map_shape())?;
+    let output = Tensor::zeros(gpu, &shape.output_shape())?;
+    let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
+    let rows = shape.row_shape();
+    let stats = need_stats
+        .then(|| Tensor::zeros(gpu, &[matrices * shape.n, 3]))
+        .transpose()?;
+    let mass = Tensor::zeros(gpu, &rows)?;
+    // In fused mode the m from `refine` is a by-product; the formula's m is reported.
+    let side_mass = (form_r && opts.mode == Mode::Fused)
+        .then(|| Tensor::zeros(gpu, &rows))
+        .transpose()?;
+    let (messages, refined) = if form_r {
+        (
+            Some(Tensor::zeros(gpu, &shape.map_shape())?),
+            Some(Tensor::zeros(gpu, &shape.map_shape())?),
+        )
+    } else {
+        (None, None)
+    };
+    let fused_tmp = if opts.mode == Mode::Fused {
+        let s = shape.output_shape();
+        Some([
+            Tensor::zeros(gpu, &s)?,
+            Tensor::zeros(gpu, &s)?,
+            Tensor::zeros(gpu, &s)?,
+        ])
+    } else {
+        None
+    };
+    let has_mask = opts.key_mask.is_some();
+    let metrics_a = opts
+        .metrics
+        .then(|| MetricsJob::new(gpu, rows, opts.causal, has_mask, false))
+        .transpose()?;
+    let metrics_r = (opts.metrics && refined_mode)
+        .then(|| MetricsJob::new(gpu, rows, opts.causal, has_mask, true))
+        .transpose()?;
+
+    let mut steps: Vec<Step> = Vec::new();
+    steps.extend(map_steps(
+        gpu,
+        &shape,
+        q,
+        k,
+        opts.causal,
+        opts.key_mask,
+        &a,
+    )?);
+    if let Some(stats) = &stats {
+        steps.push(saobp::diag_stats(&plan, &a, stats));
+        steps.push(saobp::mass(&plan, &a, stats, &mass));
+    }
+    if let (Some(messages), Some(refined)) = (&messages, &refined) {
+        let m_out = side_mass.as_ref().unwrap_or(&mass);
+        steps.push(saobp::messages(&plan, &a, messages));
+        steps.push(saobp::refine(&plan, &a, messages, &lambda, refined, m_out));
+    }
+    let plain = MatmulOptions::default();
+    match opts.mode {
+        Mode::Plain => {
+            let p = matmul::plan(a.shape(), v.shape(), &plain)?;
+            steps.push(matmul::step(&p, &a, v, &output));
+        }
+        Mode::Materialized => {
+            let r = refined.as_ref().unwrap_or(&a);
+            let p = matmul::plan(r.shape(), v.shape(), &plain)?;
+            steps.push(matmul::step(&p, r, v, &output));
+        }
+        Mode::Fused => {
+            if let (Some([y, u, au]), Some(stats)) = (&fused_tmp, &stats) {
+                let p = matmul::plan(a.shape(), v.shape(), &plain)?;
+                steps.push(matmul::step(&p, &a, v, y));
+                steps.push(saobp::two_hop_values(&plan, y, v, stats, u));
+                steps.push(matmul::step(&p, &a, u, au));
+                steps.push(saobp::fused_output(
+                    &plan, y, v, au, stats, &mass, &lambda, &output,
+                ));
+            }
+        }
+    }
+    if let Some(job) = &metrics_a {
+        steps.extend(job.steps(gpu, &a, opts.key_mask, &mass, None));
+    }
+    if let (Some(job), Some(r)) = (&metrics_r, &refined) {
+        steps.extend(job.steps(gpu, r, opts.key_mask, &mass, Some(&lambda)));
+    }
+    gpu.run(&steps).await?;
+    drop(steps);
+
+    let metrics = match metrics_a {
+        Some(job) => Some(Metrics {
+            attention: job.finish(gpu).await?,
+            refined: match metrics_r {
+                Some(job) => Some(job.finish(gpu).await?),
+                None => None,
+            },
+        }),
+        None => None,
+    };
+    let mass_computed = refined_mode || opts.metrics;
+    Ok(AttentionOutput {
+        output,
+        attention: opts.return_attention.then_some(a),
+        refined: if opts.return_refined { refined } else { None },
+        multi_hop_mass: mass_computed.then_some(mass),
+        metrics,
+    })
+}
+
+/// λ per head, validated; all zeros in plain mode (where it is not read).
+fn shape_lambda(shape: &AttentionShape, opts: &AttentionOptions<'_>) -> Result<Vec<f32>> {
+    let values = opts.lambda.per_head(shape.heads)?;
+    Ok(if opts.mode == Mode::Plain {
+        vec![0.0; shape.heads]
+    } else {
+        values
+    })
+}
+
+/// Blocking form of [`attention`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn attention_blocking(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions<'_>,
+) -> Result<AttentionOutput> {
+    pollster::block_on(attention(gpu, q, k, v, opts))
+}

@@ -1,0 +1,299 @@
+//! Attention metrics per row (entropy, normalized entropy, sparsity, peak,
+//! distance, multi-hop mass, GTD) and their per-head means, on the GPU.
+//!
+//! Shader: `shaders/metrics.wgsl`. Reference: [`crate::reference::metrics`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::kernels::saobp::{self, Lambda};
+use crate::kernels::to_u32;
+use crate::tensor::Tensor;
+
+pub(crate) const SOURCE: &str = include_str!("../../shaders/metrics.wgsl");
+
+pub(crate) static ROW_METRICS: Kernel = Kernel {
+    family: "metrics",
+    source: SOURCE,
+    entry: "row_metrics",
+};
+
+pub(crate) static SUMMARIZE: Kernel = Kernel {
+    family: "metrics",
+    source: SOURCE,
+    entry: "summarize",
+};
+
+/// Rows of the per-row metrics tensor `[METRIC_COUNT, B, H, N]`, in order.
+pub const METRIC_NAMES: [&str; 8] = [
+    "entropy",
+    "normalized_entropy",
+    "sparsity",
+    "peak",
+    "distance",
+    "multi_hop_mass",
+    "gtd",
+    "weight",
+];
+
+/// Number of rows in the per-row metrics tensor.
+pub const METRIC_COUNT: usize = METRIC_NAMES.len();
+
+/// Mirrors `Params` in `shaders/metrics.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MetricsParams {
+    matrices: u32,
+    n: u32,
+    heads: u32,
+    causal: u32,
+    has_mask: u32,
+    use_lambda: u32,
+    _pad: [u32; 2],
+}
+
+/// The means of one head's row metrics over its counted rows (query not
+/// padded, at least one valid key), as the spec's summaries define them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeadSummary {
+    /// Mean row entropy (nats).
+    pub entropy: f64,
+    /// Mean entropy divided by `ln n_i`.
+    pub normalized_entropy: f64,
+    /// Mean `1 − exp(H)/n_i`.
+    pub sparsity: f64,
+    /// Mean largest weight.
+    pub peak: f64,
+    /// Mean `Σ_j P_ij |i − j|`.
+    pub distance: f64,
+    /// Mean multi-hop mass `m` (from `A`).
+    pub multi_hop_mass: f64,
+    /// Mean Global Token Dependency (`λ=1` for `A`, `λ_h` for `R`).
+    pub gtd: f64,
+    /// Number of rows averaged.
+    pub rows: u32,
+}
+
+impl HeadSummary {
+    fn from_row(v: &[f32]) -> Self {
+        HeadSummary {
+            entropy: v[0].into(),
+            normalized_entropy: v[1].into(),
+            sparsity: v[2].into(),
+            peak: v[3].into(),
+            distance: v[4].into(),
+            multi_hop_mass: v[5].into(),
+            gtd: v[6].into(),
+            rows: v[7].round() as u32,
+        }
+    }
+
+    /// The metrics as `(name, value)` pairs, in [`METRIC_NAMES`] order (without `weight`).
+    pub fn fields(&self) -> [(&'static str, f64); 7] {
+        [
+            ("entropy", self.entropy),
+            ("normalized_entropy", self.normalized_entropy),
+            ("sparsity", self.sparsity),
+            ("peak", self.peak),
+            ("distance", self.distance),
+            ("multi_hop_mass", self.multi_hop_mass),
+            ("gtd", self.gtd),
+        ]
+    }
+
+    /// The mean of `items` that have at least one row (all zeros if none has).
+    pub fn mean<'a>(items: impl IntoIterator<Item = &'a HeadSummary>) -> HeadSummary {
+        let counted: Vec<&HeadSummary> = items.into_iter().filter(|s| s.rows > 0).collect();
+        if counted.is_empty() {
+            return HeadSummary::default();
+        }
+        let k = counted.len() as f64;
+        let avg = |f: fn(&HeadSummary) -> f64| counted.iter().map(|s| f(s)).sum::<f64>() / k;
+        HeadSummary {
+            entropy: avg(|s| s.entropy),
+            normalized_entropy: avg(|s| s.normalized_entropy),
+            sparsity: avg(|s| s.sparsity),
+            peak: avg(|s| s.peak),
+            distance: avg(|s| s.distance),
+            multi_hop_mass: avg(|s| s.multi_hop_mass),
+            gtd: avg(|s| s.gtd),
+            rows: counted.iter().map(|s| s.rows).sum(),
+        }
+    }
+}
+
+/// Metrics of one attention map (`A` or `R`).
+#[derive(Debug, Clone)]
+pub struct MapMetrics {
+    /// Per-row metrics `[METRIC_COUNT, B, H, N]`, rows in [`METRIC_NAMES`] order.
+    pub rows: Tensor,
+    /// Per-head summaries, `B·H` of them, batch-major.
+    pub heads: Vec<HeadSummary>,
+    /// Heads per batch item.
+    pub num_heads: usize,
+}
+
+impl MapMetrics {
+    /// Summary of head `h` of batch item `b`.
+    pub fn head(&self, b: usize, h: usize) -> Option<&HeadSummary> {
+        self.heads
+            .get(b * self.num_heads + h)
+            .filter(|_| h < self.num_heads)
+    }
+
+    /// Mean over the heads of batch item `b`.
+    pub fn batch(&self, b: usize) -> HeadSummary {
+        HeadSummary::mean(
+            self.heads
+                .iter()
+                .skip(b * self.num_heads)
+                .take(self.num_heads),
+        )
+    }
+
+    /// Mean over batch items of their means over heads.
+    pub fn overall(&self) -> HeadSummary {
+        let items = self.heads.len() / self.num_heads.max(1);
+        let per_batch: Vec<HeadSummary> = (0..items).map(|b| self.batch(b)).collect();
+        HeadSummary::mean(&per_batch)
+    }
+}
+
+/// Tensors and parameters of one metrics computation, allocated up front so
+/// that its steps can join a larger submission.
+pub(crate) struct MetricsJob {
+    params: MetricsParams,
+    pub rows: Tensor,
+    pub summary: Tensor,
+    heads: usize,
+}
+
+impl MetricsJob {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        shape: [usize; 3],
+        causal: bool,
+        has_mask: bool,
+        use_lambda: bool,
+    ) -> Result<MetricsJob> {
+        let [b, h, n] = shape;
+        let params = MetricsParams {
+            matrices: to_u32("matrices", b * h)?,
+            n: to_u32("N", n)?,
+            heads: to_u32("heads", h.max(1))?,
+            causal: causal.into(),
+            has_mask: has_mask.into(),
+            use_lambda: use_lambda.into(),
+            _pad: [0; 2],
+        };
+        Ok(MetricsJob {
+            params,
+            rows: Tensor::zeros(gpu, &[METRIC_COUNT, b, h, n])?,
+            summary: Tensor::zeros(gpu, &[b * h, METRIC_COUNT])?,
+            heads: h,
+        })
+    }
+
+    /// Row metrics of `p` then the per-head summaries. `lambda` is read only
+    /// when the job uses λ; `mask` may be the placeholder.
+    pub(crate) fn steps<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        p: &'a Tensor,
+        mask: Option<&'a Tensor>,
+        mass: &'a Tensor,
+        lambda: Option<&'a Tensor>,
+    ) -> [Step<'a>; 2] {
+        let params = bytemuck::bytes_of(&self.params).to_vec();
+        let placeholder = gpu.placeholder();
+        [
+            Step::Dispatch(Dispatch {
+                kernel: &ROW_METRICS,
+                params: params.clone(),
+                buffers: vec![
+                    p.buffer(),
+                    mask.map_or(placeholder, Tensor::buffer),
+                    mass.buffer(),
+                    lambda.map_or(placeholder, Tensor::buffer),
+                    self.rows.buffer(),
+                ],
+                workgroups: u64::from(self.params.matrices) * u64::from(self.params.n),
+            }),
+            Step::Dispatch(Dispatch {
+                kernel: &SUMMARIZE,
+                params,
+                buffers: vec![self.rows.buffer(), self.summary.buffer()],
+                workgroups: u64::from(self.params.matrices),
+            }),
+        ]
+    }
+
+    /// Downloads the `B·H × 8` summary (never the N×N map).
+    pub(crate) async fn finish(self, gpu: &Gpu) -> Result<MapMetrics> {
+        let values = self.summary.to_vec(gpu).await?;
+        Ok(MapMetrics {
+            heads: values
+                .chunks(METRIC_COUNT)
+                .map(HeadSummary::from_row)
+                .collect(),
+            rows: self.rows,
+            num_heads: self.heads,
+        })
+    }
+}
+
+/// Options of [`metrics`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsOptions<'a> {
+    /// The map was computed with a causal mask (sets `n_i`).
+    pub causal: bool,
+    /// `[B, N]` key mask the map was computed with (sets `n_i` and which
+    /// query rows count in summaries).
+    pub key_mask: Option<&'a Tensor>,
+    /// GTD at these λ; `None` means λ = 1, as the spec reports a plain map.
+    pub lambda: Option<&'a Lambda>,
+}
+
+/// Row metrics and per-head summaries of any attention map `p` (`[B, H, N, N]`).
+/// The multi-hop mass is that of `p` itself, computed in O(N²) without `M`.
+pub async fn metrics(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result<MapMetrics> {
+    let (b, h, n) = saobp::check_map(p.shape())?;
+    if let Some(m) = opts.key_mask {
+        if m.shape() != [b, n] {
+            return Err(Error::shape(format!(
+                "key mask has shape {:?}, expected [B, N] = [{b}, {n}]",
+                m.shape()
+            )));
+        }
+    }
+    let lambda = opts
+        .lambda
+        .map(|l| {
+            l.per_head(h)
+                .and_then(|v| Tensor::from_slice(gpu, &[h], &v))
+        })
+        .transpose()?;
+    let plan = saobp::plan(b * h, h, n, 1)?;
+    let stats = Tensor::zeros(gpu, &[b * h * n, 3])?;
+    let mass = Tensor::zeros(gpu, &[b, h, n])?;
+    let job = MetricsJob::new(
+        gpu,
+        [b, h, n],
+        opts.causal,
+        opts.key_mask.is_some(),
+        lambda.is_some(),
+    )?;
+    let mut steps = vec![
+        saobp::diag_stats(&plan, p, &stats),
+        saobp::mass(&plan, p, &stats, &mass),
+    ];
+    steps.extend(job.steps(gpu, p, opts.key_mask, &mass, lambda.as_ref()));
+    gpu.run(&steps).await?;
+    drop(steps);
+    job.finish(gpu).await
+}
+
+/// Blocking form of [`metrics`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn metrics_blocking(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result<MapMetrics> {
+    pollster::block_on(metrics(gpu, p, opts))
+}

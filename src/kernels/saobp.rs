@@ -1,0 +1,249 @@
+//! SAOBP kernels: two-hop messages, refinement, and the O(N²D) fused output.
+//!
+//! Shader: `shaders/saobp.wgsl`. Reference: [`crate::reference::saobp`].
+//! The pipeline that strings them together is [`crate::attention`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::kernels::{elementwise_groups, to_u32};
+use crate::tensor::Tensor;
+
+pub(crate) const SOURCE: &str = include_str!("../../shaders/saobp.wgsl");
+
+macro_rules! kernel {
+    ($name:ident, $entry:literal) => {
+        pub(crate) static $name: Kernel = Kernel {
+            family: "saobp",
+            source: SOURCE,
+            entry: $entry,
+        };
+    };
+}
+kernel!(MESSAGES, "messages");
+kernel!(REFINE, "refine");
+kernel!(DIAG_STATS, "diag_stats");
+kernel!(MASS, "mass");
+kernel!(TWO_HOP_VALUES, "two_hop_values");
+kernel!(FUSED_OUTPUT, "fused_output");
+
+/// Output tile edge of `messages`.
+const TILE: usize = 32;
+
+/// The refinement strength λ: one value for every head, or one per head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lambda {
+    /// The same λ for every head.
+    Scalar(f32),
+    /// λ_h for each head `h`.
+    PerHead(Vec<f32>),
+}
+
+impl Default for Lambda {
+    /// λ = 0: refinement off, `R = A`.
+    fn default() -> Self {
+        Lambda::Scalar(0.0)
+    }
+}
+
+impl From<f32> for Lambda {
+    fn from(l: f32) -> Self {
+        Lambda::Scalar(l)
+    }
+}
+
+impl Lambda {
+    /// One finite, non-negative λ per head, or an [`Error::InvalidArgument`].
+    pub fn per_head(&self, heads: usize) -> Result<Vec<f32>> {
+        let values = match self {
+            Lambda::Scalar(l) => vec![*l; heads],
+            Lambda::PerHead(v) if v.len() == heads => v.clone(),
+            Lambda::PerHead(v) => {
+                return Err(Error::invalid(format!(
+                    "lambda has {} values but there are {heads} heads",
+                    v.len()
+                )))
+            }
+        };
+        if let Some((h, l)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !(l.is_finite() && **l >= 0.0))
+        {
+            return Err(Error::invalid(format!(
+                "lambda must be finite and >= 0, got {l} for head {h}"
+            )));
+        }
+        Ok(values)
+    }
+}
+
+/// Mirrors `Params` in `shaders/saobp.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SaobpParams {
+    matrices: u32,
+    n: u32,
+    d: u32,
+    heads: u32,
+    tiles: u32,
+    _pad: [u32; 3],
+}
+
+/// Shapes of one SAOBP problem: `matrices` = B·H attention maps of `n`×`n`,
+/// values `d` wide.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    params: SaobpParams,
+    rows: u64,
+    elements: usize,
+}
+
+pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<Plan> {
+    Ok(Plan {
+        params: SaobpParams {
+            matrices: to_u32("matrices", matrices)?,
+            n: to_u32("N", n)?,
+            d: to_u32("D", d)?,
+            heads: to_u32("heads", heads.max(1))?,
+            tiles: to_u32("tiles", n.div_ceil(TILE))?,
+            _pad: [0; 3],
+        },
+        rows: (matrices * n) as u64,
+        elements: matrices * n * d,
+    })
+}
+
+fn dispatch<'a>(
+    plan: &Plan,
+    kernel: &'static Kernel,
+    buffers: Vec<&'a Tensor>,
+    workgroups: u64,
+) -> Step<'a> {
+    Step::Dispatch(Dispatch {
+        kernel,
+        params: bytemuck::bytes_of(&plan.params).to_vec(),
+        buffers: buffers.into_iter().map(Tensor::buffer).collect(),
+        workgroups,
+    })
+}
+
+/// `messages = M(a)`, both `[G, N, N]`.
+pub(crate) fn messages<'a>(plan: &Plan, a: &'a Tensor, messages: &'a Tensor) -> Step<'a> {
+    let tiles = u64::from(plan.params.tiles);
+    let groups = u64::from(plan.params.matrices) * tiles * tiles;
+    dispatch(plan, &MESSAGES, vec![a, messages], groups)
+}
+
+/// `mass_i = Σ_j M_ij`, `refined = (A + λM) / (1 + λ m)`.
+pub(crate) fn refine<'a>(
+    plan: &Plan,
+    a: &'a Tensor,
+    messages: &'a Tensor,
+    lambda: &'a Tensor,
+    refined: &'a Tensor,
+    mass: &'a Tensor,
+) -> Step<'a> {
+    dispatch(
+        plan,
+        &REFINE,
+        vec![a, messages, lambda, refined, mass],
+        plan.rows,
+    )
+}
+
+/// Per row `(a_i, r_i, c_i)` into `stats` (`[G·N, 3]`).
+pub(crate) fn diag_stats<'a>(plan: &Plan, a: &'a Tensor, stats: &'a Tensor) -> Step<'a> {
+    dispatch(plan, &DIAG_STATS, vec![a, stats], plan.rows)
+}
+
+/// Multi-hop mass `m` from `A` and its row stats, without `M`.
+pub(crate) fn mass<'a>(
+    plan: &Plan,
+    a: &'a Tensor,
+    stats: &'a Tensor,
+    mass: &'a Tensor,
+) -> Step<'a> {
+    dispatch(plan, &MASS, vec![a, stats, mass], plan.rows)
+}
+
+/// `U = Y − a ⊙ V`.
+pub(crate) fn two_hop_values<'a>(
+    plan: &Plan,
+    y: &'a Tensor,
+    v: &'a Tensor,
+    stats: &'a Tensor,
+    u: &'a Tensor,
+) -> Step<'a> {
+    dispatch(
+        plan,
+        &TWO_HOP_VALUES,
+        vec![y, v, stats, u],
+        elementwise_groups(plan.elements),
+    )
+}
+
+/// Refined output from `Y = AV`, `AU`, the row stats and `m`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_output<'a>(
+    plan: &Plan,
+    y: &'a Tensor,
+    v: &'a Tensor,
+    au: &'a Tensor,
+    stats: &'a Tensor,
+    mass: &'a Tensor,
+    lambda: &'a Tensor,
+    out: &'a Tensor,
+) -> Step<'a> {
+    dispatch(
+        plan,
+        &FUSED_OUTPUT,
+        vec![y, v, au, stats, mass, lambda, out],
+        elementwise_groups(plan.elements),
+    )
+}
+
+/// The materialized refinement of an attention map, from [`refine_map`].
+#[derive(Debug, Clone)]
+pub struct Refined {
+    /// Two-hop messages `M` `[B, H, N, N]`.
+    pub messages: Tensor,
+    /// Multi-hop mass `m = Σ_j M_ij` `[B, H, N]`.
+    pub mass: Tensor,
+    /// `R = (A + λM) / (1 + λm)` `[B, H, N, N]`.
+    pub refined: Tensor,
+}
+
+/// Checks that `a` is `[B, H, N, N]`; returns `(B, H, N)`.
+pub(crate) fn check_map(a: &[usize]) -> Result<(usize, usize, usize)> {
+    match *a {
+        [b, h, n, n2] if n == n2 && b * h * n > 0 => Ok((b, h, n)),
+        _ => Err(Error::shape(format!(
+            "an attention map must be [B, H, N, N] and non-empty, got {a:?}"
+        ))),
+    }
+}
+
+/// SAOBP on any attention map `a` (`[B, H, N, N]`, rows stochastic or zero):
+/// `M`, `m` and `R`, all materialized (N³ work per head).
+pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refined> {
+    let (b, h, n) = check_map(a.shape())?;
+    let lambda = Tensor::from_slice(gpu, &[h], &lambda.per_head(h)?)?;
+    let plan = plan(b * h, h, n, 1)?;
+    let out = Refined {
+        messages: Tensor::zeros(gpu, a.shape())?,
+        mass: Tensor::zeros(gpu, &[b, h, n])?,
+        refined: Tensor::zeros(gpu, a.shape())?,
+    };
+    gpu.run(&[
+        messages(&plan, a, &out.messages),
+        refine(&plan, a, &out.messages, &lambda, &out.refined, &out.mass),
+    ])
+    .await?;
+    Ok(out)
+}
+
+/// Blocking form of [`refine_map`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn refine_map_blocking(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refined> {
+    pollster::block_on(refine_map(gpu, a, lambda))
+}

@@ -36,6 +36,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod reference;
 pub mod tensor;
+pub mod workload;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use attention::attention_blocking;

@@ -21,15 +21,19 @@ struct Args {
 enum Command {
     /// List every adapter (backend, type, driver) and mark the one `auto` picks.
     Info,
-    /// Run attention on a built-in workload and check it against the float64 reference.
+    /// Run attention and SAOBP on a built-in workload, check against the float64 reference.
     Demo(cli::demo::DemoArgs),
+    /// Attention + SAOBP on q, k, v from a safetensors file; writes outputs and metrics.
+    Refine(cli::refine::RefineArgs),
 }
 
 fn main() -> ExitCode {
+    quiet_wayland_probe();
     let args = Args::parse();
     let result = match args.command {
-        Command::Info => cli::info::run(),
+        Command::Info => cli::info::run().map_err(|e| e.to_string()),
         Command::Demo(a) => cli::demo::run(&a),
+        Command::Refine(a) => cli::refine::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,5 +41,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// On a headless Linux machine, wgpu's GL backend probes for a Wayland
+/// display, and libwayland prints "error: XDG_RUNTIME_DIR is invalid" when the
+/// variable is unset, which reads like one of our errors. Pointing it at the
+/// temporary directory (where no compositor socket exists) keeps the probe
+/// silent; it changes nothing when a session sets the variable.
+fn quiet_wayland_probe() {
+    if cfg!(target_os = "linux")
+        && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("WAYLAND_DISPLAY").is_none()
+    {
+        // Single-threaded here: nothing else reads the environment yet.
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
 }

@@ -21,26 +21,78 @@ fn uniform_one_hot_and_empty_rows_have_known_metrics() {
             rows[(k * 2 + head) * n..][..n].to_vec()
         };
         let ln_n = (n as f64).ln();
-        assert_close("uniform entropy", &metric("entropy", 0), &[ln_n; 5], 1e-6, 1e-6);
-        assert_close("uniform normalized", &metric("normalized_entropy", 0), &[1.0; 5], 1e-6, 1e-6);
-        assert_close("uniform sparsity", &metric("sparsity", 0), &[0.0; 5], 0.0, 1e-6);
+        assert_close(
+            "uniform entropy",
+            &metric("entropy", 0),
+            &[ln_n; 5],
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            "uniform normalized",
+            &metric("normalized_entropy", 0),
+            &[1.0; 5],
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            "uniform sparsity",
+            &metric("sparsity", 0),
+            &[0.0; 5],
+            0.0,
+            1e-6,
+        );
         assert_close("uniform peak", &metric("peak", 0), &[0.2; 5], 1e-6, 1e-7);
         // Mean |i - j| over j for a uniform row.
-        let dist: Vec<f64> = (0..n).map(|i| (0..n).map(|j| (i as f64 - j as f64).abs()).sum::<f64>() / n as f64).collect();
-        assert_close("uniform distance", &metric("distance", 0), &dist, 1e-6, 1e-6);
+        let dist: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| (i as f64 - j as f64).abs()).sum::<f64>() / n as f64)
+            .collect();
+        assert_close(
+            "uniform distance",
+            &metric("distance", 0),
+            &dist,
+            1e-6,
+            1e-6,
+        );
         // m of a uniform map: each of the n-2 intermediates k ∉ {i, j} carries 1/n², for n-1 targets.
         let m_uniform = ((n - 1) * (n - 2)) as f64 / (n * n) as f64;
-        assert_close("uniform m", &metric("multi_hop_mass", 0), &[m_uniform; 5], 1e-5, 1e-6);
-        assert_close("uniform GTD at λ=1", &metric("gtd", 0), &[m_uniform / (1.0 + m_uniform); 5], 1e-5, 1e-6);
+        assert_close(
+            "uniform m",
+            &metric("multi_hop_mass", 0),
+            &[m_uniform; 5],
+            1e-5,
+            1e-6,
+        );
+        assert_close(
+            "uniform GTD at λ=1",
+            &metric("gtd", 0),
+            &[m_uniform / (1.0 + m_uniform); 5],
+            1e-5,
+            1e-6,
+        );
 
         assert_eq!(metric("entropy", 1), vec![0.0; n]);
         assert_eq!(metric("normalized_entropy", 1), vec![0.0; n]);
-        assert_close("one-hot sparsity", &metric("sparsity", 1), &[0.8; 5], 1e-6, 1e-6);
+        assert_close(
+            "one-hot sparsity",
+            &metric("sparsity", 1),
+            &[0.8; 5],
+            1e-6,
+            1e-6,
+        );
         assert_eq!(metric("peak", 1), vec![1.0; n]);
-        let dist: Vec<f64> = (0..n).map(|i| (i as f64 - ((i + 2) % n) as f64).abs()).collect();
+        let dist: Vec<f64> = (0..n)
+            .map(|i| (i as f64 - ((i + 2) % n) as f64).abs())
+            .collect();
         assert_close("one-hot distance", &metric("distance", 1), &dist, 0.0, 1e-6);
         // i → i+2 → i+4 is a genuine two-hop path for n = 5: m = 1.
-        assert_close("one-hot m", &metric("multi_hop_mass", 1), &[1.0; 5], 0.0, 1e-6);
+        assert_close(
+            "one-hot m",
+            &metric("multi_hop_mass", 1),
+            &[1.0; 5],
+            0.0,
+            1e-6,
+        );
         assert_eq!(m.heads[1].rows, n as u32);
         assert_eq!(m.heads[1].peak, 1.0);
     });
@@ -53,7 +105,9 @@ fn random_maps_with_masks_match_reference() {
         for case in 0..6 {
             let (b, h, n) = (1 + rng.below(2), 1 + rng.below(3), 1 + rng.below(90));
             let causal = case % 2 == 0;
-            let mask: Vec<f32> = (0..b * n).map(|_| if rng.below(5) == 0 { 0.0 } else { 1.0 }).collect();
+            let mask: Vec<f32> = (0..b * n)
+                .map(|_| if rng.below(5) == 0 { 0.0 } else { 1.0 })
+                .collect();
             let masked = case % 3 != 0;
             // A genuine masked softmax of random scores, so rows are stochastic.
             let scores = rng.vec(b * h * n * n, -6.0, 6.0);
@@ -63,23 +117,60 @@ fn random_maps_with_masks_match_reference() {
             let lambda: Vec<f32> = (0..h).map(|_| rng.uniform(0.0, 4.0)).collect();
             let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
             let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n), n);
-            let want = reference::metrics::row_metrics(&p64, &mass, Some(&lambda64), [b, h, n], causal, masked.then_some(&mask));
+            let want = reference::metrics::row_metrics(
+                &p64,
+                &mass,
+                Some(&lambda64),
+                [b, h, n],
+                causal,
+                masked.then_some(&mask),
+            );
 
             let t = Tensor::from_slice(gpu, &[b, h, n, n], &p).unwrap();
             let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
             let l = Lambda::PerHead(lambda);
-            let opts = MetricsOptions { causal, key_mask: masked.then_some(&tm), lambda: Some(&l) };
+            let opts = MetricsOptions {
+                causal,
+                key_mask: masked.then_some(&tm),
+                lambda: Some(&l),
+            };
             let got = metrics_blocking(gpu, &t, &opts).unwrap();
             let rows = got.rows.to_vec_blocking(gpu).unwrap();
             let g = b * h * n;
             for (k, name) in METRIC_NAMES.iter().enumerate() {
                 let w: Vec<f64> = want.iter().map(|r| r[k]).collect();
-                let abs = if *name == "distance" { 1e-5 * n as f64 } else { 1e-5 };
-                assert_close(&format!("case {case} {name}"), &rows[k * g..][..g], &w, 1e-4, abs);
+                let abs = if *name == "distance" {
+                    1e-5 * n as f64
+                } else {
+                    1e-5
+                };
+                assert_close(
+                    &format!("case {case} {name}"),
+                    &rows[k * g..][..g],
+                    &w,
+                    1e-4,
+                    abs,
+                );
             }
-            for (head, (s, w)) in got.heads.iter().zip(reference::metrics::summarize(&want, n)).enumerate() {
-                let s: Vec<f32> = s.fields().iter().map(|(_, x)| *x as f32).chain([s.rows as f32]).collect();
-                assert_close(&format!("case {case} summary {head}"), &s, &w, 1e-4, 1e-5 * n as f64);
+            for (head, (s, w)) in got
+                .heads
+                .iter()
+                .zip(reference::metrics::summarize(&want, n))
+                .enumerate()
+            {
+                let s: Vec<f32> = s
+                    .fields()
+                    .iter()
+                    .map(|(_, x)| *x as f32)
+                    .chain([s.rows as f32])
+                    .collect();
+                assert_close(
+                    &format!("case {case} summary {head}"),
+                    &s,
+                    &w,
+                    1e-4,
+                    1e-5 * n as f64,
+                );
             }
         }
     });

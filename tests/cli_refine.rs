@@ -16,8 +16,11 @@ fn bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes a safetensors file of (name, dtype, shape, raw bytes).
-fn write_input(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+/// One input tensor: name, dtype, shape, raw little-endian bytes.
+type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes a safetensors file of raw tensors.
+fn write_input(path: &Path, tensors: &[Raw]) {
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
         .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
@@ -257,17 +260,13 @@ fn bad_input_exits_with_one_line_and_no_output() {
         ]
     };
     let good = || qkv((Dtype::F32, shape.clone(), ones.clone()));
-    let with = |extra: (&'static str, Dtype, Vec<usize>, Vec<u8>)| {
+    let with = |extra: Raw| {
         let mut t = good();
         t.push(extra);
         t
     };
-    let cases: Vec<(
-        &str,
-        Option<Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>>,
-        Vec<&str>,
-        &str,
-    )> = vec![
+    // (case, input tensors or None for a malformed file, extra arguments, expected text)
+    let cases: Vec<(&str, Option<Vec<Raw>>, Vec<&str>, &str)> = vec![
         (
             "missing tensor",
             Some(good()[..2].to_vec()),

@@ -19,6 +19,15 @@ fn bytes_f32(v: &[f32]) -> Vec<u8> {
 /// One input tensor: name, dtype, shape, raw little-endian bytes.
 type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
 
+/// A bad input: (case, tensors or `None` for a malformed file, extra
+/// arguments, text the error line must contain).
+type BadCase = (
+    &'static str,
+    Option<Vec<Raw>>,
+    Vec<&'static str>,
+    &'static str,
+);
+
 /// Writes a safetensors file of raw tensors.
 fn write_input(path: &Path, tensors: &[Raw]) {
     let views: Vec<(&str, TensorView)> = tensors
@@ -265,8 +274,7 @@ fn bad_input_exits_with_one_line_and_no_output() {
         t.push(extra);
         t
     };
-    // (case, input tensors or None for a malformed file, extra arguments, expected text)
-    let cases: Vec<(&str, Option<Vec<Raw>>, Vec<&str>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "missing tensor",
             Some(good()[..2].to_vec()),

@@ -45,6 +45,9 @@ pub enum Error {
         /// The adapter's value of it.
         limit: u64,
     },
+    /// A model folder is unusable: a missing or malformed file, tensor or setting.
+    #[error("model: {0}")]
+    Model(String),
     /// wgpu reported a validation error (a bug in this library if it ever happens).
     #[error("GPU validation error: {0}")]
     Validation(String),
@@ -69,6 +72,11 @@ impl Error {
     /// An [`Error::Shape`] from anything printable.
     pub(crate) fn shape(msg: impl fmt::Display) -> Self {
         Error::Shape(msg.to_string())
+    }
+
+    /// An [`Error::Model`] from anything printable.
+    pub(crate) fn model(msg: impl fmt::Display) -> Self {
+        Error::Model(msg.to_string())
     }
 
     /// An [`Error::InvalidArgument`] from anything printable.

@@ -34,6 +34,8 @@ pub mod attention;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod reference;
 pub mod tensor;
 pub mod workload;

@@ -6,6 +6,7 @@
 //! returns [`Step`]s that callers may chain into one submission.
 
 pub mod attention;
+pub mod bert;
 pub mod matmul;
 pub mod metrics;
 pub mod saobp;
@@ -27,6 +28,7 @@ pub(crate) fn elementwise_groups(elements: usize) -> u64 {
 /// Every shader family: (file name, WGSL source). The naga validation test
 /// walks this list, so a new family is checked as soon as it is added here.
 pub const SHADERS: &[(&str, &str)] = &[
+    ("bert.wgsl", bert::SOURCE),
     ("matmul.wgsl", matmul::SOURCE),
     ("metrics.wgsl", metrics::SOURCE),
     ("saobp.wgsl", saobp::SOURCE),

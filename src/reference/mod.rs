@@ -6,6 +6,7 @@
 //! argument types.
 
 pub mod attention;
+pub mod bert;
 pub mod matmul;
 pub mod metrics;
 pub mod saobp;

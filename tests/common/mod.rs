@@ -101,4 +101,5 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
             worst = (err, i);
         }
     }
+    eprintln!("{what}: max error {:.2e} at [{}]", worst.0, worst.1);
 }

@@ -25,6 +25,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Attention + SAOBP on q, k, v from a safetensors file; writes outputs and metrics.
     Refine(cli::refine::RefineArgs),
+    /// A BERT-family model's attention by layer and head, with and without SAOBP.
+    Analyze(cli::analyze::AnalyzeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Info => cli::info::run().map_err(|e| e.to_string()),
         Command::Demo(a) => cli::demo::run(&a),
         Command::Refine(a) => cli::refine::run(&a),
+        Command::Analyze(a) => cli::analyze::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

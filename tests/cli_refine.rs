@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{assert_close, Rng};
+use common::{assert_close, Rng, TempDir};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use saobp::reference::{self, RefOptions};
@@ -35,12 +35,6 @@ fn write_input(path: &Path, tensors: &[Raw]) {
         .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("saobp-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn refine(gpu: Option<&saobp::Gpu>, args: &[&str]) -> std::process::Output {
@@ -71,7 +65,8 @@ fn read_f32(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn refine_matches_reference_on_every_adapter() {
-    let dir = tmp_dir("ok");
+    let tmp = TempDir::new("refine-ok");
+    let dir = &tmp.0;
     let (b, h, n, d) = (2, 2, 9, 4);
     let mut rng = Rng::new(31);
     let q = rng.vec(b * h * n * d, -2.0, 2.0);
@@ -258,7 +253,8 @@ fn refine_matches_reference_on_every_adapter() {
 
 #[test]
 fn bad_input_exits_with_one_line_and_no_output() {
-    let dir = tmp_dir("bad");
+    let tmp = TempDir::new("refine-bad");
+    let dir = &tmp.0;
     let shape = vec![1, 2, 3, 4];
     let ones = bytes_f32(&[0.5; 24]);
     let qkv = |q: (Dtype, Vec<usize>, Vec<u8>)| {

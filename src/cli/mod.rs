@@ -1,7 +1,9 @@
 //! Subcommands of the `saobp` binary, one module each, and what they share.
 
+pub mod analyze;
 pub mod demo;
 pub mod info;
+pub mod plot;
 pub mod refine;
 
 use std::path::Path;

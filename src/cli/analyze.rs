@@ -1,0 +1,248 @@
+//! `saobp analyze`: a real model's attention, layer by layer, with and without
+//! SAOBP.
+//!
+//! For each text the model runs once plainly (λ = 0) and, when λ > 0, once
+//! with SAOBP inside every layer. The JSON's `attn` and `refined` describe the
+//! run the embedding comes from: the SAOBP run when λ > 0 (its `A` and `R`),
+//! else the plain run. The printed table and the plot compare the plain run's
+//! `A` with the SAOBP run's `R`.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use saobp::model::{sentence_embedding, BertModel, ForwardOptions, ForwardOutput};
+use saobp::{Gpu, HeadSummary, Lambda};
+use serde_json::{json, Value};
+
+use super::plot::{self, LayerCurves};
+use super::{adapter_json, write_all_or_nothing, CliResult};
+
+#[derive(clap::Args)]
+pub struct AnalyzeArgs {
+    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// A text to analyse; repeat for several.
+    #[arg(long = "text", required = true)]
+    texts: Vec<String>,
+    /// SAOBP strength for every layer, or one per layer separated by commas (finite, >= 0).
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    lambda: String,
+    /// Write the per-text, per-layer, per-head summaries as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a PNG: normalized entropy and GTD by layer, and attention heatmaps.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Layer of the heatmaps (default: the last).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Head of the heatmaps.
+    #[arg(long, default_value_t = 0)]
+    head: usize,
+}
+
+/// Parses `--lambda`: one value for every layer, or one per layer.
+fn parse_lambda(text: &str, layers: usize) -> CliResult<Vec<f32>> {
+    let values = text
+        .split(',')
+        .map(|s| {
+            let v: f32 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("--lambda: `{s}` is not a number"))?;
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("--lambda must be finite and >= 0, got {v}"));
+            }
+            Ok(v)
+        })
+        .collect::<CliResult<Vec<f32>>>()?;
+    match values.len() {
+        1 => Ok(vec![values[0]; layers]),
+        n if n == layers => Ok(values),
+        n => Err(format!(
+            "--lambda has {n} values; give one, or one per layer ({layers})"
+        )),
+    }
+}
+
+fn summary(s: &HeadSummary) -> Value {
+    json!({
+        "entropy": s.entropy,
+        "normalized_entropy": s.normalized_entropy,
+        "sparsity": s.sparsity,
+        "peak": s.peak,
+        "distance": s.distance,
+        "gtd": s.gtd,
+    })
+}
+
+/// Mean over heads of one layer's summaries, from `pick` (A or R).
+fn layer_mean(out: &ForwardOutput, layer: usize, refined: bool) -> Option<HeadSummary> {
+    let m = out.layers.get(layer)?.metrics.as_ref()?;
+    let map = if refined {
+        m.refined.as_ref()?
+    } else {
+        &m.attention
+    };
+    Some(map.batch(0))
+}
+
+pub fn run(args: &AnalyzeArgs) -> CliResult {
+    let e = |e: saobp::Error| e.to_string();
+    if args.texts.iter().any(|t| t.trim().is_empty()) {
+        return Err("--text must not be empty".into());
+    }
+    let gpu = Gpu::from_env_blocking().map_err(e)?;
+    let model = BertModel::load(&gpu, &args.model).map_err(e)?;
+    let tokenizer = model.tokenizer(&args.model).map_err(e)?;
+    let c = &model.config;
+    let lambda = parse_lambda(&args.lambda, c.num_hidden_layers)?;
+    let refined = lambda.iter().any(|&l| l > 0.0);
+    let heat_layer = args.layer.unwrap_or(c.num_hidden_layers - 1);
+    if heat_layer >= c.num_hidden_layers || args.head >= c.num_attention_heads {
+        return Err(format!(
+            "--layer {heat_layer} / --head {} out of range: the model has {} layers of {} heads",
+            args.head, c.num_hidden_layers, c.num_attention_heads
+        ));
+    }
+    let encoded = args
+        .texts
+        .iter()
+        .map(|t| tokenizer.encode(t).map_err(e))
+        .collect::<CliResult<Vec<_>>>()?;
+
+    let bar = (args.texts.len() > 1).then(|| {
+        let bar = ProgressBar::new(args.texts.len() as u64);
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} texts {elapsed}") {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let plain_opts = ForwardOptions {
+        metrics: true,
+        keep_maps: args.plot.is_some(),
+        ..Default::default()
+    };
+    let saobp_opts = ForwardOptions {
+        lambda: lambda.iter().map(|&l| Lambda::Scalar(l)).collect(),
+        ..plain_opts.clone()
+    };
+    let mut texts_json = Vec::new();
+    let mut curves = LayerCurves::new(c.num_hidden_layers);
+    let mut heatmaps = None;
+    for (ti, (text, enc)) in args.texts.iter().zip(&encoded).enumerate() {
+        let plain = pollster::block_on(model.forward(&gpu, std::slice::from_ref(enc), &plain_opts))
+            .map_err(e)?;
+        let with = if refined {
+            Some(
+                pollster::block_on(model.forward(&gpu, std::slice::from_ref(enc), &saobp_opts))
+                    .map_err(e)?,
+            )
+        } else {
+            None
+        };
+        let main = with.as_ref().unwrap_or(&plain);
+        let hidden = main.hidden.to_vec_blocking(&gpu).map_err(e)?;
+        let embedding = sentence_embedding(&hidden, c.hidden_size, enc.ids.len());
+        let mut layers = Vec::new();
+        for l in 0..c.num_hidden_layers {
+            let metrics = main.layers[l].metrics.as_ref().ok_or("metrics missing")?;
+            let heads: Vec<Value> = (0..c.num_attention_heads)
+                .map(|h| {
+                    let mut head = json!({ "head": h });
+                    if let Some(s) = metrics.attention.head(0, h) {
+                        head["attn"] = summary(s);
+                    }
+                    if let Some(s) = metrics.refined.as_ref().and_then(|r| r.head(0, h)) {
+                        head["refined"] = summary(s);
+                    }
+                    head
+                })
+                .collect();
+            layers.push(json!({ "layer": l, "heads": heads }));
+            if let Some(a) = layer_mean(&plain, l, false) {
+                curves.add_plain(l, &a);
+            }
+            if let Some(r) = with.as_ref().and_then(|w| layer_mean(w, l, true)) {
+                curves.add_refined(l, &r);
+            }
+        }
+        if ti == 0 && args.plot.is_some() {
+            heatmaps = Some(
+                plot::heatmaps(
+                    &gpu,
+                    &plain,
+                    with.as_ref(),
+                    heat_layer,
+                    args.head,
+                    &enc.tokens,
+                )
+                .map_err(e)?,
+            );
+        }
+        texts_json.push(json!({
+            "text": text,
+            "tokens": enc.tokens,
+            "embedding": embedding,
+            "layers": layers,
+        }));
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    print_table(&curves, refined, &lambda);
+    let mut files = Vec::new();
+    if let Some(path) = &args.json {
+        let report = json!({
+            "adapter": adapter_json(gpu.adapter()),
+            "model": args.model.display().to_string(),
+            "lambda": lambda,
+            "texts": texts_json,
+        });
+        files.push((
+            path.as_path(),
+            serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let (Some(path), Some(maps)) = (&args.plot, &heatmaps) {
+        files.push((path.as_path(), plot::render(&curves, maps, refined)?));
+    }
+    write_all_or_nothing(&files)?;
+    println!("adapter: {}", gpu.adapter());
+    Ok(())
+}
+
+fn print_table(curves: &LayerCurves, refined: bool, lambda: &[f32]) {
+    println!("mean over heads and texts (plain model: A; with SAOBP: R)");
+    if refined {
+        println!(
+            "{:>5}  {:>6}  {:>16}  {:>16}  {:>11}  {:>11}",
+            "layer", "λ", "norm. entropy", "norm. entropy", "GTD", "GTD"
+        );
+        println!(
+            "{:>5}  {:>6}  {:>16}  {:>16}  {:>11}  {:>11}",
+            "", "", "plain", "SAOBP", "plain (λ=1)", "SAOBP (λ)"
+        );
+    } else {
+        println!(
+            "{:>5}  {:>16}  {:>11}",
+            "layer", "norm. entropy", "GTD (λ=1)"
+        );
+    }
+    for l in 0..curves.layers() {
+        let (a, r) = (curves.plain(l), curves.refined(l));
+        if refined {
+            println!(
+                "{l:>5}  {:>6.2}  {:>16.4}  {:>16.4}  {:>11.4}  {:>11.4}",
+                lambda[l], a.normalized_entropy, r.normalized_entropy, a.gtd, r.gtd
+            );
+        } else {
+            println!("{l:>5}  {:>16.4}  {:>11.4}", a.normalized_entropy, a.gtd);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `saobp analyze` end to end on every adapter with all-MiniLM-L6-v2 (fetched
+//! by `bash scripts/fetch-model.sh`; without it this test fails and says so).
+
+mod common;
+
+use common::TempDir;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SAOBP_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "no model in {}: run `bash scripts/fetch-model.sh`",
+        dir.display()
+    );
+    dir
+}
+
+fn analyze(gpu: Option<&saobp::Gpu>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_saobp"));
+    cmd.arg("analyze")
+        .arg("--model")
+        .arg(model_dir())
+        .args(args);
+    if let Some(g) = gpu {
+        cmd.env(
+            "SAOBP_BACKEND",
+            format!("{:?}", g.adapter().backend).to_lowercase(),
+        )
+        .env("SAOBP_ADAPTER", &g.adapter().name);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn analyze_writes_json_and_plot_on_every_adapter() {
+    let dir = TempDir::new("analyze-ok");
+    for gpu in common::gpus() {
+        let json = dir.0.join("report.json");
+        let png = dir.0.join("plot.png");
+        let r = analyze(
+            Some(gpu),
+            &[
+                "--text",
+                "A man is eating food.",
+                "--text",
+                "The sky is blue.",
+                "--lambda",
+                "0.5",
+                "--json",
+                json.to_str().unwrap(),
+                "--plot",
+                png.to_str().unwrap(),
+            ],
+        );
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["adapter"]["name"], gpu.adapter().name.as_str());
+        let texts = report["texts"].as_array().unwrap();
+        assert_eq!(texts.len(), 2);
+        let t = &texts[0];
+        assert_eq!(t["text"], "A man is eating food.");
+        let tokens: Vec<&str> = t["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tokens,
+            ["[CLS]", "a", "man", "is", "eating", "food", ".", "[SEP]"],
+            "no padding"
+        );
+        let emb: Vec<f64> = t["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(emb.len(), 384);
+        assert!(
+            (emb.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4,
+            "embedding is L2-normalized"
+        );
+        let layers = t["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 6);
+        for (l, layer) in layers.iter().enumerate() {
+            assert_eq!(layer["layer"], l);
+            let heads = layer["heads"].as_array().unwrap();
+            assert_eq!(heads.len(), 12);
+            for key in [
+                "entropy",
+                "normalized_entropy",
+                "sparsity",
+                "peak",
+                "distance",
+                "gtd",
+            ] {
+                for part in ["attn", "refined"] {
+                    let v = heads[5][part][key].as_f64().unwrap_or(f64::NAN);
+                    assert!(v.is_finite() && v >= 0.0, "layer {l} {part}.{key} = {v}");
+                }
+            }
+            let ne = heads[0]["attn"]["normalized_entropy"].as_f64().unwrap();
+            assert!(ne > 0.0 && ne <= 1.0);
+        }
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 20_000, "the plot has content");
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            stdout.contains("norm. entropy") && stdout.lines().count() >= 9,
+            "{stdout}"
+        );
+        eprintln!("analyze: ok on {}", gpu.adapter());
+    }
+}
+
+#[test]
+fn without_lambda_there_is_no_refined_part() {
+    let dir = TempDir::new("analyze-plain");
+    let json = dir.0.join("plain.json");
+    let r = analyze(
+        None,
+        &["--text", "Hello there.", "--json", json.to_str().unwrap()],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let head = &report["texts"][0]["layers"][2]["heads"][7];
+    assert!(head["attn"]["gtd"].as_f64().unwrap() > 0.0);
+    assert!(head.get("refined").is_none());
+}
+
+#[test]
+fn bad_arguments_give_one_line_and_no_files() {
+    let dir = TempDir::new("analyze-bad");
+    let json = dir.0.join("x.json");
+    let j = json.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--text", "x", "--lambda", "-1", "--json", j], "lambda"),
+        (
+            vec!["--text", "x", "--lambda", "nan", "--json", j],
+            "lambda",
+        ),
+        (
+            vec!["--text", "x", "--lambda", "1,2", "--json", j],
+            "one per layer",
+        ),
+        (
+            vec!["--text", "x", "--layer", "6", "--json", j],
+            "out of range",
+        ),
+        (vec!["--text", " ", "--json", j], "empty"),
+    ] {
+        let r = analyze(None, &args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{args:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert!(!json.exists());
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_saobp"))
+        .args(["analyze", "--model", dir.0.to_str().unwrap(), "--text", "x"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("config.json"));
+}

@@ -234,12 +234,12 @@ fn print_table(curves: &LayerCurves, refined: bool, lambda: &[f32]) {
             "layer", "norm. entropy", "GTD (λ=1)"
         );
     }
-    for l in 0..curves.layers() {
+    for (l, lam) in lambda.iter().enumerate().take(curves.layers()) {
         let (a, r) = (curves.plain(l), curves.refined(l));
         if refined {
             println!(
                 "{l:>5}  {:>6.2}  {:>16.4}  {:>16.4}  {:>11.4}  {:>11.4}",
-                lambda[l], a.normalized_entropy, r.normalized_entropy, a.gtd, r.gtd
+                lam, a.normalized_entropy, r.normalized_entropy, a.gtd, r.gtd
             );
         } else {
             println!("{l:>5}  {:>16.4}  {:>11.4}", a.normalized_entropy, a.gtd);

@@ -110,13 +110,16 @@ pub fn render(curves: &LayerCurves, maps: &Heatmaps, refined: bool) -> CliResult
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Which summary value a line chart shows.
+type Field = fn(&HeadSummary) -> f64;
+
 fn draw(rgb: &mut [u8], curves: &LayerCurves, maps: &Heatmaps, refined: bool) -> DrawResult {
     let root = BitMapBackend::with_buffer(rgb, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(SIZE.1 / 2 - 30);
     let charts = top.split_evenly((1, 2));
     let layers = curves.layers();
-    let series = |f: fn(&HeadSummary) -> f64, plain: bool| -> Vec<(f64, f64)> {
+    let series = |f: Field, plain: bool| -> Vec<(f64, f64)> {
         (0..layers)
             .map(|l| {
                 let s = if plain {
@@ -128,7 +131,7 @@ fn draw(rgb: &mut [u8], curves: &LayerCurves, maps: &Heatmaps, refined: bool) ->
             })
             .collect()
     };
-    let panels: [(&str, fn(&HeadSummary) -> f64); 2] = [
+    let panels: [(&str, Field); 2] = [
         ("normalized entropy by layer", |s| s.normalized_entropy),
         ("GTD by layer (plain: λ = 1)", |s| s.gtd),
     ];

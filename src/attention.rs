@@ -119,6 +119,12 @@ pub async fn attention(
         opts.scale,
     )?;
     let lambda_values = shape_lambda(&shape, opts)?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.check_finite(name)?;
+    }
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
     let matrices = shape.batch * shape.heads;
     let plan = saobp::plan(matrices, shape.heads, shape.n, shape.dv)?;
     let refined_mode = opts.mode != Mode::Plain;

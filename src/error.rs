@@ -33,6 +33,17 @@ pub enum Error {
     /// An argument is out of its domain (a negative λ, a NaN scale, a zero dimension...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An input tensor holds NaN or ±Inf. Inputs are checked on the host when
+    /// uploaded ([`crate::Tensor::from_slice`]), so this costs no GPU work.
+    #[error("tensor `{tensor}` holds a non-finite value ({value}) at index {index}; inputs must be finite")]
+    NonFinite {
+        /// The argument's name (`q`, `k`, `v`, `key_mask`, ...).
+        tensor: String,
+        /// Flat index of the first non-finite value.
+        index: usize,
+        /// That value.
+        value: f32,
+    },
     /// The request is larger than one of the adapter's limits.
     #[error("{what} needs {needed}, over the adapter's limit {limit_name} = {limit}")]
     Limit {

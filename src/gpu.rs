@@ -70,6 +70,10 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// The longest any single wait on the GPU may take (`SAOBP_TIMEOUT_S`).
     pub timeout: Duration,
+    /// Device limits to request instead of the adapter's own, e.g.
+    /// `wgpu::Limits::default()` to behave like a browser's default WebGPU
+    /// device (128 MiB storage bindings). They must be within the adapter's.
+    pub limits: Option<wgpu::Limits>,
 }
 
 impl Default for GpuOptions {
@@ -78,6 +82,7 @@ impl Default for GpuOptions {
             backend: BackendChoice::Auto,
             adapter: None,
             timeout: Duration::from_secs(300),
+            limits: None,
         }
     }
 }
@@ -321,7 +326,7 @@ impl Gpu {
             .into_iter()
             .nth(i)
             .ok_or_else(|| Error::NoAdapter("adapter list changed while choosing".to_string()))?;
-        Gpu::from_adapter(adapter, opts.timeout).await
+        Gpu::from_adapter(adapter, opts).await
     }
 
     /// Blocking form of [`Gpu::new`].
@@ -342,7 +347,7 @@ impl Gpu {
         let mut out = Vec::new();
         for adapter in adapters_for(opts.backend).await {
             if AdapterSummary::from_info(&adapter.get_info()).matches(opts) {
-                out.push(Gpu::from_adapter(adapter, opts.timeout).await);
+                out.push(Gpu::from_adapter(adapter, opts).await);
             }
         }
         out
@@ -355,10 +360,13 @@ impl Gpu {
     }
 
     /// Opens a device on `adapter` with the adapter's own limits (not wgpu's
-    /// small defaults), so large storage buffers and workgroup memory work.
-    pub async fn from_adapter(adapter: wgpu::Adapter, timeout: Duration) -> Result<Gpu> {
+    /// small defaults), so large storage buffers and workgroup memory work,
+    /// unless `opts.limits` asks for others. `opts`' backend and name filters
+    /// are not consulted.
+    pub async fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Gpu> {
         let summary = AdapterSummary::from_info(&adapter.get_info());
-        let limits = adapter.limits();
+        let timeout = opts.timeout;
+        let limits = opts.limits.clone().unwrap_or_else(|| adapter.limits());
         let desc = wgpu::DeviceDescriptor {
             label: Some("saobp"),
             required_features: wgpu::Features::empty(),
@@ -437,6 +445,26 @@ impl Gpu {
     /// The longest any single wait may take.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Destroys the device, as a driver reset or a lost GPU would. Every later
+    /// call on this context fails with [`Error::DeviceLost`]; open a new
+    /// [`Gpu`] to go on. Meant for testing how callers handle device loss.
+    pub fn destroy(&self) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lost
+            .get_or_insert_with(|| "destroyed by Gpu::destroy".to_string());
+        self.device.destroy();
+    }
+
+    /// Bytes the device's memory allocator holds, where the backend reports it
+    /// (Vulkan, DX12); `None` elsewhere.
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        self.device
+            .generate_allocator_report()
+            .map(|r| r.total_allocated_bytes)
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -651,13 +679,43 @@ impl Gpu {
         self.check_health()
     }
 
+    /// The outcome of a `map_async`. On native targets `wait` has already
+    /// polled the device to completion, so the callback has run or never
+    /// will: look once instead of awaiting, so a lost callback cannot hang us.
+    async fn map_result(
+        &self,
+        receiver: &mut futures_channel::oneshot::Receiver<
+            std::result::Result<(), wgpu::BufferAsyncError>,
+        >,
+    ) -> Result<std::result::Result<(), wgpu::BufferAsyncError>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            match receiver.try_recv() {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => {
+                    self.check_health()?;
+                    Err(Error::Readback(
+                        "the GPU finished but the buffer was not mapped".into(),
+                    ))
+                }
+                Err(_) => Err(Error::Readback("the map callback was dropped".into())),
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            receiver
+                .await
+                .map_err(|_| Error::Readback("the map callback was dropped".into()))
+        }
+    }
+
     /// Copies the first `len` f32 values of `buffer` back to the host.
     pub(crate) async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         if len == 0 {
             return Ok(Vec::new());
         }
         let bytes = (len * 4) as u64;
-        let (sender, receiver) = futures_channel::oneshot::channel();
+        let (sender, mut receiver) = futures_channel::oneshot::channel();
         let staging = self
             .scoped(|| {
                 let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -678,9 +736,7 @@ impl Gpu {
             })
             .await?;
         self.wait()?;
-        let mapped = receiver
-            .await
-            .map_err(|_| Error::Readback("the map callback was dropped".to_string()))?;
+        let mapped = self.map_result(&mut receiver).await?;
         mapped.map_err(|e| Error::Readback(e.to_string()))?;
         let out = {
             let view = staging

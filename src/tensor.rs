@@ -18,6 +18,9 @@ use crate::gpu::Gpu;
 pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
+    /// The first NaN or ±Inf of the uploaded data, found on the host. Kernel
+    /// outputs are finite whenever their inputs are, so only uploads need it.
+    non_finite: Option<(usize, f32)>,
 }
 
 /// Number of elements of `shape`, or a shape error on overflow.
@@ -35,9 +38,16 @@ pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
 impl Tensor {
     fn alloc(gpu: &Gpu, shape: &[usize], init: Option<&[f32]>) -> Result<Tensor> {
         let len = numel(shape)?;
-        let bytes = (len as u64)
-            .checked_mul(4)
-            .ok_or_else(|| Error::shape(format!("shape {shape:?} is too large")))?;
+        // Kernels index elements with u32.
+        if len > u32::MAX as usize {
+            return Err(Error::Limit {
+                what: format!("a tensor of shape {shape:?}"),
+                needed: len as u64,
+                limit_name: "elements per tensor (32-bit indexing)",
+                limit: u64::from(u32::MAX),
+            });
+        }
+        let bytes = len as u64 * 4;
         gpu.check_buffer_size(&format!("a tensor of shape {shape:?}"), bytes)?;
         // wgpu cannot bind an empty buffer; keep one word so empty tensors stay usable.
         let size = bytes.max(4);
@@ -57,9 +67,11 @@ impl Tensor {
                 .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
         }
         gpu.check_health()?;
+        let non_finite = init.and_then(|d| d.iter().enumerate().find(|(_, x)| !x.is_finite()));
         Ok(Tensor {
             buffer,
             shape: shape.to_vec(),
+            non_finite: non_finite.map(|(i, &x)| (i, x)),
         })
     }
 
@@ -98,6 +110,25 @@ impl Tensor {
         self.len() == 0
     }
 
+    /// The index and value of the first NaN or ±Inf uploaded into this tensor,
+    /// if any. Kernels refuse such inputs with [`Error::NonFinite`]. (Data
+    /// written straight into [`Tensor::buffer`] is not checked.)
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.non_finite
+    }
+
+    /// [`Error::NonFinite`] naming this tensor `name` when it holds NaN or ±Inf.
+    pub(crate) fn check_finite(&self, name: &str) -> Result<()> {
+        match self.non_finite {
+            None => Ok(()),
+            Some((index, value)) => Err(Error::NonFinite {
+                tensor: name.to_string(),
+                index,
+                value,
+            }),
+        }
+    }
+
     /// The storage buffer, for callers who bind it in their own kernels.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
@@ -115,6 +146,7 @@ impl Tensor {
         Ok(Tensor {
             buffer: self.buffer.clone(),
             shape: shape.to_vec(),
+            non_finite: self.non_finite,
         })
     }
 

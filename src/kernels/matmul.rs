@@ -153,6 +153,8 @@ pub(crate) fn step<'a>(plan: &MatmulPlan, a: &'a Tensor, b: &'a Tensor, c: &'a T
 /// item. C is `[.., M, N]`.
 pub async fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let plan = plan(a.shape(), b.shape(), opts)?;
+    a.check_finite("a")?;
+    b.check_finite("b")?;
     let c = Tensor::zeros(gpu, &plan.out_shape)?;
     gpu.run(&[step(&plan, a, b, &c)]).await?;
     Ok(c)

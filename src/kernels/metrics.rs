@@ -257,7 +257,9 @@ pub struct MetricsOptions<'a> {
 /// The multi-hop mass is that of `p` itself, computed in O(N²) without `M`.
 pub async fn metrics(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result<MapMetrics> {
     let (b, h, n) = saobp::check_map(p.shape())?;
+    p.check_finite("p")?;
     if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
         if m.shape() != [b, n] {
             return Err(Error::shape(format!(
                 "key mask has shape {:?}, expected [B, N] = [{b}, {n}]",

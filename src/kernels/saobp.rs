@@ -227,6 +227,7 @@ pub(crate) fn check_map(a: &[usize]) -> Result<(usize, usize, usize)> {
 /// `M`, `m` and `R`, all materialized (N³ work per head).
 pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refined> {
     let (b, h, n) = check_map(a.shape())?;
+    a.check_finite("a")?;
     let lambda = Tensor::from_slice(gpu, &[h], &lambda.per_head(h)?)?;
     let plan = plan(b * h, h, n, 1)?;
     let out = Refined {

@@ -88,6 +88,10 @@ pub(crate) fn step<'a>(
 /// set to 0 and fully masked rows all zeros. Returns a new tensor.
 pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
     let params = plan(x.shape(), opts.causal, opts.key_mask.map(Tensor::shape))?;
+    x.check_finite("x")?;
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
     let y = Tensor::zeros(gpu, x.shape())?;
     gpu.run(&[
         Step::Copy {

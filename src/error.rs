@@ -56,6 +56,9 @@ pub enum Error {
         /// The adapter's value of it.
         limit: u64,
     },
+    /// An input file is unusable: malformed, or missing or mis-shaping a tensor.
+    #[error("{0}")]
+    Input(String),
     /// A model folder is unusable: a missing or malformed file, tensor or setting.
     #[error("model: {0}")]
     Model(String),

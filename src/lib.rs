@@ -33,6 +33,8 @@
 pub mod attention;
 pub mod error;
 pub mod gpu;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod kernels;
 #[cfg(feature = "model")]
 pub mod model;

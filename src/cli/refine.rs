@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, View};
+use saobp::io::parse_refine_input;
 use saobp::{
     attention_blocking, AttentionOptions, AttentionShape, Gpu, Lambda, Mode, Tensor, METRIC_NAMES,
 };
@@ -38,119 +39,6 @@ pub struct RefineArgs {
     /// Write per-head summaries of A and R as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-/// The validated content of an input file.
-pub struct RefineInput {
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub q_shape: Vec<usize>,
-    pub v_shape: Vec<usize>,
-    pub key_mask: Option<Vec<f32>>,
-    pub lambda: Option<Vec<f32>>,
-}
-
-fn f32_values(name: &str, view: &safetensors::tensor::TensorView<'_>) -> CliResult<Vec<f32>> {
-    if view.dtype() != Dtype::F32 {
-        return Err(format!(
-            "tensor `{name}` has dtype {:?}, expected F32",
-            view.dtype()
-        ));
-    }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-        return Err(format!(
-            "tensor `{name}` holds a non-finite value ({}) at index {i}",
-            values[i]
-        ));
-    }
-    Ok(values)
-}
-
-/// Parses and checks an input file's bytes; every problem is one line.
-pub fn parse_input(bytes: &[u8]) -> CliResult<RefineInput> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
-    let get = |name: &str| {
-        st.tensor(name).map_err(|_| {
-            let mut names = st.names();
-            names.sort();
-            format!(
-                "input has no tensor `{name}` (it has: {})",
-                names.join(", ")
-            )
-        })
-    };
-    let (q, k, v) = (get("q")?, get("k")?, get("v")?);
-    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-        if t.shape().len() != 4 {
-            return Err(format!(
-                "tensor `{name}` has shape {:?}, expected rank 4 [B, H, N, D]",
-                t.shape()
-            ));
-        }
-    }
-    if k.shape() != q.shape() {
-        return Err(format!(
-            "tensor `k` has shape {:?}, `q` has {:?}; they must match",
-            k.shape(),
-            q.shape()
-        ));
-    }
-    let key_mask = match st.tensor("key_mask") {
-        Err(_) => None,
-        Ok(m) => {
-            let values: Vec<f32> = match m.dtype() {
-                Dtype::F32 => f32_values("key_mask", &m)?,
-                Dtype::U8 | Dtype::BOOL => m.data().iter().map(|&b| f32::from(b)).collect(),
-                other => {
-                    return Err(format!(
-                        "tensor `key_mask` has dtype {other:?}, expected F32, U8 or BOOL"
-                    ))
-                }
-            };
-            if let Some(x) = values.iter().find(|&&x| x != 0.0 && x != 1.0) {
-                return Err(format!(
-                    "tensor `key_mask` must hold only 0 and 1, found {x}"
-                ));
-            }
-            let (b, n) = (q.shape()[0], q.shape()[2]);
-            if m.shape() != [b, n] {
-                return Err(format!(
-                    "tensor `key_mask` has shape {:?}, expected [B, N] = [{b}, {n}]",
-                    m.shape()
-                ));
-            }
-            Some(values)
-        }
-    };
-    let lambda = match st.tensor("lambda") {
-        Err(_) => None,
-        Ok(l) => {
-            let h = q.shape()[1];
-            if l.shape() != [h] {
-                return Err(format!(
-                    "tensor `lambda` has shape {:?}, expected [H] = [{h}]",
-                    l.shape()
-                ));
-            }
-            Some(f32_values("lambda", &l)?)
-        }
-    };
-    Ok(RefineInput {
-        q: f32_values("q", &q)?,
-        k: f32_values("k", &k)?,
-        v: f32_values("v", &v)?,
-        q_shape: q.shape().to_vec(),
-        v_shape: v.shape().to_vec(),
-        key_mask,
-        lambda,
-    })
 }
 
 /// An f32 tensor to write.
@@ -194,7 +82,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
     let mode: Mode = args.mode.parse().map_err(|e: saobp::Error| e.to_string())?;
     let bytes = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
-    let input = parse_input(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;
+    let input = parse_refine_input(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;
     let mask_shape = input
         .key_mask
         .as_ref()

@@ -86,10 +86,9 @@ impl BertModel {
     /// Builds the model from `config` and the bytes of a safetensors file.
     pub fn from_safetensors(gpu: &Gpu, config: BertConfig, bytes: &[u8]) -> Result<BertModel> {
         let file = WeightFile::parse(bytes)?;
-        let embeddings = file.embeddings(gpu, &config)?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| file.layer(gpu, &config, i))
-            .collect::<Result<Vec<_>>>()?;
+        // Every tensor is checked before the first upload: a bad file costs no GPU work.
+        file.check(&config)?;
+        let (embeddings, layers) = file.upload(gpu, &config)?;
         Ok(BertModel {
             config,
             embeddings,
@@ -311,6 +310,12 @@ impl BertModel {
             },
         ))
     }
+}
+
+/// Checks that `bytes` (a safetensors file) holds every tensor `config`
+/// needs, as f32 of the right shape, without touching a GPU.
+pub fn check_weights(config: &BertConfig, bytes: &[u8]) -> Result<()> {
+    WeightFile::parse(bytes)?.check(config)
 }
 
 /// `out = x · Wᵀ + b` (then GELU if `gelu`), with `W` stored `[out, in]`.

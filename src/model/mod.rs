@@ -23,5 +23,7 @@ mod tokenizer;
 mod weights;
 
 pub use config::BertConfig;
-pub use encoder::{sentence_embedding, BertModel, ForwardOptions, ForwardOutput, LayerOutput};
+pub use encoder::{
+    check_weights, sentence_embedding, BertModel, ForwardOptions, ForwardOutput, LayerOutput,
+};
 pub use tokenizer::{Encoded, TextTokenizer};

@@ -8,26 +8,71 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
 
-/// The weights of one encoder layer.
+/// The weights of one encoder layer: GPU tensors, or `()` when only checked.
 #[derive(Debug)]
-pub(crate) struct LayerWeights {
-    pub query: (Tensor, Tensor),
-    pub key: (Tensor, Tensor),
-    pub value: (Tensor, Tensor),
-    pub attention_out: (Tensor, Tensor),
-    pub attention_norm: (Tensor, Tensor),
-    pub intermediate: (Tensor, Tensor),
-    pub output: (Tensor, Tensor),
-    pub output_norm: (Tensor, Tensor),
+pub(crate) struct LayerWeights<T = Tensor> {
+    pub query: (T, T),
+    pub key: (T, T),
+    pub value: (T, T),
+    pub attention_out: (T, T),
+    pub attention_norm: (T, T),
+    pub intermediate: (T, T),
+    pub output: (T, T),
+    pub output_norm: (T, T),
 }
 
 /// Embedding tables and their LayerNorm.
 #[derive(Debug)]
-pub(crate) struct EmbeddingWeights {
-    pub word: Tensor,
-    pub position: Tensor,
-    pub token_type: Tensor,
-    pub norm: (Tensor, Tensor),
+pub(crate) struct EmbeddingWeights<T = Tensor> {
+    pub word: T,
+    pub position: T,
+    pub token_type: T,
+    pub norm: (T, T),
+}
+
+/// Loads one tensor by name and expected shape.
+type Load<'f, T> = &'f mut dyn FnMut(&str, &[usize]) -> Result<T>;
+
+/// `name.weight` (`[out, input]`, or `[out]` for a LayerNorm) and `name.bias`.
+fn pair<T>(get: Load<'_, T>, name: &str, out: usize, input: Option<usize>) -> Result<(T, T)> {
+    let weight = match input {
+        Some(i) => get(&format!("{name}.weight"), &[out, i])?,
+        None => get(&format!("{name}.weight"), &[out])?,
+    };
+    Ok((weight, get(&format!("{name}.bias"), &[out])?))
+}
+
+/// Every embedding tensor, with the shape `config.json` implies.
+pub(crate) fn embeddings<T>(c: &BertConfig, get: Load<'_, T>) -> Result<EmbeddingWeights<T>> {
+    let h = c.hidden_size;
+    Ok(EmbeddingWeights {
+        word: get("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
+        position: get(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, h],
+        )?,
+        token_type: get(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab_size, h],
+        )?,
+        norm: pair(get, "embeddings.LayerNorm", h, None)?,
+    })
+}
+
+/// Every tensor of layer `i`, with the shape `config.json` implies.
+pub(crate) fn layer<T>(c: &BertConfig, i: usize, get: Load<'_, T>) -> Result<LayerWeights<T>> {
+    let (h, f) = (c.hidden_size, c.intermediate_size);
+    let p = format!("encoder.layer.{i}");
+    Ok(LayerWeights {
+        query: pair(get, &format!("{p}.attention.self.query"), h, Some(h))?,
+        key: pair(get, &format!("{p}.attention.self.key"), h, Some(h))?,
+        value: pair(get, &format!("{p}.attention.self.value"), h, Some(h))?,
+        attention_out: pair(get, &format!("{p}.attention.output.dense"), h, Some(h))?,
+        attention_norm: pair(get, &format!("{p}.attention.output.LayerNorm"), h, None)?,
+        intermediate: pair(get, &format!("{p}.intermediate.dense"), f, Some(h))?,
+        output: pair(get, &format!("{p}.output.dense"), h, Some(f))?,
+        output_norm: pair(get, &format!("{p}.output.LayerNorm"), h, None)?,
+    })
 }
 
 /// Finds tensors by their Hugging Face names, with the prefix the file uses
@@ -77,54 +122,26 @@ impl<'a> WeightFile<'a> {
             .collect())
     }
 
-    fn upload(&self, gpu: &Gpu, name: &str, shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_slice(gpu, shape, &self.values(name, shape)?)
+    /// Checks every tensor `config` needs (presence, dtype, shape) on the host.
+    pub fn check(&self, c: &BertConfig) -> Result<()> {
+        let mut get = |name: &str, shape: &[usize]| self.values(name, shape).map(|_| ());
+        embeddings(c, &mut get)?;
+        (0..c.num_hidden_layers).try_for_each(|i| layer(c, i, &mut get).map(|_| ()))
     }
 
-    fn pair(
+    /// Uploads every tensor `config` needs.
+    pub fn upload(
         &self,
         gpu: &Gpu,
-        name: &str,
-        out: usize,
-        input: Option<usize>,
-    ) -> Result<(Tensor, Tensor)> {
-        let weight = match input {
-            Some(i) => self.upload(gpu, &format!("{name}.weight"), &[out, i])?,
-            None => self.upload(gpu, &format!("{name}.weight"), &[out])?,
+        c: &BertConfig,
+    ) -> Result<(EmbeddingWeights, Vec<LayerWeights>)> {
+        let mut get = |name: &str, shape: &[usize]| {
+            Tensor::from_slice(gpu, shape, &self.values(name, shape)?)
         };
-        Ok((weight, self.upload(gpu, &format!("{name}.bias"), &[out])?))
-    }
-
-    pub fn embeddings(&self, gpu: &Gpu, c: &BertConfig) -> Result<EmbeddingWeights> {
-        let h = c.hidden_size;
-        Ok(EmbeddingWeights {
-            word: self.upload(gpu, "embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
-            position: self.upload(
-                gpu,
-                "embeddings.position_embeddings.weight",
-                &[c.max_position_embeddings, h],
-            )?,
-            token_type: self.upload(
-                gpu,
-                "embeddings.token_type_embeddings.weight",
-                &[c.type_vocab_size, h],
-            )?,
-            norm: self.pair(gpu, "embeddings.LayerNorm", h, None)?,
-        })
-    }
-
-    pub fn layer(&self, gpu: &Gpu, c: &BertConfig, i: usize) -> Result<LayerWeights> {
-        let (h, f) = (c.hidden_size, c.intermediate_size);
-        let p = format!("encoder.layer.{i}");
-        Ok(LayerWeights {
-            query: self.pair(gpu, &format!("{p}.attention.self.query"), h, Some(h))?,
-            key: self.pair(gpu, &format!("{p}.attention.self.key"), h, Some(h))?,
-            value: self.pair(gpu, &format!("{p}.attention.self.value"), h, Some(h))?,
-            attention_out: self.pair(gpu, &format!("{p}.attention.output.dense"), h, Some(h))?,
-            attention_norm: self.pair(gpu, &format!("{p}.attention.output.LayerNorm"), h, None)?,
-            intermediate: self.pair(gpu, &format!("{p}.intermediate.dense"), f, Some(h))?,
-            output: self.pair(gpu, &format!("{p}.output.dense"), h, Some(f))?,
-            output_norm: self.pair(gpu, &format!("{p}.output.LayerNorm"), h, None)?,
-        })
+        let e = embeddings(c, &mut get)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| layer(c, i, &mut get))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((e, layers))
     }
 }

@@ -1,0 +1,293 @@
+//! Benchmark: attention, SAOBP (fused and materialized) and matmul on the
+//! default adapter, beside a CPU sgemm on the same machine.
+//!
+//! `cargo run --release --example bench -- [--sizes 128,512,1024] [--json FILE] [--markdown FILE]`
+//!
+//! Every figure is the median of several runs inside this one process, so the
+//! ratios compare like with like on a shared, noisy machine. Each timed run
+//! includes the readback of `O` (a few floats' worth of latency beside the work).
+
+use std::time::{Duration, Instant};
+
+use saobp::workload::{synthetic, Pattern};
+use saobp::{
+    attention_blocking, matmul_blocking, AttentionOptions, Error, Gpu, Lambda, MatmulOptions, Mode,
+    Tensor,
+};
+
+const HEADS: usize = 12;
+const D: usize = 64;
+
+struct Args {
+    sizes: Vec<usize>,
+    matmul_sizes: Vec<usize>,
+    json: Option<String>,
+    markdown: Option<String>,
+    repeat: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        sizes: vec![128, 512, 1024, 2048, 4096],
+        matmul_sizes: vec![512, 1024, 2048],
+        json: None,
+        markdown: None,
+        repeat: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    let list = |s: Option<String>| -> Result<Vec<usize>, String> {
+        s.ok_or("missing value")?
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("`{x}` is not a size"))
+            })
+            .filter(|x| !matches!(x, Ok(0)))
+            .collect()
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--sizes" => a.sizes = list(it.next())?,
+            "--matmul-sizes" => a.matmul_sizes = list(it.next())?,
+            "--json" => a.json = Some(it.next().ok_or("--json needs a file")?),
+            "--markdown" => a.markdown = Some(it.next().ok_or("--markdown needs a file")?),
+            "--repeat" => {
+                a.repeat = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--repeat needs a number")?
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(a)
+}
+
+/// Median of `repeat` timed runs after one warm-up (which also builds pipelines).
+fn median(repeat: usize, mut f: impl FnMut() -> Result<(), Error>) -> Result<Duration, Error> {
+    f()?;
+    let mut times = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// A timing, or why there is none.
+enum Cell {
+    Time(Duration, f64),
+    Skipped(String),
+}
+
+impl Cell {
+    fn secs(&self) -> Option<f64> {
+        match self {
+            Cell::Time(d, _) => Some(d.as_secs_f64()),
+            Cell::Skipped(_) => None,
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            Cell::Time(d, gflops) => {
+                format!("{:.2} ms ({gflops:.1} GFLOP/s)", d.as_secs_f64() * 1e3)
+            }
+            Cell::Skipped(why) => format!("— ({why})"),
+        }
+    }
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Cell::Time(d, g) => serde_json::json!({ "ms": d.as_secs_f64() * 1e3, "gflops": g }),
+            Cell::Skipped(why) => serde_json::json!({ "skipped": why }),
+        }
+    }
+}
+
+fn ratio(a: &Cell, b: &Cell) -> String {
+    match (a.secs(), b.secs()) {
+        (Some(x), Some(y)) => format!("{:.2}×", x / y),
+        _ => "—".into(),
+    }
+}
+
+fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, flops: f64) -> Cell {
+    let shape = [1, HEADS, n, D];
+    let w = synthetic(
+        shape,
+        &[
+            Pattern::Diffuse,
+            Pattern::Local,
+            Pattern::Sink,
+            Pattern::Collapsed,
+        ],
+        1.0,
+        3,
+    );
+    let run = || -> Result<Cell, Error> {
+        let q = Tensor::from_slice(gpu, &shape, &w.q)?;
+        let k = Tensor::from_slice(gpu, &shape, &w.k)?;
+        let v = Tensor::from_slice(gpu, &shape, &w.v)?;
+        let opts = AttentionOptions {
+            mode,
+            lambda: Lambda::Scalar(1.0),
+            ..Default::default()
+        };
+        let t = median(repeat, || {
+            let out = attention_blocking(gpu, &q, &k, &v, &opts)?;
+            // Reading one row is enough to wait for the whole submission.
+            out.output.to_vec_blocking(gpu).map(|_| ())
+        })?;
+        Ok(Cell::Time(t, flops / t.as_secs_f64() / 1e9))
+    };
+    match run() {
+        Ok(c) => c,
+        Err(Error::Limit { limit_name, .. }) => Cell::Skipped(format!("over {limit_name}")),
+        Err(e) => Cell::Skipped(e.to_string()),
+    }
+}
+
+fn cpu_sgemm_gflops(n: usize, repeat: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; n * n];
+    let t = median(repeat, || {
+        // SAFETY: the pointers cover n×n row-major matrices with the strides given.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n as isize,
+                1,
+                a.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        Ok(())
+    })
+    .unwrap_or(Duration::MAX);
+    2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9
+}
+
+/// numpy's sgemm (OpenBLAS) if python3 with numpy is installed.
+fn numpy_gflops(n: usize) -> Option<f64> {
+    let script = format!(
+        "import numpy as np, time\na=np.random.rand({n},{n}).astype(np.float32)\na@a\nts=[]\nfor _ in range(3):\n  t=time.perf_counter(); a@a; ts.append(time.perf_counter()-t)\nprint(2*{n}**3/sorted(ts)[1]/1e9)"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
+    println!("adapter: {}", gpu.adapter());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("machine: {cpus} CPU threads\n");
+
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        let (nf, df, hf) = (n as f64, D as f64, HEADS as f64);
+        // Q·Kᵀ and A·V; fused adds A·U; materialized adds M (N³) and R·V instead of A·V.
+        let plain_flops = hf * 4.0 * nf * nf * df;
+        let fused_flops = hf * 6.0 * nf * nf * df;
+        let mat_flops = hf * (4.0 * nf * nf * df + 2.0 * nf * nf * nf);
+        let plain = time_mode(&gpu, n, Mode::Plain, args.repeat, plain_flops);
+        let fused = time_mode(&gpu, n, Mode::Fused, args.repeat, fused_flops);
+        let materialized = if n <= 1024 {
+            time_mode(&gpu, n, Mode::Materialized, args.repeat.min(2), mat_flops)
+        } else {
+            Cell::Skipped("N³ messages: minutes on a software adapter".into())
+        };
+        println!(
+            "N={n:>5}  plain {}  fused {}  materialized {}",
+            plain.show(),
+            fused.show(),
+            materialized.show()
+        );
+        rows.push((n, plain, fused, materialized));
+    }
+    let mut mm = Vec::new();
+    for &n in &args.matmul_sizes {
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.05).collect();
+        let t = Tensor::from_slice(&gpu, &[n, n], &a).map_err(|e| e.to_string())?;
+        let gpu_t = median(args.repeat.min(2), || {
+            matmul_blocking(&gpu, &t, &t, &MatmulOptions::default())?
+                .to_vec_blocking(&gpu)
+                .map(|_| ())
+        })
+        .map_err(|e| e.to_string())?;
+        let g = 2.0 * (n as f64).powi(3) / gpu_t.as_secs_f64() / 1e9;
+        let cpu = cpu_sgemm_gflops(n, 3);
+        let np = numpy_gflops(n);
+        println!("matmul {n}³: GPU {g:.2} GFLOP/s, CPU sgemm (matrixmultiply, {cpus} threads) {cpu:.1} GFLOP/s, numpy {}", np.map_or("not installed".into(), |x| format!("{x:.1} GFLOP/s")));
+        mm.push((n, g, cpu, np));
+    }
+
+    let mut md = format!(
+        "Adapter: {}\n\nAttention, B=1, H={HEADS}, D={D}, λ=1 (median of {} runs, readback of O included):\n\n| N | plain | SAOBP fused (a) | SAOBP streaming (b) | SAOBP materialized | fused/plain | materialized/fused |\n|---|---|---|---|---|---|---|\n",
+        gpu.adapter(),
+        args.repeat
+    );
+    for (n, p, f, m) in &rows {
+        md += &format!(
+            "| {n} | {} | {} | — (not implemented) | {} | {} | {} |\n",
+            p.show(),
+            f.show(),
+            m.show(),
+            ratio(f, p),
+            ratio(m, f)
+        );
+    }
+    md += &format!("\nMatmul (square, f32) beside CPU sgemm on the same machine ({cpus} threads):\n\n| size | GPU kernel | CPU `matrixmultiply` | numpy (OpenBLAS) | GPU/CPU |\n|---|---|---|---|---|\n");
+    for (n, g, c, np) in &mm {
+        md += &format!(
+            "| {n}³ | {g:.2} GFLOP/s | {c:.1} GFLOP/s | {} | {:.3}× |\n",
+            np.map_or("not installed".into(), |x| format!("{x:.1} GFLOP/s")),
+            g / c
+        );
+    }
+    println!("\n{md}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &md).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    if let Some(path) = &args.json {
+        let attn: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, p, f, m)| serde_json::json!({ "n": n, "plain": p.json(), "fused": f.json(), "materialized": m.json() }))
+            .collect();
+        let mms: Vec<serde_json::Value> = mm
+            .iter()
+            .map(|(n, g, c, np)| serde_json::json!({ "n": n, "gpu_gflops": g, "cpu_gflops": c, "numpy_gflops": np }))
+            .collect();
+        let report = serde_json::json!({
+            "adapter": gpu.adapter().to_string(),
+            "heads": HEADS,
+            "d": D,
+            "attention": attn,
+            "matmul": mms,
+        });
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    Ok(())
+}

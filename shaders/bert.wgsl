@@ -25,27 +25,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 64u;
-
-var<workgroup> scratch: array<f32, 64>;
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return scratch[0];
-}
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 // ---- embed ------------------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> em_ids: array<f32>;
@@ -61,7 +40,7 @@ fn embed(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.rows * p.width) {
         return;
     }
@@ -135,7 +114,7 @@ fn bias_act(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.rows * p.width) {
         return;
     }
@@ -151,8 +130,12 @@ fn bias_act(
 @group(0) @binding(1) var<storage, read> sh_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sh_out: array<f32>;
 
-// Index in [B, N, H, dh] of element (b, h, t, c).
-fn token_major(b: u32, h: u32, t: u32, c: u32) -> u32 {
+// For element `idx` of a [B, H, N, dh] tensor, its index in [B, N, H, dh].
+fn token_major(idx: u32) -> u32 {
+    let c = idx % p.head_dim;
+    let t = (idx / p.head_dim) % p.n;
+    let h = (idx / (p.head_dim * p.n)) % p.heads;
+    let b = idx / (p.head_dim * p.n * p.heads);
     return ((b * p.n + t) * p.heads + h) * p.head_dim + c;
 }
 
@@ -162,16 +145,11 @@ fn split_heads(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.rows * p.width) {
         return;
     }
-    // idx is in [B, H, N, dh].
-    let c = idx % p.head_dim;
-    let t = (idx / p.head_dim) % p.n;
-    let h = (idx / (p.head_dim * p.n)) % p.heads;
-    let b = idx / (p.head_dim * p.n * p.heads);
-    sh_out[idx] = sh_in[token_major(b, h, t, c)];
+    sh_out[idx] = sh_in[token_major(idx)];
 }
 
 @compute @workgroup_size(64)
@@ -180,13 +158,9 @@ fn merge_heads(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.rows * p.width) {
         return;
     }
-    let c = idx % p.head_dim;
-    let t = (idx / p.head_dim) % p.n;
-    let h = (idx / (p.head_dim * p.n)) % p.heads;
-    let b = idx / (p.head_dim * p.n * p.heads);
-    sh_out[token_major(b, h, t, c)] = sh_in[idx];
+    sh_out[token_major(idx)] = sh_in[idx];
 }

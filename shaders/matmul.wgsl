@@ -59,8 +59,7 @@ fn matmul_blocked(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Linear workgroup id: the host splits large grids over x and y.
-    let tile = wid.x + wid.y * nwg.x;
+    let tile = linear_id(wid, nwg);
     let tiles_per_matrix = p.tiles_m * p.tiles_n;
     if (tile >= tiles_per_matrix * p.batch) {
         return;

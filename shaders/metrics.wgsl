@@ -23,40 +23,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 64u;
 const METRICS: u32 = 8u;
-
-var<workgroup> scratch: array<f32, 64>;
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return scratch[0];
-}
-
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            scratch[lid] = max(scratch[lid], scratch[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    return scratch[0];
-}
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
 
 // ---- row_metrics ------------------------------------------------------------
 

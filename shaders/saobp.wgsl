@@ -32,29 +32,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const WG: u32 = 64u;
 const TILE: u32 = 32u;
 const BLOCK: u32 = 4u;
-
-var<workgroup> scratch: array<f32, 64>;
-
-// Sum of `v` over the workgroup; call from uniform control flow.
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return scratch[0];
-}
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
 
 // ---- messages ---------------------------------------------------------------
 
@@ -234,7 +213,7 @@ fn two_hop_values(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.matrices * p.n * p.d) {
         return;
     }
@@ -258,7 +237,7 @@ fn fused_output(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = linear_id(wid, nwg) * WG + lid;
+    let idx = element_id(wid, nwg, lid);
     if (idx >= p.matrices * p.n * p.d) {
         return;
     }

@@ -8,7 +8,8 @@
 //
 // Versions:
 //   softmax_rows  v1: one workgroup of 64 invocations per row; each strides over
-//                 the columns, then max and sum are reduced in workgroup memory.
+//                 the columns, then max and sum are reduced in workgroup memory
+//                 (reduce_max / reduce_sum of common.wgsl).
 
 struct Params {
     matrices: u32,
@@ -26,11 +27,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> key_mask: array<f32>;
 
-const WG: u32 = 64u;
-var<workgroup> red_max: array<f32, 64>;
-var<workgroup> red_sum: array<f32, 64>;
-var<workgroup> red_any: array<u32, 64>;
-
 fn valid(g: u32, i: u32, j: u32) -> bool {
     if (p.causal != 0u && j > i) {
         return false;
@@ -47,7 +43,7 @@ fn softmax_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = linear_id(wid, nwg);
     // The whole workgroup leaves together, so the barriers below stay uniform.
     if (row >= p.matrices * p.rows) {
         return;
@@ -57,25 +53,15 @@ fn softmax_rows(
     let base = row * p.cols;
 
     var m = -3.0e38;
-    var found = 0u;
+    var found = 0.0;
     for (var j = lid; j < p.cols; j = j + WG) {
         if (valid(g, i, j)) {
             m = max(m, x[base + j]);
-            found = 1u;
+            found = 1.0;
         }
     }
-    red_max[lid] = m;
-    red_any[lid] = found;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_max[lid] = max(red_max[lid], red_max[lid + s]);
-            red_any[lid] = max(red_any[lid], red_any[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = red_max[0];
-    let row_any = red_any[0];
+    let row_max = reduce_max(lid, m);
+    let row_any = reduce_max(lid, found);
 
     var sum = 0.0;
     for (var j = lid; j < p.cols; j = j + WG) {
@@ -83,20 +69,11 @@ fn softmax_rows(
             sum = sum + exp(x[base + j] - row_max);
         }
     }
-    workgroupBarrier();
-    red_sum[lid] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_sum[lid] = red_sum[lid] + red_sum[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / red_sum[0];
+    let inv = 1.0 / reduce_sum(lid, sum);
 
     for (var j = lid; j < p.cols; j = j + WG) {
         var out = 0.0;
-        if (row_any != 0u && valid(g, i, j)) {
+        if (row_any > 0.0 && valid(g, i, j)) {
             out = exp(x[base + j] - row_max) * inv;
         }
         x[base + j] = out;

@@ -12,7 +12,7 @@ fn every_shader_validates_with_naga() {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|n| n.ends_with(".wgsl"))
+        .filter(|n| n.ends_with(".wgsl") && n != "common.wgsl")
         .collect();
     on_disk.sort();
     let mut listed: Vec<String> = saobp::kernels::SHADERS
@@ -25,7 +25,12 @@ fn every_shader_validates_with_naga() {
         "every shaders/*.wgsl is listed in kernels::SHADERS"
     );
 
+    let common = std::fs::read_to_string(dir.join("common.wgsl")).expect("shaders/common.wgsl");
     for (name, source) in saobp::kernels::SHADERS {
+        assert!(
+            source.starts_with(&common),
+            "{name} is compiled with common.wgsl in front"
+        );
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         naga::valid::Validator::new(

@@ -9,7 +9,7 @@ use crate::gpu::{Dispatch, Gpu, Kernel, Step};
 use crate::kernels::{elementwise_groups, to_u32};
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = include_str!("../../shaders/bert.wgsl");
+pub(crate) const SOURCE: &str = shader!("bert.wgsl");
 
 macro_rules! kernel {
     ($name:ident, $entry:literal) => {

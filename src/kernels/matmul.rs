@@ -7,7 +7,7 @@ use crate::gpu::{Dispatch, Gpu, Kernel, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = include_str!("../../shaders/matmul.wgsl");
+pub(crate) const SOURCE: &str = shader!("matmul.wgsl");
 
 pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
     family: "matmul",

@@ -9,7 +9,7 @@ use crate::kernels::saobp::{self, Lambda};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = include_str!("../../shaders/metrics.wgsl");
+pub(crate) const SOURCE: &str = shader!("metrics.wgsl");
 
 pub(crate) static ROW_METRICS: Kernel = Kernel {
     family: "metrics",

@@ -5,6 +5,18 @@
 //! uniform parameters (a `#[repr(C)]` struct mirrored in the WGSL file) and
 //! returns [`Step`]s that callers may chain into one submission.
 
+/// A family's WGSL source: `shaders/common.wgsl` (reductions, grid helpers)
+/// followed by `shaders/<file>`. WGSL has no includes, so this is the include.
+macro_rules! shader {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../shaders/common.wgsl"),
+            "\n",
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
+
 pub mod attention;
 pub mod bert;
 pub mod matmul;
@@ -25,8 +37,9 @@ pub(crate) fn elementwise_groups(elements: usize) -> u64 {
     (elements as u64).div_ceil(64)
 }
 
-/// Every shader family: (file name, WGSL source). The naga validation test
-/// walks this list, so a new family is checked as soon as it is added here.
+/// Every shader family: (file name, WGSL source as compiled, i.e. with
+/// `common.wgsl` in front). The naga validation test walks this list, so a new
+/// family is checked as soon as it is added here.
 pub const SHADERS: &[(&str, &str)] = &[
     ("bert.wgsl", bert::SOURCE),
     ("matmul.wgsl", matmul::SOURCE),

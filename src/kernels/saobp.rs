@@ -8,7 +8,7 @@ use crate::gpu::{Dispatch, Gpu, Kernel, Step};
 use crate::kernels::{elementwise_groups, to_u32};
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = include_str!("../../shaders/saobp.wgsl");
+pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
 
 macro_rules! kernel {
     ($name:ident, $entry:literal) => {

@@ -7,7 +7,7 @@ use crate::gpu::{Dispatch, Gpu, Kernel, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = include_str!("../../shaders/softmax.wgsl");
+pub(crate) const SOURCE: &str = shader!("softmax.wgsl");
 
 pub(crate) static SOFTMAX_ROWS: Kernel = Kernel {
     family: "softmax",

@@ -5,28 +5,13 @@ mod common;
 
 use common::TempDir;
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SAOBP_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "no model in {}: run `bash scripts/fetch-model.sh`",
-        dir.display()
-    );
-    dir
-}
 
 fn analyze(gpu: Option<&saobp::Gpu>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_saobp"));
     cmd.arg("analyze")
         .arg("--model")
-        .arg(model_dir())
+        .arg(common::model_dir())
         .args(args);
     if let Some(g) = gpu {
         cmd.env(

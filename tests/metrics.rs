@@ -135,43 +135,7 @@ fn random_maps_with_masks_match_reference() {
                 lambda: Some(&l),
             };
             let got = metrics_blocking(gpu, &t, &opts).unwrap();
-            let rows = got.rows.to_vec_blocking(gpu).unwrap();
-            let g = b * h * n;
-            for (k, name) in METRIC_NAMES.iter().enumerate() {
-                let w: Vec<f64> = want.iter().map(|r| r[k]).collect();
-                let abs = if *name == "distance" {
-                    1e-5 * n as f64
-                } else {
-                    1e-5
-                };
-                assert_close(
-                    &format!("case {case} {name}"),
-                    &rows[k * g..][..g],
-                    &w,
-                    1e-4,
-                    abs,
-                );
-            }
-            for (head, (s, w)) in got
-                .heads
-                .iter()
-                .zip(reference::metrics::summarize(&want, n))
-                .enumerate()
-            {
-                let s: Vec<f32> = s
-                    .fields()
-                    .iter()
-                    .map(|(_, x)| *x as f32)
-                    .chain([s.rows as f32])
-                    .collect();
-                assert_close(
-                    &format!("case {case} summary {head}"),
-                    &s,
-                    &w,
-                    1e-4,
-                    1e-5 * n as f64,
-                );
-            }
+            common::assert_map_metrics(gpu, &format!("case {case}"), &got, &want, n);
         }
     });
 }

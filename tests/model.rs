@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::{assert_close, on_every_gpu};
@@ -17,27 +16,13 @@ use saobp::model::{sentence_embedding, BertModel, Encoded, ForwardOptions, TextT
 use saobp::reference::bert::{bert, BertRefConfig};
 use saobp::{Gpu, Lambda};
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SAOBP_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "no model in {}: run `bash scripts/fetch-model.sh` (or set SAOBP_MODEL_DIR)",
-        dir.display()
-    );
-    dir
-}
-
 /// The model on every adapter, in `common::gpus()` order, loaded once.
 fn models() -> &'static [BertModel] {
     static MODELS: OnceLock<Vec<BertModel>> = OnceLock::new();
     MODELS.get_or_init(|| {
         common::gpus()
             .iter()
-            .map(|g| BertModel::load(g, &model_dir()).unwrap())
+            .map(|g| BertModel::load(g, &common::model_dir()).unwrap())
             .collect()
     })
 }
@@ -51,14 +36,14 @@ fn model_for(gpu: &Gpu) -> &'static BertModel {
 }
 
 fn tokenizer() -> TextTokenizer {
-    TextTokenizer::from_file(&model_dir().join("tokenizer.json"), 256).unwrap()
+    TextTokenizer::from_file(&common::model_dir().join("tokenizer.json"), 256).unwrap()
 }
 
 /// The weights in f64, read here with the safetensors crate directly.
 fn weights() -> &'static HashMap<String, Vec<f64>> {
     static W: OnceLock<HashMap<String, Vec<f64>>> = OnceLock::new();
     W.get_or_init(|| {
-        let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
+        let bytes = std::fs::read(common::model_dir().join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         st.iter()
             .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
@@ -97,7 +82,7 @@ fn reference(text: &Encoded, lambda: &[Vec<f64>]) -> saobp::reference::bert::Ber
 fn tokenizer_matches_wordpiece_ground_truth() {
     // Expected wordpieces from BERT's rules (lower-case, strip accents, split on
     // whitespace and punctuation, greedy longest match); ids are vocab.txt lines.
-    let vocab: Vec<String> = std::fs::read_to_string(model_dir().join("vocab.txt"))
+    let vocab: Vec<String> = std::fs::read_to_string(common::model_dir().join("vocab.txt"))
         .unwrap()
         .lines()
         .map(String::from)

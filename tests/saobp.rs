@@ -259,40 +259,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
             ("R", metrics.refined.as_ref().unwrap(), &rows),
             ("A", &metrics.attention, &rows_a),
         ] {
-            let got = map.rows.to_vec_blocking(gpu).unwrap();
-            let g = b * h * n;
-            for (metric, name) in saobp::METRIC_NAMES.iter().enumerate() {
-                let want_metric: Vec<f64> = rows.iter().map(|r| r[metric]).collect();
-                // Distances are sums of up to N terms of size N: scale the absolute bound.
-                let abs = if *name == "distance" {
-                    1e-5 * n as f64
-                } else {
-                    1e-5
-                };
-                assert_close(
-                    &format!("{what} {label} {name}"),
-                    &got[metric * g..][..g],
-                    &want_metric,
-                    1e-4,
-                    abs,
-                );
-            }
-            let summaries = reference::metrics::summarize(rows, n);
-            for (head, (s, w)) in map.heads.iter().zip(&summaries).enumerate() {
-                let got: Vec<f32> = s
-                    .fields()
-                    .iter()
-                    .map(|(_, x)| *x as f32)
-                    .chain([s.rows as f32])
-                    .collect();
-                assert_close(
-                    &format!("{what} {label} summary of head {head}"),
-                    &got,
-                    w,
-                    1e-4,
-                    1e-5 * n as f64,
-                );
-            }
+            common::assert_map_metrics(gpu, &format!("{what} {label}"), map, rows, n);
         }
         // Properties: rows of R sum to 1 (or are empty), causal R is zero above the diagonal.
         for (row, chunk) in r.chunks(n).enumerate() {

@@ -120,3 +120,59 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Asserts a map's GPU metrics (every row metric, then the per-head
+/// summaries) match reference rows from `saobp::reference::metrics::row_metrics`.
+/// Distances are sums of up to N terms of size up to N, so their absolute
+/// bound scales with N.
+pub fn assert_map_metrics(
+    gpu: &Gpu,
+    what: &str,
+    map: &saobp::MapMetrics,
+    want: &[[f64; 8]],
+    n: usize,
+) {
+    let got = map.rows.to_vec_blocking(gpu).expect("download metrics");
+    let g = want.len();
+    for (k, name) in saobp::METRIC_NAMES.iter().enumerate() {
+        let w: Vec<f64> = want.iter().map(|r| r[k]).collect();
+        let abs = if *name == "distance" {
+            1e-5 * n as f64
+        } else {
+            1e-5
+        };
+        assert_close(&format!("{what} {name}"), &got[k * g..][..g], &w, 1e-4, abs);
+    }
+    let summaries = saobp::reference::metrics::summarize(want, n);
+    for (head, (s, w)) in map.heads.iter().zip(&summaries).enumerate() {
+        let got: Vec<f32> = s
+            .fields()
+            .iter()
+            .map(|(_, x)| *x as f32)
+            .chain([s.rows as f32])
+            .collect();
+        assert_close(
+            &format!("{what} summary of head {head}"),
+            &got,
+            w,
+            1e-4,
+            1e-5 * n as f64,
+        );
+    }
+}
+
+/// The all-MiniLM-L6-v2 folder (`SAOBP_MODEL_DIR`, or `models/` as
+/// `scripts/fetch-model.sh` fills it); fails, saying how to get it, when absent.
+pub fn model_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("SAOBP_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "no model in {}: run `bash scripts/fetch-model.sh` (or set SAOBP_MODEL_DIR)",
+        dir.display()
+    );
+    dir
+}

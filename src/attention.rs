@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{map_steps, AttentionShape};
 use crate::kernels::matmul::{self, MatmulOptions};
-use crate::kernels::metrics::{MapMetrics, MetricsJob};
+use crate::kernels::metrics::{MapMetrics, MetricsJob, METRIC_COUNT};
 use crate::kernels::saobp::{self, Lambda};
 use crate::tensor::Tensor;
 
@@ -104,7 +104,172 @@ pub struct AttentionOutput {
 /// println!("entropy of A {:.3}, of R {:.3}", m.attention.heads[0].entropy, m.refined.unwrap().heads[0].entropy);
 /// # Ok(()) }
 /// ```
+///
+/// When the `[B, H, N, N]` maps exceed the adapter's storage-binding limit
+/// (128 MiB on lavapipe and in browsers by default), the work runs in chunks
+/// of heads whose maps fit, one after another, and the outputs, `m` and the
+/// metrics are gathered into whole tensors. Returning `A` or `R` still needs
+/// them to fit in one binding.
 pub async fn attention(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions<'_>,
+) -> Result<AttentionOutput> {
+    let shape = AttentionShape::check(
+        q.shape(),
+        k.shape(),
+        v.shape(),
+        opts.key_mask.map(Tensor::shape),
+        opts.scale,
+    )?;
+    let map_bytes = |heads: usize| (heads * shape.n * shape.n * 4) as u64;
+    let limit = gpu
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(gpu.limits().max_buffer_size);
+    let fits = map_bytes(shape.batch * shape.heads) <= limit;
+    if fits || opts.return_attention || opts.return_refined {
+        return attention_whole(gpu, q, k, v, opts).await;
+    }
+    let per_chunk = (limit / map_bytes(1).max(1)) as usize;
+    if per_chunk == 0 {
+        return Err(crate::Error::Limit {
+            what: format!("one {0}×{0} attention map", shape.n),
+            needed: map_bytes(1),
+            limit_name: "max_storage_buffer_binding_size",
+            limit,
+        });
+    }
+    attention_chunked(gpu, q, k, v, opts, &shape, per_chunk.min(shape.heads)).await
+}
+
+/// [`attention`] over chunks of at most `per_chunk` heads of one batch item.
+async fn attention_chunked(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions<'_>,
+    shape: &AttentionShape,
+    per_chunk: usize,
+) -> Result<AttentionOutput> {
+    let (bs, hs, n, d, dv) = (shape.batch, shape.heads, shape.n, shape.d, shape.dv);
+    let lambda = opts.lambda.per_head(hs)?;
+    // The chunks' copies carry no upload record: check the originals here.
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.check_finite(name)?;
+    }
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
+    let output = Tensor::zeros(gpu, &shape.output_shape())?;
+    let mass_needed = opts.mode != Mode::Plain || opts.metrics;
+    let mass = mass_needed
+        .then(|| Tensor::zeros(gpu, &shape.row_shape()))
+        .transpose()?;
+    let rows_shape = [METRIC_COUNT, bs, hs, n];
+    let metric_rows = if opts.metrics {
+        let refined = opts.mode != Mode::Plain;
+        Some((
+            Tensor::zeros(gpu, &rows_shape)?,
+            refined
+                .then(|| Tensor::zeros(gpu, &rows_shape))
+                .transpose()?,
+        ))
+    } else {
+        None
+    };
+    let mut heads_a = Vec::new();
+    let mut heads_r = Vec::new();
+    for b in 0..bs {
+        for h0 in (0..hs).step_by(per_chunk) {
+            let hc = per_chunk.min(hs - h0);
+            let first = b * hs + h0;
+            let cq = Tensor::zeros(gpu, &[1, hc, n, d])?;
+            let ck = Tensor::zeros(gpu, &[1, hc, n, d])?;
+            let cv = Tensor::zeros(gpu, &[1, hc, n, dv])?;
+            let cm = opts
+                .key_mask
+                .map(|_| Tensor::zeros(gpu, &[1, n]))
+                .transpose()?;
+            let mut steps = vec![
+                q.copy_to(first * n * d, &cq, 0, hc * n * d),
+                k.copy_to(first * n * d, &ck, 0, hc * n * d),
+                v.copy_to(first * n * dv, &cv, 0, hc * n * dv),
+            ];
+            if let (Some(m), Some(cm)) = (opts.key_mask, &cm) {
+                steps.push(m.copy_to(b * n, cm, 0, n));
+            }
+            gpu.run(&steps).await?;
+            drop(steps);
+            let chunk_opts = AttentionOptions {
+                key_mask: cm.as_ref(),
+                lambda: Lambda::PerHead(lambda[h0..h0 + hc].to_vec()),
+                ..opts.clone()
+            };
+            let out = attention_whole(gpu, &cq, &ck, &cv, &chunk_opts).await?;
+            let mut steps = vec![out.output.copy_to(0, &output, first * n * dv, hc * n * dv)];
+            if let (Some(all), Some(part)) = (&mass, &out.multi_hop_mass) {
+                steps.push(part.copy_to(0, all, first * n, hc * n));
+            }
+            if let (Some((rows_a, rows_r)), Some(m)) = (&metric_rows, &out.metrics) {
+                let (rows, total) = (hc * n, bs * hs * n);
+                steps.extend(gather_rows(
+                    &m.attention.rows,
+                    rows_a,
+                    first * n,
+                    rows,
+                    total,
+                ));
+                if let (Some(rows_r), Some(r)) = (rows_r, &m.refined) {
+                    steps.extend(gather_rows(&r.rows, rows_r, first * n, rows, total));
+                }
+                heads_a.extend(m.attention.heads.iter().copied());
+                if let Some(r) = &m.refined {
+                    heads_r.extend(r.heads.iter().copied());
+                }
+            }
+            gpu.run(&steps).await?;
+        }
+    }
+    let metrics = metric_rows.map(|(rows_a, rows_r)| Metrics {
+        attention: MapMetrics {
+            rows: rows_a,
+            heads: heads_a,
+            num_heads: hs,
+        },
+        refined: rows_r.map(|rows| MapMetrics {
+            rows,
+            heads: heads_r,
+            num_heads: hs,
+        }),
+    });
+    Ok(AttentionOutput {
+        output,
+        attention: None,
+        refined: None,
+        multi_hop_mass: mass,
+        metrics,
+    })
+}
+
+/// Steps copying a chunk's row metrics (`[METRIC_COUNT, rows]`) into the
+/// whole tensor (`[METRIC_COUNT, total]`) from row `first` on.
+fn gather_rows<'a>(
+    part: &'a Tensor,
+    all: &'a Tensor,
+    first: usize,
+    rows: usize,
+    total: usize,
+) -> impl Iterator<Item = Step<'a>> {
+    (0..METRIC_COUNT)
+        .map(move |metric| part.copy_to(metric * rows, all, metric * total + first, rows))
+}
+
+/// [`attention`] in one piece: every map fits in one storage binding.
+async fn attention_whole(
     gpu: &Gpu,
     q: &Tensor,
     k: &Tensor,

@@ -246,10 +246,12 @@ pub(crate) struct Kernel {
 pub(crate) enum Step<'a> {
     /// A compute dispatch.
     Dispatch(Dispatch<'a>),
-    /// A buffer-to-buffer copy of `bytes` bytes.
+    /// A buffer-to-buffer copy of `bytes` bytes between byte offsets.
     Copy {
         src: &'a wgpu::Buffer,
+        src_offset: u64,
         dst: &'a wgpu::Buffer,
+        dst_offset: u64,
         bytes: u64,
     },
 }
@@ -614,9 +616,21 @@ impl Gpu {
             let mut prepared = dispatches.iter().zip(&pipelines).zip(&grids);
             for step in steps {
                 let (d, pipeline, (x, y)) = match step {
-                    Step::Copy { src, dst, bytes } => {
+                    Step::Copy {
+                        src,
+                        src_offset,
+                        dst,
+                        dst_offset,
+                        bytes,
+                    } => {
                         if *bytes > 0 {
-                            encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                            encoder.copy_buffer_to_buffer(
+                                src,
+                                *src_offset,
+                                dst,
+                                *dst_offset,
+                                *bytes,
+                            );
                         }
                         continue;
                     }

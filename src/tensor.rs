@@ -1,7 +1,7 @@
 //! [`Tensor`]: an f32 buffer on the GPU with a row-major shape.
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Step};
 
 /// A dense, row-major f32 tensor living in a GPU storage buffer.
 ///
@@ -148,6 +148,24 @@ impl Tensor {
             shape: shape.to_vec(),
             non_finite: self.non_finite,
         })
+    }
+
+    /// A step copying `len` values from element `from` of `self` to element `to`
+    /// of `dst`. The caller keeps both ranges in bounds.
+    pub(crate) fn copy_to<'a>(
+        &'a self,
+        from: usize,
+        dst: &'a Tensor,
+        to: usize,
+        len: usize,
+    ) -> Step<'a> {
+        Step::Copy {
+            src: &self.buffer,
+            src_offset: from as u64 * 4,
+            dst: &dst.buffer,
+            dst_offset: to as u64 * 4,
+            bytes: len as u64 * 4,
+        }
     }
 
     /// Downloads the values (row-major), waiting for all queued work first.

@@ -133,8 +133,10 @@ fn non_finite_inputs_are_refused_naming_the_tensor() {
     });
 }
 
-/// With a browser's default limits (128 MiB per storage binding) an attention
-/// map of H=12, N=4096 (768 MiB) is refused before any GPU work, naming the limit.
+/// With a browser's default limits (128 MiB per storage binding): asking for
+/// the whole H=12, N=4096 map (768 MiB) back, or for any work on one map of
+/// N=8192 (256 MiB), is refused before any GPU work, naming the limit. (Maps
+/// that are not returned run in chunks of heads: see the chunking test.)
 #[test]
 fn browser_default_limits_refuse_oversized_maps_with_the_limit_named() {
     on_every_gpu("browser limits", |gpu| {
@@ -145,7 +147,11 @@ fn browser_default_limits_refuse_oversized_maps_with_the_limit_named() {
         let small = Gpu::new_blocking(&opts).unwrap();
         assert_eq!(small.limits().max_storage_buffer_binding_size, 128 << 20);
         let q = Tensor::zeros(&small, &[1, 12, 4096, 64]).unwrap();
-        let e = attention_blocking(&small, &q, &q, &q, &AttentionOptions::default()).unwrap_err();
+        let keep = AttentionOptions {
+            return_attention: true,
+            ..Default::default()
+        };
+        let e = attention_blocking(&small, &q, &q, &q, &keep).unwrap_err();
         match &e {
             Error::Limit {
                 limit_name,
@@ -165,6 +171,9 @@ fn browser_default_limits_refuse_oversized_maps_with_the_limit_named() {
             e.to_string().contains("max_storage_buffer_binding_size"),
             "{e}"
         );
+        let q = Tensor::zeros(&small, &[1, 1, 8192, 8]).unwrap();
+        let e = attention_blocking(&small, &q, &q, &q, &AttentionOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("one 8192×8192 attention map"), "{e}");
         // The same context still works afterwards.
         let x = Tensor::from_slice(&small, &[1, 3], &[1.0, 2.0, 3.0]).unwrap();
         let y = softmax_blocking(&small, &x, &SoftmaxOptions::default())
@@ -324,5 +333,103 @@ fn contexts_are_send_and_sync_and_threads_agree_with_serial_calls() {
             serial, parallel,
             "threads give the serial results bit for bit"
         );
+    });
+}
+
+/// Maps over the storage-binding limit run in chunks of heads: with a 64 KiB
+/// limit, B=2, H=3, N=100 (40 KB per head) runs one head at a time and gives
+/// the reference's outputs, multi-hop mass and metrics.
+#[test]
+fn oversized_maps_run_in_chunks_of_heads() {
+    let (b, h, n, d) = (2, 3, 100, 16);
+    let mut rng = Rng::new(61);
+    let q = rng.vec(b * h * n * d, -2.0, 2.0);
+    let v = rng.vec(b * h * n * d, -1.0, 1.0);
+    let mask: Vec<f32> = (0..b * n)
+        .map(|i| if i >= n + 70 { 0.0 } else { 1.0 })
+        .collect();
+    let lambda = [0.3f32, 1.0, 2.5];
+    let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
+    let ref_opts = RefOptions {
+        causal: true,
+        key_mask: Some(&mask),
+        scale: None,
+    };
+    let want = reference::saobp(&q, &q, &v, [b, h, n, d], d, &ref_opts, &lambda64);
+    let rows_a = reference::metrics::row_metrics(
+        &want.attention,
+        &want.mass,
+        None,
+        [b, h, n],
+        true,
+        Some(&mask),
+    );
+    let rows_r = reference::metrics::row_metrics(
+        &want.refined,
+        &want.mass,
+        Some(&lambda64),
+        [b, h, n],
+        true,
+        Some(&mask),
+    );
+    on_every_gpu("chunked attention", |gpu| {
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: 64 << 10,
+            ..gpu.limits().clone()
+        };
+        let small = Gpu::new_blocking(&GpuOptions {
+            limits: Some(limits),
+            ..same_adapter(gpu)
+        })
+        .unwrap();
+        let tq = Tensor::from_slice(&small, &[b, h, n, d], &q).unwrap();
+        let tv = Tensor::from_slice(&small, &[b, h, n, d], &v).unwrap();
+        let tm = Tensor::from_slice(&small, &[b, n], &mask).unwrap();
+        for mode in [Mode::Plain, Mode::Fused, Mode::Materialized] {
+            let opts = AttentionOptions {
+                causal: true,
+                key_mask: Some(&tm),
+                lambda: Lambda::PerHead(lambda.to_vec()),
+                mode,
+                metrics: true,
+                ..Default::default()
+            };
+            let out = attention_blocking(&small, &tq, &tq, &tv, &opts).unwrap();
+            let what = format!("chunked {mode:?}");
+            let o_want = if mode == Mode::Plain {
+                &want.plain_output
+            } else {
+                &want.output
+            };
+            assert_close(
+                &format!("{what} O"),
+                &out.output.to_vec_blocking(&small).unwrap(),
+                o_want,
+                1e-4,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} m"),
+                &out.multi_hop_mass.unwrap().to_vec_blocking(&small).unwrap(),
+                &want.mass,
+                1e-4,
+                1e-5,
+            );
+            let m = out.metrics.unwrap();
+            common::assert_map_metrics(&small, &format!("{what} A"), &m.attention, &rows_a, n);
+            if let Some(r) = &m.refined {
+                common::assert_map_metrics(&small, &format!("{what} R"), r, &rows_r, n);
+            }
+            assert_eq!(m.attention.heads.len(), b * h);
+            // Asking for the whole map back still needs it to fit.
+            let keep = AttentionOptions {
+                return_attention: true,
+                ..opts
+            };
+            assert!(matches!(
+                attention_blocking(&small, &tq, &tq, &tv, &keep),
+                Err(Error::Limit { .. })
+            ));
+        }
     });
 }

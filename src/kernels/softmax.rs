@@ -94,11 +94,7 @@ pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result
     }
     let y = Tensor::zeros(gpu, x.shape())?;
     gpu.run(&[
-        Step::Copy {
-            src: x.buffer(),
-            dst: y.buffer(),
-            bytes: (x.len() * 4) as u64,
-        },
+        x.copy_to(0, &y, 0, x.len()),
         step(gpu, &params, &y, opts.key_mask),
     ])
     .await?;

@@ -33,6 +33,15 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("softmax.wgsl", softmax::SOURCE),
 ];
 
+/// The deliberately wrong kernels under `shaders/faults/`: (path below
+/// `shaders/`, WGSL source). Validated like [`SHADERS`]; dispatched only by
+/// the conformance runner's fault injection.
+#[doc(hidden)]
+pub const FAULT_SHADERS: &[(&str, &str)] = &[(
+    "faults/matmul_skips_last_k.wgsl",
+    matmul::FAULT_SKIPS_LAST_K_SOURCE,
+)];
+
 /// Every kernel entry point with the byte size of its Rust parameter struct,
 /// so a test can check the WGSL `Params` struct has the same size.
 pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
@@ -43,6 +52,10 @@ pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
     (
         &softmax::SOFTMAX_ROWS,
         std::mem::size_of::<softmax::SoftmaxParams>(),
+    ),
+    (
+        &matmul::MATMUL_SKIPS_LAST_K,
+        std::mem::size_of::<matmul::MatmulParams>(),
     ),
 ];
 

@@ -56,10 +56,21 @@ pub struct Workload {
     pub patterns: Vec<Pattern>,
 }
 
-struct SplitMix(u64);
+/// SplitMix64; also the conformance matrix's input generator.
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> f32 {
+    /// Uniform in `[lo, hi)`.
+    pub(crate) fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * (self.next() + 1.0) / 2.0
+    }
+
+    /// `len` values uniform in `[lo, hi)`.
+    pub(crate) fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    pub(crate) fn next(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -1,4 +1,5 @@
-//! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job.
+//! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job,
+//! `refine` runs on your tensors, `conformance` checks every kernel on every adapter.
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Attention + SAOBP on q, k, v from a safetensors file; writes outputs and metrics.
     Refine(cli::refine::RefineArgs),
+    /// Every kernel at a fixed set of sizes on every adapter, against the float64
+    /// reference; exits non-zero if any fails.
+    Conformance(cli::conformance::ConformanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Command::Info => cli::info::run().map_err(|e| e.to_string()),
         Command::Demo(a) => cli::demo::run(&a),
         Command::Refine(a) => cli::refine::run(&a),
+        Command::Conformance(a) => cli::conformance::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

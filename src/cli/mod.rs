@@ -1,5 +1,6 @@
 //! Subcommands of the `saobp` binary, one module each, and what they share.
 
+pub mod conformance;
 pub mod demo;
 pub mod info;
 pub mod refine;

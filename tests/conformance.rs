@@ -372,4 +372,13 @@ fn bad_arguments_are_one_error_line() {
         assert!(errors[0].contains(want), "{args:?}: {stderr}");
         assert!(!json.exists(), "{args:?} wrote a report");
     }
+    let nowhere = dir.path("no such directory").join("report.json");
+    let out = conformance(&["--json", nowhere.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: --json: no directory "),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "ran before failing");
 }

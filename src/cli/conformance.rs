@@ -215,6 +215,12 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
         .transpose()
         .map_err(e)?;
     let opts = Options { kernels, fault };
+    // Fail before the run, not after it, when the report cannot be written.
+    if let Some(dir) = args.json.as_deref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(format!("--json: no directory {}", dir.display()));
+        }
+    }
 
     let mut gpus = Vec::new();
     let mut open_errors = Vec::new();

@@ -177,7 +177,8 @@ pub struct Options {
 }
 
 impl Options {
-    fn selects(&self, kernel: Kernel) -> bool {
+    /// Whether `kernel` is among those to run.
+    pub fn selects(&self, kernel: Kernel) -> bool {
         self.kernels.is_empty() || self.kernels.contains(&kernel)
     }
 }

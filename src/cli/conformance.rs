@@ -197,6 +197,92 @@ fn adapter_report_json(r: &AdapterReport) -> Value {
     })
 }
 
+/// Every adapter of the chosen backends and name, opened; the errors of
+/// those that would not open.
+fn open_adapters(
+    args: &ConformanceArgs,
+    env: &GpuOptions,
+    choices: &[BackendChoice],
+) -> CliResult<(Vec<Gpu>, Vec<String>)> {
+    let name = args.adapter.clone().or_else(|| env.adapter.clone());
+    let mut gpus = Vec::new();
+    let mut open_errors = Vec::new();
+    for backend in choices {
+        let gpu_opts = GpuOptions {
+            backend: *backend,
+            adapter: name.clone(),
+            timeout: env.timeout,
+        };
+        let found = Gpu::all_blocking(&gpu_opts);
+        // A backend asked for by name that has no adapter is not silently left out.
+        if found.is_empty() && *backend != BackendChoice::Auto && !args.backend.is_empty() {
+            return Err(format!(
+                "--backend {}: no such adapter{}; `saobp info` lists them",
+                format!("{backend:?}").to_lowercase(),
+                name.as_ref()
+                    .map_or(String::new(), |a| format!(" named like `{a}`")),
+            ));
+        }
+        for g in found {
+            match g {
+                Ok(g) => gpus.push(g),
+                Err(err) => open_errors.push(err.to_string()),
+            }
+        }
+    }
+    if gpus.is_empty() && open_errors.is_empty() {
+        let any = saobp::list_adapters_blocking(BackendChoice::Auto);
+        if any.is_empty() {
+            return Err(saobp::gpu::NO_ADAPTER_HINT.to_string());
+        }
+        let names: Vec<String> = any
+            .iter()
+            .map(|a| format!("{} ({:?})", a.name, a.backend))
+            .collect();
+        let backends: Vec<String> = choices
+            .iter()
+            .map(|b| format!("{b:?}").to_lowercase())
+            .collect();
+        return Err(format!(
+            "no adapter matches backend {}{}; available: {}",
+            backends.join(","),
+            name.map_or(String::new(), |a| format!(" and name `{a}`")),
+            names.join(", ")
+        ));
+    }
+    Ok((gpus, open_errors))
+}
+
+/// The adapter list the table's `#i` refers to.
+fn print_adapters(gpus: &[Gpu], open_errors: &[String]) {
+    let name_width = gpus
+        .iter()
+        .map(|g| g.adapter().name.chars().count())
+        .max()
+        .unwrap_or(4);
+    println!(
+        "{:<7}  {:<7}  {:<13}  {}  driver",
+        "adapter",
+        "backend",
+        "type",
+        pad("name", name_width)
+    );
+    for (i, g) in gpus.iter().enumerate() {
+        let a = g.adapter();
+        println!(
+            "{:<7}  {:<7}  {:<13}  {}  {}",
+            format!("#{i}"),
+            backend_name(a.backend),
+            format!("{:?}", a.device_type),
+            pad(&a.name, name_width),
+            driver(a)
+        );
+    }
+    for err in open_errors {
+        println!("could not open an adapter: {err}");
+    }
+}
+
 pub fn run(args: &ConformanceArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     let env = GpuOptions::from_env().map_err(e)?;
@@ -221,56 +307,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
             return Err(format!("--json: no directory {}", dir.display()));
         }
     }
-
-    let mut gpus = Vec::new();
-    let mut open_errors = Vec::new();
-    for backend in &choices {
-        let gpu_opts = GpuOptions {
-            backend: *backend,
-            adapter: args.adapter.clone().or_else(|| env.adapter.clone()),
-            timeout: env.timeout,
-        };
-        let found = Gpu::all_blocking(&gpu_opts);
-        // A backend asked for by name that has no adapter is not silently left out.
-        if found.is_empty() && *backend != BackendChoice::Auto && !args.backend.is_empty() {
-            return Err(format!(
-                "--backend {}: no such adapter{}; `saobp info` lists them",
-                format!("{backend:?}").to_lowercase(),
-                gpu_opts
-                    .adapter
-                    .as_ref()
-                    .map_or(String::new(), |a| format!(" named like `{a}`")),
-            ));
-        }
-        for g in found {
-            match g {
-                Ok(g) => gpus.push(g),
-                Err(err) => open_errors.push(err.to_string()),
-            }
-        }
-    }
-    if gpus.is_empty() && open_errors.is_empty() {
-        let any = saobp::list_adapters_blocking(BackendChoice::Auto);
-        return Err(if any.is_empty() {
-            saobp::gpu::NO_ADAPTER_HINT.to_string()
-        } else {
-            let names: Vec<String> = any
-                .iter()
-                .map(|a| format!("{} ({:?})", a.name, a.backend))
-                .collect();
-            let backends: Vec<String> = choices
-                .iter()
-                .map(|b| format!("{b:?}").to_lowercase())
-                .collect();
-            let name = args.adapter.as_deref().or(env.adapter.as_deref());
-            format!(
-                "no adapter matches backend {}{}; available: {}",
-                backends.join(","),
-                name.map_or(String::new(), |a| format!(" and name `{a}`")),
-                names.join(", ")
-            )
-        });
-    }
+    let (gpus, open_errors) = open_adapters(args, &env, &choices)?;
 
     if let Some(f) = fault {
         println!(
@@ -282,45 +319,24 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
         "saobp conformance: each kernel against the float64 reference on {} adapter(s)\n",
         gpus.len()
     );
-    let names: Vec<&str> = gpus.iter().map(|g| g.adapter().name.as_str()).collect();
-    let name_width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4);
-    println!(
-        "{:<7}  {:<7}  {:<13}  {}  driver",
-        "adapter",
-        "backend",
-        "type",
-        pad("name", name_width)
-    );
-    for (i, g) in gpus.iter().enumerate() {
-        let a = g.adapter();
-        println!(
-            "{:<7}  {:<7}  {:<13}  {}  {}",
-            format!("#{i}"),
-            backend_name(a.backend),
-            format!("{:?}", a.device_type),
-            pad(&a.name, name_width),
-            driver(a)
-        );
-    }
-    for err in &open_errors {
-        println!("could not open an adapter: {err}");
-    }
+    print_adapters(&gpus, &open_errors);
     let size_width = gpus
         .iter()
         .flat_map(|g| conformance::cases(g.limits()))
-        .filter(|c| opts.kernels.is_empty() || opts.kernels.contains(&c.kernel))
+        .filter(|c| opts.selects(c.kernel))
         .map(|c| c.size.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
     let table = Table { size_width };
     println!("\n{}", table.header());
-    let mut reports = Vec::new();
-    for (i, gpu) in gpus.iter().enumerate() {
-        reports.push(conformance::run_blocking(gpu, &opts, |row| {
-            println!("{}", table.line(i, row));
-        }));
-    }
+    let reports: Vec<AdapterReport> = gpus
+        .iter()
+        .enumerate()
+        .map(|(i, gpu)| {
+            conformance::run_blocking(gpu, &opts, |row| println!("{}", table.line(i, row)))
+        })
+        .collect();
 
     let counts = Counts::of(reports.iter().flat_map(|r| &r.rows));
     let passed = counts.fail == 0 && open_errors.is_empty();
@@ -342,7 +358,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
             "saobp": env!("CARGO_PKG_VERSION"),
             "kernels": Kernel::ALL
                 .iter()
-                .filter(|k| opts.kernels.is_empty() || opts.kernels.contains(k))
+                .filter(|k| opts.selects(**k))
                 .map(|k| k.name())
                 .collect::<Vec<_>>(),
             "injected_fault": fault.map(|f| f.kernel().name()),

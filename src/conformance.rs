@@ -41,15 +41,15 @@ pub enum Kernel {
     Matmul,
     /// [`crate::softmax`], causal and key-masked.
     Softmax,
-    /// [`crate::attention`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
+    /// [`crate::attention()`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
     Attention,
     /// The two-hop messages `M` of [`crate::refine_map`].
     Messages,
     /// The multi-hop mass `m` and refined map `R` of [`crate::refine_map`].
     Refine,
-    /// [`crate::attention`] in [`Mode::Fused`]: `O` and `m` in O(N²D).
+    /// [`crate::attention()`] in [`Mode::Fused`]: `O` and `m` in O(N²D).
     FusedOutput,
-    /// [`crate::attention`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
+    /// [`crate::attention()`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
     MaterializedOutput,
     /// [`crate::metrics`]: every row metric and the per-head summaries.
     Metrics,

@@ -2,7 +2,7 @@
 //!
 //! Inputs are the same f32 values the GPU sees; all arithmetic is f64. Tests
 //! compare GPU results against these functions, and users can do the same to
-//! check their own GPU, judging with [`compare`] and the spec's [`Tolerance`].
+//! check their own GPU, judging with [`compare()`] and the spec's [`Tolerance`].
 //! Nothing here shares code with the GPU path beyond argument types.
 
 pub mod attention;

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{gpus, on_every_gpu};
+use common::{gpus, on_every_gpu, TempDir};
 use saobp::conformance::{self, Case, Fault, Kernel, Options, Status};
 
 /// The kernels whose matrix has a case over the per-dimension workgroup cap.
@@ -194,28 +194,6 @@ fn skips_name_the_limit_they_exceed() {
     }
 }
 
-/// A directory for one test's files, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("saobp-conformance-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn conformance(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saobp"))
         .arg("conformance")
@@ -230,8 +208,8 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn the_command_passes_and_writes_its_json_report() {
-    let dir = TempDir::new("pass");
-    let json = dir.path("report.json");
+    let dir = TempDir::new("conformance-pass");
+    let json = dir.join("report.json");
     let out = conformance(&["--kernel", "attention", "--json", json.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -310,14 +288,14 @@ fn the_command_passes_and_writes_its_json_report() {
         }
     }
     // Nothing but the report is left beside it.
-    let files: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+    let files: Vec<_> = std::fs::read_dir(&*dir).unwrap().collect();
     assert_eq!(files.len(), 1);
 }
 
 #[test]
 fn the_command_fails_when_a_kernel_is_broken() {
-    let dir = TempDir::new("fault");
-    let json = dir.path("report.json");
+    let dir = TempDir::new("conformance-fault");
+    let json = dir.join("report.json");
     let out = conformance(&[
         "--kernel",
         "matmul",
@@ -348,8 +326,8 @@ fn the_command_fails_when_a_kernel_is_broken() {
 
 #[test]
 fn bad_arguments_are_one_error_line() {
-    let dir = TempDir::new("bad");
-    let json = dir.path("report.json");
+    let dir = TempDir::new("conformance-bad");
+    let json = dir.join("report.json");
     for (args, want) in [
         (vec!["--backend", "cuda"], "unknown backend `cuda`"),
         (
@@ -372,7 +350,7 @@ fn bad_arguments_are_one_error_line() {
         assert!(errors[0].contains(want), "{args:?}: {stderr}");
         assert!(!json.exists(), "{args:?} wrote a report");
     }
-    let nowhere = dir.path("no such directory").join("report.json");
+    let nowhere = dir.join("no such directory").join("report.json");
     let out = conformance(&["--json", nowhere.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -18,18 +18,20 @@
 //! `saobp conformance` prints this for every adapter; `tests/conformance.rs`
 //! runs the same matrix on the adapters present.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::attention::{attention, AttentionOptions, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{self, AdapterSummary, Gpu};
 use crate::kernels::matmul::{self as matmul_kernel, matmul, MatmulOptions};
+use crate::kernels::metrics as metrics_kernel;
 use crate::kernels::metrics::{metrics, MetricsOptions, METRIC_COUNT, METRIC_NAMES};
 use crate::kernels::saobp::{self as saobp_kernel, refine_map, Lambda};
 use crate::kernels::softmax::{self as softmax_kernel, softmax, SoftmaxOptions};
-use crate::kernels::{self, metrics as metrics_kernel};
 use crate::reference::{self, compare, Comparison, RefOptions, Tolerance};
 use crate::tensor::{numel, Tensor};
 use crate::workload::SplitMix;
@@ -379,6 +381,76 @@ impl AdapterReport {
     }
 }
 
+/// What one entry point asks of the adapter, read from its WGSL with naga:
+/// the pipelines use automatic layouts, so only the bindings and workgroup
+/// variables the entry point uses count, exactly as wgpu counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resources {
+    /// Storage buffers bound.
+    storage_buffers: u32,
+    /// Bytes of `var<workgroup>` memory.
+    workgroup_bytes: u32,
+    /// `@workgroup_size`.
+    workgroup_size: [u32; 3],
+}
+
+/// The [`Resources`] of `kernel`'s entry point, analysed once per process.
+fn resources(kernel: &gpu::Kernel) -> Result<Resources, String> {
+    type Cache = HashMap<(&'static str, &'static str), Result<Resources, String>>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (kernel.family, kernel.entry);
+    if let Some(r) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
+        return r.clone();
+    }
+    let r = analyse(kernel);
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, r.clone());
+    r
+}
+
+fn analyse(kernel: &gpu::Kernel) -> Result<Resources, String> {
+    let module = naga::front::wgsl::parse_str(kernel.source)
+        .map_err(|e| format!("{}: {}", kernel.family, e.emit_to_string(kernel.source)))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{}: {}", kernel.family, e.emit_to_string(kernel.source)))?;
+    let (index, entry) = module
+        .entry_points
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.name == kernel.entry)
+        .ok_or_else(|| format!("{} has no entry point {}", kernel.family, kernel.entry))?;
+    let uses = info.get_entry_point(index);
+    let mut out = Resources {
+        storage_buffers: 0,
+        workgroup_bytes: 0,
+        workgroup_size: entry.workgroup_size,
+    };
+    for (handle, var) in module.global_variables.iter() {
+        if uses[handle].is_empty() {
+            continue;
+        }
+        match var.space {
+            naga::AddressSpace::Storage { .. } => out.storage_buffers += 1,
+            naga::AddressSpace::WorkGroup => {
+                out.workgroup_bytes += module.types[var.ty].inner.size(module.to_ctx());
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// The limits that matter to these kernels, by their wgpu names.
 pub fn relevant_limits(l: &wgpu::Limits) -> Vec<(&'static str, u64)> {
     vec![
@@ -635,7 +707,7 @@ impl Case {
         }
         for shader in self.kernel.shaders() {
             // A shader that fails to analyse fails for real when it runs.
-            let Ok(r) = kernels::resources(shader) else {
+            let Ok(r) = resources(shader) else {
                 continue;
             };
             let [x, y, z] = r.workgroup_size;
@@ -1015,6 +1087,13 @@ struct Measured {
     reference_time: Duration,
 }
 
+/// `len` values uniform in `[lo, hi)`.
+fn uniform(rng: &mut SplitMix, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| lo + (hi - lo) * (rng.next() + 1.0) / 2.0)
+        .collect()
+}
+
 fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
 }
@@ -1027,8 +1106,8 @@ async fn run_matmul(
     opts: &MatmulOptions,
     fault: Option<Fault>,
 ) -> Result<Measured> {
-    let a = rng.vec(numel(a_shape)?, -1.0, 1.0);
-    let b = rng.vec(numel(b_shape)?, -1.0, 1.0);
+    let a = uniform(rng, numel(a_shape)?, -1.0, 1.0);
+    let b = uniform(rng, numel(b_shape)?, -1.0, 1.0);
     let start = Instant::now();
     let ta = Tensor::from_slice(gpu, a_shape, &a)?;
     let tb = Tensor::from_slice(gpu, b_shape, &b)?;
@@ -1064,7 +1143,7 @@ async fn run_softmax(
     masked: bool,
     range: f32,
 ) -> Result<Measured> {
-    let x = rng.vec(numel(shape)?, -range, range);
+    let x = uniform(rng, numel(shape)?, -range, range);
     // The key mask is [B, C], B the first dimension; a matrix has one row of it.
     let batch = if shape.len() > 2 { shape[0] } else { 1 };
     let cols = shape[shape.len() - 1];
@@ -1105,9 +1184,9 @@ async fn run_attention(
     lambda: &[f32],
 ) -> Result<Measured> {
     let [b, h, n, d] = shape;
-    let q = rng.vec(b * h * n * d, -2.0, 2.0);
-    let k = rng.vec(b * h * n * d, -2.0, 2.0);
-    let v = rng.vec(b * h * n * dv, -1.0, 1.0);
+    let q = uniform(rng, b * h * n * d, -2.0, 2.0);
+    let k = uniform(rng, b * h * n * d, -2.0, 2.0);
+    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
     let mask = key_mask(b, n);
     let mode = match kernel {
         Kernel::FusedOutput => Mode::Fused,
@@ -1202,7 +1281,7 @@ async fn run_map(
 ) -> Result<Measured> {
     let map_shape = [b, h, n, n];
     let mask = key_mask(b, n);
-    let scores = rng.vec(b * h * n * n, -6.0, 6.0);
+    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
     let mask_ref = masked.then_some(&mask[..]);
     // Rows stochastic (or empty) as the kernels expect, then exactly the f32 the GPU sees.
     let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)

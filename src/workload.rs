@@ -60,16 +60,6 @@ pub struct Workload {
 pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    /// Uniform in `[lo, hi)`.
-    pub(crate) fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * (self.next() + 1.0) / 2.0
-    }
-
-    /// `len` values uniform in `[lo, hi)`.
-    pub(crate) fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..len).map(|_| self.uniform(lo, hi)).collect()
-    }
-
     pub(crate) fn next(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -11,9 +11,6 @@ pub mod metrics;
 pub mod saobp;
 pub mod softmax;
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
-
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
 
@@ -83,74 +80,4 @@ pub fn param_layouts() -> Result<Vec<(&'static str, &'static str, u32, usize)>, 
             Ok((k.family, k.entry, size, *rust))
         })
         .collect()
-}
-
-/// What one entry point asks of the adapter, read from its WGSL with naga:
-/// the pipelines use automatic layouts, so only the bindings and workgroup
-/// variables the entry point uses count, exactly as wgpu counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Resources {
-    /// Storage buffers bound.
-    pub storage_buffers: u32,
-    /// Bytes of `var<workgroup>` memory.
-    pub workgroup_bytes: u32,
-    /// `@workgroup_size`.
-    pub workgroup_size: [u32; 3],
-}
-
-/// The [`Resources`] of `kernel`'s entry point, analysed once per process.
-pub(crate) fn resources(kernel: &Kernel) -> Result<Resources, String> {
-    type Cache = HashMap<(&'static str, &'static str), Result<Resources, String>>;
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let key = (kernel.family, kernel.entry);
-    if let Some(r) = cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&key)
-    {
-        return r.clone();
-    }
-    let r = analyse(kernel);
-    cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(key, r.clone());
-    r
-}
-
-fn analyse(kernel: &Kernel) -> Result<Resources, String> {
-    let module = naga::front::wgsl::parse_str(kernel.source)
-        .map_err(|e| format!("{}: {}", kernel.family, e.emit_to_string(kernel.source)))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| format!("{}: {}", kernel.family, e.emit_to_string(kernel.source)))?;
-    let (index, entry) = module
-        .entry_points
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.name == kernel.entry)
-        .ok_or_else(|| format!("{} has no entry point {}", kernel.family, kernel.entry))?;
-    let uses = info.get_entry_point(index);
-    let mut out = Resources {
-        storage_buffers: 0,
-        workgroup_bytes: 0,
-        workgroup_size: entry.workgroup_size,
-    };
-    for (handle, var) in module.global_variables.iter() {
-        if uses[handle].is_empty() {
-            continue;
-        }
-        match var.space {
-            naga::AddressSpace::Storage { .. } => out.storage_buffers += 1,
-            naga::AddressSpace::WorkGroup => {
-                out.workgroup_bytes += module.types[var.ty].inner.size(module.to_ctx());
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
 }

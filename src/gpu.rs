@@ -677,26 +677,15 @@ impl Gpu {
         .await
     }
 
-    /// Waits (with the context's timeout) until all submitted work is done.
-    pub(crate) fn wait(&self) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            match self.device.poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(self.timeout),
-            }) {
-                Ok(_) => {}
-                Err(wgpu::PollError::Timeout) => return Err(Error::Timeout(self.timeout)),
-                Err(e) => return Err(Error::Internal(e.to_string())),
-            }
-        }
-        self.check_health()
-    }
-
-    /// The outcome of a `map_async`. On native targets `wait` has already
-    /// polled the device to completion, so the callback has run or never
-    /// will: look once instead of awaiting, so a lost callback cannot hang us.
-    async fn map_result(
+    /// The outcome of a `map_async`, waiting at most the context's timeout.
+    ///
+    /// On native targets this polls without blocking and sleeps between
+    /// polls (10 µs, doubling to 0.5 ms) rather than asking the driver to wait
+    /// with a timeout: some drivers (lavapipe among them) block past the
+    /// timeout they are given, and a wait must never hang. Polling until the
+    /// callback itself has run also covers callbacks fired by another thread's
+    /// poll. In the browser the promise resolves on its own.
+    async fn await_map(
         &self,
         receiver: &mut futures_channel::oneshot::Receiver<
             std::result::Result<(), wgpu::BufferAsyncError>,
@@ -704,22 +693,32 @@ impl Gpu {
     ) -> Result<std::result::Result<(), wgpu::BufferAsyncError>> {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            match receiver.try_recv() {
-                Ok(Some(r)) => Ok(r),
-                Ok(None) => {
-                    self.check_health()?;
-                    Err(Error::Readback(
-                        "the GPU finished but the buffer was not mapped".into(),
-                    ))
+            let start = std::time::Instant::now();
+            let mut pause = std::time::Duration::from_micros(10);
+            loop {
+                if let Err(e) = self.device.poll(wgpu::PollType::Poll) {
+                    return Err(Error::Internal(e.to_string()));
                 }
-                Err(_) => Err(Error::Readback("the map callback was dropped".into())),
+                match receiver.try_recv() {
+                    Ok(Some(r)) => return Ok(r),
+                    Ok(None) => {}
+                    Err(_) => return Err(Error::Readback("the map callback was dropped".into())),
+                }
+                self.check_health()?;
+                if start.elapsed() > self.timeout {
+                    return Err(Error::Timeout(self.timeout));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_micros(500));
             }
         }
         #[cfg(target_arch = "wasm32")]
         {
-            receiver
+            let r = receiver
                 .await
-                .map_err(|_| Error::Readback("the map callback was dropped".into()))
+                .map_err(|_| Error::Readback("the map callback was dropped".into()))?;
+            self.check_health()?;
+            Ok(r)
         }
     }
 
@@ -749,8 +748,7 @@ impl Gpu {
                 staging
             })
             .await?;
-        self.wait()?;
-        let mapped = self.map_result(&mut receiver).await?;
+        let mapped = self.await_map(&mut receiver).await?;
         mapped.map_err(|e| Error::Readback(e.to_string()))?;
         let out = {
             let view = staging

@@ -28,9 +28,13 @@
 //!
 //! Layout: [`gpu`] (context), [`tensor`] (data), [`attention`] (the pipeline:
 //! scores → softmax → SAOBP → output → metrics), [`kernels`] (one module per
-//! `shaders/*.wgsl` family), [`reference`] (float64 twins).
+//! `shaders/*.wgsl` family), [`reference`] (float64 twins), and
+//! [`conformance`] (every kernel at a matrix of sizes against the reference,
+//! behind `saobp conformance`).
 
 pub mod attention;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod conformance;
 pub mod error;
 pub mod gpu;
 #[cfg(feature = "io")]

@@ -1,4 +1,5 @@
-//! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job.
+//! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job,
+//! `refine` runs on your tensors, `conformance` checks every kernel on every adapter.
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ enum Command {
     Refine(cli::refine::RefineArgs),
     /// A BERT-family model's attention by layer and head, with and without SAOBP.
     Analyze(cli::analyze::AnalyzeArgs),
+    /// Every kernel at a fixed set of sizes on every adapter, against the float64
+    /// reference; exits non-zero if any fails.
+    Conformance(cli::conformance::ConformanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(&a),
         Command::Refine(a) => cli::refine::run(&a),
         Command::Analyze(a) => cli::analyze::run(&a),
+        Command::Conformance(a) => cli::conformance::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

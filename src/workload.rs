@@ -56,10 +56,11 @@ pub struct Workload {
     pub patterns: Vec<Pattern>,
 }
 
-struct SplitMix(u64);
+/// SplitMix64; also the conformance matrix's input generator.
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> f32 {
+    pub(crate) fn next(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

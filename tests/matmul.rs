@@ -7,7 +7,7 @@ use saobp::{matmul_blocking, reference, MatmulOptions, Tensor};
 
 /// f32 accumulation over `k` unit-bounded terms: rounding grows like k·2⁻²⁴.
 fn abs_tol(k: usize) -> f64 {
-    1e-5 + k as f64 * 2.4e-7
+    saobp::reference::Tolerance::matmul(k).abs
 }
 
 fn check(

@@ -1,28 +1,45 @@
-//! Every WGSL file parses and validates with naga, and each kernel's uniform
+//! Every WGSL file (the deliberately wrong ones under `shaders/faults/`
+//! included) parses and validates with naga, and each kernel's uniform
 //! `Params` struct has the size of its Rust mirror. No GPU needed.
 
-#[test]
-fn every_shader_validates_with_naga() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .expect("shaders/ exists")
+use std::path::Path;
+
+/// The `.wgsl` files directly in `dir`, as `prefix` + name, sorted.
+fn wgsl_files(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {
             e.expect("dir entry")
                 .file_name()
                 .to_string_lossy()
                 .into_owned()
         })
+        // common.wgsl is the prelude of every family, not a family.
         .filter(|n| n.ends_with(".wgsl") && n != "common.wgsl")
+        .map(|n| format!("{prefix}{n}"))
         .collect();
-    on_disk.sort();
-    let mut listed: Vec<String> = saobp::kernels::SHADERS
-        .iter()
-        .map(|(n, _)| n.to_string())
-        .collect();
-    listed.sort();
+    names.sort();
+    names
+}
+
+fn listed(shaders: &[(&str, &str)]) -> Vec<String> {
+    let mut names: Vec<String> = shaders.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_shader_validates_with_naga() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     assert_eq!(
-        on_disk, listed,
+        wgsl_files(&dir, ""),
+        listed(saobp::kernels::SHADERS),
         "every shaders/*.wgsl is listed in kernels::SHADERS"
+    );
+    assert_eq!(
+        wgsl_files(&dir.join("faults"), "faults/"),
+        listed(saobp::kernels::FAULT_SHADERS),
+        "every shaders/faults/*.wgsl is listed in kernels::FAULT_SHADERS"
     );
 
     let common = std::fs::read_to_string(dir.join("common.wgsl")).expect("shaders/common.wgsl");
@@ -31,6 +48,11 @@ fn every_shader_validates_with_naga() {
             source.starts_with(&common),
             "{name} is compiled with common.wgsl in front"
         );
+    }
+    let all = saobp::kernels::SHADERS
+        .iter()
+        .chain(saobp::kernels::FAULT_SHADERS);
+    for (name, source) in all {
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         naga::valid::Validator::new(

@@ -1,6 +1,7 @@
 //! Subcommands of the `saobp` binary, one module each, and what they share.
 
 pub mod analyze;
+pub mod conformance;
 pub mod demo;
 pub mod info;
 pub mod plot;

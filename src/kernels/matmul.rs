@@ -15,6 +15,18 @@ pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
     entry: "matmul_blocked",
 };
 
+pub(crate) const FAULT_SKIPS_LAST_K_SOURCE: &str =
+    include_str!("../../shaders/faults/matmul_skips_last_k.wgsl");
+
+/// A deliberately wrong `matmul_blocked` that drops the last `k` term, for
+/// showing that [`crate::conformance`] catches a broken kernel. Only the
+/// conformance runner dispatches it, and only when asked to.
+pub(crate) static MATMUL_SKIPS_LAST_K: Kernel = Kernel {
+    family: "faults/matmul_skips_last_k",
+    source: FAULT_SKIPS_LAST_K_SOURCE,
+    entry: "matmul_blocked",
+};
+
 /// Output tile edge of `matmul_blocked`.
 const TILE: usize = 32;
 
@@ -137,9 +149,20 @@ pub(crate) fn plan(a: &[usize], b: &[usize], opts: &MatmulOptions) -> Result<Mat
 
 /// The dispatch computing `c = plan(a, b)`.
 pub(crate) fn step<'a>(plan: &MatmulPlan, a: &'a Tensor, b: &'a Tensor, c: &'a Tensor) -> Step<'a> {
+    step_with(&MATMUL_BLOCKED, plan, a, b, c)
+}
+
+/// [`step`] with another kernel of the same parameters and bindings.
+fn step_with<'a>(
+    kernel: &'static Kernel,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+) -> Step<'a> {
     let p = &plan.params;
     Step::Dispatch(Dispatch {
-        kernel: &MATMUL_BLOCKED,
+        kernel,
         params: bytemuck::bytes_of(p).to_vec(),
         buffers: vec![a.buffer(), b.buffer(), c.buffer()],
         workgroups: u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n),
@@ -152,11 +175,22 @@ pub(crate) fn step<'a>(plan: &MatmulPlan, a: &'a Tensor, b: &'a Tensor, c: &'a T
 /// (`[.., N, K]` with `trans_b`); an operand of rank 2 is shared by every batch
 /// item. C is `[.., M, N]`.
 pub async fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
+    matmul_with(&MATMUL_BLOCKED, gpu, a, b, opts).await
+}
+
+/// [`matmul`] computed by `kernel` (the real one, or a deliberately wrong variant).
+pub(crate) async fn matmul_with(
+    kernel: &'static Kernel,
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+) -> Result<Tensor> {
     let plan = plan(a.shape(), b.shape(), opts)?;
     a.check_finite("a")?;
     b.check_finite("b")?;
     let c = Tensor::zeros(gpu, &plan.out_shape)?;
-    gpu.run(&[step(&plan, a, b, &c)]).await?;
+    gpu.run(&[step_with(kernel, &plan, a, b, &c)]).await?;
     Ok(c)
 }
 

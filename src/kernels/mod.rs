@@ -48,6 +48,15 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("softmax.wgsl", softmax::SOURCE),
 ];
 
+/// The deliberately wrong kernels under `shaders/faults/`: (path below
+/// `shaders/`, WGSL source). Validated like [`SHADERS`]; dispatched only by
+/// the conformance runner's fault injection.
+#[doc(hidden)]
+pub const FAULT_SHADERS: &[(&str, &str)] = &[(
+    "faults/matmul_skips_last_k.wgsl",
+    matmul::FAULT_SKIPS_LAST_K_SOURCE,
+)];
+
 /// Every kernel entry point with the byte size of its Rust parameter struct,
 /// so a test can check the WGSL `Params` struct has the same size.
 pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
@@ -59,6 +68,16 @@ pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
         &softmax::SOFTMAX_ROWS,
         std::mem::size_of::<softmax::SoftmaxParams>(),
     ),
+    (
+        &matmul::MATMUL_SKIPS_LAST_K,
+        std::mem::size_of::<matmul::MatmulParams>(),
+    ),
+    (&saobp::MESSAGES, std::mem::size_of::<saobp::SaobpParams>()),
+    (
+        &metrics::ROW_METRICS,
+        std::mem::size_of::<metrics::MetricsParams>(),
+    ),
+    (&bert::LAYER_NORM, std::mem::size_of::<bert::BertParams>()),
 ];
 
 /// The size of each uniform `Params` struct (binding 0) of each entry point in

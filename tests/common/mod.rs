@@ -1,6 +1,7 @@
 //! Shared test harness: every GPU test runs on every adapter the machine has.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use saobp::{Gpu, GpuOptions};
@@ -84,34 +85,41 @@ impl Rng {
 }
 
 /// Asserts `got` (f32 from the GPU) matches `want` (f64 reference) within
-/// `|got - want| <= abs + rel * |want|` element-wise, naming the first miss.
+/// `|got - want| <= abs + rel * |want|` element-wise (the library's
+/// [`saobp::reference::compare`]), naming the first miss.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let g = f64::from(g);
+    let c = saobp::reference::compare(got, want, saobp::reference::Tolerance { abs, rel })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    if let Some(i) = c.first_failure {
+        let (g, w) = (f64::from(got[i]), want[i]);
         assert!(g.is_finite(), "{what}[{i}] = {g} is not finite (want {w})");
-        let err = (g - w).abs();
-        let ok = approx::relative_eq!(g, w, epsilon = abs, max_relative = rel);
-        assert!(
-            ok,
-            "{what}[{i}] = {g}, want {w} (error {err:e}, rel {rel:e}, abs {abs:e})"
+        panic!(
+            "{what}[{i}] = {g}, want {w} (error {:e}, rel {rel:e}, abs {abs:e}; {} of {} values miss)",
+            (g - w).abs(),
+            c.failures,
+            c.len
         );
-        if err > worst.0 {
-            worst = (err, i);
-        }
     }
-    eprintln!("{what}: max error {:.2e} at [{}]", worst.0, worst.1);
 }
 
-/// A temporary directory removed when dropped.
-pub struct TempDir(pub std::path::PathBuf);
+/// A fresh directory under the system's temporary directory, removed with
+/// everything in it when dropped (also when the test panics).
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("saobp-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
     }
 }
 

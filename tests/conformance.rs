@@ -1,0 +1,362 @@
+//! The conformance matrix (`saobp::conformance`, `saobp conformance`) on
+//! every adapter present: every row passes, skips carry their reason, a
+//! deliberately wrong kernel is caught, and the command's exit status and
+//! JSON say so.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{gpus, on_every_gpu, TempDir};
+use saobp::conformance::{self, Case, Fault, Kernel, Options, Status};
+
+/// The kernels whose matrix has a case over the per-dimension workgroup cap.
+const AT_CAP: [Kernel; 6] = [
+    Kernel::Matmul,
+    Kernel::Softmax,
+    Kernel::Messages,
+    Kernel::Refine,
+    Kernel::FusedOutput,
+    Kernel::Metrics,
+];
+
+#[test]
+fn every_kernel_passes_on_every_adapter() {
+    // One thread per adapter: a software adapter runs a dispatch on about one core.
+    let reports = std::thread::scope(|s| {
+        let runs: Vec<_> = gpus()
+            .iter()
+            .map(|gpu| s.spawn(move || conformance::run_blocking(gpu, &Options::default(), |_| {})))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("the conformance run panicked"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(reports.len(), gpus().len());
+    for report in &reports {
+        let adapter = format!("{:?} {}", report.adapter.backend, report.adapter.name);
+        for row in &report.rows {
+            let what = format!("{adapter}: {} {}", row.kernel, row.size);
+            match &row.status {
+                Status::Pass => {
+                    assert!(!row.checks.is_empty(), "{what}: {row:?}");
+                    assert!(row.worst() <= 1.0, "{what}: {row:?}");
+                }
+                Status::Skip(reason) => {
+                    assert!(!reason.trim().is_empty(), "{what}: a skip without a reason")
+                }
+                Status::Fail(reason) => panic!("{what} failed: {reason}"),
+            }
+        }
+        for kernel in Kernel::ALL {
+            let rows: Vec<_> = report.rows.iter().filter(|r| r.kernel == kernel).collect();
+            assert!(
+                rows.len() >= 5,
+                "{adapter}: {kernel} has {} rows",
+                rows.len()
+            );
+            if AT_CAP.contains(&kernel) {
+                assert!(
+                    rows.iter().any(|r| {
+                        let text = format!("{:?} {:?}", r.note, r.status.reason());
+                        text.contains("max_compute_workgroups_per_dimension")
+                    }),
+                    "{adapter}: {kernel} has no case at the workgroup cap"
+                );
+            }
+        }
+        let c = report.counts();
+        assert_eq!(c.pass + c.skip, report.rows.len());
+        eprintln!("conformance: {} pass, {} skip on {adapter}", c.pass, c.skip);
+    }
+}
+
+#[test]
+fn an_injected_fault_fails_matmul_and_nothing_else() {
+    let opts = Options {
+        kernels: vec![Kernel::Matmul, Kernel::Attention],
+        fault: Some(Fault::MatmulSkipsLastK),
+    };
+    on_every_gpu("conformance with a broken matmul", |gpu| {
+        let report = conformance::run_blocking(gpu, &opts, |_| {});
+        assert!(!report.passed());
+        let (matmul, others): (Vec<_>, Vec<_>) =
+            report.rows.iter().partition(|r| r.kernel == Kernel::Matmul);
+        assert!(matmul.len() >= 5 && others.len() >= 5);
+        for row in matmul {
+            let Status::Fail(reason) = &row.status else {
+                panic!("the broken matmul passed at {}: {row:?}", row.size);
+            };
+            assert!(reason.starts_with("C["), "{reason}");
+            assert!(row.worst() > 1.0);
+        }
+        // Attention runs its products through the real matmul.
+        for row in others {
+            assert_eq!(row.status, Status::Pass, "{} {}", row.kernel, row.size);
+        }
+    });
+}
+
+fn skip_reasons(limits: &wgpu::Limits, flags: wgpu::DownlevelFlags) -> Vec<(Case, Option<String>)> {
+    conformance::cases(limits)
+        .into_iter()
+        .map(|c| {
+            let reason = c.skip_reason(limits, flags);
+            (c, reason)
+        })
+        .collect()
+}
+
+#[test]
+fn skips_name_the_limit_they_exceed() {
+    let all = wgpu::DownlevelFlags::all();
+    let full = skip_reasons(&wgpu::Limits::default(), all);
+    assert!(
+        full.iter().all(|(_, r)| r.is_none()),
+        "WebGPU's default limits run everything"
+    );
+    let mut labels: Vec<_> = full
+        .iter()
+        .map(|(c, _)| format!("{} {}", c.kernel, c.size))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    assert_eq!(labels.len(), full.len(), "every case has its own label");
+
+    // Four storage buffers (GL ES class): entry points that bind more skip, naming it.
+    for (case, reason) in skip_reasons(&wgpu::Limits::downlevel_defaults(), all) {
+        match case.kernel {
+            Kernel::Matmul | Kernel::Softmax | Kernel::Attention => {
+                assert_eq!(reason, None, "{} {}", case.kernel, case.size)
+            }
+            _ => {
+                let reason = reason.unwrap_or_default();
+                assert!(
+                    reason
+                        .contains("storage buffers, over max_storage_buffers_per_shader_stage = 4"),
+                    "{} {}: {reason}",
+                    case.kernel,
+                    case.size
+                );
+            }
+        }
+    }
+
+    // A small storage binding: the larger cases skip, naming the tensor and the limit.
+    let small = wgpu::Limits {
+        max_storage_buffer_binding_size: 256 << 10,
+        ..Default::default()
+    };
+    let rows = skip_reasons(&small, all);
+    let reason = |kernel: Kernel, size: &str| {
+        rows.iter()
+            .find(|(c, _)| c.kernel == kernel && c.size.starts_with(size))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("no case {kernel} {size}"))
+    };
+    assert_eq!(
+        reason(Kernel::Softmax, "[1,2,256,256]").as_deref(),
+        Some("a [1,2,256,256] tensor needs 524,288 bytes, over max_storage_buffer_binding_size = 262,144")
+    );
+    assert_eq!(reason(Kernel::Softmax, "[2,3,7,33]"), None);
+    let fused = reason(Kernel::FusedOutput, "[1,1024,4,2] dv=1024").unwrap_or_default();
+    assert!(
+        fused.contains("bytes, over max_storage_buffer_binding_size = 262,144"),
+        "{fused}"
+    );
+
+    // No compute shaders at all: everything skips, nothing disappears.
+    let none = skip_reasons(&wgpu::Limits::default(), wgpu::DownlevelFlags::empty());
+    assert_eq!(none.len(), full.len());
+    assert!(none
+        .iter()
+        .all(|(_, r)| r.as_deref() == Some("the adapter does not support compute shaders")));
+
+    // A workgroup cap so large that a grid over it would not fit this check:
+    // those cases stay in the matrix as skips that say so.
+    let huge = wgpu::Limits {
+        max_compute_workgroups_per_dimension: u32::MAX,
+        ..Default::default()
+    };
+    let rows = skip_reasons(&huge, all);
+    assert_eq!(rows.len(), full.len());
+    let skipped: Vec<_> = rows.iter().filter(|(_, r)| r.is_some()).collect();
+    assert_eq!(skipped.len(), AT_CAP.len(), "{skipped:?}");
+    for (case, reason) in skipped {
+        let reason = reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("max_compute_workgroups_per_dimension = 4,294,967,295"),
+            "{} {}: {reason}",
+            case.kernel,
+            case.size
+        );
+    }
+}
+
+fn conformance(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saobp"))
+        .arg("conformance")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_command_passes_and_writes_its_json_report() {
+    let dir = TempDir::new("conformance-pass");
+    let json = dir.join("report.json");
+    let out = conformance(&["--kernel", "attention", "--json", json.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = gpus().len();
+    assert!(
+        stdout.contains(" pass, 0 fail, 0 skip on ")
+            && stdout.contains(&format!("on {n} adapter(s)")),
+        "{stdout}"
+    );
+    for header in [
+        "adapter",
+        "kernel",
+        "size",
+        "max abs",
+        "max rel",
+        "result",
+        "time (ms)",
+    ] {
+        assert!(stdout.contains(header), "no `{header}` column:\n{stdout}");
+    }
+
+    let report = read_json(&json);
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["kernels"], serde_json::json!(["attention"]));
+    assert!(report["injected_fault"].is_null());
+    let adapters = report["adapters"].as_array().unwrap();
+    assert_eq!(adapters.len(), n);
+    for (entry, gpu) in adapters.iter().zip(gpus()) {
+        let a = &entry["adapter"];
+        assert_eq!(a["name"], gpu.adapter().name.as_str());
+        assert_eq!(a["backend"], format!("{:?}", gpu.adapter().backend));
+        for key in ["device_type", "driver", "driver_info"] {
+            assert!(a[key].is_string(), "adapter.{key}");
+        }
+        let limits = &entry["limits"];
+        assert_eq!(
+            limits["max_storage_buffer_binding_size"],
+            gpu.limits().max_storage_buffer_binding_size
+        );
+        assert_eq!(
+            limits["max_compute_workgroups_per_dimension"],
+            gpu.limits().max_compute_workgroups_per_dimension
+        );
+        assert!(entry["features"].is_array());
+        assert!(entry["downlevel"]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("COMPUTE_SHADERS")));
+        let rows = entry["rows"].as_array().unwrap();
+        assert_eq!(
+            rows.len(),
+            entry["counts"]["pass"].as_u64().unwrap() as usize
+        );
+        for row in rows {
+            assert_eq!(row["status"], "pass", "{row}");
+            assert!(row["reason"].is_null());
+            for key in [
+                "max_abs",
+                "max_rel",
+                "err_over_tol",
+                "time_ms",
+                "reference_ms",
+            ] {
+                assert!(row[key].is_number(), "{key} in {row}");
+            }
+            let checks = row["checks"].as_array().unwrap();
+            assert!(!checks.is_empty());
+            for c in checks {
+                assert!(c["tolerance"]["abs"].is_number() && c["tolerance"]["rel"].is_number());
+                assert_eq!(c["failures"], 0);
+            }
+        }
+    }
+    // Nothing but the report is left beside it.
+    let files: Vec<_> = std::fs::read_dir(&*dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+}
+
+#[test]
+fn the_command_fails_when_a_kernel_is_broken() {
+    let dir = TempDir::new("conformance-fault");
+    let json = dir.join("report.json");
+    let out = conformance(&[
+        "--kernel",
+        "matmul",
+        "--inject-fault",
+        "matmul",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("conformance rows failed"), "{stderr}");
+
+    // The report is still written, and says what happened.
+    let report = read_json(&json);
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["injected_fault"], "matmul");
+    for entry in report["adapters"].as_array().unwrap() {
+        for row in entry["rows"].as_array().unwrap() {
+            assert_eq!(row["status"], "fail", "{row}");
+            assert!(row["reason"].as_str().unwrap().starts_with("C["));
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_one_error_line() {
+    let dir = TempDir::new("conformance-bad");
+    let json = dir.join("report.json");
+    for (args, want) in [
+        (vec!["--backend", "cuda"], "unknown backend `cuda`"),
+        (
+            vec!["--kernel", "convolution"],
+            "unknown kernel `convolution`",
+        ),
+        (vec!["--inject-fault", "softmax"], "unknown fault `softmax`"),
+        (
+            vec!["--adapter", "no such adapter anywhere"],
+            "no adapter matches",
+        ),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--json", json.to_str().unwrap()]);
+        let out = conformance(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(errors[0].contains(want), "{args:?}: {stderr}");
+        assert!(!json.exists(), "{args:?} wrote a report");
+    }
+    let nowhere = dir.join("no such directory").join("report.json");
+    let out = conformance(&["--json", nowhere.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: --json: no directory "),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "ran before failing");
+}

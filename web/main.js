@@ -150,7 +150,9 @@ function interactive(demo) {
       try {
         await runOnce(demo, s);
       } catch (e) {
-        showError(describe(e));
+        const message = describe(e);
+        // A lost device does not come back: only a new context (a reload) helps.
+        showError(/device lost/i.test(message) ? `${message}\nReload the page to start again.` : message);
       }
     }
     running = false;
@@ -203,6 +205,7 @@ async function runOnce(demo, s) {
       `${result.gpuMs.toFixed(0)} ms, maps read back ${result.readbackMs.toFixed(0)} ms) · ` +
       `N = ${s.n}, ${s.heads} heads, D = ${HEAD_WIDTH}${s.causal ? ', causal' : ''}`,
     );
+    window.saobpRuns = (window.saobpRuns ?? 0) + 1;
     window.saobpLastRun = { settings: s, ms: total, summaries };
     document.body.dataset.state = 'ready';
   } finally {

@@ -89,6 +89,8 @@ impl Error {
     }
 
     /// An [`Error::Model`] from anything printable.
+    // Used by the `model` feature only.
+    #[cfg_attr(not(feature = "model"), allow(dead_code))]
     pub(crate) fn model(msg: impl fmt::Display) -> Self {
         Error::Model(msg.to_string())
     }

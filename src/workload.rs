@@ -108,11 +108,15 @@ pub fn synthetic(shape: [usize; 4], patterns: &[Pattern], temperature: f32, seed
                             let omega = std::f32::consts::TAU / (4.0 * 1.5f32.powi(c as i32));
                             let angle = i as f32 * omega;
                             let s = 1.6 * unit / (pairs as f32).sqrt().sqrt();
-                            q[i * d + 2 * c] = s * angle.cos();
-                            k[i * d + 2 * c] = s * angle.cos();
+                            // libm, not std: std's sin and cos call the target's
+                            // math library, whose last bits differ between native
+                            // and WebAssembly builds.
+                            let (sin, cos) = (libm::sinf(angle), libm::cosf(angle));
+                            q[i * d + 2 * c] = s * cos;
+                            k[i * d + 2 * c] = s * cos;
                             if 2 * c + 1 < d {
-                                q[i * d + 2 * c + 1] = s * angle.sin();
-                                k[i * d + 2 * c + 1] = s * angle.sin();
+                                q[i * d + 2 * c + 1] = s * sin;
+                                k[i * d + 2 * c + 1] = s * sin;
                             }
                         }
                     }

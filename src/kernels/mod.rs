@@ -18,6 +18,9 @@ macro_rules! shader {
 }
 
 pub mod attention;
+// Only the `model` feature's encoder dispatches these kernels; without it
+// (e.g. the WebAssembly build) just the shader source is used, by the naga test.
+#[cfg_attr(not(feature = "model"), allow(dead_code))]
 pub mod bert;
 pub mod matmul;
 pub mod metrics;

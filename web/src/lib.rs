@@ -1,0 +1,388 @@
+//! The saobp library in the browser: WebAssembly on WebGPU.
+//!
+//! What the demo page (`web/index.html`, `web/main.js`) calls:
+//!
+//! - [`Demo::create`] opens the browser's WebGPU adapter (async, like every
+//!   GPU call on the web: nothing here blocks);
+//! - [`Demo::run`] builds a synthetic workload, runs attention and SAOBP with
+//!   metrics, and returns one head's `A` and `R` plus every head's summaries
+//!   before and after, with timings;
+//! - [`Demo::selftest`] runs a fixed workload and checks it against the
+//!   float64 CPU reference compiled into the same module ([`selftest`]).
+
+use std::rc::Rc;
+
+use saobp::workload::{synthetic, Pattern};
+use saobp::{attention, AttentionOptions, Gpu, GpuOptions, HeadSummary, Lambda, Mode, Tensor};
+use serde_json::{json, Value};
+use wasm_bindgen::prelude::*;
+
+pub mod selftest;
+
+/// Largest sizes the demo accepts: N = 1024 is what the page offers; the
+/// caps keep a mistyped call from asking the GPU for gigabytes.
+const MAX_N: usize = 2048;
+const MAX_HEADS: usize = 64;
+const MAX_D: usize = 256;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str);
+}
+
+/// Runs when the module is instantiated: a Rust panic becomes a console
+/// message and `globalThis.saobpPanic`, so the page can show it instead of a
+/// bare "unreachable" trap.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = format!("saobp panicked: {info}");
+        console_error(&message);
+        let _ = js_sys::Reflect::set(
+            &js_sys::global(),
+            &JsValue::from_str("saobpPanic"),
+            &JsValue::from_str(&message),
+        );
+    }));
+}
+
+/// Milliseconds since the page loaded (`performance.now()`).
+pub(crate) fn now_ms() -> f64 {
+    performance_now()
+}
+
+pub(crate) fn js_error(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// The heads' patterns from the page's choice: `mixed` cycles through all four.
+pub(crate) fn patterns(choice: &str) -> Result<Vec<Pattern>, String> {
+    let all = [
+        Pattern::Diffuse,
+        Pattern::Local,
+        Pattern::Sink,
+        Pattern::Collapsed,
+    ];
+    if choice == "mixed" {
+        return Ok(all.to_vec());
+    }
+    all.iter()
+        .find(|p| p.name() == choice)
+        .map(|p| vec![*p])
+        .ok_or_else(|| {
+            format!("unknown pattern `{choice}`: expected mixed, diffuse, local, sink or collapsed")
+        })
+}
+
+/// A head summary as a JSON object, field names as in [`saobp::METRIC_NAMES`].
+pub(crate) fn summary_json(s: &HeadSummary) -> Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in s.fields() {
+        map.insert(name.to_string(), json!(value));
+    }
+    map.insert("rows".to_string(), json!(s.rows));
+    Value::Object(map)
+}
+
+/// Copies `len` f32 values starting at element `offset` of `tensor` back to
+/// the host, without downloading the rest (one head of an N×N×heads map).
+pub(crate) async fn read_range(
+    gpu: &Gpu,
+    tensor: &Tensor,
+    offset: usize,
+    len: usize,
+) -> Result<Vec<f32>, String> {
+    if offset.checked_add(len).is_none_or(|end| end > tensor.len()) {
+        return Err(format!(
+            "range {offset}..{} is outside a tensor of {} values",
+            offset.saturating_add(len),
+            tensor.len()
+        ));
+    }
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = (len * 4) as u64;
+    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("head readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    encoder.copy_buffer_to_buffer(tensor.buffer(), (offset * 4) as u64, &staging, 0, bytes);
+    gpu.queue().submit([encoder.finish()]);
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    // On the web the browser resolves the map itself; no polling is needed.
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = sender.send(r);
+    });
+    receiver
+        .await
+        .map_err(|_| "the map callback was dropped".to_string())?
+        .map_err(|e| format!("could not read a GPU buffer back: {e}"))?;
+    let out = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| format!("could not read a GPU buffer back: {e}"))?;
+        f32_from_le_bytes(&view)
+    };
+    staging.unmap();
+    Ok(out)
+}
+
+/// Little-endian bytes to f32 (WebAssembly is little-endian, as is WebGPU).
+fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A WebGPU context for the page.
+#[wasm_bindgen]
+pub struct Demo {
+    gpu: Rc<Gpu>,
+}
+
+#[wasm_bindgen]
+impl Demo {
+    /// Opens the browser's WebGPU adapter. Fails with a readable message when
+    /// the browser has no WebGPU (`navigator.gpu` missing or no adapter).
+    pub async fn create() -> Result<Demo, JsValue> {
+        let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_error)?;
+        Ok(Demo { gpu: Rc::new(gpu) })
+    }
+
+    /// The adapter's name as WebGPU reports it (often empty in browsers,
+    /// which hide it; the page then shows the adapter info it reads itself).
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.gpu.adapter().name.clone()
+    }
+
+    /// The adapter as one line: name, backend and device type.
+    #[wasm_bindgen(getter, js_name = adapterDetails)]
+    pub fn adapter_details(&self) -> String {
+        let a = self.gpu.adapter();
+        format!("{} [{:?}, {:?}]", a.name, a.backend, a.device_type)
+    }
+
+    /// Runs one workload: `heads` synthetic heads of `n` tokens and width
+    /// `d`, pattern `pattern` (`mixed`, `diffuse`, `local`, `sink`,
+    /// `collapsed`), scores sharpened by `temperature`, SAOBP with strength
+    /// `lambda`. Resolves to a [`RunResult`] holding head `show`'s maps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        n: usize,
+        heads: usize,
+        d: usize,
+        temperature: f32,
+        lambda: f32,
+        causal: bool,
+        pattern: String,
+        show: usize,
+        seed: u32,
+    ) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let settings = RunSettings {
+                n,
+                heads,
+                d,
+                temperature,
+                lambda,
+                causal,
+                pattern,
+                show,
+                seed: u64::from(seed),
+            };
+            run_workload(&gpu, &settings)
+                .await
+                .map(JsValue::from)
+                .map_err(js_error)
+        })
+    }
+
+    /// The self-test: a fixed workload against the float64 reference.
+    /// Resolves to the report as a JSON string (see [`selftest::run`]).
+    pub fn selftest(&self) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            selftest::run(&gpu)
+                .await
+                .map(|report| JsValue::from_str(&report.to_string()))
+                .map_err(js_error)
+        })
+    }
+}
+
+/// What the page asks [`Demo::run`] for.
+struct RunSettings {
+    n: usize,
+    heads: usize,
+    d: usize,
+    temperature: f32,
+    lambda: f32,
+    causal: bool,
+    pattern: String,
+    show: usize,
+    seed: u64,
+}
+
+/// The outcome of [`Demo::run`].
+#[wasm_bindgen]
+pub struct RunResult {
+    n: usize,
+    show: usize,
+    attention: Vec<f32>,
+    refined: Vec<f32>,
+    summaries: String,
+    workload_ms: f64,
+    gpu_ms: f64,
+    readback_ms: f64,
+}
+
+#[wasm_bindgen]
+impl RunResult {
+    /// Tokens per head.
+    #[wasm_bindgen(getter)]
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The head whose maps are returned.
+    #[wasm_bindgen(getter)]
+    pub fn head(&self) -> usize {
+        self.show
+    }
+
+    /// `A` of the shown head, N×N row-major (a copy, as a `Float32Array`).
+    #[wasm_bindgen(getter)]
+    pub fn attention(&self) -> Vec<f32> {
+        self.attention.clone()
+    }
+
+    /// `R` of the shown head, N×N row-major.
+    #[wasm_bindgen(getter)]
+    pub fn refined(&self) -> Vec<f32> {
+        self.refined.clone()
+    }
+
+    /// Per-head summaries of `A` and `R` and their means, as JSON.
+    #[wasm_bindgen(getter)]
+    pub fn summaries(&self) -> String {
+        self.summaries.clone()
+    }
+
+    /// Time to generate Q, K, V on the CPU and upload them (ms).
+    #[wasm_bindgen(getter, js_name = workloadMs)]
+    pub fn workload_ms(&self) -> f64 {
+        self.workload_ms
+    }
+
+    /// Time of attention, SAOBP and metrics on the GPU, summaries read back (ms).
+    #[wasm_bindgen(getter, js_name = gpuMs)]
+    pub fn gpu_ms(&self) -> f64 {
+        self.gpu_ms
+    }
+
+    /// Time to read the shown head's `A` and `R` back (ms).
+    #[wasm_bindgen(getter, js_name = readbackMs)]
+    pub fn readback_ms(&self) -> f64 {
+        self.readback_ms
+    }
+}
+
+async fn run_workload(gpu: &Gpu, s: &RunSettings) -> Result<RunResult, String> {
+    if !(1..=MAX_N).contains(&s.n) || !(1..=MAX_HEADS).contains(&s.heads) {
+        return Err(format!(
+            "N must be in 1..={MAX_N} and heads in 1..={MAX_HEADS}, got N = {} and {} heads",
+            s.n, s.heads
+        ));
+    }
+    if !(1..=MAX_D).contains(&s.d) {
+        return Err(format!("d must be in 1..={MAX_D}, got {}", s.d));
+    }
+    if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+        return Err(format!(
+            "temperature must be finite and >= 0, got {}",
+            s.temperature
+        ));
+    }
+    if s.show >= s.heads {
+        return Err(format!(
+            "head {} does not exist: there are {} heads",
+            s.show, s.heads
+        ));
+    }
+    let patterns = patterns(&s.pattern)?;
+    let err = |e: saobp::Error| e.to_string();
+
+    let start = now_ms();
+    let shape = [1, s.heads, s.n, s.d];
+    let w = synthetic(shape, &patterns, s.temperature, s.seed);
+    let q = Tensor::from_slice(gpu, &shape, &w.q).map_err(err)?;
+    let k = Tensor::from_slice(gpu, &shape, &w.k).map_err(err)?;
+    let v = Tensor::from_slice(gpu, &shape, &w.v).map_err(err)?;
+    let uploaded = now_ms();
+
+    let opts = AttentionOptions {
+        causal: s.causal,
+        lambda: Lambda::Scalar(s.lambda),
+        mode: Mode::Fused,
+        return_attention: true,
+        return_refined: true,
+        metrics: true,
+        ..Default::default()
+    };
+    let out = attention(gpu, &q, &k, &v, &opts).await.map_err(err)?;
+    let computed = now_ms();
+
+    let (Some(a), Some(r), Some(metrics)) = (&out.attention, &out.refined, &out.metrics) else {
+        return Err("the attention call returned no maps or metrics".to_string());
+    };
+    let Some(refined_metrics) = &metrics.refined else {
+        return Err("the attention call returned no metrics of R".to_string());
+    };
+    let offset = s.show * s.n * s.n;
+    let attention_map = read_range(gpu, a, offset, s.n * s.n).await?;
+    let refined_map = read_range(gpu, r, offset, s.n * s.n).await?;
+    let read = now_ms();
+
+    let heads: Vec<Value> = (0..s.heads)
+        .map(|h| {
+            let before = metrics.attention.head(0, h).copied().unwrap_or_default();
+            let after = refined_metrics.head(0, h).copied().unwrap_or_default();
+            json!({
+                "head": h,
+                "pattern": w.patterns.get(h).map_or("?", |p| p.name()),
+                "attention": summary_json(&before),
+                "refined": summary_json(&after),
+            })
+        })
+        .collect();
+    let summaries = json!({
+        "heads": heads,
+        "overall": {
+            "attention": summary_json(&metrics.attention.overall()),
+            "refined": summary_json(&refined_metrics.overall()),
+        },
+    });
+    Ok(RunResult {
+        n: s.n,
+        show: s.show,
+        attention: attention_map,
+        refined: refined_map,
+        summaries: summaries.to_string(),
+        workload_ms: uploaded - start,
+        gpu_ms: computed - uploaded,
+        readback_ms: read - computed,
+    })
+}

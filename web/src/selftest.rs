@@ -1,0 +1,369 @@
+//! The page's self-test (`index.html?selftest=1`): one fixed workload, run on
+//! the browser's WebGPU adapter and checked against the float64 CPU reference
+//! ([`saobp::reference`]) compiled into this same module.
+//!
+//! The report (a JSON object, `window.saobpReport` on the page) holds the
+//! workload's parameters and a checksum of its Q, K and V, every check with
+//! its largest error, and each head's summaries of `A` and `R` as the GPU
+//! computed them next to the reference's. The root crate's
+//! `tests/web_parity.rs` reruns the same workload natively and compares its
+//! summaries with the report's.
+
+use saobp::reference::{self, RefOptions};
+use saobp::workload::{synthetic, Pattern};
+use saobp::{attention, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor, METRIC_NAMES};
+use serde_json::{json, Value};
+
+use crate::summary_json;
+
+/// `[B, H, N, D]` of the fixed workload: the four patterns, one head each.
+pub const SHAPE: [usize; 4] = [1, 4, 128, 32];
+/// Score sharpness of the fixed workload.
+pub const TEMPERATURE: f32 = 1.0;
+/// Seed of the fixed workload.
+pub const SEED: u64 = 7;
+/// λ per head: distinct values, so a head/λ mix-up shows.
+pub const LAMBDA: [f32; 4] = [0.25, 0.5, 1.0, 2.0];
+
+/// The spec's tolerance, GPU f32 against the f64 reference:
+/// `|got − want| <= ABS` or `<= REL · max(|got|, |want|)` (as `approx` does
+/// in the native tests). SwiftShader meets it; no looser bound is needed.
+pub const REL: f64 = 1e-4;
+pub const ABS: f64 = 1e-5;
+
+/// The workload's patterns, in head order.
+pub fn patterns() -> [Pattern; 4] {
+    [
+        Pattern::Diffuse,
+        Pattern::Local,
+        Pattern::Sink,
+        Pattern::Collapsed,
+    ]
+}
+
+/// FNV-1a over the bit patterns of `q`, `k` and `v`: the same inputs on
+/// every platform give the same hex string, so the native side can check it
+/// rebuilt exactly the browser's workload.
+pub fn checksum(q: &[f32], k: &[f32], v: &[f32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in q.iter().chain(k).chain(v) {
+        for byte in x.to_bits().to_le_bytes() {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// One comparison of GPU values with reference values.
+struct Check {
+    what: String,
+    values: usize,
+    max_error: f64,
+    /// Largest `error / allowed`; the check passes when it is at most 1.
+    worst_ratio: f64,
+    worst_index: usize,
+    non_finite: usize,
+}
+
+impl Check {
+    fn new(what: impl Into<String>, got: &[f32], want: &[f64], rel: f64, abs: f64) -> Check {
+        let mut c = Check {
+            what: what.into(),
+            values: got.len(),
+            max_error: 0.0,
+            worst_ratio: 0.0,
+            worst_index: 0,
+            non_finite: 0,
+        };
+        if got.len() != want.len() {
+            c.worst_ratio = f64::INFINITY;
+            return c;
+        }
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let g = f64::from(g);
+            if !g.is_finite() {
+                c.non_finite += 1;
+                c.worst_ratio = f64::INFINITY;
+                continue;
+            }
+            let err = (g - w).abs();
+            let allowed = abs.max(rel * g.abs().max(w.abs()));
+            let ratio = err / allowed;
+            c.max_error = c.max_error.max(err);
+            if ratio > c.worst_ratio {
+                c.worst_ratio = ratio;
+                c.worst_index = i;
+            }
+        }
+        c
+    }
+
+    fn pass(&self) -> bool {
+        self.worst_ratio <= 1.0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "what": self.what,
+            "values": self.values,
+            "max_error": self.max_error,
+            "worst_ratio": if self.worst_ratio.is_finite() { json!(self.worst_ratio) } else { json!("inf") },
+            "worst_index": self.worst_index,
+            "non_finite": self.non_finite,
+            "pass": self.pass(),
+        })
+    }
+}
+
+/// A reference summary row (`[METRIC_COUNT]`, from
+/// [`reference::metrics::summarize`]) as a [`HeadSummary`].
+fn reference_summary(row: &[f64]) -> HeadSummary {
+    let get = |i: usize| row.get(i).copied().unwrap_or(f64::NAN);
+    HeadSummary {
+        entropy: get(0),
+        normalized_entropy: get(1),
+        sparsity: get(2),
+        peak: get(3),
+        distance: get(4),
+        multi_hop_mass: get(5),
+        gtd: get(6),
+        rows: get(7) as u32,
+    }
+}
+
+/// Compares every field of GPU summaries with reference summaries. The
+/// absolute bound of `distance` is `ABS · N`: it sums N positions of up to
+/// N − 1 weighted by probabilities, so its error grows with N (the bound
+/// `tests/metrics.rs` uses too). `rows` must match exactly.
+fn summary_checks(map: &str, got: &[HeadSummary], want: &[HeadSummary], n: usize) -> Vec<Check> {
+    let mut checks: Vec<Check> = METRIC_NAMES
+        .iter()
+        .filter(|name| **name != "weight")
+        .enumerate()
+        .map(|(field, name)| {
+            let pick = |s: &HeadSummary| s.fields()[field].1;
+            let g: Vec<f32> = got.iter().map(|s| pick(s) as f32).collect();
+            let w: Vec<f64> = want.iter().map(pick).collect();
+            let abs = if *name == "distance" {
+                ABS * n as f64
+            } else {
+                ABS
+            };
+            Check::new(format!("{map} summary {name}"), &g, &w, REL, abs)
+        })
+        .collect();
+    let g: Vec<f32> = got.iter().map(|s| s.rows as f32).collect();
+    let w: Vec<f64> = want.iter().map(|s| f64::from(s.rows)).collect();
+    checks.push(Check::new(format!("{map} summary rows"), &g, &w, 0.0, 0.0));
+    checks
+}
+
+/// Runs the fixed workload causal and not, in fused and materialized mode,
+/// and compares `A`, `R`, `m`, `O` and the per-head summaries with the
+/// float64 reference. The report's `pass` is true only if every check passed.
+pub async fn run(gpu: &Gpu) -> Result<Value, String> {
+    let err = |e: saobp::Error| e.to_string();
+    let [b, h, n, d] = SHAPE;
+    let w = synthetic(SHAPE, &patterns(), TEMPERATURE, SEED);
+    let q = Tensor::from_slice(gpu, &SHAPE, &w.q).map_err(err)?;
+    let k = Tensor::from_slice(gpu, &SHAPE, &w.k).map_err(err)?;
+    let v = Tensor::from_slice(gpu, &SHAPE, &w.v).map_err(err)?;
+    let lambda64: Vec<f64> = LAMBDA.iter().map(|&l| f64::from(l)).collect();
+
+    let mut cases = Vec::new();
+    let mut failures = Vec::new();
+    for causal in [false, true] {
+        let base = AttentionOptions {
+            causal,
+            lambda: Lambda::PerHead(LAMBDA.to_vec()),
+            ..Default::default()
+        };
+        let fused = attention(
+            gpu,
+            &q,
+            &k,
+            &v,
+            &AttentionOptions {
+                mode: Mode::Fused,
+                return_attention: true,
+                return_refined: true,
+                metrics: true,
+                ..base.clone()
+            },
+        )
+        .await
+        .map_err(err)?;
+        let materialized = attention(
+            gpu,
+            &q,
+            &k,
+            &v,
+            &AttentionOptions {
+                mode: Mode::Materialized,
+                ..base.clone()
+            },
+        )
+        .await
+        .map_err(err)?;
+        let (Some(a), Some(r), Some(mass), Some(metrics)) = (
+            &fused.attention,
+            &fused.refined,
+            &fused.multi_hop_mass,
+            &fused.metrics,
+        ) else {
+            return Err("the attention call returned no maps or metrics".to_string());
+        };
+        let Some(refined_metrics) = &metrics.refined else {
+            return Err("the attention call returned no metrics of R".to_string());
+        };
+
+        let want = reference::saobp(
+            &w.q,
+            &w.k,
+            &w.v,
+            SHAPE,
+            d,
+            &RefOptions {
+                causal,
+                key_mask: None,
+                scale: None,
+            },
+            &lambda64,
+        );
+        let rows_a = reference::metrics::row_metrics(
+            &want.attention,
+            &want.mass,
+            None,
+            [b, h, n],
+            causal,
+            None,
+        );
+        let rows_r = reference::metrics::row_metrics(
+            &want.refined,
+            &want.mass,
+            Some(&lambda64),
+            [b, h, n],
+            causal,
+            None,
+        );
+        let want_a: Vec<HeadSummary> = reference::metrics::summarize(&rows_a, n)
+            .iter()
+            .map(|r| reference_summary(r))
+            .collect();
+        let want_r: Vec<HeadSummary> = reference::metrics::summarize(&rows_r, n)
+            .iter()
+            .map(|r| reference_summary(r))
+            .collect();
+
+        let mut checks = vec![
+            Check::new(
+                "A",
+                &a.to_vec(gpu).await.map_err(err)?,
+                &want.attention,
+                REL,
+                ABS,
+            ),
+            Check::new(
+                "R",
+                &r.to_vec(gpu).await.map_err(err)?,
+                &want.refined,
+                REL,
+                ABS,
+            ),
+            Check::new(
+                "m",
+                &mass.to_vec(gpu).await.map_err(err)?,
+                &want.mass,
+                REL,
+                ABS,
+            ),
+            Check::new(
+                "O fused",
+                &fused.output.to_vec(gpu).await.map_err(err)?,
+                &want.output,
+                REL,
+                ABS,
+            ),
+            Check::new(
+                "O materialized",
+                &materialized.output.to_vec(gpu).await.map_err(err)?,
+                &want.output,
+                REL,
+                ABS,
+            ),
+        ];
+        checks.extend(summary_checks("A", &metrics.attention.heads, &want_a, n));
+        checks.extend(summary_checks("R", &refined_metrics.heads, &want_r, n));
+        for c in checks.iter().filter(|c| !c.pass()) {
+            failures.push(format!(
+                "{} {}: error {:.3e} at [{}] ({}x the bound{})",
+                if causal { "causal" } else { "full" },
+                c.what,
+                c.max_error,
+                c.worst_index,
+                c.worst_ratio,
+                if c.non_finite > 0 {
+                    format!(", {} values not finite", c.non_finite)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+
+        let heads: Vec<Value> = (0..h)
+            .map(|i| {
+                let pick = |v: &[HeadSummary]| v.get(i).map(summary_json).unwrap_or(Value::Null);
+                json!({
+                    "head": i,
+                    "pattern": w.patterns.get(i).map_or("?", |p| p.name()),
+                    "lambda": LAMBDA.get(i),
+                    "attention": pick(&metrics.attention.heads),
+                    "refined": pick(&refined_metrics.heads),
+                    "reference": {
+                        "attention": pick(&want_a),
+                        "refined": pick(&want_r),
+                    },
+                })
+            })
+            .collect();
+        cases.push(json!({
+            "causal": causal,
+            "checks": checks.iter().map(Check::json).collect::<Vec<_>>(),
+            "heads": heads,
+        }));
+    }
+
+    let worst = cases
+        .iter()
+        .flat_map(|c| c["checks"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["worst_ratio"].as_f64())
+        .fold(0.0, f64::max);
+    let adapter = gpu.adapter();
+    Ok(json!({
+        "suite": "saobp browser self-test",
+        "pass": failures.is_empty(),
+        "failures": failures,
+        "worst_ratio": worst,
+        "adapter": {
+            "name": adapter.name,
+            "backend": format!("{:?}", adapter.backend),
+            "device_type": format!("{:?}", adapter.device_type),
+        },
+        "tolerance": {
+            "relative": REL,
+            "absolute": ABS,
+            "distance_absolute": ABS * n as f64,
+        },
+        "workload": {
+            "shape": SHAPE,
+            "temperature": TEMPERATURE,
+            "seed": SEED,
+            "patterns": w.patterns.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            "lambda": LAMBDA,
+            "mode": "fused",
+            "checksum": checksum(&w.q, &w.k, &w.v),
+        },
+        "cases": cases,
+    }))
+}

@@ -124,6 +124,13 @@ pub async fn attention(
         opts.key_mask.map(Tensor::shape),
         opts.scale,
     )?;
+    // Checked once here: the chunked path's copies carry no upload record.
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.check_finite(name)?;
+    }
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
     let map_bytes = |heads: usize| (heads * shape.n * shape.n * 4) as u64;
     let limit = gpu
         .limits()
@@ -157,13 +164,6 @@ async fn attention_chunked(
 ) -> Result<AttentionOutput> {
     let (bs, hs, n, d, dv) = (shape.batch, shape.heads, shape.n, shape.d, shape.dv);
     let lambda = opts.lambda.per_head(hs)?;
-    // The chunks' copies carry no upload record: check the originals here.
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        t.check_finite(name)?;
-    }
-    if let Some(m) = opts.key_mask {
-        m.check_finite("key_mask")?;
-    }
     let output = Tensor::zeros(gpu, &shape.output_shape())?;
     let mass_needed = opts.mode != Mode::Plain || opts.metrics;
     let mass = mass_needed
@@ -284,12 +284,6 @@ async fn attention_whole(
         opts.scale,
     )?;
     let lambda_values = shape_lambda(&shape, opts)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        t.check_finite(name)?;
-    }
-    if let Some(m) = opts.key_mask {
-        m.check_finite("key_mask")?;
-    }
     let matrices = shape.batch * shape.heads;
     let plan = saobp::plan(matrices, shape.heads, shape.n, shape.dv)?;
     let refined_mode = opts.mode != Mode::Plain;

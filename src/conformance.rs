@@ -142,7 +142,7 @@ impl FromStr for Kernel {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// `shaders/faults/matmul_skips_last_k.wgsl` for the matmul cases.
+    /// The matmul kernel with its k loop one term short, for the matmul cases.
     MatmulSkipsLastK,
 }
 

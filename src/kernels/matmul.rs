@@ -2,6 +2,8 @@
 //!
 //! Shader: `shaders/matmul.wgsl`. Reference: [`crate::reference::matmul`].
 
+use std::sync::{LazyLock, OnceLock};
+
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};
 use crate::kernels::to_u32;
@@ -15,17 +17,23 @@ pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
     entry: "matmul_blocked",
 };
 
-pub(crate) const FAULT_SKIPS_LAST_K_SOURCE: &str =
-    include_str!("../../shaders/faults/matmul_skips_last_k.wgsl");
+/// The source of a deliberately wrong `matmul_blocked` whose k loop stops one
+/// term short (so `C` misses `A[:, K-1] · B[K-1, :]`), for showing that
+/// [`crate::conformance`] catches a broken kernel. It is derived from the real
+/// source, so the two never drift apart.
+#[doc(hidden)]
+pub fn skips_last_k_source() -> &'static str {
+    static SOURCE_SKIPS_LAST_K: OnceLock<String> = OnceLock::new();
+    SOURCE_SKIPS_LAST_K.get_or_init(|| SOURCE.replace("kk < p.k;", "kk + 1u < p.k;"))
+}
 
-/// A deliberately wrong `matmul_blocked` that drops the last `k` term, for
-/// showing that [`crate::conformance`] catches a broken kernel. Only the
-/// conformance runner dispatches it, and only when asked to.
-pub(crate) static MATMUL_SKIPS_LAST_K: Kernel = Kernel {
+/// The broken variant as a kernel. Only the conformance runner dispatches
+/// it, and only when asked to.
+pub(crate) static MATMUL_SKIPS_LAST_K: LazyLock<Kernel> = LazyLock::new(|| Kernel {
     family: "faults/matmul_skips_last_k",
-    source: FAULT_SKIPS_LAST_K_SOURCE,
+    source: skips_last_k_source(),
     entry: "matmul_blocked",
-};
+});
 
 /// Output tile edge of `matmul_blocked`.
 const TILE: usize = 32;

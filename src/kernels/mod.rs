@@ -51,14 +51,17 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("softmax.wgsl", softmax::SOURCE),
 ];
 
-/// The deliberately wrong kernels under `shaders/faults/`: (path below
-/// `shaders/`, WGSL source). Validated like [`SHADERS`]; dispatched only by
-/// the conformance runner's fault injection.
+/// The deliberately wrong kernels: (name, WGSL source, the source it was
+/// derived from). Validated like [`SHADERS`]; dispatched only by the
+/// conformance runner's fault injection.
 #[doc(hidden)]
-pub const FAULT_SHADERS: &[(&str, &str)] = &[(
-    "faults/matmul_skips_last_k.wgsl",
-    matmul::FAULT_SKIPS_LAST_K_SOURCE,
-)];
+pub fn fault_shaders() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![(
+        "matmul_skips_last_k",
+        matmul::skips_last_k_source(),
+        matmul::SOURCE,
+    )]
+}
 
 /// Every kernel entry point with the byte size of its Rust parameter struct,
 /// so a test can check the WGSL `Params` struct has the same size.
@@ -70,10 +73,6 @@ pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
     (
         &softmax::SOFTMAX_ROWS,
         std::mem::size_of::<softmax::SoftmaxParams>(),
-    ),
-    (
-        &matmul::MATMUL_SKIPS_LAST_K,
-        std::mem::size_of::<matmul::MatmulParams>(),
     ),
     (&saobp::MESSAGES, std::mem::size_of::<saobp::SaobpParams>()),
     (

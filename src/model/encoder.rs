@@ -345,6 +345,9 @@ fn dense<'a>(
 /// Mean of the first `len` token vectors of `hidden` (`[n, width]` row-major),
 /// then L2-normalized, as sentence-transformers pools this family of models.
 pub fn sentence_embedding(hidden: &[f32], width: usize, len: usize) -> Vec<f32> {
+    if width == 0 {
+        return Vec::new();
+    }
     let mut mean = vec![0.0f64; width];
     for row in hidden.chunks(width).take(len) {
         for (m, &x) in mean.iter_mut().zip(row) {

@@ -8,7 +8,7 @@
 //! (N = 256, D = 64), and sizes at the adapter's dispatch limit: grids of more
 //! workgroups than `max_compute_workgroups_per_dimension`, which the library
 //! splits over x and y. Each case runs through the public API, is compared
-//! element by element with [`crate::reference`] under the spec's tolerance
+//! element by element with [`crate::reference`](mod@crate::reference) under the spec's tolerance
 //! ([`Tolerance`]), and becomes one [`Row`]: pass, fail, or skip with its
 //! reason. A case the adapter cannot run (a buffer over its binding size, an
 //! entry point needing more storage buffers or workgroup memory than it
@@ -39,9 +39,9 @@ use crate::workload::SplitMix;
 /// A kernel of the matrix, as the public API exposes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// [`crate::matmul`], with transposes and broadcast batches.
+    /// [`crate::matmul()`], with transposes and broadcast batches.
     Matmul,
-    /// [`crate::softmax`], causal and key-masked.
+    /// [`crate::softmax()`], causal and key-masked.
     Softmax,
     /// [`crate::attention()`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
     Attention,
@@ -53,7 +53,7 @@ pub enum Kernel {
     FusedOutput,
     /// [`crate::attention()`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
     MaterializedOutput,
-    /// [`crate::metrics`]: every row metric and the per-head summaries.
+    /// [`crate::metrics()`]: every row metric and the per-head summaries.
     Metrics,
 }
 

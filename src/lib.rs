@@ -3,7 +3,7 @@
 //! Attention, its one-step belief-propagation refinement (SAOBP) and
 //! attention-analysis metrics as WGSL compute shaders on [wgpu], so the same
 //! code runs on Vulkan, Metal, DX12, OpenGL and WebGPU. Every kernel has a
-//! float64 CPU twin in [`reference`] that tests (and users) check it against.
+//! float64 CPU twin in [`reference`](mod@reference) that tests (and users) check it against.
 //!
 //! ```no_run
 //! # fn main() -> saobp::Result<()> {
@@ -26,9 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`gpu`] (context), [`tensor`] (data), [`attention`] (the pipeline:
+//! Layout: [`gpu`] (context), [`tensor`] (data), [`attention`](mod@attention) (the pipeline:
 //! scores → softmax → SAOBP → output → metrics), [`kernels`] (one module per
-//! `shaders/*.wgsl` family), [`reference`] (float64 twins), and
+//! `shaders/*.wgsl` family), [`reference`](mod@reference) (float64 twins), and
 //! [`conformance`] (every kernel at a matrix of sizes against the reference,
 //! behind `saobp conformance`).
 

@@ -1,8 +1,8 @@
 //! The attention map: `A = softmax(scale · Q Kᵀ)` with causal and key masks.
 //!
 //! Composed from [`super::matmul`] (scores, with `alpha = scale`) and
-//! [`super::softmax`] (in place). Reference: [`crate::reference::attention`].
-//! The full pipeline, with SAOBP and metrics, is [`crate::attention`].
+//! [`super::softmax`] (in place). Reference: [`crate::reference::attention`](mod@crate::reference::attention).
+//! The full pipeline, with SAOBP and metrics, is [`crate::attention`](mod@crate::attention).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};

@@ -1,7 +1,7 @@
 //! Encoder layers for BERT-family models: embeddings, LayerNorm, bias + GELU,
 //! and the head split/merge around attention.
 //!
-//! Shader: `shaders/bert.wgsl`. Reference: [`crate::reference::bert`]. The
+//! Shader: `shaders/bert.wgsl`. Reference: [`crate::reference::bert`](mod@crate::reference::bert). The
 //! encoder that strings them together is [`crate::model`].
 
 use crate::error::Result;

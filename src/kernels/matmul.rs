@@ -1,6 +1,6 @@
 //! Batched matrix product with optional transposes: `C = alpha · op(A) · op(B)`.
 //!
-//! Shader: `shaders/matmul.wgsl`. Reference: [`crate::reference::matmul`].
+//! Shader: `shaders/matmul.wgsl`. Reference: [`crate::reference::matmul`](mod@crate::reference::matmul).
 
 use std::sync::{LazyLock, OnceLock};
 

@@ -1,7 +1,7 @@
 //! Attention metrics per row (entropy, normalized entropy, sparsity, peak,
 //! distance, multi-hop mass, GTD) and their per-head means, on the GPU.
 //!
-//! Shader: `shaders/metrics.wgsl`. Reference: [`crate::reference::metrics`].
+//! Shader: `shaders/metrics.wgsl`. Reference: [`crate::reference::metrics`](mod@crate::reference::metrics).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};

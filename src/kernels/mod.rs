@@ -1,9 +1,9 @@
 //! GPU kernels, one module per family, each next to its `shaders/<family>.wgsl`
-//! and its float64 twin in [`crate::reference`].
+//! and its float64 twin in [`crate::reference`](mod@crate::reference).
 //!
 //! Each module validates shapes and arguments before any GPU work, builds the
 //! uniform parameters (a `#[repr(C)]` struct mirrored in the WGSL file) and
-//! returns [`Step`]s that callers may chain into one submission.
+//! returns `Step`s that callers may chain into one submission.
 
 /// A family's WGSL source: `shaders/common.wgsl` (reductions, grid helpers)
 /// followed by `shaders/<file>`. WGSL has no includes, so this is the include.

@@ -1,7 +1,7 @@
 //! SAOBP kernels: two-hop messages, refinement, and the O(N²D) fused output.
 //!
-//! Shader: `shaders/saobp.wgsl`. Reference: [`crate::reference::saobp`].
-//! The pipeline that strings them together is [`crate::attention`].
+//! Shader: `shaders/saobp.wgsl`. Reference: [`crate::reference::saobp`](mod@crate::reference::saobp).
+//! The pipeline that strings them together is [`crate::attention`](mod@crate::attention).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};

@@ -1,6 +1,6 @@
 //! Row softmax with causal and key-padding masks.
 //!
-//! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`].
+//! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`](mod@crate::reference::softmax).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};

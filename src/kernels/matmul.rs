@@ -2,7 +2,7 @@
 //!
 //! Shader: `shaders/matmul.wgsl`. Reference: [`crate::reference::matmul`](mod@crate::reference::matmul).
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};
@@ -27,13 +27,15 @@ pub fn skips_last_k_source() -> &'static str {
     SOURCE_SKIPS_LAST_K.get_or_init(|| SOURCE.replace("kk < p.k;", "kk + 1u < p.k;"))
 }
 
-/// The broken variant as a kernel. Only the conformance runner dispatches
-/// it, and only when asked to.
-pub(crate) static MATMUL_SKIPS_LAST_K: LazyLock<Kernel> = LazyLock::new(|| Kernel {
-    family: "faults/matmul_skips_last_k",
-    source: skips_last_k_source(),
-    entry: "matmul_blocked",
-});
+/// The broken variant as a kernel. Only the conformance runner (native only)
+/// dispatches it, and only when asked to.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) static MATMUL_SKIPS_LAST_K: std::sync::LazyLock<Kernel> =
+    std::sync::LazyLock::new(|| Kernel {
+        family: "faults/matmul_skips_last_k",
+        source: skips_last_k_source(),
+        entry: "matmul_blocked",
+    });
 
 /// Output tile edge of `matmul_blocked`.
 const TILE: usize = 32;

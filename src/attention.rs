@@ -138,7 +138,7 @@ pub async fn attention(
         .min(gpu.limits().max_buffer_size);
     let fits = map_bytes(shape.batch * shape.heads) <= limit;
     if fits || opts.return_attention || opts.return_refined {
-        return attention_whole(gpu, q, k, v, opts).await;
+        return attention_whole(gpu, &shape, q, k, v, opts).await;
     }
     let per_chunk = (limit / map_bytes(1).max(1)) as usize;
     if per_chunk == 0 {
@@ -209,7 +209,12 @@ async fn attention_chunked(
                 lambda: Lambda::PerHead(lambda[h0..h0 + hc].to_vec()),
                 ..opts.clone()
             };
-            let out = attention_whole(gpu, &cq, &ck, &cv, &chunk_opts).await?;
+            let chunk_shape = AttentionShape {
+                batch: 1,
+                heads: hc,
+                ..*shape
+            };
+            let out = attention_whole(gpu, &chunk_shape, &cq, &ck, &cv, &chunk_opts).await?;
             let mut steps = vec![out.output.copy_to(0, &output, first * n * dv, hc * n * dv)];
             if let (Some(all), Some(part)) = (&mass, &out.multi_hop_mass) {
                 steps.push(part.copy_to(0, all, first * n, hc * n));
@@ -269,21 +274,16 @@ fn gather_rows<'a>(
 }
 
 /// [`attention`] in one piece: every map fits in one storage binding.
+/// `shape` is `q`, `k`, `v`'s, already checked by [`attention`].
 async fn attention_whole(
     gpu: &Gpu,
+    shape: &AttentionShape,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     opts: &AttentionOptions<'_>,
 ) -> Result<AttentionOutput> {
-    let shape = AttentionShape::check(
-        q.shape(),
-        k.shape(),
-        v.shape(),
-        opts.key_mask.map(Tensor::shape),
-        opts.scale,
-    )?;
-    let lambda_values = shape_lambda(&shape, opts)?;
+    let lambda_values = shape_lambda(shape, opts)?;
     let matrices = shape.batch * shape.heads;
     let plan = saobp::plan(matrices, shape.heads, shape.n, shape.dv)?;
     let refined_mode = opts.mode != Mode::Plain;
@@ -334,15 +334,7 @@ async fn attention_whole(
         .transpose()?;
 
     let mut steps: Vec<Step> = Vec::new();
-    steps.extend(map_steps(
-        gpu,
-        &shape,
-        q,
-        k,
-        opts.causal,
-        opts.key_mask,
-        &a,
-    )?);
+    steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
     if let Some(stats) = &stats {
         steps.push(saobp::diag_stats(&plan, &a, stats));
         steps.push(saobp::mass(&plan, &a, stats, &mass));

@@ -103,22 +103,7 @@ fn refine_matches_reference_on_every_adapter() {
         },
         &lambda64,
     );
-    let rows_a = reference::metrics::row_metrics(
-        &want.attention,
-        &want.mass,
-        None,
-        [b, h, n],
-        true,
-        Some(&mask_f),
-    );
-    let rows_r = reference::metrics::row_metrics(
-        &want.refined,
-        &want.mass,
-        Some(&lambda64),
-        [b, h, n],
-        true,
-        Some(&mask_f),
-    );
+    let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask_f));
 
     for gpu in common::gpus() {
         for mode in ["plain", "fused", "materialized"] {

@@ -357,22 +357,7 @@ fn oversized_maps_run_in_chunks_of_heads() {
         scale: None,
     };
     let want = reference::saobp(&q, &q, &v, [b, h, n, d], d, &ref_opts, &lambda64);
-    let rows_a = reference::metrics::row_metrics(
-        &want.attention,
-        &want.mass,
-        None,
-        [b, h, n],
-        true,
-        Some(&mask),
-    );
-    let rows_r = reference::metrics::row_metrics(
-        &want.refined,
-        &want.mass,
-        Some(&lambda64),
-        [b, h, n],
-        true,
-        Some(&mask),
-    );
+    let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask));
     on_every_gpu("chunked attention", |gpu| {
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: 64 << 10,

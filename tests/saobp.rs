@@ -206,18 +206,9 @@ fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
         },
         &lambda64,
     );
-    let rows = reference::metrics::row_metrics(
-        &want.refined,
-        &want.mass,
-        Some(&lambda64),
-        [b, h, n],
-        c.causal,
-        c.masked.then_some(&mask),
-    );
-    let rows_a = reference::metrics::row_metrics(
-        &want.attention,
-        &want.mass,
-        None,
+    let (rows_a, rows) = common::reference_rows(
+        &want,
+        &lambda64,
         [b, h, n],
         c.causal,
         c.masked.then_some(&mask),

@@ -184,3 +184,19 @@ pub fn model_dir() -> std::path::PathBuf {
     );
     dir
 }
+
+/// Reference row metrics of `A` (GTD at λ = 1) and of `R` (GTD at `lambda`)
+/// for one SAOBP reference run over `[B, H, N]` rows.
+pub fn reference_rows(
+    want: &saobp::reference::SaobpRef,
+    lambda: &[f64],
+    rows: [usize; 3],
+    causal: bool,
+    mask: Option<&[f32]>,
+) -> (Vec<[f64; 8]>, Vec<[f64; 8]>) {
+    use saobp::reference::metrics::row_metrics;
+    (
+        row_metrics(&want.attention, &want.mass, None, rows, causal, mask),
+        row_metrics(&want.refined, &want.mass, Some(lambda), rows, causal, mask),
+    )
+}

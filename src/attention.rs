@@ -164,18 +164,18 @@ async fn attention_chunked(
 ) -> Result<AttentionOutput> {
     let (bs, hs, n, d, dv) = (shape.batch, shape.heads, shape.n, shape.d, shape.dv);
     let lambda = opts.lambda.per_head(hs)?;
-    let output = Tensor::zeros(gpu, &shape.output_shape())?;
+    let output = Tensor::scratch(gpu, &shape.output_shape())?;
     let mass_needed = opts.mode != Mode::Plain || opts.metrics;
     let mass = mass_needed
-        .then(|| Tensor::zeros(gpu, &shape.row_shape()))
+        .then(|| Tensor::scratch(gpu, &shape.row_shape()))
         .transpose()?;
     let rows_shape = [METRIC_COUNT, bs, hs, n];
     let metric_rows = if opts.metrics {
         let refined = opts.mode != Mode::Plain;
         Some((
-            Tensor::zeros(gpu, &rows_shape)?,
+            Tensor::scratch(gpu, &rows_shape)?,
             refined
-                .then(|| Tensor::zeros(gpu, &rows_shape))
+                .then(|| Tensor::scratch(gpu, &rows_shape))
                 .transpose()?,
         ))
     } else {
@@ -187,12 +187,12 @@ async fn attention_chunked(
         for h0 in (0..hs).step_by(per_chunk) {
             let hc = per_chunk.min(hs - h0);
             let first = b * hs + h0;
-            let cq = Tensor::zeros(gpu, &[1, hc, n, d])?;
-            let ck = Tensor::zeros(gpu, &[1, hc, n, d])?;
-            let cv = Tensor::zeros(gpu, &[1, hc, n, dv])?;
+            let cq = Tensor::scratch(gpu, &[1, hc, n, d])?;
+            let ck = Tensor::scratch(gpu, &[1, hc, n, d])?;
+            let cv = Tensor::scratch(gpu, &[1, hc, n, dv])?;
             let cm = opts
                 .key_mask
-                .map(|_| Tensor::zeros(gpu, &[1, n]))
+                .map(|_| Tensor::scratch(gpu, &[1, n]))
                 .transpose()?;
             let mut steps = vec![
                 q.copy_to(first * n * d, &cq, 0, hc * n * d),
@@ -294,22 +294,22 @@ async fn attention_whole(
     let need_stats = opts.mode == Mode::Fused || (opts.mode == Mode::Plain && opts.metrics);
 
     // Allocate everything first: the steps borrow it.
-    let a = Tensor::zeros(gpu, &shape.map_shape())?;
-    let output = Tensor::zeros(gpu, &shape.output_shape())?;
+    let a = Tensor::scratch(gpu, &shape.map_shape())?;
+    let output = Tensor::scratch(gpu, &shape.output_shape())?;
     let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
     let rows = shape.row_shape();
     let stats = need_stats
-        .then(|| Tensor::zeros(gpu, &[matrices * shape.n, 3]))
+        .then(|| Tensor::scratch(gpu, &[matrices * shape.n, 3]))
         .transpose()?;
-    let mass = Tensor::zeros(gpu, &rows)?;
+    let mass = Tensor::scratch(gpu, &rows)?;
     // In fused mode the m from `refine` is a by-product; the formula's m is reported.
     let side_mass = (form_r && opts.mode == Mode::Fused)
-        .then(|| Tensor::zeros(gpu, &rows))
+        .then(|| Tensor::scratch(gpu, &rows))
         .transpose()?;
     let (messages, refined) = if form_r {
         (
-            Some(Tensor::zeros(gpu, &shape.map_shape())?),
-            Some(Tensor::zeros(gpu, &shape.map_shape())?),
+            Some(Tensor::scratch(gpu, &shape.map_shape())?),
+            Some(Tensor::scratch(gpu, &shape.map_shape())?),
         )
     } else {
         (None, None)
@@ -317,9 +317,9 @@ async fn attention_whole(
     let fused_tmp = if opts.mode == Mode::Fused {
         let s = shape.output_shape();
         Some([
-            Tensor::zeros(gpu, &s)?,
-            Tensor::zeros(gpu, &s)?,
-            Tensor::zeros(gpu, &s)?,
+            Tensor::scratch(gpu, &s)?,
+            Tensor::scratch(gpu, &s)?,
+            Tensor::scratch(gpu, &s)?,
         ])
     } else {
         None

@@ -13,9 +13,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
+use crate::pool::{Pool, Pooled};
 
 /// Which graphics API to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -290,6 +289,8 @@ pub struct Gpu {
     health: Arc<Mutex<Health>>,
     /// Bound where a kernel's optional input (e.g. a key mask) is absent.
     placeholder: wgpu::Buffer,
+    /// Buffers of dropped tensors, uniforms and staging, for reuse.
+    pool: Arc<Pool>,
 }
 
 impl fmt::Debug for Gpu {
@@ -408,6 +409,7 @@ impl Gpu {
         });
         Ok(Gpu {
             placeholder,
+            pool: Arc::default(),
             adapter,
             device,
             queue,
@@ -467,6 +469,34 @@ impl Gpu {
         self.device
             .generate_allocator_report()
             .map(|r| r.total_allocated_bytes)
+    }
+
+    /// How many GPU buffers this context has created. Buffers of dropped
+    /// tensors, uniforms and readback staging are reused, so repeating a call
+    /// with the same shapes leaves this unchanged.
+    pub fn buffers_created(&self) -> u64 {
+        self.pool.created()
+    }
+
+    /// Bytes held in free buffers kept for reuse (at most 1 GiB).
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.free_bytes()
+    }
+
+    /// Releases the free buffers kept for reuse, e.g. after a large one-off job.
+    pub fn trim_pool(&self) {
+        self.pool.trim();
+    }
+
+    /// A buffer of `size` bytes from the pool, and whether it was reused (then
+    /// its contents are stale) rather than created (then it is zeroed).
+    pub(crate) fn take_buffer(
+        &self,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        label: &'static str,
+    ) -> (Pooled, bool) {
+        self.pool.take(&self.device, size, usage, label)
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -609,10 +639,32 @@ impl Gpu {
                 return Err(e);
             }
         };
+        // Every dispatch's parameters go into one pooled uniform buffer, at
+        // offsets the device accepts for uniform bindings.
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment.max(16));
+        let mut offsets = Vec::with_capacity(dispatches.len());
+        let mut packed: Vec<u8> = Vec::new();
+        for d in &dispatches {
+            offsets.push(packed.len() as u64);
+            packed.extend_from_slice(&d.params);
+            packed.resize((packed.len() as u64).next_multiple_of(align) as usize, 0);
+        }
+        // Sizes rounded up to a power of two, so runs of different lengths share buffers.
+        let params = (!packed.is_empty()).then(|| {
+            let size = (packed.len() as u64).next_power_of_two().max(256);
+            let (params, _) = self.take_buffer(
+                size,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                "params",
+            );
+            self.queue.write_buffer(params.buffer(), 0, &packed);
+            params
+        });
         self.scoped(|| {
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut offsets = offsets.iter();
             let mut prepared = dispatches.iter().zip(&pipelines).zip(&grids);
             for step in steps {
                 let (d, pipeline, (x, y)) = match step {
@@ -639,19 +691,22 @@ impl Gpu {
                         None => break,
                     },
                 };
+                let offset = offsets.next().copied().unwrap_or(0);
+                let (Some(params), Some(size)) =
+                    (&params, wgpu::BufferSize::new(d.params.len() as u64))
+                else {
+                    continue;
+                };
                 if d.workgroups == 0 {
                     continue;
                 }
-                let params = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: &d.params,
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: params.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: params.buffer(),
+                        offset,
+                        size: Some(size),
+                    }),
                 }];
                 for (i, b) in d.buffers.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
@@ -729,35 +784,56 @@ impl Gpu {
         }
         let bytes = (len * 4) as u64;
         let (sender, mut receiver) = futures_channel::oneshot::channel();
-        let staging = self
+        let (pooled, _) = self.take_buffer(
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "readback",
+        );
+        let submitted = self
             .scoped(|| {
-                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("readback"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                let staging = pooled.buffer();
                 let mut encoder = self
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+                encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, bytes);
                 self.queue.submit([encoder.finish()]);
                 staging.map_async(wgpu::MapMode::Read, .., move |r| {
                     let _ = sender.send(r);
                 });
-                staging
             })
-            .await?;
-        let mapped = self.await_map(&mut receiver).await?;
-        mapped.map_err(|e| Error::Readback(e.to_string()))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            .await;
+        let out = match submitted {
+            Ok(()) => self.read_mapped(&pooled, &mut receiver).await,
+            Err(e) => Err(e),
         };
-        staging.unmap();
-        Ok(out)
+        match out {
+            Ok(out) => {
+                pooled.buffer().unmap();
+                Ok(out)
+            }
+            Err(e) => {
+                // A map still pending or failed would trouble the next owner.
+                pooled.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the map of `staging` and copies its contents out.
+    async fn read_mapped(
+        &self,
+        staging: &Pooled,
+        receiver: &mut futures_channel::oneshot::Receiver<
+            std::result::Result<(), wgpu::BufferAsyncError>,
+        >,
+    ) -> Result<Vec<f32>> {
+        let mapped = self.await_map(receiver).await?;
+        mapped.map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging
+            .buffer()
+            .get_mapped_range(..)
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&view).to_vec())
     }
 }
 

@@ -42,6 +42,7 @@ pub mod io;
 pub mod kernels;
 #[cfg(feature = "model")]
 pub mod model;
+mod pool;
 pub mod reference;
 pub mod tensor;
 pub mod workload;

@@ -1,7 +1,10 @@
 //! [`Tensor`]: an f32 buffer on the GPU with a row-major shape.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
+use crate::pool::Pooled;
 
 /// A dense, row-major f32 tensor living in a GPU storage buffer.
 ///
@@ -14,9 +17,12 @@ use crate::gpu::{Gpu, Step};
 /// assert_eq!(x.to_vec_blocking(&gpu)?, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 /// # Ok(()) }
 /// ```
+///
+/// Clones share the buffer. When the last handle drops, the buffer goes back
+/// to the [`Gpu`]'s pool and a later tensor of the same size reuses it.
 #[derive(Debug, Clone)]
 pub struct Tensor {
-    buffer: wgpu::Buffer,
+    buffer: Arc<Pooled>,
     shape: Vec<usize>,
     /// The first NaN or ±Inf of the uploaded data, found on the host. Kernel
     /// outputs are finite whenever their inputs are, so only uploads need it.
@@ -35,8 +41,17 @@ pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
         })
 }
 
+/// What a new tensor's buffer starts with.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    Data(&'a [f32]),
+    Zeros,
+    /// Anything: every element is written by a kernel before it is read.
+    Scratch,
+}
+
 impl Tensor {
-    fn alloc(gpu: &Gpu, shape: &[usize], init: Option<&[f32]>) -> Result<Tensor> {
+    fn alloc(gpu: &Gpu, shape: &[usize], init: Init) -> Result<Tensor> {
         let len = numel(shape)?;
         // Kernels index elements with u32.
         if len > u32::MAX as usize {
@@ -54,22 +69,46 @@ impl Tensor {
         // Created outside an error scope so that this stays synchronous on every
         // target; a failure reaches the uncaptured-error handler at once on
         // native and is reported here, or by the next call everywhere else.
-        let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("tensor"),
+        let (pooled, reused) = gpu.take_buffer(
             size,
-            usage: wgpu::BufferUsages::STORAGE
+            wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if let Some(data) = init.filter(|d| !d.is_empty()) {
-            gpu.queue()
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+            "tensor",
+        );
+        let buffer = pooled.buffer();
+        match init {
+            Init::Data(data) if !data.is_empty() => {
+                gpu.queue()
+                    .write_buffer(buffer, 0, bytemuck::cast_slice(data));
+            }
+            Init::Data(_) => {}
+            Init::Zeros => {
+                // New buffers come zeroed; a reused one is cleared on the GPU.
+                if reused {
+                    let mut encoder = gpu
+                        .device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                    encoder.clear_buffer(buffer, 0, None);
+                    gpu.queue().submit([encoder.finish()]);
+                }
+            }
+            Init::Scratch => {
+                // Test builds fill scratch with NaN, so a kernel that reads an
+                // element it did not write fails the reference checks.
+                if cfg!(debug_assertions) {
+                    gpu.queue()
+                        .write_buffer(buffer, 0, &vec![0xff; size as usize]);
+                }
+            }
         }
         gpu.check_health()?;
-        let non_finite = init.and_then(|d| d.iter().enumerate().find(|(_, x)| !x.is_finite()));
+        let non_finite = match init {
+            Init::Data(d) => d.iter().enumerate().find(|(_, x)| !x.is_finite()),
+            _ => None,
+        };
         Ok(Tensor {
-            buffer,
+            buffer: Arc::new(pooled),
             shape: shape.to_vec(),
             non_finite: non_finite.map(|(i, &x)| (i, x)),
         })
@@ -87,12 +126,19 @@ impl Tensor {
                 data.len()
             )));
         }
-        Tensor::alloc(gpu, shape, Some(data))
+        Tensor::alloc(gpu, shape, Init::Data(data))
     }
 
     /// A tensor of `shape` filled with zeros.
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-        Tensor::alloc(gpu, shape, None)
+        Tensor::alloc(gpu, shape, Init::Zeros)
+    }
+
+    /// A tensor of `shape` whose contents are unspecified, for outputs whose
+    /// every element a kernel writes. Cheaper than [`Tensor::zeros`] when the
+    /// buffer is reused.
+    pub(crate) fn scratch(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        Tensor::alloc(gpu, shape, Init::Scratch)
     }
 
     /// The shape.
@@ -131,7 +177,7 @@ impl Tensor {
 
     /// The storage buffer, for callers who bind it in their own kernels.
     pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
+        self.buffer.buffer()
     }
 
     /// The same data seen with another shape of the same element count.
@@ -160,9 +206,9 @@ impl Tensor {
         len: usize,
     ) -> Step<'a> {
         Step::Copy {
-            src: &self.buffer,
+            src: self.buffer(),
             src_offset: from as u64 * 4,
-            dst: &dst.buffer,
+            dst: dst.buffer(),
             dst_offset: to as u64 * 4,
             bytes: len as u64 * 4,
         }
@@ -170,7 +216,7 @@ impl Tensor {
 
     /// Downloads the values (row-major), waiting for all queued work first.
     pub async fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        gpu.read_f32(&self.buffer, self.len()).await
+        gpu.read_f32(self.buffer(), self.len()).await
     }
 
     /// Blocking form of [`Tensor::to_vec`].

@@ -199,7 +199,7 @@ pub(crate) async fn matmul_with(
     let plan = plan(a.shape(), b.shape(), opts)?;
     a.check_finite("a")?;
     b.check_finite("b")?;
-    let c = Tensor::zeros(gpu, &plan.out_shape)?;
+    let c = Tensor::scratch(gpu, &plan.out_shape)?;
     gpu.run(&[step_with(kernel, &plan, a, b, &c)]).await?;
     Ok(c)
 }

@@ -187,8 +187,8 @@ impl MetricsJob {
         };
         Ok(MetricsJob {
             params,
-            rows: Tensor::zeros(gpu, &[METRIC_COUNT, b, h, n])?,
-            summary: Tensor::zeros(gpu, &[b * h, METRIC_COUNT])?,
+            rows: Tensor::scratch(gpu, &[METRIC_COUNT, b, h, n])?,
+            summary: Tensor::scratch(gpu, &[b * h, METRIC_COUNT])?,
             heads: h,
         })
     }
@@ -275,8 +275,8 @@ pub async fn metrics(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result
         })
         .transpose()?;
     let plan = saobp::plan(b * h, h, n, 1)?;
-    let stats = Tensor::zeros(gpu, &[b * h * n, 3])?;
-    let mass = Tensor::zeros(gpu, &[b, h, n])?;
+    let stats = Tensor::scratch(gpu, &[b * h * n, 3])?;
+    let mass = Tensor::scratch(gpu, &[b, h, n])?;
     let job = MetricsJob::new(
         gpu,
         [b, h, n],

@@ -231,9 +231,9 @@ pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refine
     let lambda = Tensor::from_slice(gpu, &[h], &lambda.per_head(h)?)?;
     let plan = plan(b * h, h, n, 1)?;
     let out = Refined {
-        messages: Tensor::zeros(gpu, a.shape())?,
-        mass: Tensor::zeros(gpu, &[b, h, n])?,
-        refined: Tensor::zeros(gpu, a.shape())?,
+        messages: Tensor::scratch(gpu, a.shape())?,
+        mass: Tensor::scratch(gpu, &[b, h, n])?,
+        refined: Tensor::scratch(gpu, a.shape())?,
     };
     gpu.run(&[
         messages(&plan, a, &out.messages),

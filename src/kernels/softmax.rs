@@ -92,7 +92,7 @@ pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result
     if let Some(m) = opts.key_mask {
         m.check_finite("key_mask")?;
     }
-    let y = Tensor::zeros(gpu, x.shape())?;
+    let y = Tensor::scratch(gpu, x.shape())?;
     gpu.run(&[
         x.copy_to(0, &y, 0, x.len()),
         step(gpu, &params, &y, opts.key_mask),

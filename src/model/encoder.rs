@@ -171,8 +171,8 @@ impl BertModel {
         let key_mask = padded
             .then(|| Tensor::from_slice(gpu, &[batch, n], &mask))
             .transpose()?;
-        let summed = Tensor::zeros(gpu, &[rows, c.hidden_size])?;
-        let mut x = Tensor::zeros(gpu, &[rows, c.hidden_size])?;
+        let summed = Tensor::scratch(gpu, &[rows, c.hidden_size])?;
+        let mut x = Tensor::scratch(gpu, &[rows, c.hidden_size])?;
         gpu.run(&[
             bert::embed(
                 &d,
@@ -232,16 +232,16 @@ impl BertModel {
         let c = &self.config;
         let rows = d.batch * d.n;
         let heads_shape = [d.batch, c.num_attention_heads, d.n, c.head_dim()];
-        let flat = |width: usize| Tensor::zeros(gpu, &[rows, width]);
+        let flat = |width: usize| Tensor::scratch(gpu, &[rows, width]);
         let (q, k, v) = (
             flat(c.hidden_size)?,
             flat(c.hidden_size)?,
             flat(c.hidden_size)?,
         );
         let (qh, kh, vh) = (
-            Tensor::zeros(gpu, &heads_shape)?,
-            Tensor::zeros(gpu, &heads_shape)?,
-            Tensor::zeros(gpu, &heads_shape)?,
+            Tensor::scratch(gpu, &heads_shape)?,
+            Tensor::scratch(gpu, &heads_shape)?,
+            Tensor::scratch(gpu, &heads_shape)?,
         );
         let mut steps = Vec::new();
         for ((weight, bias), out, split) in

@@ -1,0 +1,146 @@
+//! Buffer reuse: a tensor hands its storage buffer back to its [`Gpu`]'s pool
+//! when its last handle drops, and the next buffer of the same byte size and
+//! usage is taken from there. Repeated calls of the same shapes therefore
+//! create no new GPU buffers (see [`Gpu::buffers_created`]).
+//!
+//! Written here because wgpu has no buffer pool of its own, and the pools in
+//! other crates belong to render-graph or frame-arena designs that do not fit
+//! tensors whose lifetime the caller decides.
+//!
+//! Reuse is safe without waiting for the GPU: every command goes through one
+//! queue, so work recorded with a recycled buffer runs after the work of its
+//! previous owner.
+//!
+//! [`Gpu`]: crate::Gpu
+//! [`Gpu::buffers_created`]: crate::Gpu::buffers_created
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// Free buffers above this many bytes in total are released instead of kept.
+const MAX_FREE_BYTES: u64 = 1 << 30;
+
+/// Free buffers by (size, usage bits).
+#[derive(Default)]
+struct Free {
+    buffers: HashMap<(u64, u32), Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+/// The buffers a [`crate::Gpu`] has made and may hand out again.
+#[derive(Default)]
+pub(crate) struct Pool {
+    free: Mutex<Free>,
+    created: AtomicU64,
+}
+
+impl Pool {
+    /// A buffer of exactly `size` bytes and `usage`: a free one if there is
+    /// one (its contents are whatever its last owner left), else a new one
+    /// (zeroed by wgpu). The second value says whether it was reused.
+    pub fn take(
+        self: &Arc<Self>,
+        device: &wgpu::Device,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        label: &'static str,
+    ) -> (Pooled, bool) {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            let found = free
+                .buffers
+                .get_mut(&(size, usage.bits()))
+                .and_then(Vec::pop);
+            if found.is_some() {
+                free.bytes -= size;
+            }
+            found
+        };
+        let was_reused = reused.is_some();
+        let buffer = reused.unwrap_or_else(|| {
+            self.created.fetch_add(1, Ordering::Relaxed);
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        });
+        (
+            Pooled {
+                buffer,
+                pool: Arc::downgrade(self),
+            },
+            was_reused,
+        )
+    }
+
+    fn give(&self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.bytes + size > MAX_FREE_BYTES {
+            return; // dropped: wgpu frees it once the GPU is done with it
+        }
+        free.bytes += size;
+        free.buffers
+            .entry((size, buffer.usage().bits()))
+            .or_default()
+            .push(buffer);
+    }
+
+    /// Releases every free buffer.
+    pub fn trim(&self) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        *free = Free::default();
+    }
+
+    /// Buffers created so far (reuses not counted).
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in free buffers.
+    pub fn free_bytes(&self) -> u64 {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+}
+
+/// A buffer that goes back to its pool when dropped (unless the pool is gone,
+/// or is told to forget it).
+pub(crate) struct Pooled {
+    buffer: wgpu::Buffer,
+    pool: Weak<Pool>,
+}
+
+impl Pooled {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Drops the buffer instead of returning it, e.g. after a failed map that
+    /// may leave it in a state the next owner cannot use.
+    pub fn discard(mut self) {
+        self.pool = Weak::new();
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give(self.buffer.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pooled")
+            .field("size", &self.buffer.size())
+            .finish()
+    }
+}

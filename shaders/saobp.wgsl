@@ -3,9 +3,11 @@
 // Every entry point sees A as [matrices, n, n] (matrices = B*H), row i = query i.
 //
 // Materialized path (N^3 per head; for analysis and as a check):
-//   messages      M_ij = sum_{k not in {i,j}} A_ik A_kj (j != i), M_ii = 0.
-//                 v1: 4x4 outputs per invocation, 32x32 tile per workgroup, the
-//                 echo terms k = i and k = j dropped in the inner loop.
+//   remove_echoes M_ij = sum_{k not in {i,j}} A_ik A_kj (j != i), M_ii = 0, from
+//                 P = A A (the fastest matmul.wgsl kernel for the adapter) as
+//                 M_ij = P_ij - A_ii A_ij - A_ij A_jj, clamped at 0.
+//                 v1 was a dedicated N^3 kernel with the echo terms dropped in
+//                 its inner loop; v2 lets the matmul variants do the N^3 work.
 //   refine        m_i = sum_j M_ij, then R_ij = (A_ij + lambda_h M_ij) / (1 + lambda_h m_i).
 //                 v1: one workgroup per row.
 //
@@ -23,8 +25,7 @@ struct Params {
     // Value width D (elementwise kernels).
     d: u32,
     heads: u32,
-    // Output tiles per dimension of `messages`: ceil(n / 32).
-    tiles: u32,
+    _pad3: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -32,70 +33,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const TILE: u32 = 32u;
-const BLOCK: u32 = 4u;
+// ---- remove_echoes ----------------------------------------------------------
 
-// ---- messages ---------------------------------------------------------------
-
-@group(0) @binding(1) var<storage, read> msg_a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> msg_m: array<f32>;
-
-// A_ik, or 0 when out of range or when k = i (no echo through the sender).
-fn msg_left(base: u32, i: u32, k: u32) -> f32 {
-    if (i >= p.n || k == i) {
-        return 0.0;
-    }
-    return msg_a[base + i * p.n + k];
-}
-
-// A_kj, or 0 when out of range or when k = j (no echo through the receiver).
-fn msg_right(base: u32, k: u32, j: u32) -> f32 {
-    if (j >= p.n || k == j) {
-        return 0.0;
-    }
-    return msg_a[base + k * p.n + j];
-}
+@group(0) @binding(1) var<storage, read> echo_a: array<f32>;
+// In: P = A A (from matmul.wgsl). Out: M.
+@group(0) @binding(2) var<storage, read_write> echo_m: array<f32>;
 
 @compute @workgroup_size(64)
-fn messages(
+fn remove_echoes(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let tile = linear_id(wid, nwg);
-    let per_matrix = p.tiles * p.tiles;
-    if (tile >= per_matrix * p.matrices) {
+    let idx = element_id(wid, nwg, lid);
+    let nn = p.n * p.n;
+    if (idx >= p.matrices * nn) {
         return;
     }
-    let g = tile / per_matrix;
-    let t = tile % per_matrix;
-    let i0 = (t / p.tiles) * TILE + (lid / 8u) * BLOCK;
-    let j0 = (t % p.tiles) * TILE + (lid % 8u) * BLOCK;
-    let base = g * p.n * p.n;
-
-    var acc: array<array<f32, 4>, 4>;
-    for (var k = 0u; k < p.n; k = k + 1u) {
-        var left: array<f32, 4>;
-        var right: array<f32, 4>;
-        for (var x = 0u; x < BLOCK; x = x + 1u) {
-            left[x] = msg_left(base, i0 + x, k);
-            right[x] = msg_right(base, k, j0 + x);
-        }
-        for (var x = 0u; x < BLOCK; x = x + 1u) {
-            for (var y = 0u; y < BLOCK; y = y + 1u) {
-                acc[x][y] = acc[x][y] + left[x] * right[y];
-            }
-        }
-    }
-    for (var x = 0u; x < BLOCK; x = x + 1u) {
-        let i = i0 + x;
-        for (var y = 0u; y < BLOCK; y = y + 1u) {
-            let j = j0 + y;
-            if (i < p.n && j < p.n) {
-                msg_m[base + i * p.n + j] = select(acc[x][y], 0.0, i == j);
-            }
-        }
-    }
+    let base = (idx / nn) * nn;
+    let i = (idx % nn) / p.n;
+    let j = idx % p.n;
+    // (A A)_ij holds k = i and k = j on top of M_ij: subtract A_ii A_ij and A_ij A_jj.
+    let a_ij = echo_a[idx];
+    let echoes = a_ij * (echo_a[base + i * p.n + i] + echo_a[base + j * p.n + j]);
+    echo_m[idx] = select(max(echo_m[idx] - echoes, 0.0), 0.0, i == j);
 }
 
 // ---- refine -----------------------------------------------------------------

@@ -341,7 +341,7 @@ async fn attention_whole(
     }
     if let (Some(messages), Some(refined)) = (&messages, &refined) {
         let m_out = side_mass.as_ref().unwrap_or(&mass);
-        steps.push(saobp::messages(&plan, &a, messages));
+        steps.extend(saobp::messages(&plan, &a, messages)?);
         steps.push(saobp::refine(&plan, &a, messages, &lambda, refined, m_out));
     }
     let plain = MatmulOptions::default();

@@ -90,7 +90,11 @@ impl Kernel {
             &matmul_kernel::MATMUL_BLOCKED,
             &softmax_kernel::SOFTMAX_ROWS,
         ];
-        let materialize = [&saobp_kernel::MESSAGES, &saobp_kernel::REFINE];
+        let materialize = [
+            &matmul_kernel::MATMUL_BLOCKED,
+            &saobp_kernel::REMOVE_ECHOES,
+            &saobp_kernel::REFINE,
+        ];
         let stats = [&saobp_kernel::DIAG_STATS, &saobp_kernel::MASS];
         match self {
             Kernel::Matmul => vec![&matmul_kernel::MATMUL_BLOCKED],

@@ -74,7 +74,10 @@ pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
         &softmax::SOFTMAX_ROWS,
         std::mem::size_of::<softmax::SoftmaxParams>(),
     ),
-    (&saobp::MESSAGES, std::mem::size_of::<saobp::SaobpParams>()),
+    (
+        &saobp::REMOVE_ECHOES,
+        std::mem::size_of::<saobp::SaobpParams>(),
+    ),
     (
         &metrics::ROW_METRICS,
         std::mem::size_of::<metrics::MetricsParams>(),

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Kernel, Step};
-use crate::kernels::{elementwise_groups, to_u32};
+use crate::kernels::{elementwise_groups, matmul, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
@@ -19,15 +19,12 @@ macro_rules! kernel {
         };
     };
 }
-kernel!(MESSAGES, "messages");
+kernel!(REMOVE_ECHOES, "remove_echoes");
 kernel!(REFINE, "refine");
 kernel!(DIAG_STATS, "diag_stats");
 kernel!(MASS, "mass");
 kernel!(TWO_HOP_VALUES, "two_hop_values");
 kernel!(FUSED_OUTPUT, "fused_output");
-
-/// Output tile edge of `messages`.
-const TILE: usize = 32;
 
 /// The refinement strength λ: one value for every head, or one per head.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +82,7 @@ pub(crate) struct SaobpParams {
     n: u32,
     d: u32,
     heads: u32,
-    tiles: u32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 /// Shapes of one SAOBP problem: `matrices` = B·H attention maps of `n`×`n`,
@@ -105,8 +101,7 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
             n: to_u32("N", n)?,
             d: to_u32("D", d)?,
             heads: to_u32("heads", heads.max(1))?,
-            tiles: to_u32("tiles", n.div_ceil(TILE))?,
-            _pad: [0; 3],
+            _pad: [0; 4],
         },
         rows: (matrices * n) as u64,
         elements: matrices * n * d,
@@ -127,11 +122,25 @@ fn dispatch<'a>(
     })
 }
 
-/// `messages = M(a)`, both `[G, N, N]`.
-pub(crate) fn messages<'a>(plan: &Plan, a: &'a Tensor, messages: &'a Tensor) -> Step<'a> {
-    let tiles = u64::from(plan.params.tiles);
-    let groups = u64::from(plan.params.matrices) * tiles * tiles;
-    dispatch(plan, &MESSAGES, vec![a, messages], groups)
+/// `messages = M(a)`, both `[G, N, N]`: `A·A` by the matmul kernels, then the
+/// echo terms (`k = i`, `k = j`) taken out.
+pub(crate) fn messages<'a>(
+    plan: &Plan,
+    a: &'a Tensor,
+    messages: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    let square = matmul::plan(a.shape(), a.shape(), &matmul::MatmulOptions::default())?;
+    let n = plan.params.n as usize;
+    let elements = plan.params.matrices as usize * n * n;
+    Ok(vec![
+        matmul::step(&square, a, a, messages),
+        dispatch(
+            plan,
+            &REMOVE_ECHOES,
+            vec![a, messages],
+            elementwise_groups(elements),
+        ),
+    ])
 }
 
 /// `mass_i = Σ_j M_ij`, `refined = (A + λM) / (1 + λ m)`.
@@ -235,11 +244,17 @@ pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refine
         mass: Tensor::scratch(gpu, &[b, h, n])?,
         refined: Tensor::scratch(gpu, a.shape())?,
     };
-    gpu.run(&[
-        messages(&plan, a, &out.messages),
-        refine(&plan, a, &out.messages, &lambda, &out.refined, &out.mass),
-    ])
-    .await?;
+    let mut steps = messages(&plan, a, &out.messages)?;
+    steps.push(refine(
+        &plan,
+        a,
+        &out.messages,
+        &lambda,
+        &out.refined,
+        &out.mass,
+    ));
+    gpu.run(&steps).await?;
+    drop(steps);
     Ok(out)
 }
 

@@ -14,9 +14,12 @@
 // Fused path (O(N^2 D), never forms M):
 //   diag_stats    per row: a_i = A_ii, r_i = sum_j A_ij, c_i = sum_{k != i} A_ik A_ki.
 //   mass          m_i = sum_k A_ik (r_k - a_k) - a_i (r_i - a_i) - c_i.
-//   two_hop_values U_k = Y_k - a_k V_k   (Y = A V comes from matmul.wgsl).
-//   fused_output  O_i = (Y_i + lambda (M V)_i) / (1 + lambda m_i),
-//                 (M V)_i = (A U)_i - a_i Y_i - (c_i - a_i^2) V_i   (A U from matmul.wgsl).
+//   two_hop_values U'_k = [Y_k - a_k V_k | r_k - a_k]   (Y = A V comes from matmul.wgsl),
+//                 one column wider than V so that A U' also gives m's first term.
+//   fused_output  m_i = (A U')_{i,D} - a_i (r_i - a_i) - c_i, written once per row,
+//                 O_i = (Y_i + lambda (M V)_i) / (1 + lambda m_i),
+//                 (M V)_i = (A U)_i - a_i Y_i - (c_i - a_i^2) V_i   (A U' from matmul.wgsl).
+//                 v2: m folded into the A U' product (v1 had a separate pass over A).
 // m and M V are clamped at 0 only where rounding could push a true 0 below it.
 
 struct Params {
@@ -174,21 +177,30 @@ fn two_hop_values(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let width = p.d + 1u;
     let idx = element_id(wid, nwg, lid);
-    if (idx >= p.matrices * p.n * p.d) {
+    if (idx >= p.matrices * p.n * width) {
         return;
     }
-    let row = idx / p.d;
-    tv_u[idx] = tv_y[idx] - tv_stats[3u * row] * tv_v[idx];
+    let row = idx / width;
+    let col = idx % width;
+    let a = tv_stats[3u * row];
+    if (col == p.d) {
+        // r_k - a_k: A times this column gives the first term of m.
+        tv_u[idx] = tv_stats[3u * row + 1u] - a;
+    } else {
+        tv_u[idx] = tv_y[row * p.d + col] - a * tv_v[row * p.d + col];
+    }
 }
 
 // ---- fused_output -----------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> fo_y: array<f32>;
 @group(0) @binding(2) var<storage, read> fo_v: array<f32>;
+// A U' with U' = [U | r - a], [matrices * n, d + 1].
 @group(0) @binding(3) var<storage, read> fo_au: array<f32>;
 @group(0) @binding(4) var<storage, read> fo_stats: array<f32>;
-@group(0) @binding(5) var<storage, read> fo_mass: array<f32>;
+@group(0) @binding(5) var<storage, read_write> fo_mass: array<f32>;
 @group(0) @binding(6) var<storage, read> fo_lambda: array<f32>;
 @group(0) @binding(7) var<storage, read_write> fo_out: array<f32>;
 
@@ -203,9 +215,16 @@ fn fused_output(
         return;
     }
     let row = idx / p.d;
+    let col = idx % p.d;
+    let width = p.d + 1u;
     let lambda = fo_lambda[(row / p.n) % p.heads];
     let a = fo_stats[3u * row];
+    let r = fo_stats[3u * row + 1u];
     let c = fo_stats[3u * row + 2u];
-    let mv = fo_au[idx] - a * fo_y[idx] - (c - a * a) * fo_v[idx];
-    fo_out[idx] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * fo_mass[row]);
+    let mass = max(fo_au[row * width + p.d] - a * (r - a) - c, 0.0);
+    if (col == 0u) {
+        fo_mass[row] = mass;
+    }
+    let mv = fo_au[row * width + col] - a * fo_y[idx] - (c - a * a) * fo_v[idx];
+    fo_out[idx] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * mass);
 }

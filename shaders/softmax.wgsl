@@ -7,9 +7,11 @@
 // every exponent is <= 0 and the maximum itself contributes exp(0) = 1 to the sum.
 //
 // Versions:
-//   softmax_rows  v1: one workgroup of 64 invocations per row; each strides over
-//                 the columns, then max and sum are reduced in workgroup memory
-//                 (reduce_max / reduce_sum of common.wgsl).
+//   softmax_rows  v2: one workgroup of 64 invocations per row; each strides over
+//                 the columns keeping a running max and a rescaled running sum
+//                 (one read of the row instead of two; v1 read it for the max,
+//                 then again for the sum), then max and sum are reduced in
+//                 workgroup memory (reduce_max / reduce_sum of common.wgsl).
 
 struct Params {
     matrices: u32,
@@ -52,23 +54,30 @@ fn softmax_rows(
     let i = row % p.rows;
     let base = row * p.cols;
 
+    // Maximum and sum of exponentials in one pass (online softmax): each
+    // invocation rescales its running sum whenever its maximum grows.
     var m = -3.0e38;
+    var sum = 0.0;
     var found = 0.0;
     for (var j = lid; j < p.cols; j = j + WG) {
         if (valid(g, i, j)) {
-            m = max(m, x[base + j]);
-            found = 1.0;
+            let s = x[base + j];
+            if (found == 0.0) {
+                m = s;
+                sum = 1.0;
+                found = 1.0;
+            } else if (s > m) {
+                sum = sum * exp(m - s) + 1.0;
+                m = s;
+            } else {
+                sum = sum + exp(s - m);
+            }
         }
     }
     let row_max = reduce_max(lid, m);
     let row_any = reduce_max(lid, found);
-
-    var sum = 0.0;
-    for (var j = lid; j < p.cols; j = j + WG) {
-        if (valid(g, i, j)) {
-            sum = sum + exp(x[base + j] - row_max);
-        }
-    }
+    // An invocation without valid keys adds nothing (its m is no score).
+    sum = select(0.0, sum * exp(m - row_max), found > 0.0);
     let inv = 1.0 / reduce_sum(lid, sum);
 
     for (var j = lid; j < p.cols; j = j + WG) {

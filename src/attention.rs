@@ -315,11 +315,11 @@ async fn attention_whole(
         (None, None)
     };
     let fused_tmp = if opts.mode == Mode::Fused {
-        let s = shape.output_shape();
+        let wide = [shape.batch, shape.heads, shape.n, shape.dv + 1];
         Some([
-            Tensor::scratch(gpu, &s)?,
-            Tensor::scratch(gpu, &s)?,
-            Tensor::scratch(gpu, &s)?,
+            Tensor::scratch(gpu, &shape.output_shape())?,
+            Tensor::scratch(gpu, &wide)?,
+            Tensor::scratch(gpu, &wide)?,
         ])
     } else {
         None
@@ -337,7 +337,10 @@ async fn attention_whole(
     steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
     if let Some(stats) = &stats {
         steps.push(saobp::diag_stats(&plan, &a, stats));
-        steps.push(saobp::mass(&plan, &a, stats, &mass));
+        // The fused output computes m itself, from one more column of A·U.
+        if opts.mode == Mode::Plain {
+            steps.push(saobp::mass(&plan, &a, stats, &mass));
+        }
     }
     if let (Some(messages), Some(refined)) = (&messages, &refined) {
         let m_out = side_mass.as_ref().unwrap_or(&mass);
@@ -360,6 +363,7 @@ async fn attention_whole(
                 let p = matmul::plan(a.shape(), v.shape(), &plain)?;
                 steps.push(matmul::step(&p, &a, v, y));
                 steps.push(saobp::two_hop_values(&plan, y, v, stats, u));
+                let p = matmul::plan(a.shape(), u.shape(), &plain)?;
                 steps.push(matmul::step(&p, &a, u, au));
                 steps.push(saobp::fused_output(
                     &plan, y, v, au, stats, &mass, &lambda, &output,

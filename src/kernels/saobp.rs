@@ -175,7 +175,7 @@ pub(crate) fn mass<'a>(
     dispatch(plan, &MASS, vec![a, stats, mass], plan.rows)
 }
 
-/// `U = Y − a ⊙ V`.
+/// `U' = [Y − a ⊙ V | r − a]` (`[G, N, D + 1]`).
 pub(crate) fn two_hop_values<'a>(
     plan: &Plan,
     y: &'a Tensor,
@@ -187,11 +187,11 @@ pub(crate) fn two_hop_values<'a>(
         plan,
         &TWO_HOP_VALUES,
         vec![y, v, stats, u],
-        elementwise_groups(plan.elements),
+        elementwise_groups(plan.elements + plan.rows as usize),
     )
 }
 
-/// Refined output from `Y = AV`, `AU`, the row stats and `m`.
+/// Refined output from `Y = AV`, `AU'`, the row stats and λ; writes `m` too.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_output<'a>(
     plan: &Plan,

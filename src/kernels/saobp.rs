@@ -122,7 +122,7 @@ fn dispatch<'a>(
     Step::Dispatch(Dispatch {
         kernel,
         params: bytemuck::bytes_of(&plan.params).to_vec(),
-        buffers: buffers.into_iter().map(Tensor::buffer).collect(),
+        bindings: buffers.into_iter().map(|t| t.buffer().into()).collect(),
         workgroups,
     })
 }

@@ -1,7 +1,13 @@
 //! Benchmark: attention, SAOBP (fused and materialized) and matmul on the
 //! default adapter, beside a CPU sgemm on the same machine.
 //!
-//! `cargo run --release --example bench -- [--sizes 128,512,1024] [--json FILE] [--markdown FILE]`
+//! `cargo run --release --example bench -- [--sizes 128,512,1024] [--matmul-sizes 512,1024,2048]
+//! [--only attention|matmul] [--all-variants] [--no-tune] [--repeat N] [--json FILE] [--markdown FILE]`
+//!
+//! The matmul section times every matmul variant the adapter offers (see
+//! `saobp::MatmulVariant`; `--all-variants` adds the texture layouts that
+//! autotuning skips), then the default choice before and after
+//! `Gpu::tune_matmul`.
 //!
 //! Every figure is the median of several runs inside this one process, so the
 //! ratios compare like with like on a shared, noisy machine. Each timed run
@@ -11,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use saobp::workload::{synthetic, Pattern};
 use saobp::{
-    attention_blocking, matmul_blocking, AttentionOptions, Error, Gpu, Lambda, MatmulOptions, Mode,
-    Tensor,
+    attention_blocking, matmul_choice, matmul_variant_blocking, AttentionOptions, Error, Gpu,
+    Lambda, MatmulOptions, MatmulVariant, Mode, Tensor,
 };
 
 const HEADS: usize = 12;
@@ -24,6 +30,10 @@ struct Args {
     json: Option<String>,
     markdown: Option<String>,
     repeat: usize,
+    attention: bool,
+    matmul: bool,
+    all_variants: bool,
+    tune: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +43,10 @@ fn parse_args() -> Result<Args, String> {
         json: None,
         markdown: None,
         repeat: 3,
+        attention: true,
+        matmul: true,
+        all_variants: false,
+        tune: true,
     };
     let mut it = std::env::args().skip(1);
     let list = |s: Option<String>| -> Result<Vec<usize>, String> {
@@ -58,6 +72,13 @@ fn parse_args() -> Result<Args, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or("--repeat needs a number")?
             }
+            "--only" => match it.next().as_deref() {
+                Some("attention") => a.matmul = false,
+                Some("matmul") => a.attention = false,
+                _ => return Err("--only needs `attention` or `matmul`".into()),
+            },
+            "--all-variants" => a.all_variants = true,
+            "--no-tune" => a.tune = false,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -205,7 +226,8 @@ fn run() -> Result<(), String> {
     println!("machine: {cpus} CPU threads\n");
 
     let mut rows = Vec::new();
-    for &n in &args.sizes {
+    let sizes = if args.attention { &args.sizes[..] } else { &[] };
+    for &n in sizes {
         let (nf, df, hf) = (n as f64, D as f64, HEADS as f64);
         // Q·Kᵀ and A·V; fused adds A·U; materialized adds M (N³) and R·V instead of A·V.
         let plain_flops = hf * 4.0 * nf * nf * df;
@@ -226,22 +248,11 @@ fn run() -> Result<(), String> {
         );
         rows.push((n, plain, fused, materialized));
     }
-    let mut mm = Vec::new();
-    for &n in &args.matmul_sizes {
-        let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.05).collect();
-        let t = Tensor::from_slice(&gpu, &[n, n], &a).map_err(|e| e.to_string())?;
-        let gpu_t = median(args.repeat.min(2), || {
-            matmul_blocking(&gpu, &t, &t, &MatmulOptions::default())?
-                .to_vec_blocking(&gpu)
-                .map(|_| ())
-        })
-        .map_err(|e| e.to_string())?;
-        let g = 2.0 * (n as f64).powi(3) / gpu_t.as_secs_f64() / 1e9;
-        let cpu = cpu_sgemm_gflops(n, 3);
-        let np = numpy_gflops(n);
-        println!("matmul {n}³: GPU {g:.2} GFLOP/s, CPU sgemm (matrixmultiply, {cpus} threads) {cpu:.1} GFLOP/s, numpy {}", np.map_or("not installed".into(), |x| format!("{x:.1} GFLOP/s")));
-        mm.push((n, g, cpu, np));
-    }
+    let mm = if args.matmul {
+        matmul_section(&gpu, &args, cpus)?
+    } else {
+        MatmulSection::default()
+    };
 
     let mut md = format!(
         "Adapter: {}\n\nAttention, B=1, H={HEADS}, D={D}, λ=1 (median of {} runs, readback of O included):\n\n| N | plain | SAOBP fused (a) | SAOBP streaming (b) | SAOBP materialized | fused/plain | materialized/fused |\n|---|---|---|---|---|---|---|\n",
@@ -258,13 +269,8 @@ fn run() -> Result<(), String> {
             ratio(m, f)
         );
     }
-    md += &format!("\nMatmul (square, f32) beside CPU sgemm on the same machine ({cpus} threads):\n\n| size | GPU kernel | CPU `matrixmultiply` | numpy (OpenBLAS) | GPU/CPU |\n|---|---|---|---|---|\n");
-    for (n, g, c, np) in &mm {
-        md += &format!(
-            "| {n}³ | {g:.2} GFLOP/s | {c:.1} GFLOP/s | {} | {:.3}× |\n",
-            np.map_or("not installed".into(), |x| format!("{x:.1} GFLOP/s")),
-            g / c
-        );
+    if args.matmul {
+        md += &mm.markdown(cpus);
     }
     println!("\n{md}");
     if let Some(path) = &args.markdown {
@@ -275,10 +281,7 @@ fn run() -> Result<(), String> {
             .iter()
             .map(|(n, p, f, m)| serde_json::json!({ "n": n, "plain": p.json(), "fused": f.json(), "materialized": m.json() }))
             .collect();
-        let mms: Vec<serde_json::Value> = mm
-            .iter()
-            .map(|(n, g, c, np)| serde_json::json!({ "n": n, "gpu_gflops": g, "cpu_gflops": c, "numpy_gflops": np }))
-            .collect();
+        let mms = mm.json();
         let report = serde_json::json!({
             "adapter": gpu.adapter().to_string(),
             "heads": HEADS,
@@ -290,4 +293,168 @@ fn run() -> Result<(), String> {
         std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
     }
     Ok(())
+}
+
+/// Matmul timings: per size, each variant's GFLOP/s, the CPU's, and the
+/// default choice before and after tuning.
+#[derive(Default)]
+struct MatmulSection {
+    variants: Vec<MatmulVariant>,
+    /// (size, per-variant cells, CPU sgemm GFLOP/s, numpy GFLOP/s).
+    rows: Vec<(usize, Vec<Cell>, f64, Option<f64>)>,
+    /// (size, heuristic choice, tuned choice).
+    choices: Vec<(usize, MatmulVariant, Option<MatmulVariant>)>,
+}
+
+/// A run predicted to take longer than this is skipped: the storage-buffer
+/// families take minutes at 2048³ on software adapters.
+const MATMUL_BUDGET_S: f64 = 20.0;
+
+fn matmul_section(gpu: &Gpu, args: &Args, cpus: usize) -> Result<MatmulSection, String> {
+    let variants: Vec<MatmulVariant> = MatmulVariant::available(gpu)
+        .into_iter()
+        .filter(|v| {
+            args.all_variants
+                || !matches!(
+                    v,
+                    MatmulVariant::Texture {
+                        group_rows: 1 | 4,
+                        ..
+                    }
+                )
+        })
+        .collect();
+    let plain = MatmulOptions::default();
+    let mut section = MatmulSection {
+        variants: variants.clone(),
+        ..Default::default()
+    };
+    // The last measured rate of each variant, to skip hopeless runs.
+    let mut last: Vec<Option<f64>> = vec![None; variants.len()];
+    for &n in &args.matmul_sizes {
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.05).collect();
+        let t = Tensor::from_slice(gpu, &[n, n], &a).map_err(|e| e.to_string())?;
+        let flops = 2.0 * (n as f64).powi(3);
+        let mut cells = Vec::new();
+        for (i, &v) in variants.iter().enumerate() {
+            let predicted = last[i].map_or(0.0, |g| flops / (g * 1e9));
+            let cell = if predicted > MATMUL_BUDGET_S {
+                Cell::Skipped(format!("about {predicted:.0} s a run"))
+            } else {
+                match median(args.repeat.min(2), || {
+                    matmul_variant_blocking(gpu, &t, &t, &plain, v)?
+                        .to_vec_blocking(gpu)
+                        .map(|_| ())
+                }) {
+                    Ok(d) => Cell::Time(d, flops / d.as_secs_f64() / 1e9),
+                    Err(e) => Cell::Skipped(e.to_string()),
+                }
+            };
+            if let Cell::Time(_, g) = cell {
+                last[i] = Some(g);
+            }
+            println!("matmul {n}³ {v}: {}", cell.show());
+            cells.push(cell);
+        }
+        let cpu = cpu_sgemm_gflops(n, 3);
+        let np = numpy_gflops(n);
+        println!(
+            "matmul {n}³: CPU sgemm (matrixmultiply, {cpus} threads) {cpu:.1} GFLOP/s, numpy {}",
+            np.map_or("not installed".into(), |x| format!("{x:.1} GFLOP/s"))
+        );
+        section.rows.push((n, cells, cpu, np));
+    }
+    let choice = |n: usize| matmul_choice(gpu, &[n, n], &[n, n], &plain).map_err(|e| e.to_string());
+    let before: Vec<MatmulVariant> = args
+        .matmul_sizes
+        .iter()
+        .map(|&n| choice(n))
+        .collect::<Result<_, _>>()?;
+    if args.tune {
+        let t = Instant::now();
+        let tuning = gpu.tune_matmul_blocking().map_err(|e| e.to_string())?;
+        println!("tune_matmul: {:.1} s", t.elapsed().as_secs_f64());
+        for c in &tuning.classes {
+            println!("  {}: {}", c.class, c.winner);
+        }
+    }
+    for (&n, v) in args.matmul_sizes.iter().zip(before) {
+        let after = if args.tune { Some(choice(n)?) } else { None };
+        section.choices.push((n, v, after));
+    }
+    Ok(section)
+}
+
+impl MatmulSection {
+    fn markdown(&self, cpus: usize) -> String {
+        let mut md = format!(
+            "\nMatmul (square, f32; GFLOP/s, readback of C included) per kernel variant, beside CPU sgemm on the same machine ({cpus} threads):\n\n| variant |"
+        );
+        for (n, ..) in &self.rows {
+            md += &format!(" {n}³ |");
+        }
+        md += "\n|---|";
+        md += &"---|".repeat(self.rows.len());
+        md += "\n";
+        for (i, v) in self.variants.iter().enumerate() {
+            md += &format!("| {v} |");
+            for (_, cells, ..) in &self.rows {
+                md += &match &cells[i] {
+                    Cell::Time(_, g) => format!(" {g:.2} |"),
+                    Cell::Skipped(why) => format!(" — ({why}) |"),
+                };
+            }
+            md += "\n";
+        }
+        md += "| CPU `matrixmultiply` |";
+        for (_, _, c, _) in &self.rows {
+            md += &format!(" {c:.1} |");
+        }
+        md += "\n| numpy (OpenBLAS) |";
+        for (.., np) in &self.rows {
+            md += &np.map_or(" not installed |".into(), |x| format!(" {x:.1} |"));
+        }
+        md += "\n| best GPU / CPU |";
+        for (_, cells, c, _) in &self.rows {
+            let best = cells
+                .iter()
+                .filter_map(|x| match x {
+                    Cell::Time(_, g) => Some(*g),
+                    Cell::Skipped(_) => None,
+                })
+                .fold(0.0, f64::max);
+            md += &format!(" {:.3}× |", best / c);
+        }
+        md += "\n\nDefault choice per size (heuristic; after `Gpu::tune_matmul`):\n\n| size | heuristic | tuned |\n|---|---|---|\n";
+        for (n, before, after) in &self.choices {
+            md += &format!(
+                "| {n}³ | {before} | {} |\n",
+                after.map_or("not run".into(), |v| v.to_string())
+            );
+        }
+        md
+    }
+
+    fn json(&self) -> Vec<serde_json::Value> {
+        self.rows
+            .iter()
+            .map(|(n, cells, c, np)| {
+                let variants: Vec<serde_json::Value> = self
+                    .variants
+                    .iter()
+                    .zip(cells)
+                    .map(|(v, cell)| serde_json::json!({ "variant": v.to_string(), "timing": cell.json() }))
+                    .collect();
+                let choice = self.choices.iter().find(|(m, ..)| m == n);
+                serde_json::json!({
+                    "n": n,
+                    "variants": variants,
+                    "cpu_gflops": c,
+                    "numpy_gflops": np,
+                    "heuristic": choice.map(|(_, v, _)| v.to_string()),
+                    "tuned": choice.and_then(|(_, _, v)| v.map(|v| v.to_string())),
+                })
+            })
+            .collect()
+    }
 }

@@ -344,27 +344,27 @@ async fn attention_whole(
     }
     if let (Some(messages), Some(refined)) = (&messages, &refined) {
         let m_out = side_mass.as_ref().unwrap_or(&mass);
-        steps.extend(saobp::messages(&plan, &a, messages)?);
+        steps.extend(saobp::messages(gpu, &plan, &a, messages)?);
         steps.push(saobp::refine(&plan, &a, messages, &lambda, refined, m_out));
     }
     let plain = MatmulOptions::default();
     match opts.mode {
         Mode::Plain => {
             let p = matmul::plan(a.shape(), v.shape(), &plain)?;
-            steps.push(matmul::step(&p, &a, v, &output));
+            steps.extend(matmul::steps(gpu, &p, &a, v, &output)?);
         }
         Mode::Materialized => {
             let r = refined.as_ref().unwrap_or(&a);
             let p = matmul::plan(r.shape(), v.shape(), &plain)?;
-            steps.push(matmul::step(&p, r, v, &output));
+            steps.extend(matmul::steps(gpu, &p, r, v, &output)?);
         }
         Mode::Fused => {
             if let (Some([y, u, au]), Some(stats)) = (&fused_tmp, &stats) {
                 let p = matmul::plan(a.shape(), v.shape(), &plain)?;
-                steps.push(matmul::step(&p, &a, v, y));
+                steps.extend(matmul::steps(gpu, &p, &a, v, y)?);
                 steps.push(saobp::two_hop_values(&plan, y, v, stats, u));
                 let p = matmul::plan(a.shape(), u.shape(), &plain)?;
-                steps.push(matmul::step(&p, &a, u, au));
+                steps.extend(matmul::steps(gpu, &p, &a, u, au)?);
                 steps.push(saobp::fused_output(
                     &plan, y, v, au, stats, &mass, &lambda, &output,
                 ));

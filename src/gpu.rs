@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass, Tuning};
 use crate::pool::{Pool, Pooled};
 
 /// Which graphics API to run on.
@@ -73,6 +74,9 @@ pub struct GpuOptions {
     /// `wgpu::Limits::default()` to behave like a browser's default WebGPU
     /// device (128 MiB storage bindings). They must be within the adapter's.
     pub limits: Option<wgpu::Limits>,
+    /// The matmul kernel family every product uses (`SAOBP_MATMUL` =
+    /// `buffer`, `tiled` or `texture`); `None` chooses per adapter and size.
+    pub matmul: Option<MatmulFamily>,
 }
 
 impl Default for GpuOptions {
@@ -82,13 +86,15 @@ impl Default for GpuOptions {
             adapter: None,
             timeout: Duration::from_secs(300),
             limits: None,
+            matmul: None,
         }
     }
 }
 
 impl GpuOptions {
-    /// Reads `SAOBP_BACKEND`, `SAOBP_ADAPTER` and `SAOBP_TIMEOUT_S`; unset
-    /// variables keep their defaults, malformed ones are an error.
+    /// Reads `SAOBP_BACKEND`, `SAOBP_ADAPTER`, `SAOBP_TIMEOUT_S` and
+    /// `SAOBP_MATMUL`; unset variables keep their defaults, malformed ones are
+    /// an error.
     pub fn from_env() -> Result<Self> {
         let mut opts = GpuOptions::default();
         if let Ok(b) = std::env::var("SAOBP_BACKEND") {
@@ -111,6 +117,11 @@ impl GpuOptions {
                 )));
             }
             opts.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Ok(m) = std::env::var("SAOBP_MATMUL") {
+            if !m.trim().is_empty() && m.trim() != "auto" {
+                opts.matmul = Some(m.parse()?);
+            }
         }
         Ok(opts)
     }
@@ -255,12 +266,27 @@ pub(crate) enum Step<'a> {
     },
 }
 
+/// A resource bound to one binding of a dispatch.
+pub(crate) enum Binding<'a> {
+    /// A storage buffer, borrowed from a tensor the caller keeps alive.
+    Buffer(&'a wgpu::Buffer),
+    /// A storage texture (read-only or write-only, as the shader declares it).
+    /// Owned, so a step can carry the scratch textures it made.
+    Texture(wgpu::TextureView),
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Binding<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Binding::Buffer(buffer)
+    }
+}
+
 /// One compute dispatch: a kernel, its uniform parameters (binding 0) and its
-/// storage buffers (bindings 1, 2, ... in order).
+/// buffers and textures (bindings 1, 2, ... in order).
 pub(crate) struct Dispatch<'a> {
     pub kernel: &'static Kernel,
     pub params: Vec<u8>,
-    pub buffers: Vec<&'a wgpu::Buffer>,
+    pub bindings: Vec<Binding<'a>>,
     /// Total number of workgroups; split over x and y when it exceeds the
     /// per-dimension cap. Shaders rebuild the linear id from `num_workgroups`.
     pub workgroups: u64,
@@ -291,6 +317,12 @@ pub struct Gpu {
     placeholder: wgpu::Buffer,
     /// Buffers of dropped tensors, uniforms and staging, for reuse.
     pool: Arc<Pool>,
+    /// The subgroup size when the device has subgroups of one fixed size.
+    subgroup_size: Option<u32>,
+    /// The matmul family `GpuOptions::matmul` forces, if any.
+    matmul_family: Option<MatmulFamily>,
+    /// Matmul variants chosen by [`Gpu::tune_matmul`], per size class.
+    matmul_tuned: Mutex<HashMap<SizeClass, MatmulVariant>>,
 }
 
 impl fmt::Debug for Gpu {
@@ -370,9 +402,12 @@ impl Gpu {
         let summary = AdapterSummary::from_info(&adapter.get_info());
         let timeout = opts.timeout;
         let limits = opts.limits.clone().unwrap_or_else(|| adapter.limits());
+        // Subgroups speed up the texture matmul; every kernel also runs without
+        // them (llvmpipe GL and some browsers do not offer them).
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
         let desc = wgpu::DeviceDescriptor {
             label: Some("saobp"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -401,6 +436,10 @@ impl Gpu {
             }));
         }
         let limits = device.limits();
+        let info = adapter.get_info();
+        let subgroup_size = (device.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == info.subgroup_max_size)
+            .then_some(info.subgroup_min_size);
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -410,6 +449,9 @@ impl Gpu {
         Ok(Gpu {
             placeholder,
             pool: Arc::default(),
+            subgroup_size,
+            matmul_family: opts.matmul,
+            matmul_tuned: Mutex::new(HashMap::new()),
             adapter,
             device,
             queue,
@@ -497,6 +539,78 @@ impl Gpu {
         label: &'static str,
     ) -> (Pooled, bool) {
         self.pool.take(&self.device, size, usage, label)
+    }
+
+    /// The subgroup size, when the device has subgroups and they have one
+    /// fixed size (8 on lavapipe); `None` otherwise.
+    pub fn subgroup_size(&self) -> Option<u32> {
+        self.subgroup_size
+    }
+
+    /// The matmul family forced by [`GpuOptions::matmul`], if any.
+    pub(crate) fn matmul_family(&self) -> Option<MatmulFamily> {
+        self.matmul_family
+    }
+
+    /// The variant [`Gpu::tune_matmul`] chose for products of this size class.
+    pub(crate) fn tuned_matmul(&self, class: SizeClass) -> Option<MatmulVariant> {
+        self.matmul_tuned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&class)
+            .copied()
+    }
+
+    pub(crate) fn set_tuned_matmul(&self, class: SizeClass, variant: MatmulVariant) {
+        self.matmul_tuned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(class, variant);
+    }
+
+    /// Times the matmul variants this adapter can run on a representative
+    /// product of each size class, and remembers the fastest per class: later
+    /// products (in [`crate::matmul()`], attention and the model) use it.
+    /// Takes a few seconds on software adapters. `GpuOptions::matmul` still
+    /// wins over the tuned choice. Native only (it needs a clock).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn tune_matmul(&self) -> Result<Tuning> {
+        crate::kernels::matmul::tune(self).await
+    }
+
+    /// Blocking form of [`Gpu::tune_matmul`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn tune_matmul_blocking(&self) -> Result<Tuning> {
+        pollster::block_on(self.tune_matmul())
+    }
+
+    /// A scratch `rgba32float` 2D-array texture that kernels write and then
+    /// read as storage textures. Created outside an error scope, like tensors,
+    /// so that this stays synchronous; failures surface on the next call.
+    pub(crate) fn storage_texture(
+        &self,
+        width: u32,
+        height: u32,
+        layers: u32,
+    ) -> wgpu::TextureView {
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("panels"),
+            size: wgpu::Extent3d {
+                width,
+                height,
+                depth_or_array_layers: layers,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        });
+        texture.create_view(&wgpu::TextureViewDescriptor {
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            ..Default::default()
+        })
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -708,10 +822,13 @@ impl Gpu {
                         size: Some(size),
                     }),
                 }];
-                for (i, b) in d.buffers.iter().enumerate() {
+                for (i, b) in d.bindings.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
-                        resource: b.as_entire_binding(),
+                        resource: match b {
+                            Binding::Buffer(b) => b.as_entire_binding(),
+                            Binding::Texture(t) => wgpu::BindingResource::TextureView(t),
+                        },
                     });
                 }
                 let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -55,13 +55,16 @@ pub use error::{Error, Result};
 pub use gpu::list_adapters_blocking;
 pub use gpu::{choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions};
 pub use kernels::attention::AttentionShape;
-pub use kernels::matmul::{matmul, MatmulOptions};
+pub use kernels::matmul::{
+    matmul, matmul_choice, matmul_variant, MatmulFamily, MatmulOptions, MatmulVariant, SizeClass,
+    TiledTile, TunedClass, Tuning,
+};
 pub use kernels::metrics::{metrics, HeadSummary, MapMetrics, MetricsOptions, METRIC_NAMES};
 pub use kernels::saobp::{refine_map, Lambda, Refined};
 pub use kernels::softmax::{softmax, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use kernels::{
-    matmul::matmul_blocking, metrics::metrics_blocking, saobp::refine_map_blocking,
-    softmax::softmax_blocking,
+    matmul::matmul_blocking, matmul::matmul_variant_blocking, metrics::metrics_blocking,
+    saobp::refine_map_blocking, softmax::softmax_blocking,
 };
 pub use tensor::Tensor;

@@ -3,7 +3,9 @@
 mod common;
 
 use common::{assert_close, on_every_gpu, Rng};
-use saobp::{matmul_blocking, reference, MatmulOptions, Tensor};
+use saobp::{
+    matmul_blocking, matmul_variant_blocking, reference, MatmulOptions, MatmulVariant, Tensor,
+};
 
 /// f32 accumulation over `k` unit-bounded terms: rounding grows like k·2⁻²⁴.
 fn abs_tol(k: usize) -> f64 {
@@ -17,18 +19,36 @@ fn check(
     b_shape: &[usize],
     opts: MatmulOptions,
 ) {
+    check_variant(gpu, None, rng, a_shape, b_shape, opts);
+}
+
+/// Compares one product, by `variant` (or the default choice), with the reference.
+fn check_variant(
+    gpu: &saobp::Gpu,
+    variant: Option<MatmulVariant>,
+    rng: &mut Rng,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    opts: MatmulOptions,
+) {
     let a = rng.vec(a_shape.iter().product(), -1.0, 1.0);
     let b = rng.vec(b_shape.iter().product(), -1.0, 1.0);
     let ta = Tensor::from_slice(gpu, a_shape, &a).unwrap();
     let tb = Tensor::from_slice(gpu, b_shape, &b).unwrap();
-    let c = matmul_blocking(gpu, &ta, &tb, &opts).unwrap();
+    let c = match variant {
+        Some(v) => matmul_variant_blocking(gpu, &ta, &tb, &opts, v).unwrap(),
+        None => matmul_blocking(gpu, &ta, &tb, &opts).unwrap(),
+    };
     let want = reference::matmul(&a, a_shape, &b, b_shape, &opts).unwrap();
     let k = if opts.trans_a {
         a_shape[a_shape.len() - 2]
     } else {
         a_shape[a_shape.len() - 1]
     };
-    let what = format!("matmul {a_shape:?} x {b_shape:?} {opts:?}");
+    let what = match variant {
+        Some(v) => format!("matmul ({v}) {a_shape:?} x {b_shape:?} {opts:?}"),
+        None => format!("matmul {a_shape:?} x {b_shape:?} {opts:?}"),
+    };
     assert_close(
         &what,
         &c.to_vec_blocking(gpu).unwrap(),
@@ -129,4 +149,109 @@ fn shape_errors_are_typed() {
     ));
     let e = Tensor::from_slice(gpu, &[2, 2], &[1.0; 3]).unwrap_err();
     assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
+}
+
+/// `[batch.., rows, cols]`, or `[batch.., cols, rows]` when transposed.
+fn stored(batch: &[usize], rows: usize, cols: usize, trans: bool) -> Vec<usize> {
+    let mut s = batch.to_vec();
+    s.extend(if trans { [cols, rows] } else { [rows, cols] });
+    s
+}
+
+#[test]
+fn every_variant_matches_reference() {
+    on_every_gpu("matmul variants", |gpu| {
+        let variants = MatmulVariant::available(gpu);
+        eprintln!("variants: {variants:?}");
+        for (i, &v) in variants.iter().enumerate() {
+            let mut rng = Rng::new(10 + i as u64);
+            // Ragged sizes, every transpose, alpha.
+            for (case, &(m, n, k)) in [(1, 1, 1), (37, 53, 29), (130, 70, 257), (16, 32, 4)]
+                .iter()
+                .enumerate()
+            {
+                for t in 0..4 {
+                    let (trans_a, trans_b) = (t % 2 == 1, t >= 2);
+                    let opts = MatmulOptions {
+                        trans_a,
+                        trans_b,
+                        alpha: if case % 2 == 0 { 1.0 } else { -0.75 },
+                    };
+                    check_variant(
+                        gpu,
+                        Some(v),
+                        &mut rng,
+                        &stored(&[], m, k, trans_a),
+                        &stored(&[], k, n, trans_b),
+                        opts,
+                    );
+                }
+            }
+            // Batches, with either side broadcast.
+            let opts = MatmulOptions {
+                trans_a: false,
+                trans_b: true,
+                alpha: 0.5,
+            };
+            for (a_batch, b_batch) in [(&[3][..], &[3][..]), (&[2, 3], &[]), (&[], &[3])] {
+                check_variant(
+                    gpu,
+                    Some(v),
+                    &mut rng,
+                    &stored(a_batch, 19, 23, false),
+                    &stored(b_batch, 23, 41, true),
+                    opts,
+                );
+            }
+            check_variant(
+                gpu,
+                Some(v),
+                &mut rng,
+                &[2, 23, 19],
+                &[23, 70],
+                MatmulOptions {
+                    trans_a: true,
+                    ..Default::default()
+                },
+            );
+        }
+    });
+}
+
+#[test]
+fn every_variant_matches_reference_over_many_panels() {
+    on_every_gpu("matmul variants, many panels", |gpu| {
+        for (i, v) in MatmulVariant::available(gpu).into_iter().enumerate() {
+            let mut rng = Rng::new(40 + i as u64);
+            // Several workgroup tiles and texture panels in each direction.
+            check_variant(
+                gpu,
+                Some(v),
+                &mut rng,
+                &[2, 300, 200],
+                &[2, 200, 270],
+                MatmulOptions::default(),
+            );
+        }
+    });
+}
+
+#[test]
+fn unavailable_variants_are_typed_errors() {
+    let gpu = &common::gpus()[0];
+    let a = Tensor::zeros(gpu, &[2, 3]).unwrap();
+    let b = Tensor::zeros(gpu, &[3, 2]).unwrap();
+    let bad = MatmulVariant::Texture {
+        subgroups: false,
+        group_rows: 3,
+    };
+    let e = matmul_variant_blocking(gpu, &a, &b, &MatmulOptions::default(), bad).unwrap_err();
+    assert!(matches!(e, saobp::Error::InvalidArgument(_)), "{e}");
+    if gpu.subgroup_size() != Some(8) {
+        let sg = MatmulVariant::Texture {
+            subgroups: true,
+            group_rows: 8,
+        };
+        assert!(matmul_variant_blocking(gpu, &a, &b, &MatmulOptions::default(), sg).is_err());
+    }
 }

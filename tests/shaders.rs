@@ -48,19 +48,33 @@ fn every_shader_validates_with_naga() {
     for (name, broken, original) in &faults {
         assert_ne!(broken, original, "{name} differs from the kernel it breaks");
     }
+    let derived = saobp::kernels::derived_shaders();
+    for (name, config, original) in &derived {
+        assert_ne!(
+            config, original,
+            "{name} differs from the source it configures"
+        );
+    }
     let all = saobp::kernels::SHADERS
         .iter()
         .copied()
-        .chain(faults.iter().map(|(name, broken, _)| (*name, *broken)));
+        .chain(faults.iter().map(|(name, broken, _)| (*name, *broken)))
+        .chain(derived.iter().map(|(name, config, _)| (*name, *config)));
     for (name, source) in all {
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        // Only the subgroup kernels may use subgroups: the others must run on
+        // devices without them (llvmpipe GL).
+        let capabilities = if name.contains("subgroup") {
+            naga::valid::Capabilities::SUBGROUP
+        } else {
+            naga::valid::Capabilities::empty()
+        };
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         eprintln!(
             "{name}: valid, {} entry point(s)",
             module.entry_points.len()

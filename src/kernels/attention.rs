@@ -105,7 +105,7 @@ pub(crate) fn map_steps<'a>(
     causal: bool,
     key_mask: Option<&'a Tensor>,
     a: &'a Tensor,
-) -> Result<[Step<'a>; 2]> {
+) -> Result<Vec<Step<'a>>> {
     let scores = matmul::plan(
         q.shape(),
         k.shape(),
@@ -116,8 +116,7 @@ pub(crate) fn map_steps<'a>(
         },
     )?;
     let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
-    Ok([
-        matmul::step(&scores, q, k, a),
-        softmax::step(gpu, &softmax, a, key_mask),
-    ])
+    let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
+    steps.push(softmax::step(gpu, &softmax, a, key_mask));
+    Ok(steps)
 }

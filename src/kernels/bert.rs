@@ -73,7 +73,7 @@ fn step<'a>(
     Step::Dispatch(Dispatch {
         kernel,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers,
+        bindings: buffers.into_iter().map(Into::into).collect(),
         workgroups,
     })
 }

@@ -1,21 +1,116 @@
 //! Batched matrix product with optional transposes: `C = alpha · op(A) · op(B)`.
 //!
-//! Shader: `shaders/matmul.wgsl`. Reference: [`crate::reference::matmul`](mod@crate::reference::matmul).
+//! Three kernel families, because no one design is fast everywhere:
+//!
+//! - **buffer** (`shaders/matmul.wgsl`, `matmul_blocked`): 4×4 outputs per
+//!   invocation straight from storage buffers. Simple, cheapest for tiny
+//!   products, and the one the conformance fault injection breaks.
+//! - **tiled** (`shaders/matmul_tiled.wgsl`): workgroup-memory tiles, the
+//!   usual design for hardware GPUs.
+//! - **texture** (`shaders/matmul_pack.wgsl` + `matmul_texture.wgsl` /
+//!   `matmul_texture_subgroup.wgsl`): operands packed into panels of
+//!   `rgba32float` textures and read as read-only storage textures. Software
+//!   adapters (lavapipe, llvmpipe) load texels 10–20× faster than storage
+//!   buffers, so this is their fast path; with subgroups of 8 (lavapipe) A is
+//!   shared with `subgroupBroadcast`.
+//!
+//! Which one runs ([`MatmulVariant`]) is chosen per adapter and size: the
+//! family forced by `SAOBP_MATMUL` ([`crate::GpuOptions::matmul`]), else the
+//! winner [`Gpu::tune_matmul`] measured for the product's [`SizeClass`], else
+//! a heuristic (software adapter: texture unless the product is tiny;
+//! hardware: tiled). Every variant is tested against the reference.
+//!
+//! Reference: [`crate::reference::matmul`](mod@crate::reference::matmul).
 
-use std::sync::OnceLock;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("matmul.wgsl");
+pub(crate) const TILED_SOURCE: &str = shader!("matmul_tiled.wgsl");
+pub(crate) const PACK_SOURCE: &str = shader!("matmul_pack.wgsl");
+pub(crate) const TEXTURE_SOURCE: &str = shader!("matmul_texture.wgsl");
+/// Uses subgroup builtins. naga (native) takes them without a directive, and
+/// rejects `enable subgroups;`; browsers require it.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str = shader!("matmul_texture_subgroup.wgsl");
+#[cfg(target_arch = "wasm32")]
+pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
+    shader!(enable "subgroups", "matmul_texture_subgroup.wgsl");
 
 pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
     family: "matmul",
     source: SOURCE,
     entry: "matmul_blocked",
 };
+
+pub(crate) static MATMUL_TILED_64: Kernel = Kernel {
+    family: "matmul_tiled_64",
+    source: TILED_SOURCE,
+    entry: "matmul_tiled",
+};
+
+/// `matmul_tiled` with 128×128 tiles, BK 8 and 8×8 outputs per invocation.
+pub(crate) static MATMUL_TILED_128: LazyLock<Kernel> = LazyLock::new(|| Kernel {
+    family: "matmul_tiled_128",
+    source: tiled_128_source(),
+    entry: "matmul_tiled",
+});
+
+pub(crate) static PACK: Kernel = Kernel {
+    family: "matmul_pack",
+    source: PACK_SOURCE,
+    entry: "pack",
+};
+
+pub(crate) static MATMUL_TEXTURE: Kernel = Kernel {
+    family: "matmul_texture",
+    source: TEXTURE_SOURCE,
+    entry: "matmul_texture",
+};
+
+pub(crate) static MATMUL_TEXTURE_SUBGROUP: Kernel = Kernel {
+    family: "matmul_texture_subgroup",
+    source: TEXTURE_SUBGROUP_SOURCE,
+    entry: "matmul_texture_subgroup",
+};
+
+/// The tile constants of `matmul_tiled.wgsl` as written (64×64, BK 16, 4×4).
+const TILED_64_CONSTS: [&str; 5] = [
+    "const BM: u32 = 64u;",
+    "const BN: u32 = 64u;",
+    "const BK: u32 = 16u;",
+    "const TM: u32 = 4u;",
+    "const TN: u32 = 4u;",
+];
+
+/// `matmul_tiled.wgsl` with 128×128 tiles, BK 8, 8×8 per invocation: the
+/// same 256 invocations and 8 KiB of workgroup memory, twice the reuse.
+#[doc(hidden)]
+pub fn tiled_128_source() -> &'static str {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
+        let new = [
+            "const BM: u32 = 128u;",
+            "const BN: u32 = 128u;",
+            "const BK: u32 = 8u;",
+            "const TM: u32 = 8u;",
+            "const TN: u32 = 8u;",
+        ];
+        TILED_64_CONSTS
+            .iter()
+            .zip(new)
+            .fold(TILED_SOURCE.to_string(), |s, (old, new)| {
+                s.replace(old, new)
+            })
+    })
+}
 
 /// The source of a deliberately wrong `matmul_blocked` whose k loop stops one
 /// term short (so `C` misses `A[:, K-1] · B[K-1, :]`), for showing that
@@ -40,6 +135,214 @@ pub(crate) static MATMUL_SKIPS_LAST_K: std::sync::LazyLock<Kernel> =
 /// Output tile edge of `matmul_blocked`.
 const TILE: usize = 32;
 
+/// A matmul kernel family, as `SAOBP_MATMUL` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulFamily {
+    /// `matmul_blocked`, straight from storage buffers.
+    Buffer,
+    /// Workgroup-memory tiles of storage buffers (for hardware GPUs).
+    Tiled,
+    /// Operands packed into textures (for software adapters).
+    Texture,
+}
+
+impl FromStr for MatmulFamily {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "buffer" => Ok(MatmulFamily::Buffer),
+            "tiled" => Ok(MatmulFamily::Tiled),
+            "texture" => Ok(MatmulFamily::Texture),
+            _ => Err(Error::invalid(format!(
+                "SAOBP_MATMUL = `{s}`: expected buffer, tiled, texture or auto"
+            ))),
+        }
+    }
+}
+
+/// Output tile of the tiled family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TiledTile {
+    /// 64×64 outputs per workgroup, k steps of 16, 4×4 per invocation.
+    T64,
+    /// 128×128 outputs per workgroup, k steps of 8, 8×8 per invocation.
+    T128,
+}
+
+/// One matmul kernel with its configuration. Every variant computes the same
+/// product; they differ in speed per adapter and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// `matmul_blocked`: 32×32 tiles, 4×4 per invocation, storage buffers.
+    Buffer,
+    /// `matmul_tiled` with the given tile.
+    Tiled(TiledTile),
+    /// Pack both operands into texture panels, then `matmul_texture_subgroup`
+    /// (`subgroups`, needs subgroups of exactly 8) or `matmul_texture`.
+    /// `group_rows` (1, 2, 4 or 8) of a workgroup's 8 invocation groups lie
+    /// along M, the others along N.
+    Texture {
+        /// Share A across each subgroup with `subgroupBroadcast`.
+        subgroups: bool,
+        /// Groups along M per workgroup: 1, 2, 4 or 8.
+        group_rows: u32,
+    },
+}
+
+impl MatmulVariant {
+    /// The family this variant belongs to.
+    pub fn family(self) -> MatmulFamily {
+        match self {
+            MatmulVariant::Buffer => MatmulFamily::Buffer,
+            MatmulVariant::Tiled(_) => MatmulFamily::Tiled,
+            MatmulVariant::Texture { .. } => MatmulFamily::Texture,
+        }
+    }
+
+    /// Every variant `gpu` can run (each [`MatmulVariant::Texture`] layout,
+    /// with and without subgroups where the device has subgroups of 8).
+    pub fn available(gpu: &Gpu) -> Vec<MatmulVariant> {
+        let mut out = vec![MatmulVariant::Buffer];
+        if tiled_fits(gpu) {
+            out.extend([
+                MatmulVariant::Tiled(TiledTile::T64),
+                MatmulVariant::Tiled(TiledTile::T128),
+            ]);
+        }
+        if gpu.limits().max_storage_textures_per_shader_stage >= 2 {
+            let subgroups: &[bool] = if gpu.subgroup_size() == Some(8) {
+                &[true, false]
+            } else {
+                &[false]
+            };
+            for &subgroups in subgroups {
+                for group_rows in [1, 2, 4, 8] {
+                    out.push(MatmulVariant::Texture {
+                        subgroups,
+                        group_rows,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The fastest-looking variant of `family` on `gpu`, before any tuning.
+    fn default_of(gpu: &Gpu, family: MatmulFamily) -> MatmulVariant {
+        match family {
+            MatmulFamily::Buffer => MatmulVariant::Buffer,
+            MatmulFamily::Tiled => MatmulVariant::Tiled(TiledTile::T64),
+            MatmulFamily::Texture => MatmulVariant::Texture {
+                subgroups: gpu.subgroup_size() == Some(8),
+                group_rows: 8,
+            },
+        }
+    }
+
+    /// A typed error when `gpu` cannot run this variant at all.
+    fn check(self, gpu: &Gpu) -> Result<()> {
+        if let MatmulVariant::Texture { group_rows, .. } = self {
+            if ![1, 2, 4, 8].contains(&group_rows) {
+                return Err(Error::invalid(format!(
+                    "matmul variant {self}: group_rows must be 1, 2, 4 or 8"
+                )));
+            }
+        }
+        if MatmulVariant::available(gpu).contains(&self) {
+            return Ok(());
+        }
+        Err(match self {
+            MatmulVariant::Texture {
+                subgroups: true, ..
+            } => Error::invalid(format!(
+                "matmul variant {self} needs subgroups of exactly 8 invocations; this device has {}",
+                gpu.subgroup_size()
+                    .map_or("none".to_string(), |s| format!("size {s}"))
+            )),
+            MatmulVariant::Texture { .. } => Error::Limit {
+                what: format!("matmul variant {self}"),
+                needed: 2,
+                limit_name: "max_storage_textures_per_shader_stage",
+                limit: gpu.limits().max_storage_textures_per_shader_stage.into(),
+            },
+            _ => Error::Limit {
+                what: format!("matmul variant {self}"),
+                needed: 256,
+                limit_name: "max_compute_invocations_per_workgroup",
+                limit: gpu.limits().max_compute_invocations_per_workgroup.into(),
+            },
+        })
+    }
+}
+
+impl fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MatmulVariant::Buffer => f.write_str("buffer"),
+            MatmulVariant::Tiled(TiledTile::T64) => f.write_str("tiled 64x64x16 4x4"),
+            MatmulVariant::Tiled(TiledTile::T128) => f.write_str("tiled 128x128x8 8x8"),
+            MatmulVariant::Texture {
+                subgroups,
+                group_rows,
+            } => write!(
+                f,
+                "texture{} {}x{} groups",
+                if *subgroups { " subgroup" } else { "" },
+                group_rows,
+                8 / group_rows.max(&1)
+            ),
+        }
+    }
+}
+
+/// Both tiled configurations use 256 invocations and 8 KiB of workgroup memory.
+fn tiled_fits(gpu: &Gpu) -> bool {
+    let l = gpu.limits();
+    l.max_compute_invocations_per_workgroup >= 256
+        && l.max_compute_workgroup_size_x >= 256
+        && l.max_compute_workgroup_storage_size >= 8192
+}
+
+/// Products grouped by size for the variant choice: the cube root of
+/// `batch · M · N · K`, in octaves from 32 to 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SizeClass(u8);
+
+impl SizeClass {
+    /// Every class, smallest first.
+    pub const ALL: [SizeClass; 6] = [
+        SizeClass(0),
+        SizeClass(1),
+        SizeClass(2),
+        SizeClass(3),
+        SizeClass(4),
+        SizeClass(5),
+    ];
+
+    /// The class of a product of `work = batch · M · N · K` multiply-adds.
+    pub fn of_work(work: u64) -> SizeClass {
+        let s = (work as f64).cbrt();
+        // Boundaries halfway (geometrically) between the representative sizes.
+        let class = [45.0, 91.0, 181.0, 362.0, 724.0]
+            .iter()
+            .take_while(|&&edge| s >= edge)
+            .count();
+        SizeClass(class as u8)
+    }
+
+    /// The edge of the square product that stands for this class in tuning.
+    pub fn representative(self) -> usize {
+        32 << self.0
+    }
+}
+
+impl fmt::Display for SizeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "~{}³", self.representative())
+    }
+}
+
 /// Options of [`matmul`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MatmulOptions {
@@ -61,7 +364,7 @@ impl Default for MatmulOptions {
     }
 }
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`.
+/// Mirrors `Params` in `shaders/matmul.wgsl` and `shaders/matmul_tiled.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct MatmulParams {
@@ -79,12 +382,47 @@ pub(crate) struct MatmulParams {
     _pad: u32,
 }
 
+/// Mirrors `Params` in `shaders/matmul_pack.wgsl`, `matmul_texture.wgsl` and
+/// `matmul_texture_subgroup.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct TextureParams {
+    batch: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_a: u32,
+    trans_b: u32,
+    a_batch_stride: u32,
+    b_batch_stride: u32,
+    alpha: f32,
+    k4: u32,
+    row_blocks: u32,
+    col_blocks: u32,
+    panel_texels: u32,
+    group_rows: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    a_layer_shift: u32,
+    b_layer_shift: u32,
+    operand: u32,
+    texels: u32,
+}
+
 /// A validated product: its parameters and the shape of `C`.
 #[derive(Debug, Clone)]
 pub(crate) struct MatmulPlan {
     params: MatmulParams,
     /// Leading (batch) dimensions followed by `[M, N]`.
     pub out_shape: Vec<usize>,
+}
+
+impl MatmulPlan {
+    /// Multiply-adds: `batch · M · N · K`.
+    fn work(&self) -> u64 {
+        let p = &self.params;
+        u64::from(p.batch) * u64::from(p.m) * u64::from(p.n) * u64::from(p.k)
+    }
 }
 
 /// Checks the shapes of `A` and `B` (rank >= 2; leading dimensions equal, or
@@ -157,12 +495,272 @@ pub(crate) fn plan(a: &[usize], b: &[usize], opts: &MatmulOptions) -> Result<Mat
     Ok(MatmulPlan { params, out_shape })
 }
 
-/// The dispatch computing `c = plan(a, b)`.
-pub(crate) fn step<'a>(plan: &MatmulPlan, a: &'a Tensor, b: &'a Tensor, c: &'a Tensor) -> Step<'a> {
-    step_with(&MATMUL_BLOCKED, plan, a, b, c)
+/// Products up to this many multiply-adds (about 48³) run fastest as one
+/// `matmul_blocked` dispatch: the texture path's packing dispatches and
+/// scratch textures cost more than they save.
+const TINY_WORK: u64 = 48 * 48 * 48;
+
+/// The variant that computes `plan` on `gpu`: the family `SAOBP_MATMUL`
+/// forces, else the tuned winner of its size class, else the heuristic. A
+/// texture variant whose panels exceed the texture limits gives way to the
+/// tiled (hardware) or buffer kernel.
+pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> MatmulVariant {
+    let work = plan.work();
+    if work == 0 {
+        // Nothing to multiply; the buffer kernel writes the zeros.
+        return MatmulVariant::Buffer;
+    }
+    let wanted = if let Some(family) = gpu.matmul_family() {
+        MatmulVariant::default_of(gpu, family)
+    } else if let Some(v) = gpu.tuned_matmul(SizeClass::of_work(work)) {
+        v
+    } else if gpu.adapter().is_software() {
+        if work <= TINY_WORK {
+            MatmulVariant::Buffer
+        } else {
+            MatmulVariant::default_of(gpu, MatmulFamily::Texture)
+        }
+    } else if work <= TINY_WORK {
+        MatmulVariant::Buffer
+    } else {
+        MatmulVariant::default_of(gpu, MatmulFamily::Tiled)
+    };
+    let usable = wanted.check(gpu).is_ok()
+        && match wanted {
+            MatmulVariant::Texture { subgroups, .. } => {
+                TextureLayout::new(gpu, plan, subgroups).is_ok()
+            }
+            _ => true,
+        };
+    if usable {
+        wanted
+    } else if !gpu.adapter().is_software() && tiled_fits(gpu) {
+        MatmulVariant::Tiled(TiledTile::T64)
+    } else {
+        MatmulVariant::Buffer
+    }
 }
 
-/// [`step`] with another kernel of the same parameters and bindings.
+/// The steps computing `c = plan(a, b)` with the variant [`choose`] picks.
+pub(crate) fn steps<'a>(
+    gpu: &Gpu,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    steps_for(gpu, choose(gpu, plan), plan, a, b, c)
+}
+
+/// The steps computing `c = plan(a, b)` with `variant`.
+fn steps_for<'a>(
+    gpu: &Gpu,
+    variant: MatmulVariant,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    variant.check(gpu)?;
+    if plan.work() == 0 {
+        // Empty panels would be empty textures; the buffer kernel handles K = 0.
+        return Ok(vec![step_with(&MATMUL_BLOCKED, plan, a, b, c)]);
+    }
+    match variant {
+        MatmulVariant::Buffer => Ok(vec![step_with(&MATMUL_BLOCKED, plan, a, b, c)]),
+        MatmulVariant::Tiled(tile) => {
+            let (kernel, edge): (&'static Kernel, u32) = match tile {
+                TiledTile::T64 => (&MATMUL_TILED_64, 64),
+                TiledTile::T128 => (&MATMUL_TILED_128, 128),
+            };
+            let mut p = plan.params;
+            p.tiles_m = p.m.div_ceil(edge);
+            p.tiles_n = p.n.div_ceil(edge);
+            Ok(vec![Step::Dispatch(Dispatch {
+                kernel,
+                params: bytemuck::bytes_of(&p).to_vec(),
+                bindings: vec![a.buffer().into(), b.buffer().into(), c.buffer().into()],
+                workgroups: u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n),
+            })])
+        }
+        MatmulVariant::Texture {
+            subgroups,
+            group_rows,
+        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c),
+    }
+}
+
+/// Texels per row of a panel texture. 128 texels of 16 bytes make a 2 KiB
+/// row, which keeps every panel step within one row.
+const PANEL_WIDTH: u32 = 128;
+
+/// How one operand's panels lie in its texture.
+#[derive(Debug, Clone, Copy)]
+struct PanelTexture {
+    texels: u32,
+    /// Rows per layer, a power of two.
+    layer_shift: u32,
+    layers: u32,
+}
+
+impl PanelTexture {
+    fn new(gpu: &Gpu, what: &str, texels: u64) -> Result<PanelTexture> {
+        if texels > u64::from(u32::MAX) {
+            return Err(Error::Limit {
+                what: format!("the texture panels of {what}"),
+                needed: texels,
+                limit_name: "texels per panel texture (32-bit indexing)",
+                limit: u64::from(u32::MAX),
+            });
+        }
+        let limits = gpu.limits();
+        let max_rows = limits.max_texture_dimension_2d;
+        if max_rows < PANEL_WIDTH {
+            return Err(Error::Limit {
+                what: format!("the texture panels of {what}"),
+                needed: PANEL_WIDTH.into(),
+                limit_name: "max_texture_dimension_2d",
+                limit: max_rows.into(),
+            });
+        }
+        let rows = texels.div_ceil(u64::from(PANEL_WIDTH)).max(1);
+        // At least two layers: some backends (GL) treat a one-layer texture as
+        // plain 2D, which an array view cannot bind. So each layer holds
+        // about half the rows, rounded up to a power of two (one shift and
+        // mask per texel in the shaders), capped by the dimension limit.
+        let max_shift = 31 - max_rows.leading_zeros();
+        let half = rows.div_ceil(2);
+        let layer_shift = (64 - (half - 1).leading_zeros()).min(max_shift);
+        let layers = rows.div_ceil(1u64 << layer_shift).max(2);
+        if layers > u64::from(limits.max_texture_array_layers) {
+            return Err(Error::Limit {
+                what: format!("the texture panels of {what}"),
+                needed: layers,
+                limit_name: "max_texture_array_layers",
+                limit: limits.max_texture_array_layers.into(),
+            });
+        }
+        Ok(PanelTexture {
+            texels: texels as u32,
+            layer_shift,
+            layers: layers as u32,
+        })
+    }
+
+    fn create(&self, gpu: &Gpu) -> wgpu::TextureView {
+        gpu.storage_texture(PANEL_WIDTH, 1 << self.layer_shift, self.layers)
+    }
+}
+
+/// The panels of a texture-family product.
+#[derive(Debug, Clone, Copy)]
+struct TextureLayout {
+    k4: u32,
+    row_blocks: u32,
+    col_blocks: u32,
+    panel_texels: u32,
+    a: PanelTexture,
+    b: PanelTexture,
+}
+
+impl TextureLayout {
+    fn new(gpu: &Gpu, plan: &MatmulPlan, subgroups: bool) -> Result<TextureLayout> {
+        let p = &plan.params;
+        // B panel width in texels: 32 columns per subgroup of 8 (one texel
+        // each), 64 per group of the plain kernel (two texels each).
+        let panel_texels: u32 = if subgroups { 8 } else { 16 };
+        let k4 = p.k.div_ceil(4);
+        let row_blocks = p.m.div_ceil(16);
+        let col_blocks = p.n.div_ceil(panel_texels * 4);
+        let a_batches = if p.a_batch_stride == 0 { 1 } else { p.batch };
+        let b_batches = if p.b_batch_stride == 0 { 1 } else { p.batch };
+        let a_texels = u64::from(a_batches) * u64::from(row_blocks) * u64::from(k4) * 16;
+        let b_texels = u64::from(b_batches)
+            * u64::from(col_blocks)
+            * u64::from(k4)
+            * 4
+            * u64::from(panel_texels);
+        Ok(TextureLayout {
+            k4,
+            row_blocks,
+            col_blocks,
+            panel_texels,
+            a: PanelTexture::new(gpu, "A", a_texels)?,
+            b: PanelTexture::new(gpu, "B", b_texels)?,
+        })
+    }
+}
+
+fn texture_steps<'a>(
+    gpu: &Gpu,
+    plan: &MatmulPlan,
+    subgroups: bool,
+    group_rows: u32,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    let layout = TextureLayout::new(gpu, plan, subgroups)?;
+    let p = &plan.params;
+    let params = TextureParams {
+        batch: p.batch,
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        trans_a: p.trans_a,
+        trans_b: p.trans_b,
+        a_batch_stride: p.a_batch_stride,
+        b_batch_stride: p.b_batch_stride,
+        alpha: p.alpha,
+        k4: layout.k4,
+        row_blocks: layout.row_blocks,
+        col_blocks: layout.col_blocks,
+        panel_texels: layout.panel_texels,
+        group_rows,
+        tiles_m: layout.row_blocks.div_ceil(group_rows),
+        tiles_n: layout.col_blocks.div_ceil(8 / group_rows),
+        a_layer_shift: layout.a.layer_shift,
+        b_layer_shift: layout.b.layer_shift,
+        operand: 0,
+        texels: 0,
+    };
+    let a_panels = layout.a.create(gpu);
+    let b_panels = layout.b.create(gpu);
+    let pack = |operand: u32, texels: u32, src: &'a Tensor, dst: &wgpu::TextureView| {
+        let params = TextureParams {
+            operand,
+            texels,
+            ..params
+        };
+        Step::Dispatch(Dispatch {
+            kernel: &PACK,
+            params: bytemuck::bytes_of(&params).to_vec(),
+            bindings: vec![src.buffer().into(), Binding::Texture(dst.clone())],
+            workgroups: u64::from(texels).div_ceil(64),
+        })
+    };
+    Ok(vec![
+        pack(0, layout.a.texels, a, &a_panels),
+        pack(1, layout.b.texels, b, &b_panels),
+        Step::Dispatch(Dispatch {
+            kernel: if subgroups {
+                &MATMUL_TEXTURE_SUBGROUP
+            } else {
+                &MATMUL_TEXTURE
+            },
+            params: bytemuck::bytes_of(&params).to_vec(),
+            bindings: vec![
+                Binding::Texture(a_panels),
+                Binding::Texture(b_panels),
+                c.buffer().into(),
+            ],
+            workgroups: u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n),
+        }),
+    ])
+}
+
+/// The `matmul_blocked` dispatch of `kernel` (the real one, or a deliberately
+/// wrong variant with the same parameters and bindings).
 fn step_with<'a>(
     kernel: &'static Kernel,
     plan: &MatmulPlan,
@@ -174,7 +772,7 @@ fn step_with<'a>(
     Step::Dispatch(Dispatch {
         kernel,
         params: bytemuck::bytes_of(p).to_vec(),
-        buffers: vec![a.buffer(), b.buffer(), c.buffer()],
+        bindings: vec![a.buffer().into(), b.buffer().into(), c.buffer().into()],
         workgroups: u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n),
     })
 }
@@ -183,12 +781,53 @@ fn step_with<'a>(
 ///
 /// A is `[.., M, K]` (`[.., K, M]` with `trans_a`), B is `[.., K, N]`
 /// (`[.., N, K]` with `trans_b`); an operand of rank 2 is shared by every batch
-/// item. C is `[.., M, N]`.
+/// item. C is `[.., M, N]`. The kernel is chosen per adapter and size (see
+/// the [module docs](self)).
 pub async fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
-    matmul_with(&MATMUL_BLOCKED, gpu, a, b, opts).await
+    let plan = plan(a.shape(), b.shape(), opts)?;
+    run(gpu, choose(gpu, &plan), &plan, a, b).await
 }
 
-/// [`matmul`] computed by `kernel` (the real one, or a deliberately wrong variant).
+/// [`matmul`] with a given variant instead of the chosen one, e.g. to test
+/// or time each. Fails with [`Error::InvalidArgument`] or [`Error::Limit`]
+/// when `gpu` cannot run `variant` or the operands exceed its limits.
+pub async fn matmul_variant(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let plan = plan(a.shape(), b.shape(), opts)?;
+    run(gpu, variant, &plan, a, b).await
+}
+
+/// The variant [`matmul`] would use for operands of these shapes on `gpu`.
+pub fn matmul_choice(
+    gpu: &Gpu,
+    a: &[usize],
+    b: &[usize],
+    opts: &MatmulOptions,
+) -> Result<MatmulVariant> {
+    Ok(choose(gpu, &plan(a, b, opts)?))
+}
+
+async fn run(
+    gpu: &Gpu,
+    variant: MatmulVariant,
+    plan: &MatmulPlan,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
+    a.check_finite("a")?;
+    b.check_finite("b")?;
+    let c = Tensor::zeros(gpu, &plan.out_shape)?;
+    gpu.run(&steps_for(gpu, variant, plan, a, b, &c)?).await?;
+    Ok(c)
+}
+
+/// [`matmul`] computed by `kernel` (the real `matmul_blocked`, or a
+/// deliberately wrong variant of it).
 pub(crate) async fn matmul_with(
     kernel: &'static Kernel,
     gpu: &Gpu,
@@ -208,4 +847,103 @@ pub(crate) async fn matmul_with(
 #[cfg(not(target_arch = "wasm32"))]
 pub fn matmul_blocking(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     pollster::block_on(matmul(gpu, a, b, opts))
+}
+
+/// Blocking form of [`matmul_variant`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn matmul_variant_blocking(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    opts: &MatmulOptions,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    pollster::block_on(matmul_variant(gpu, a, b, opts, variant))
+}
+
+/// What [`Gpu::tune_matmul`] measured for one size class.
+#[derive(Debug, Clone)]
+pub struct TunedClass {
+    /// The class.
+    pub class: SizeClass,
+    /// Edge of the square product timed.
+    pub size: usize,
+    /// Each candidate timed and its best time of a few runs (including one
+    /// submission and wait). Candidates far behind at a smaller class are
+    /// not timed again.
+    pub timings: Vec<(MatmulVariant, Duration)>,
+    /// The fastest, now used for products of this class.
+    pub winner: MatmulVariant,
+}
+
+/// The outcome of [`Gpu::tune_matmul`], smallest class first.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// One entry per size class.
+    pub classes: Vec<TunedClass>,
+}
+
+/// Candidates more than this many times slower than a class's winner are
+/// not timed at larger classes: on software adapters the slow families take
+/// seconds there.
+const TUNE_DROP_RATIO: f64 = 4.0;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) async fn tune(gpu: &Gpu) -> Result<Tuning> {
+    let mut candidates: Vec<MatmulVariant> = MatmulVariant::available(gpu)
+        .into_iter()
+        // group_rows 1 and 4 rarely win; timing them would double the work.
+        .filter(|v| {
+            !matches!(
+                v,
+                MatmulVariant::Texture {
+                    group_rows: 1 | 4,
+                    ..
+                }
+            )
+        })
+        .collect();
+    let mut classes = Vec::new();
+    for class in SizeClass::ALL {
+        let s = class.representative();
+        let data: Vec<f32> = (0..s * s).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+        let a = Tensor::from_slice(gpu, &[s, s], &data)?;
+        let b = Tensor::from_slice(gpu, &[s, s], &data)?;
+        let c = Tensor::zeros(gpu, &[s, s])?;
+        let plan = plan(a.shape(), b.shape(), &MatmulOptions::default())?;
+        let mut timings = Vec::new();
+        for &v in &candidates {
+            if matches!(v, MatmulVariant::Texture { subgroups, .. } if TextureLayout::new(gpu, &plan, subgroups).is_err())
+            {
+                continue;
+            }
+            let mut best = Duration::MAX;
+            // The first run compiles the pipeline; it is not timed.
+            for run in 0..3 {
+                let start = std::time::Instant::now();
+                gpu.run(&steps_for(gpu, v, &plan, &a, &b, &c)?).await?;
+                gpu.read_f32(c.buffer(), 1).await?;
+                if run > 0 {
+                    best = best.min(start.elapsed());
+                }
+            }
+            timings.push((v, best));
+        }
+        let Some(&(winner, fastest)) = timings.iter().min_by_key(|(_, t)| *t) else {
+            break;
+        };
+        candidates.retain(|v| {
+            timings
+                .iter()
+                .any(|(w, t)| w == v && t.as_secs_f64() <= fastest.as_secs_f64() * TUNE_DROP_RATIO)
+        });
+        gpu.set_tuned_matmul(class, winner);
+        classes.push(TunedClass {
+            class,
+            size: s,
+            timings,
+            winner,
+        });
+    }
+    Ok(Tuning { classes })
 }

@@ -209,19 +209,19 @@ impl MetricsJob {
             Step::Dispatch(Dispatch {
                 kernel: &ROW_METRICS,
                 params: params.clone(),
-                buffers: vec![
-                    p.buffer(),
-                    mask.map_or(placeholder, Tensor::buffer),
-                    mass.buffer(),
-                    lambda.map_or(placeholder, Tensor::buffer),
-                    self.rows.buffer(),
+                bindings: vec![
+                    p.buffer().into(),
+                    mask.map_or(placeholder, Tensor::buffer).into(),
+                    mass.buffer().into(),
+                    lambda.map_or(placeholder, Tensor::buffer).into(),
+                    self.rows.buffer().into(),
                 ],
                 workgroups: u64::from(self.params.matrices) * u64::from(self.params.n),
             }),
             Step::Dispatch(Dispatch {
                 kernel: &SUMMARIZE,
                 params,
-                buffers: vec![self.rows.buffer(), self.summary.buffer()],
+                bindings: vec![self.rows.buffer().into(), self.summary.buffer().into()],
                 workgroups: u64::from(self.params.matrices),
             }),
         ]

@@ -8,6 +8,18 @@
 /// A family's WGSL source: `shaders/common.wgsl` (reductions, grid helpers)
 /// followed by `shaders/<file>`. WGSL has no includes, so this is the include.
 macro_rules! shader {
+    // A family that needs a WGSL extension: `enable` must come before any
+    // declaration, so it goes in front of common.wgsl.
+    (enable $ext:literal, $file:literal) => {
+        concat!(
+            "enable ",
+            $ext,
+            ";\n",
+            include_str!("../../shaders/common.wgsl"),
+            "\n",
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
     ($file:literal) => {
         concat!(
             include_str!("../../shaders/common.wgsl"),
@@ -46,6 +58,13 @@ pub(crate) fn elementwise_groups(elements: usize) -> u64 {
 pub const SHADERS: &[(&str, &str)] = &[
     ("bert.wgsl", bert::SOURCE),
     ("matmul.wgsl", matmul::SOURCE),
+    ("matmul_pack.wgsl", matmul::PACK_SOURCE),
+    ("matmul_texture.wgsl", matmul::TEXTURE_SOURCE),
+    (
+        "matmul_texture_subgroup.wgsl",
+        matmul::TEXTURE_SUBGROUP_SOURCE,
+    ),
+    ("matmul_tiled.wgsl", matmul::TILED_SOURCE),
     ("metrics.wgsl", metrics::SOURCE),
     ("saobp.wgsl", saobp::SOURCE),
     ("softmax.wgsl", softmax::SOURCE),
@@ -63,12 +82,36 @@ pub fn fault_shaders() -> Vec<(&'static str, &'static str, &'static str)> {
     )]
 }
 
+/// Kernel configurations derived from a family's source by replacing its
+/// tile constants: (name, WGSL source, the source it was derived from).
+/// Validated like [`SHADERS`].
+pub fn derived_shaders() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![(
+        "matmul_tiled_128",
+        matmul::tiled_128_source(),
+        matmul::TILED_SOURCE,
+    )]
+}
+
 /// Every kernel entry point with the byte size of its Rust parameter struct,
 /// so a test can check the WGSL `Params` struct has the same size.
 pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
     (
         &matmul::MATMUL_BLOCKED,
         std::mem::size_of::<matmul::MatmulParams>(),
+    ),
+    (
+        &matmul::MATMUL_TILED_64,
+        std::mem::size_of::<matmul::MatmulParams>(),
+    ),
+    (&matmul::PACK, std::mem::size_of::<matmul::TextureParams>()),
+    (
+        &matmul::MATMUL_TEXTURE,
+        std::mem::size_of::<matmul::TextureParams>(),
+    ),
+    (
+        &matmul::MATMUL_TEXTURE_SUBGROUP,
+        std::mem::size_of::<matmul::TextureParams>(),
     ),
     (
         &softmax::SOFTMAX_ROWS,

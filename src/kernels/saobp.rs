@@ -117,7 +117,7 @@ fn dispatch<'a>(
     Step::Dispatch(Dispatch {
         kernel,
         params: bytemuck::bytes_of(&plan.params).to_vec(),
-        buffers: buffers.into_iter().map(Tensor::buffer).collect(),
+        bindings: buffers.into_iter().map(|t| t.buffer().into()).collect(),
         workgroups,
     })
 }
@@ -125,6 +125,7 @@ fn dispatch<'a>(
 /// `messages = M(a)`, both `[G, N, N]`: `A·A` by the matmul kernels, then the
 /// echo terms (`k = i`, `k = j`) taken out.
 pub(crate) fn messages<'a>(
+    gpu: &Gpu,
     plan: &Plan,
     a: &'a Tensor,
     messages: &'a Tensor,
@@ -132,15 +133,14 @@ pub(crate) fn messages<'a>(
     let square = matmul::plan(a.shape(), a.shape(), &matmul::MatmulOptions::default())?;
     let n = plan.params.n as usize;
     let elements = plan.params.matrices as usize * n * n;
-    Ok(vec![
-        matmul::step(&square, a, a, messages),
-        dispatch(
-            plan,
-            &REMOVE_ECHOES,
-            vec![a, messages],
-            elementwise_groups(elements),
-        ),
-    ])
+    let mut steps = matmul::steps(gpu, &square, a, a, messages)?;
+    steps.push(dispatch(
+        plan,
+        &REMOVE_ECHOES,
+        vec![a, messages],
+        elementwise_groups(elements),
+    ));
+    Ok(steps)
 }
 
 /// `mass_i = Σ_j M_ij`, `refined = (A + λM) / (1 + λ m)`.
@@ -244,7 +244,7 @@ pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refine
         mass: Tensor::scratch(gpu, &[b, h, n])?,
         refined: Tensor::scratch(gpu, a.shape())?,
     };
-    let mut steps = messages(&plan, a, &out.messages)?;
+    let mut steps = messages(gpu, &plan, a, &out.messages)?;
     steps.push(refine(
         &plan,
         a,

@@ -79,7 +79,10 @@ pub(crate) fn step<'a>(
     Step::Dispatch(Dispatch {
         kernel: &SOFTMAX_ROWS,
         params: bytemuck::bytes_of(params).to_vec(),
-        buffers: vec![x.buffer(), mask.map_or(gpu.placeholder(), |m| m.buffer())],
+        bindings: vec![
+            x.buffer().into(),
+            mask.map_or(gpu.placeholder(), |m| m.buffer()).into(),
+        ],
         workgroups: u64::from(params.matrices) * u64::from(params.rows),
     })
 }

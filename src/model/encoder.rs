@@ -247,7 +247,7 @@ impl BertModel {
         for ((weight, bias), out, split) in
             [(&w.query, &q, &qh), (&w.key, &k, &kh), (&w.value, &v, &vh)]
         {
-            steps.extend(dense(d, x, weight, bias, out, false)?);
+            steps.extend(dense(gpu, d, x, weight, bias, out, false)?);
             steps.push(bert::split_heads(d, out, split)?);
         }
         gpu.run(&steps).await?;
@@ -263,6 +263,7 @@ impl BertModel {
         let eps = c.layer_norm_eps;
         let mut steps = vec![bert::merge_heads(d, &att.output, &merged)?];
         steps.extend(dense(
+            gpu,
             d,
             &merged,
             &w.attention_out.0,
@@ -281,6 +282,7 @@ impl BertModel {
             &x1,
         )?);
         steps.extend(dense(
+            gpu,
             d,
             &x1,
             &w.intermediate.0,
@@ -288,7 +290,15 @@ impl BertModel {
             &inner,
             true,
         )?);
-        steps.extend(dense(d, &inner, &w.output.0, &w.output.1, &ffn, false)?);
+        steps.extend(dense(
+            gpu,
+            d,
+            &inner,
+            &w.output.0,
+            &w.output.1,
+            &ffn,
+            false,
+        )?);
         steps.push(bert::layer_norm(
             gpu,
             d,
@@ -320,13 +330,14 @@ pub fn check_weights(config: &BertConfig, bytes: &[u8]) -> Result<()> {
 
 /// `out = x · Wᵀ + b` (then GELU if `gelu`), with `W` stored `[out, in]`.
 fn dense<'a>(
+    gpu: &Gpu,
     d: &Dims,
     x: &'a Tensor,
     w: &'a Tensor,
     b: &'a Tensor,
     out: &'a Tensor,
     gelu: bool,
-) -> Result<[Step<'a>; 2]> {
+) -> Result<Vec<Step<'a>>> {
     let plan = matmul::plan(
         x.shape(),
         w.shape(),
@@ -336,10 +347,9 @@ fn dense<'a>(
         },
     )?;
     let width = w.shape()[0];
-    Ok([
-        matmul::step(&plan, x, w, out),
-        bert::bias_act(d, width, gelu, out, b)?,
-    ])
+    let mut steps = matmul::steps(gpu, &plan, x, w, out)?;
+    steps.push(bert::bias_act(d, width, gelu, out, b)?);
+    Ok(steps)
 }
 
 /// Mean of the first `len` token vectors of `hidden` (`[n, width]` row-major),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass, Tuning};
-use crate::pool::{Pool, Pooled};
+use crate::pool::{Pool, Pooled, PooledTexture};
 
 /// Which graphics API to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -266,13 +266,17 @@ pub(crate) enum Step<'a> {
     },
 }
 
+/// A pooled scratch texture, shared by the steps that write and read it.
+pub(crate) type Panels = Arc<PooledTexture>;
+
 /// A resource bound to one binding of a dispatch.
 pub(crate) enum Binding<'a> {
     /// A storage buffer, borrowed from a tensor the caller keeps alive.
     Buffer(&'a wgpu::Buffer),
     /// A storage texture (read-only or write-only, as the shader declares it).
-    /// Owned, so a step can carry the scratch textures it made.
-    Texture(wgpu::TextureView),
+    /// Shared, so a step can carry the scratch textures it made; they go
+    /// back to the pool when the last step holding them is dropped.
+    Texture(Panels),
 }
 
 impl<'a> From<&'a wgpu::Buffer> for Binding<'a> {
@@ -513,19 +517,21 @@ impl Gpu {
             .map(|r| r.total_allocated_bytes)
     }
 
-    /// How many GPU buffers this context has created. Buffers of dropped
-    /// tensors, uniforms and readback staging are reused, so repeating a call
-    /// with the same shapes leaves this unchanged.
-    pub fn buffers_created(&self) -> u64 {
+    /// How many GPU buffers and textures this context has created. Buffers
+    /// of dropped tensors, uniforms, readback staging and scratch textures
+    /// are reused, so repeating a call with the same shapes leaves this
+    /// unchanged.
+    pub fn allocations(&self) -> u64 {
         self.pool.created()
     }
 
-    /// Bytes held in free buffers kept for reuse (at most 1 GiB).
+    /// Bytes held in free buffers and textures kept for reuse (at most 1 GiB).
     pub fn pooled_bytes(&self) -> u64 {
         self.pool.free_bytes()
     }
 
-    /// Releases the free buffers kept for reuse, e.g. after a large one-off job.
+    /// Releases the free buffers and textures kept for reuse, e.g. after a
+    /// large one-off job.
     pub fn trim_pool(&self) {
         self.pool.trim();
     }
@@ -585,32 +591,11 @@ impl Gpu {
     }
 
     /// A scratch `rgba32float` 2D-array texture that kernels write and then
-    /// read as storage textures. Created outside an error scope, like tensors,
-    /// so that this stays synchronous; failures surface on the next call.
-    pub(crate) fn storage_texture(
-        &self,
-        width: u32,
-        height: u32,
-        layers: u32,
-    ) -> wgpu::TextureView {
-        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("panels"),
-            size: wgpu::Extent3d {
-                width,
-                height,
-                depth_or_array_layers: layers,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::STORAGE_BINDING,
-            view_formats: &[],
-        });
-        texture.create_view(&wgpu::TextureViewDescriptor {
-            dimension: Some(wgpu::TextureViewDimension::D2Array),
-            ..Default::default()
-        })
+    /// read as storage textures, from the pool. Created outside an error
+    /// scope, like tensors, so that this stays synchronous; failures surface
+    /// on the next call.
+    pub(crate) fn storage_texture(&self, width: u32, height: u32, layers: u32) -> Panels {
+        Arc::new(self.pool.take_texture(&self.device, width, height, layers))
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -827,7 +812,7 @@ impl Gpu {
                         binding: i as u32 + 1,
                         resource: match b {
                             Binding::Buffer(b) => b.as_entire_binding(),
-                            Binding::Texture(t) => wgpu::BindingResource::TextureView(t),
+                            Binding::Texture(t) => wgpu::BindingResource::TextureView(t.view()),
                         },
                     });
                 }

@@ -1,7 +1,9 @@
-//! Buffer reuse: a tensor hands its storage buffer back to its [`Gpu`]'s pool
-//! when its last handle drops, and the next buffer of the same byte size and
-//! usage is taken from there. Repeated calls of the same shapes therefore
-//! create no new GPU buffers (see [`Gpu::buffers_created`]).
+//! Buffer and texture reuse: a tensor hands its storage buffer back to its
+//! [`Gpu`]'s pool when its last handle drops, and the next buffer of the same
+//! byte size and usage is taken from there; the scratch textures of the
+//! texture matmul go back the same way once their steps are dropped.
+//! Repeated calls of the same shapes therefore create no new GPU buffers or
+//! textures (see [`Gpu::allocations`]).
 //!
 //! Written here because wgpu has no buffer pool of its own, and the pools in
 //! other crates belong to render-graph or frame-arena designs that do not fit
@@ -12,7 +14,7 @@
 //! previous owner.
 //!
 //! [`Gpu`]: crate::Gpu
-//! [`Gpu::buffers_created`]: crate::Gpu::buffers_created
+//! [`Gpu::allocations`]: crate::Gpu::allocations
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,11 +24,17 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 /// Free buffers above this many bytes in total are released instead of kept.
 const MAX_FREE_BYTES: u64 = 1 << 30;
 
-/// Free buffers by (size, usage bits).
+/// Free buffers by (size, usage bits), free textures by (width, height, layers).
 #[derive(Default)]
 struct Free {
     buffers: HashMap<(u64, u32), Vec<wgpu::Buffer>>,
+    textures: HashMap<(u32, u32, u32), Vec<wgpu::TextureView>>,
     bytes: u64,
+}
+
+/// Bytes of an `rgba32float` texture.
+fn texture_bytes((width, height, layers): (u32, u32, u32)) -> u64 {
+    u64::from(width) * u64::from(height) * u64::from(layers) * 16
 }
 
 /// The buffers a [`crate::Gpu`] has made and may hand out again.
@@ -77,6 +85,52 @@ impl Pool {
         )
     }
 
+    /// An `rgba32float` 2D-array storage texture, viewed as an array: a free
+    /// one if there is one, else a new one.
+    pub fn take_texture(
+        self: &Arc<Self>,
+        device: &wgpu::Device,
+        width: u32,
+        height: u32,
+        layers: u32,
+    ) -> PooledTexture {
+        let key = (width, height, layers);
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            let found = free.textures.get_mut(&key).and_then(Vec::pop);
+            if found.is_some() {
+                free.bytes -= texture_bytes(key);
+            }
+            found
+        };
+        let view = reused.unwrap_or_else(|| {
+            self.created.fetch_add(1, Ordering::Relaxed);
+            let texture = device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("panels"),
+                size: wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: layers,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::STORAGE_BINDING,
+                view_formats: &[],
+            });
+            texture.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2Array),
+                ..Default::default()
+            })
+        });
+        PooledTexture {
+            view,
+            key,
+            pool: Arc::downgrade(self),
+        }
+    }
+
     fn give(&self, buffer: wgpu::Buffer) {
         let size = buffer.size();
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
@@ -90,18 +144,28 @@ impl Pool {
             .push(buffer);
     }
 
-    /// Releases every free buffer.
+    fn give_texture(&self, key: (u32, u32, u32), view: wgpu::TextureView) {
+        let bytes = texture_bytes(key);
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.bytes + bytes > MAX_FREE_BYTES {
+            return;
+        }
+        free.bytes += bytes;
+        free.textures.entry(key).or_default().push(view);
+    }
+
+    /// Releases every free buffer and texture.
     pub fn trim(&self) {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         *free = Free::default();
     }
 
-    /// Buffers created so far (reuses not counted).
+    /// Buffers and textures created so far (reuses not counted).
     pub fn created(&self) -> u64 {
         self.created.load(Ordering::Relaxed)
     }
 
-    /// Bytes held in free buffers.
+    /// Bytes held in free buffers and textures.
     pub fn free_bytes(&self) -> u64 {
         self.free
             .lock()
@@ -142,5 +206,27 @@ impl fmt::Debug for Pooled {
         f.debug_struct("Pooled")
             .field("size", &self.buffer.size())
             .finish()
+    }
+}
+
+/// A scratch texture that goes back to its pool when the last step binding
+/// it is dropped.
+pub(crate) struct PooledTexture {
+    view: wgpu::TextureView,
+    key: (u32, u32, u32),
+    pool: Weak<Pool>,
+}
+
+impl PooledTexture {
+    pub fn view(&self) -> &wgpu::TextureView {
+        &self.view
+    }
+}
+
+impl Drop for PooledTexture {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_texture(self.key, self.view.clone());
+        }
     }
 }

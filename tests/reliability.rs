@@ -9,7 +9,7 @@ use common::{assert_close, on_every_gpu, Rng};
 use saobp::reference::{self, RefOptions};
 use saobp::{
     attention_blocking, matmul_blocking, softmax_blocking, AttentionOptions, Error, Gpu,
-    GpuOptions, Lambda, MatmulOptions, Mode, SoftmaxOptions, Tensor,
+    GpuOptions, Lambda, MatmulFamily, MatmulOptions, Mode, SoftmaxOptions, Tensor,
 };
 
 fn same_adapter(gpu: &Gpu) -> GpuOptions {
@@ -420,61 +420,70 @@ fn oversized_maps_run_in_chunks_of_heads() {
     });
 }
 
-/// Buffers of dropped tensors, uniforms and staging are reused: once a call
-/// has run, repeating it with the same shapes creates no GPU buffer at all.
+/// Buffers of dropped tensors, uniforms, staging and the texture matmul's
+/// panels are reused: once a call has run, repeating it with the same shapes
+/// creates no GPU buffer or texture at all, whichever matmul family runs.
 #[test]
-fn repeated_calls_of_the_same_shape_create_no_buffers() {
+fn repeated_calls_of_the_same_shape_allocate_nothing() {
     let (b, h, n, d) = (1, 2, 40, 8);
     let mut rng = Rng::new(67);
     let q = rng.vec(b * h * n * d, -1.0, 1.0);
     on_every_gpu("buffer reuse", |gpu| {
-        let call = |mode: Mode| {
-            let tq = Tensor::from_slice(gpu, &[b, h, n, d], &q).unwrap();
-            let opts = AttentionOptions {
-                lambda: Lambda::Scalar(0.5),
-                mode,
-                metrics: true,
-                return_attention: true,
-                ..Default::default()
+        for family in [
+            MatmulFamily::Buffer,
+            MatmulFamily::Tiled,
+            MatmulFamily::Texture,
+        ] {
+            let Ok(gpu) = Gpu::new_blocking(&GpuOptions {
+                matmul: Some(family),
+                ..same_adapter(gpu)
+            }) else {
+                panic!("{family:?}: cannot open the adapter again");
             };
-            let out = attention_blocking(gpu, &tq, &tq, &tq, &opts).unwrap();
-            let c = matmul_blocking(
-                gpu,
-                &tq,
-                &tq,
-                &MatmulOptions {
+            let gpu = &gpu;
+            let call = |mode: Mode| {
+                let tq = Tensor::from_slice(gpu, &[b, h, n, d], &q).unwrap();
+                let opts = AttentionOptions {
+                    lambda: Lambda::Scalar(0.5),
+                    mode,
+                    metrics: true,
+                    return_attention: true,
+                    ..Default::default()
+                };
+                let out = attention_blocking(gpu, &tq, &tq, &tq, &opts).unwrap();
+                let product = MatmulOptions {
                     trans_b: true,
                     ..Default::default()
-                },
-            )
-            .unwrap();
-            (
-                out.output.to_vec_blocking(gpu).unwrap(),
-                c.to_vec_blocking(gpu).unwrap(),
-            )
-        };
-        for mode in [Mode::Plain, Mode::Fused, Mode::Materialized] {
-            let first = call(mode);
-            let created = gpu.buffers_created();
-            for _ in 0..3 {
-                assert_eq!(call(mode), first, "{mode:?}: reused buffers change results");
+                };
+                let c = matmul_blocking(gpu, &tq, &tq, &product).unwrap();
+                (
+                    out.output.to_vec_blocking(gpu).unwrap(),
+                    c.to_vec_blocking(gpu).unwrap(),
+                )
+            };
+            for mode in [Mode::Plain, Mode::Fused, Mode::Materialized] {
+                let first = call(mode);
+                let created = gpu.allocations();
+                for _ in 0..3 {
+                    assert_eq!(
+                        call(mode),
+                        first,
+                        "{family:?} {mode:?}: reuse changes results"
+                    );
+                }
+                assert_eq!(
+                    gpu.allocations(),
+                    created,
+                    "{family:?} {mode:?}: repeated calls allocated"
+                );
             }
-            assert_eq!(
-                gpu.buffers_created(),
-                created,
-                "{mode:?}: repeated calls created buffers"
-            );
         }
         // A reused buffer handed out by `zeros` is cleared.
         let len = 1000;
         drop(Tensor::from_slice(gpu, &[len], &vec![7.0; len]).unwrap());
-        let created = gpu.buffers_created();
+        let created = gpu.allocations();
         let z = Tensor::zeros(gpu, &[len]).unwrap();
-        assert_eq!(
-            gpu.buffers_created(),
-            created,
-            "zeros did not reuse the buffer"
-        );
+        assert_eq!(gpu.allocations(), created, "zeros did not reuse the buffer");
         assert_eq!(z.to_vec_blocking(gpu).unwrap(), vec![0.0; len]);
         assert!(gpu.pooled_bytes() > 0);
         gpu.trim_pool();

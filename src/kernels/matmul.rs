@@ -28,7 +28,7 @@ use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Panels, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
@@ -647,7 +647,7 @@ impl PanelTexture {
         })
     }
 
-    fn create(&self, gpu: &Gpu) -> wgpu::TextureView {
+    fn create(&self, gpu: &Gpu) -> Panels {
         gpu.storage_texture(PANEL_WIDTH, 1 << self.layer_shift, self.layers)
     }
 }
@@ -726,7 +726,7 @@ fn texture_steps<'a>(
     };
     let a_panels = layout.a.create(gpu);
     let b_panels = layout.b.create(gpu);
-    let pack = |operand: u32, texels: u32, src: &'a Tensor, dst: &wgpu::TextureView| {
+    let pack = |operand: u32, texels: u32, src: &'a Tensor, dst: &Panels| {
         let params = TextureParams {
             operand,
             texels,

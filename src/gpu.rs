@@ -16,7 +16,7 @@ use std::time::Duration;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass, Tuning};
+use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass};
 
 /// Which graphics API to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -531,6 +531,7 @@ impl Gpu {
             .copied()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn set_tuned_matmul(&self, class: SizeClass, variant: MatmulVariant) {
         self.matmul_tuned
             .lock()
@@ -544,13 +545,13 @@ impl Gpu {
     /// Takes a few seconds on software adapters. `GpuOptions::matmul` still
     /// wins over the tuned choice. Native only (it needs a clock).
     #[cfg(not(target_arch = "wasm32"))]
-    pub async fn tune_matmul(&self) -> Result<Tuning> {
+    pub async fn tune_matmul(&self) -> Result<crate::kernels::matmul::Tuning> {
         crate::kernels::matmul::tune(self).await
     }
 
     /// Blocking form of [`Gpu::tune_matmul`].
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn tune_matmul_blocking(&self) -> Result<Tuning> {
+    pub fn tune_matmul_blocking(&self) -> Result<crate::kernels::matmul::Tuning> {
         pollster::block_on(self.tune_matmul())
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass, Tuning};
+use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass};
 use crate::pool::{Pool, Pooled, PooledTexture};
 
 /// Which graphics API to run on.
@@ -567,6 +567,7 @@ impl Gpu {
             .copied()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn set_tuned_matmul(&self, class: SizeClass, variant: MatmulVariant) {
         self.matmul_tuned
             .lock()
@@ -580,13 +581,13 @@ impl Gpu {
     /// Takes a few seconds on software adapters. `GpuOptions::matmul` still
     /// wins over the tuned choice. Native only (it needs a clock).
     #[cfg(not(target_arch = "wasm32"))]
-    pub async fn tune_matmul(&self) -> Result<Tuning> {
+    pub async fn tune_matmul(&self) -> Result<crate::kernels::matmul::Tuning> {
         crate::kernels::matmul::tune(self).await
     }
 
     /// Blocking form of [`Gpu::tune_matmul`].
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn tune_matmul_blocking(&self) -> Result<Tuning> {
+    pub fn tune_matmul_blocking(&self) -> Result<crate::kernels::matmul::Tuning> {
         pollster::block_on(self.tune_matmul())
     }
 

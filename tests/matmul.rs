@@ -255,3 +255,44 @@ fn unavailable_variants_are_typed_errors() {
         assert!(matmul_variant_blocking(gpu, &a, &b, &MatmulOptions::default(), sg).is_err());
     }
 }
+
+#[test]
+fn forced_family_and_tuned_choice_are_used() {
+    use saobp::{matmul_choice, Gpu, GpuOptions, MatmulFamily};
+    assert_eq!("Texture".parse::<MatmulFamily>(), Ok(MatmulFamily::Texture));
+    assert!(matches!(
+        "fast".parse::<MatmulFamily>(),
+        Err(saobp::Error::InvalidArgument(_))
+    ));
+    let plain = MatmulOptions::default();
+    let opts = GpuOptions::from_env().unwrap();
+    // Fresh contexts, so tuning does not change what the other tests run.
+    for gpu in Gpu::all_blocking(&opts) {
+        let gpu = gpu.unwrap();
+        let tuning = gpu.tune_matmul_blocking().unwrap();
+        assert!(!tuning.classes.is_empty());
+        for class in &tuning.classes {
+            let n = class.size;
+            assert_eq!(
+                matmul_choice(&gpu, &[n, n], &[n, n], &plain).unwrap(),
+                class.winner,
+                "{}: {class:?}",
+                gpu.adapter()
+            );
+        }
+        // The tuned variant computes the right product.
+        let mut rng = Rng::new(7);
+        check(&gpu, &mut rng, &[70, 90], &[90, 65], plain);
+    }
+    for family in [MatmulFamily::Buffer, MatmulFamily::Tiled] {
+        let forced = GpuOptions {
+            matmul: Some(family),
+            ..opts.clone()
+        };
+        for gpu in Gpu::all_blocking(&forced) {
+            let gpu = gpu.unwrap();
+            let v = matmul_choice(&gpu, &[512, 512], &[512, 512], &plain).unwrap();
+            assert_eq!(v.family(), family, "{}", gpu.adapter());
+        }
+    }
+}

@@ -827,7 +827,8 @@ async fn run(
 }
 
 /// [`matmul`] computed by `kernel` (the real `matmul_blocked`, or a
-/// deliberately wrong variant of it).
+/// deliberately wrong variant of it), for the conformance runner.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) async fn matmul_with(
     kernel: &'static Kernel,
     gpu: &Gpu,
@@ -886,6 +887,7 @@ pub struct Tuning {
 /// Candidates more than this many times slower than a class's winner are
 /// not timed at larger classes: on software adapters the slow families take
 /// seconds there.
+#[cfg(not(target_arch = "wasm32"))]
 const TUNE_DROP_RATIO: f64 = 4.0;
 
 #[cfg(not(target_arch = "wasm32"))]

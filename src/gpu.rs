@@ -158,6 +158,18 @@ impl AdapterSummary {
         self.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// The most loop iterations one shader invocation may run on this
+    /// adapter, where that is capped: llvmpipe (lavapipe and Mesa's GL)
+    /// counts every loop iteration of an invocation against one limiter of
+    /// 65,535 and then ends every loop early, silently. Kernels whose loops
+    /// grow with the problem split their work to stay under it.
+    pub fn loop_budget(&self) -> Option<u64> {
+        self.name
+            .to_ascii_lowercase()
+            .contains("llvmpipe")
+            .then_some(65_535)
+    }
+
     /// Lower is preferred by [`BackendChoice::Auto`]: hardware before software,
     /// then Vulkan/Metal/DX12 before GL.
     fn auto_rank(&self) -> (u8, u8) {

@@ -296,3 +296,37 @@ fn forced_family_and_tuned_choice_are_used() {
         }
     }
 }
+
+/// llvmpipe ends every loop of an invocation once it has run 65,535 loop
+/// iterations, silently. Long products must still be exact: the default
+/// choice moves to a variant that fits the budget, and a forced variant that
+/// does not fit is refused with the limit named, never computed wrong.
+#[test]
+fn long_inner_dimension_is_exact_or_refused() {
+    on_every_gpu("long K", |gpu| {
+        let k = 70_000;
+        let ones = vec![1.0; 4 * k];
+        let a = Tensor::from_slice(gpu, &[4, k], &ones).unwrap();
+        let b = Tensor::from_slice(gpu, &[k, 4], &ones).unwrap();
+        let opts = MatmulOptions::default();
+        let c = matmul_blocking(gpu, &a, &b, &opts).unwrap();
+        assert_eq!(c.to_vec_blocking(gpu).unwrap(), vec![k as f32; 16]);
+        for variant in MatmulVariant::available(gpu) {
+            match matmul_variant_blocking(gpu, &a, &b, &opts, variant) {
+                Ok(c) => assert_eq!(
+                    c.to_vec_blocking(gpu).unwrap(),
+                    vec![k as f32; 16],
+                    "{variant} at K = {k}"
+                ),
+                Err(saobp::Error::Limit { limit_name, .. }) => {
+                    assert!(
+                        gpu.adapter().loop_budget().is_some(),
+                        "{variant}: {limit_name}"
+                    );
+                    assert!(limit_name.contains("loop iterations"), "{limit_name}");
+                }
+                Err(e) => panic!("{variant} at K = {k}: {e}"),
+            }
+        }
+    });
+}

@@ -241,6 +241,50 @@ impl MatmulVariant {
     }
 
     /// A typed error when `gpu` cannot run this variant at all.
+    /// The longest K this variant computes within the adapter's loop budget
+    /// (see [`AdapterSummary::loop_budget`](crate::AdapterSummary::loop_budget)),
+    /// measured on llvmpipe with a margin: the buffer kernel runs one loop
+    /// iteration per k, the texture kernels one per four, and the tiled ones
+    /// up to several, since their inner loops are not always unrolled.
+    fn max_k(self, budget: u64) -> u64 {
+        let per_k_scaled = match self {
+            MatmulVariant::Buffer => 1.1,
+            MatmulVariant::Tiled(TiledTile::T64) => 2.2,
+            MatmulVariant::Tiled(TiledTile::T128) => 13.0,
+            MatmulVariant::Texture { .. } => 0.275,
+        };
+        (budget as f64 / per_k_scaled) as u64
+    }
+
+    /// [`Error::Limit`] when K is beyond what this variant computes within
+    /// the adapter's loop budget: past it the results would be silently wrong.
+    fn check_k(self, gpu: &Gpu, plan: &MatmulPlan) -> Result<()> {
+        let Some(budget) = gpu.adapter().loop_budget() else {
+            return Ok(());
+        };
+        let k = u64::from(plan.params.k);
+        let max = self.max_k(budget);
+        if k <= max {
+            return Ok(());
+        }
+        Err(Error::Limit {
+            what: format!("a product with K = {k} by matmul variant {self}"),
+            needed: k,
+            limit_name: "K within llvmpipe's 65,535 loop iterations per invocation",
+            limit: max,
+        })
+    }
+
+    fn uses_subgroups(self) -> bool {
+        matches!(
+            self,
+            MatmulVariant::Texture {
+                subgroups: true,
+                ..
+            }
+        )
+    }
+
     fn check(self, gpu: &Gpu) -> Result<()> {
         if let MatmulVariant::Texture { group_rows, .. } = self {
             if ![1, 2, 4, 8].contains(&group_rows) {
@@ -526,16 +570,25 @@ pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> MatmulVariant {
         MatmulVariant::default_of(gpu, MatmulFamily::Tiled)
     };
     let usable = wanted.check(gpu).is_ok()
+        && wanted.check_k(gpu, plan).is_ok()
         && match wanted {
             MatmulVariant::Texture { subgroups, .. } => {
                 TextureLayout::new(gpu, plan, subgroups).is_ok()
             }
             _ => true,
         };
+    let texture = MatmulVariant::default_of(gpu, MatmulFamily::Texture);
     if usable {
         wanted
     } else if !gpu.adapter().is_software() && tiled_fits(gpu) {
         MatmulVariant::Tiled(TiledTile::T64)
+    } else if MatmulVariant::Buffer.check_k(gpu, plan).is_err()
+        && texture.check(gpu).is_ok()
+        && texture.check_k(gpu, plan).is_ok()
+        && TextureLayout::new(gpu, plan, texture.uses_subgroups()).is_ok()
+    {
+        // The longest products fit the loop budget only four k per iteration.
+        texture
     } else {
         MatmulVariant::Buffer
     }
@@ -562,6 +615,7 @@ fn steps_for<'a>(
     c: &'a Tensor,
 ) -> Result<Vec<Step<'a>>> {
     variant.check(gpu)?;
+    variant.check_k(gpu, plan)?;
     if plan.work() == 0 {
         // Empty panels would be empty textures; the buffer kernel handles K = 0.
         return Ok(vec![step_with(&MATMUL_BLOCKED, plan, a, b, c)]);

@@ -86,8 +86,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
         return Err(format!(
             "--json needs per-head metrics, which the {} mode does not compute; use plain or fused",
             args.mode
-        )
-        .into());
+        ));
     }
     let bytes = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;

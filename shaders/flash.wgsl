@@ -7,9 +7,22 @@
 // On the software adapters a storage load costs about a hundred arithmetic
 // operations, so these kernels are built around loads, not flops: each
 // invocation owns ROWS consecutive query rows, keeps their q (and k) rows and
-// output accumulators in private memory, and walks the keys once. Every k, q,
-// v or u value it loads feeds ROWS multiply-adds. Consecutive rows keep the
-// causal key range of an invocation tight.
+// output accumulators in private memory, and walks the keys. Every k, q, v or
+// u value it loads feeds ROWS multiply-adds. Consecutive rows keep the causal
+// key range of an invocation tight.
+//
+// Key ranges: one dispatch covers the keys [key_begin, key_end); the host
+// splits the keys over several dispatches and the running state (the online
+// softmax's max, sum and entropy term, the diagonal score, the accumulators)
+// waits in the output buffers in between. The first range starts the state,
+// the last one (key_end = n) finishes the rows. Why: llvmpipe (lavapipe and
+// llvmpipe GL) gives each shader invocation one budget of 65,535 loop
+// iterations for all its loops together (every back-edge of a loop NIR did
+// not unroll counts; the ROWS loops are unrolled, the loops over d, dv and
+// the keys are not). Past it every loop quietly stops after its current
+// iteration: no error, just wrong numbers in every row. v1 walked all keys in
+// one dispatch, about n (d + dv + 1) iterations, and broke near n = 500 at
+// d = dv = 64. The host sizes the ranges to stay well under the budget.
 //
 // Versions:
 //   flash_forward  v1: pass 1. Online softmax one key at a time (a rescale per
@@ -18,13 +31,22 @@
 //                  T = sum e_j (s_j - max), H = ln L - T / L, both terms >= 0,
 //                  rescaled with the running max like L), a_i = A_ii, r_i,
 //                  lse_i = max + ln L and the key's mask bit.
+//                  v2: one key range per dispatch (above); between ranges the
+//                  unnormalized O waits in `out`, (max, L, T) in `stats` and
+//                  the diagonal score in `keys`.
 //   flash_values   v1: U_k = Y_k - a_k V_k, elementwise.
+//                  v2: U'_k = [Y_k - a_k V_k | r_k - a_k], one column wider,
+//                  as in saobp.wgsl, so A U' also gives m's first term.
 //   flash_refine   v1: pass 2 (SAOBP form (b)). Recomputes A_ik from the row's
 //                  lse to accumulate (A U)_i and sum_k A_ik (r_k - a_k), and
 //                  the mirrored A_ki = exp(scale q_k . k_i - lse_k) for
 //                  c_i = sum_{k != i} A_ik A_ki (skipped when causal: there
-//                  A_ik A_ki = 0 unless k = i). Writes (A U), m and the
-//                  (a, r, c) stats that saobp.wgsl's fused_output reads.
+//                  A_ik A_ki = 0 unless k = i). Wrote (A U), m and the
+//                  (a, r, c) stats.
+//                  v2: one key range per dispatch; writes A U' ([.., dv + 1],
+//                  its last column sum_k A_ik (r_k - a_k)) and (a, r, c), the
+//                  inputs of saobp.wgsl's fused_output, which now forms m.
+//                  Between ranges A U' and c wait in the outputs.
 // ROWS and DMAX (the largest d and dv) are replaced by the host per variant.
 
 struct Params {
@@ -38,16 +60,18 @@ struct Params {
     scale: f32,
     // Workgroups per matrix: ceil(n / (WG * ROWS)).
     groups: u32,
+    // The keys of this dispatch: [key_begin, key_end).
+    key_begin: u32,
+    key_end: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 
 const ROWS: u32 = 8u;
 const DMAX: u32 = 64u;
-
+// Row stride of the private A U' accumulators: dv + 1 columns.
+const WMAX: u32 = DMAX + 1u;
 
 // The first row of an invocation's block, and its matrix; n rows past the end
 // when the invocation has no rows.
@@ -63,16 +87,25 @@ fn block_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Block {
     return Block(g, i0);
 }
 
+// The end of the keys this dispatch gives a block of `rows` rows from i0:
+// under causal masking no row of it attends past i0 + rows - 1.
+fn key_end_of(i0: u32, rows: u32) -> u32 {
+    return select(p.key_end, min(p.key_end, i0 + rows), p.causal != 0u);
+}
+
 // ---- flash_forward ----------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> ff_q: array<f32>;
 @group(0) @binding(2) var<storage, read> ff_k: array<f32>;
 @group(0) @binding(3) var<storage, read> ff_v: array<f32>;
 @group(0) @binding(4) var<storage, read> ff_mask: array<f32>;
+// [matrices * n, dv]: O; unnormalized until the last key range.
 @group(0) @binding(5) var<storage, read_write> ff_out: array<f32>;
-// [matrices * n, 3]: max, sum, entropy.
+// [matrices * n, 3]: max, sum, entropy; before the last key range the
+// entropy slot holds the running T.
 @group(0) @binding(6) var<storage, read_write> ff_stats: array<f32>;
-// [matrices * n, 4]: a_i, r_i, lse_i, keep_i (key i's mask bit).
+// [matrices * n, 4]: a_i, r_i, lse_i, keep_i (key i's mask bit); before the
+// last key range the a_i slot holds the diagonal score.
 @group(0) @binding(7) var<storage, read_write> ff_keys: array<f32>;
 
 fn ff_keep(b: u32, j: u32) -> bool {
@@ -93,12 +126,21 @@ fn flash_forward(
     let i0 = blk.i0;
     let b = g / p.heads;
     let rows = min(ROWS, p.n - i0);
+    let first = p.key_begin == 0u;
+    let last = p.key_end == p.n;
+    let kend = key_end_of(i0, rows);
+    // A causal block whose keys all lie before this range: its state waits.
+    if (p.key_begin >= kend && !first && !last) {
+        return;
+    }
 
     var q: array<f32, ROWS * DMAX>;
-    for (var r = 0u; r < rows; r = r + 1u) {
-        let base = (g * p.n + i0 + r) * p.d;
-        for (var c = 0u; c < p.d; c = c + 1u) {
-            q[r * DMAX + c] = ff_q[base + c];
+    if (p.key_begin < kend) {
+        for (var r = 0u; r < rows; r = r + 1u) {
+            let base = (g * p.n + i0 + r) * p.d;
+            for (var c = 0u; c < p.d; c = c + 1u) {
+                q[r * DMAX + c] = ff_q[base + c];
+            }
         }
     }
     var o: array<f32, ROWS * DMAX>;
@@ -107,9 +149,20 @@ fn flash_forward(
     var l: array<f32, ROWS>;
     var t: array<f32, ROWS>;
     var sdiag: array<f32, ROWS>;
+    if (!first) {
+        for (var r = 0u; r < rows; r = r + 1u) {
+            let row = g * p.n + i0 + r;
+            for (var c = 0u; c < p.dv; c = c + 1u) {
+                o[r * DMAX + c] = ff_out[row * p.dv + c];
+            }
+            m[r] = ff_stats[3u * row];
+            l[r] = ff_stats[3u * row + 1u];
+            t[r] = ff_stats[3u * row + 2u];
+            sdiag[r] = ff_keys[4u * row];
+        }
+    }
 
-    let kend = select(p.n, i0 + rows, p.causal != 0u);
-    for (var j = 0u; j < kend; j = j + 1u) {
+    for (var j = p.key_begin; j < kend; j = j + 1u) {
         if (!ff_keep(b, j)) {
             continue;
         }
@@ -127,10 +180,10 @@ fn flash_forward(
             let i = i0 + r;
             let sc = p.scale * s[r];
             let valid = r < rows && (p.causal == 0u || j <= i);
-            let first = l[r] == 0.0;
-            let m_new = select(max(m[r], sc), sc, first);
+            let fresh = l[r] == 0.0;
+            let m_new = select(max(m[r], sc), sc, fresh);
             // min(., 0) keeps exp finite whatever the first score was.
-            let a = select(exp(min(m[r] - m_new, 0.0)), 0.0, first);
+            let a = select(exp(min(m[r] - m_new, 0.0)), 0.0, fresh);
             let ex = exp(sc - m_new);
             let t_new = a * (t[r] + l[r] * (m[r] - m_new)) + ex * (sc - m_new);
             alpha[r] = select(1.0, a, valid);
@@ -155,6 +208,16 @@ fn flash_forward(
 
     for (var r = 0u; r < rows; r = r + 1u) {
         let row = g * p.n + i0 + r;
+        if (!last) {
+            for (var c = 0u; c < p.dv; c = c + 1u) {
+                ff_out[row * p.dv + c] = o[r * DMAX + c];
+            }
+            ff_stats[3u * row] = m[r];
+            ff_stats[3u * row + 1u] = l[r];
+            ff_stats[3u * row + 2u] = t[r];
+            ff_keys[4u * row] = sdiag[r];
+            continue;
+        }
         let filled = l[r] > 0.0;
         let inv = select(0.0, 1.0 / l[r], filled);
         for (var c = 0u; c < p.dv; c = c + 1u) {
@@ -176,6 +239,7 @@ fn flash_forward(
 @group(0) @binding(1) var<storage, read> fv_y: array<f32>;
 @group(0) @binding(2) var<storage, read> fv_v: array<f32>;
 @group(0) @binding(3) var<storage, read> fv_keys: array<f32>;
+// [matrices * n, dv + 1]: U'.
 @group(0) @binding(4) var<storage, read_write> fv_u: array<f32>;
 
 @compute @workgroup_size(64)
@@ -184,24 +248,33 @@ fn flash_values(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    let width = p.dv + 1u;
     let idx = element_id(wid, nwg, lid);
-    if (idx >= p.matrices * p.n * p.dv) {
+    if (idx >= p.matrices * p.n * width) {
         return;
     }
-    let row = idx / p.dv;
-    fv_u[idx] = fv_y[idx] - fv_keys[4u * row] * fv_v[idx];
+    let row = idx / width;
+    let col = idx % width;
+    let a = fv_keys[4u * row];
+    if (col == p.dv) {
+        fv_u[idx] = fv_keys[4u * row + 1u] - a;
+    } else {
+        fv_u[idx] = fv_y[row * p.dv + col] - a * fv_v[row * p.dv + col];
+    }
 }
 
 // ---- flash_refine -----------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> fr_q: array<f32>;
 @group(0) @binding(2) var<storage, read> fr_k: array<f32>;
+// U' [matrices * n, dv + 1].
 @group(0) @binding(3) var<storage, read> fr_u: array<f32>;
 @group(0) @binding(4) var<storage, read> fr_keys: array<f32>;
+// A U' [matrices * n, dv + 1]; partial sums until the last key range.
 @group(0) @binding(5) var<storage, read_write> fr_au: array<f32>;
-// [matrices * n, 3]: a_i, r_i, c_i, as saobp.wgsl's fused_output reads them.
+// [matrices * n, 3]: a_i, r_i, c_i, as saobp.wgsl's fused_output reads them;
+// before the last key range only the partial c_i.
 @group(0) @binding(6) var<storage, read_write> fr_stats: array<f32>;
-@group(0) @binding(7) var<storage, read_write> fr_mass: array<f32>;
 
 @compute @workgroup_size(64)
 fn flash_refine(
@@ -217,6 +290,14 @@ fn flash_refine(
     let i0 = blk.i0;
     let rows = min(ROWS, p.n - i0);
     let mirror = p.causal == 0u;
+    let width = p.dv + 1u;
+    let first = p.key_begin == 0u;
+    let last = p.key_end == p.n;
+    let kend = key_end_of(i0, rows);
+    if (p.key_begin >= kend && !first && !last) {
+        return;
+    }
+    let busy = p.key_begin < kend;
 
     var q: array<f32, ROWS * DMAX>;
     var kr: array<f32, ROWS * DMAX>;
@@ -224,28 +305,33 @@ fn flash_refine(
     // Rows with no valid key, and keys i no query may attend, take no part.
     var live: array<bool, ROWS>;
     var keep: array<bool, ROWS>;
+    var au: array<f32, ROWS * WMAX>;
+    var cc: array<f32, ROWS>;
     for (var r = 0u; r < rows; r = r + 1u) {
         let row = g * p.n + i0 + r;
         let base = row * p.d;
-        for (var c = 0u; c < p.d; c = c + 1u) {
-            q[r * DMAX + c] = fr_q[base + c];
-        }
-        if (mirror) {
+        if (busy) {
             for (var c = 0u; c < p.d; c = c + 1u) {
-                kr[r * DMAX + c] = fr_k[base + c];
+                q[r * DMAX + c] = fr_q[base + c];
             }
+            if (mirror) {
+                for (var c = 0u; c < p.d; c = c + 1u) {
+                    kr[r * DMAX + c] = fr_k[base + c];
+                }
+            }
+        }
+        if (!first) {
+            for (var c = 0u; c < width; c = c + 1u) {
+                au[r * WMAX + c] = fr_au[row * width + c];
+            }
+            cc[r] = fr_stats[3u * row + 2u];
         }
         live[r] = fr_keys[4u * row + 1u] != 0.0;
         lse[r] = fr_keys[4u * row + 2u];
         keep[r] = fr_keys[4u * row + 3u] != 0.0;
     }
-    var au: array<f32, ROWS * DMAX>;
-    // sum_k A_ik (r_k - a_k), and c_i.
-    var acc: array<f32, ROWS>;
-    var cc: array<f32, ROWS>;
 
-    let kend = select(p.n, i0 + rows, p.causal != 0u);
-    for (var k = 0u; k < kend; k = k + 1u) {
+    for (var k = p.key_begin; k < kend; k = k + 1u) {
         let key = g * p.n + k;
         if (fr_keys[4u * key + 3u] == 0.0) {
             continue;
@@ -264,11 +350,6 @@ fn flash_refine(
             // exp(min(., 0)): A_ik <= 1 exactly, so rounding cannot overflow.
             w[r] = select(0.0, exp(min(p.scale * s[r] - lse[r], 0.0)), valid);
         }
-        let a_k = fr_keys[4u * key];
-        let r_k = fr_keys[4u * key + 1u];
-        for (var r = 0u; r < ROWS; r = r + 1u) {
-            acc[r] = acc[r] + w[r] * (r_k - a_k);
-        }
         if (mirror) {
             var sm: array<f32, ROWS>;
             let qb = key * p.d;
@@ -285,25 +366,25 @@ fn flash_refine(
                 cc[r] = cc[r] + select(0.0, w[r] * a_ki, pair);
             }
         }
-        let ub = key * p.dv;
-        for (var c = 0u; c < p.dv; c = c + 1u) {
+        // U' carries r_k - a_k in its last column: sum_k A_ik (r_k - a_k) comes along.
+        let ub = key * width;
+        for (var c = 0u; c < width; c = c + 1u) {
             let uv = fr_u[ub + c];
             for (var r = 0u; r < ROWS; r = r + 1u) {
-                au[r * DMAX + c] = au[r * DMAX + c] + w[r] * uv;
+                au[r * WMAX + c] = au[r * WMAX + c] + w[r] * uv;
             }
         }
     }
 
     for (var r = 0u; r < rows; r = r + 1u) {
         let row = g * p.n + i0 + r;
-        for (var c = 0u; c < p.dv; c = c + 1u) {
-            fr_au[row * p.dv + c] = au[r * DMAX + c];
+        for (var c = 0u; c < width; c = c + 1u) {
+            fr_au[row * width + c] = au[r * WMAX + c];
         }
-        let a = fr_keys[4u * row];
-        let ri = fr_keys[4u * row + 1u];
-        fr_stats[3u * row] = a;
-        fr_stats[3u * row + 1u] = ri;
         fr_stats[3u * row + 2u] = cc[r];
-        fr_mass[row] = max(acc[r] - a * (ri - a) - cc[r], 0.0);
+        if (last) {
+            fr_stats[3u * row] = fr_keys[4u * row];
+            fr_stats[3u * row + 1u] = fr_keys[4u * row + 1u];
+        }
     }
 }

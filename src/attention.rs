@@ -466,24 +466,16 @@ async fn attention_streaming(
         )));
     }
     let lambda_values = opts.lambda.per_head(shape.heads)?;
-    let plan = flash::plan(shape, opts.causal, opts.key_mask.is_some())?;
+    let software = gpu.adapter().is_software();
+    let plan = flash::plan(shape, opts.causal, opts.key_mask.is_some(), software)?;
     let rows = shape.batch * shape.heads * shape.n;
-    let y = Tensor::zeros(gpu, &shape.output_shape())?;
-    let row_stats = Tensor::zeros(gpu, &[shape.batch, shape.heads, shape.n, 3])?;
-    let keys = Tensor::zeros(gpu, &[rows, 4])?;
-    let mut steps = vec![flash::forward(
-        gpu,
-        &plan,
-        q,
-        k,
-        v,
-        opts.key_mask,
-        &y,
-        &row_stats,
-        &keys,
-    )];
+    let y = Tensor::scratch(gpu, &shape.output_shape())?;
+    let row_stats = Tensor::scratch(gpu, &[shape.batch, shape.heads, shape.n, 3])?;
+    let keys = Tensor::scratch(gpu, &[rows, 4])?;
+    let mut steps = flash::forward(gpu, &plan, q, k, v, opts.key_mask, &y, &row_stats, &keys);
     if mode == Mode::Flash {
         gpu.run(&steps).await?;
+        drop(steps);
         return Ok(AttentionOutput {
             output: y,
             attention: None,
@@ -493,15 +485,16 @@ async fn attention_streaming(
             row_stats: Some(row_stats),
         });
     }
-    let u = Tensor::zeros(gpu, &shape.output_shape())?;
-    let au = Tensor::zeros(gpu, &shape.output_shape())?;
-    let stats = Tensor::zeros(gpu, &[rows, 3])?;
-    let mass = Tensor::zeros(gpu, &shape.row_shape())?;
-    let output = Tensor::zeros(gpu, &shape.output_shape())?;
+    let wide = [shape.batch, shape.heads, shape.n, shape.dv + 1];
+    let u = Tensor::scratch(gpu, &wide)?;
+    let au = Tensor::scratch(gpu, &wide)?;
+    let stats = Tensor::scratch(gpu, &[rows, 3])?;
+    let mass = Tensor::scratch(gpu, &shape.row_shape())?;
+    let output = Tensor::scratch(gpu, &shape.output_shape())?;
     let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
     let out_plan = saobp::plan(shape.batch * shape.heads, shape.heads, shape.n, shape.dv)?;
     steps.push(flash::values(&plan, &y, v, &keys, &u));
-    steps.push(flash::refine(&plan, q, k, &u, &keys, &au, &stats, &mass));
+    steps.extend(flash::refine(&plan, q, k, &u, &keys, &au, &stats));
     steps.push(saobp::fused_output(
         &out_plan, &y, v, &au, &stats, &mass, &lambda, &output,
     ));

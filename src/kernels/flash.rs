@@ -34,6 +34,12 @@ const WG: usize = 64;
 /// The widest `D` and `Dv` the kernels hold in private memory (`DMAX`).
 pub const MAX_HEAD_DIM: usize = 64;
 
+/// Loop iterations one invocation may spend per dispatch on the software
+/// adapters. llvmpipe (lavapipe, llvmpipe GL) stops every loop of an
+/// invocation, silently, once all its loops together have iterated 65,535
+/// times; this leaves room for what the count below does not see.
+const SOFTWARE_LOOP_BUDGET: usize = 40_000;
+
 /// Mirrors `Params` in `shaders/flash.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -47,7 +53,9 @@ pub(crate) struct FlashParams {
     has_mask: u32,
     scale: f32,
     groups: u32,
-    _pad: [u32; 3],
+    key_begin: u32,
+    key_end: u32,
+    _pad: u32,
 }
 
 /// One streaming problem, checked.
@@ -56,12 +64,53 @@ pub(crate) struct Plan {
     params: FlashParams,
     /// Workgroups of the row-block kernels.
     blocks: u64,
-    /// `B·H·N·Dv`.
-    elements: usize,
+    /// `B·H·N·(Dv + 1)`: elements of `U'`.
+    wide_elements: usize,
+    /// Keys per dispatch of pass 1 and of pass 2.
+    forward_keys: usize,
+    refine_keys: usize,
 }
 
-/// Checks that the kernels can hold `D` and `Dv` and sizes the dispatches.
-pub(crate) fn plan(shape: &AttentionShape, causal: bool, has_mask: bool) -> Result<Plan> {
+/// Keys per dispatch of `flash_forward` and `flash_refine`, so that no
+/// invocation comes near llvmpipe's loop budget (see `shaders/flash.wgsl`).
+/// The counts follow the shaders' loops that NIR does not unroll: per key
+/// one trip of the key loop, `d` for the scores (`2d` with the mirrored
+/// scores of pass 2 when not causal) and `dv` (`dv + 1`) for the values; per
+/// dispatch the loads of q (and k) and the state loaded and stored around
+/// the key range. Hardware adapters have no such budget: one dispatch covers
+/// every key.
+fn keys_per_dispatch(
+    n: usize,
+    d: usize,
+    dv: usize,
+    causal: bool,
+    software: bool,
+) -> (usize, usize) {
+    if !software {
+        return (n.max(1), n.max(1));
+    }
+    let mirror = usize::from(!causal);
+    let forward_fixed = ROWS * (1 + d + 2 * (dv + 1));
+    let forward_key = 1 + d + dv;
+    let refine_fixed = ROWS * (1 + d * (1 + mirror) + 2 * (dv + 2));
+    let refine_key = 1 + d * (1 + mirror) + dv + 1;
+    let keys = |fixed: usize, per_key: usize| {
+        (SOFTWARE_LOOP_BUDGET.saturating_sub(fixed) / per_key).clamp(1, n.max(1))
+    };
+    (
+        keys(forward_fixed, forward_key),
+        keys(refine_fixed, refine_key),
+    )
+}
+
+/// Checks that the kernels can hold `D` and `Dv` and sizes the dispatches;
+/// `software` says whether the adapter is a CPU one (see [`keys_per_dispatch`]).
+pub(crate) fn plan(
+    shape: &AttentionShape,
+    causal: bool,
+    has_mask: bool,
+    software: bool,
+) -> Result<Plan> {
     if shape.d > MAX_HEAD_DIM || shape.dv > MAX_HEAD_DIM {
         return Err(Error::invalid(format!(
             "the flash and streaming modes support D and Dv up to {MAX_HEAD_DIM}, got D = {} and \
@@ -71,6 +120,8 @@ pub(crate) fn plan(shape: &AttentionShape, causal: bool, has_mask: bool) -> Resu
     }
     let matrices = shape.batch * shape.heads;
     let groups = shape.n.div_ceil(WG * ROWS);
+    let (forward_keys, refine_keys) =
+        keys_per_dispatch(shape.n, shape.d, shape.dv, causal, software);
     Ok(Plan {
         params: FlashParams {
             matrices: to_u32("matrices", matrices)?,
@@ -82,29 +133,57 @@ pub(crate) fn plan(shape: &AttentionShape, causal: bool, has_mask: bool) -> Resu
             has_mask: has_mask.into(),
             scale: shape.scale,
             groups: to_u32("workgroups per matrix", groups)?,
-            _pad: [0; 3],
+            key_begin: 0,
+            key_end: to_u32("N", shape.n)?,
+            _pad: 0,
         },
         blocks: (matrices * groups) as u64,
-        elements: matrices * shape.n * shape.dv,
+        wide_elements: matrices * shape.n * (shape.dv + 1),
+        forward_keys,
+        refine_keys,
     })
 }
 
 fn dispatch<'a>(
-    plan: &Plan,
+    params: &FlashParams,
     kernel: &'static Kernel,
     buffers: Vec<&'a wgpu::Buffer>,
     workgroups: u64,
 ) -> Step<'a> {
     Step::Dispatch(Dispatch {
         kernel,
-        params: bytemuck::bytes_of(&plan.params).to_vec(),
+        params: bytemuck::bytes_of(params).to_vec(),
         buffers,
         workgroups,
     })
 }
 
+/// One dispatch of `kernel` per range of `keys` keys, in order.
+fn key_ranges<'a>(
+    plan: &Plan,
+    kernel: &'static Kernel,
+    buffers: &[&'a wgpu::Buffer],
+    keys: usize,
+) -> Vec<Step<'a>> {
+    let n = plan.params.n;
+    // `keys` is at most N (see `keys_per_dispatch`), so it fits in u32.
+    let step = u32::try_from(keys).unwrap_or(n).max(1);
+    (0..n)
+        .step_by(step as usize)
+        .map(|begin| {
+            let params = FlashParams {
+                key_begin: begin,
+                key_end: begin.saturating_add(step).min(n),
+                ..plan.params
+            };
+            dispatch(&params, kernel, buffers.to_vec(), plan.blocks)
+        })
+        .collect()
+}
+
 /// Pass 1: `out = A·V` (`[B, H, N, Dv]`), `row_stats` (`[B, H, N, 3]`: max,
-/// sum, entropy) and `keys` (`[B·H·N, 4]`: `a_i`, `r_i`, log-sum-exp, mask bit).
+/// sum, entropy) and `keys` (`[B·H·N, 4]`: `a_i`, `r_i`, log-sum-exp, mask bit),
+/// in one dispatch per key range. Writes every element of the three.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<'a>(
     gpu: &'a Gpu,
@@ -116,9 +195,9 @@ pub(crate) fn forward<'a>(
     out: &'a Tensor,
     row_stats: &'a Tensor,
     keys: &'a Tensor,
-) -> Step<'a> {
+) -> Vec<Step<'a>> {
     let mask = mask.map_or(gpu.placeholder(), Tensor::buffer);
-    let buffers = vec![
+    let buffers = [
         q.buffer(),
         k.buffer(),
         v.buffer(),
@@ -127,10 +206,10 @@ pub(crate) fn forward<'a>(
         row_stats.buffer(),
         keys.buffer(),
     ];
-    dispatch(plan, &FLASH_FORWARD, buffers, plan.blocks)
+    key_ranges(plan, &FLASH_FORWARD, &buffers, plan.forward_keys)
 }
 
-/// `U = Y − a ⊙ V` from pass 1's output and `keys`.
+/// `U' = [Y − a ⊙ V | r − a]` (`[B·H·N, Dv + 1]`) from pass 1's output and `keys`.
 pub(crate) fn values<'a>(
     plan: &Plan,
     y: &'a Tensor,
@@ -140,16 +219,16 @@ pub(crate) fn values<'a>(
 ) -> Step<'a> {
     let buffers = vec![y.buffer(), v.buffer(), keys.buffer(), u.buffer()];
     dispatch(
-        plan,
+        &plan.params,
         &FLASH_VALUES,
         buffers,
-        elementwise_groups(plan.elements),
+        elementwise_groups(plan.wide_elements),
     )
 }
 
-/// Pass 2: `au = A·U`, the SAOBP row stats `(a, r, c)` (`[B·H·N, 3]`, as
-/// [`super::saobp::fused_output`] reads them) and the multi-hop mass `m`.
-#[allow(clippy::too_many_arguments)]
+/// Pass 2: `au = A·U'` (`[B·H·N, Dv + 1]`) and the SAOBP row stats
+/// `(a, r, c)` (`[B·H·N, 3]`), as [`super::saobp::fused_output`] reads them,
+/// in one dispatch per key range. Writes every element of both.
 pub(crate) fn refine<'a>(
     plan: &Plan,
     q: &'a Tensor,
@@ -158,16 +237,14 @@ pub(crate) fn refine<'a>(
     keys: &'a Tensor,
     au: &'a Tensor,
     stats: &'a Tensor,
-    mass: &'a Tensor,
-) -> Step<'a> {
-    let buffers = vec![
+) -> Vec<Step<'a>> {
+    let buffers = [
         q.buffer(),
         k.buffer(),
         u.buffer(),
         keys.buffer(),
         au.buffer(),
         stats.buffer(),
-        mass.buffer(),
     ];
-    dispatch(plan, &FLASH_REFINE, buffers, plan.blocks)
+    key_ranges(plan, &FLASH_REFINE, &buffers, plan.refine_keys)
 }

@@ -2,11 +2,14 @@
 //! scores → softmax → (messages → refine | fused output) → output → metrics.
 //!
 //! Everything is recorded into one submission; only the per-head summaries
-//! are downloaded, never an N×N map unless the caller asks for it.
+//! are downloaded, never an N×N map unless the caller asks for it. The
+//! streaming modes ([`Mode::Flash`], [`Mode::Streaming`]) go another way:
+//! two passes over the keys per query block, with no N×N buffer at all.
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{map_steps, AttentionShape};
+use crate::kernels::flash;
 use crate::kernels::matmul::{self, MatmulOptions};
 use crate::kernels::metrics::{MapMetrics, MetricsJob, METRIC_COUNT};
 use crate::kernels::saobp::{self, Lambda};
@@ -22,6 +25,24 @@ pub enum Mode {
     Fused,
     /// SAOBP with `M` explicit (N³ per head): `R = (A + λM)/(1 + λm)`, `O = R·V`.
     Materialized,
+    /// No refinement, streamed (flash attention): `O = A·V` with an online
+    /// softmax over the keys, never storing `A`. Memory is O(N·D).
+    Flash,
+    /// SAOBP in O(N²D) and O(N·D) memory: a flash pass for `A·V` and the row
+    /// statistics, then a second streamed pass for `A·U`, `c` and `m`.
+    Streaming,
+}
+
+impl Mode {
+    /// True for the modes that never store an N×N map.
+    pub fn is_streaming(self) -> bool {
+        matches!(self, Mode::Flash | Mode::Streaming)
+    }
+
+    /// True for the modes that refine `A` by SAOBP.
+    pub fn is_refined(self) -> bool {
+        !matches!(self, Mode::Plain | Mode::Flash)
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -32,8 +53,10 @@ impl std::str::FromStr for Mode {
             "plain" => Ok(Mode::Plain),
             "fused" => Ok(Mode::Fused),
             "materialized" => Ok(Mode::Materialized),
+            "flash" => Ok(Mode::Flash),
+            "streaming" => Ok(Mode::Streaming),
             _ => Err(crate::Error::invalid(format!(
-                "unknown mode `{s}`: expected plain, fused or materialized"
+                "unknown mode `{s}`: expected plain, fused, materialized, flash or streaming"
             ))),
         }
     }
@@ -48,18 +71,22 @@ pub struct AttentionOptions<'a> {
     pub key_mask: Option<&'a Tensor>,
     /// Score scale; `None` means `1/sqrt(D)`. Must be finite and positive.
     pub scale: Option<f32>,
-    /// SAOBP strength, finite and >= 0; ignored in [`Mode::Plain`].
+    /// SAOBP strength, finite and >= 0; ignored in [`Mode::Plain`] and
+    /// [`Mode::Flash`].
     pub lambda: Lambda,
-    /// Plain, fused or materialized.
+    /// Plain, fused, materialized, flash or streaming.
     pub mode: Mode,
-    /// Return the attention map `A` `[B, H, N, N]`.
+    /// Return the attention map `A` `[B, H, N, N]` (not in the streaming modes).
     pub return_attention: bool,
-    /// Return the refined map `R` `[B, H, N, N]` (not in [`Mode::Plain`]).
-    /// In fused mode this forms `M` once, on the side, for `R` alone.
+    /// Return the refined map `R` `[B, H, N, N]` (not in [`Mode::Plain`] nor
+    /// the streaming modes). In fused mode this forms `M` once, on the side,
+    /// for `R` alone.
     pub return_refined: bool,
     /// Compute row metrics and per-head summaries of `A` (and of `R` unless
     /// plain). Metrics of `R` need its entries, so in fused mode they form `M`
     /// on the side as `return_refined` does; the output itself stays O(N²D).
+    /// Not in the streaming modes, which report
+    /// [`AttentionOutput::row_stats`] instead.
     pub metrics: bool,
 }
 
@@ -86,6 +113,11 @@ pub struct AttentionOutput {
     pub multi_hop_mass: Option<Tensor>,
     /// Row metrics and summaries when asked for.
     pub metrics: Option<Metrics>,
+    /// Statistics of each row of `A` `[B, H, N, 3]`, from the streaming modes:
+    /// the largest valid score `max_j S_ij`, the softmax denominator
+    /// `Σ_j exp(S_ij − max)` and the entropy `H_i` of the row (nats). A row
+    /// with no valid key has all three 0.
+    pub row_stats: Option<Tensor>,
 }
 
 /// Attention of `q`, `k`, `v` (`[B, H, N, D]`; `v` may have another last
@@ -130,6 +162,9 @@ pub async fn attention(
     }
     if let Some(m) = opts.key_mask {
         m.check_finite("key_mask")?;
+    }
+    if opts.mode.is_streaming() {
+        return attention_streaming(gpu, &shape, q, k, v, opts).await;
     }
     let map_bytes = |heads: usize| (heads * shape.n * shape.n * 4) as u64;
     let limit = gpu
@@ -257,6 +292,7 @@ async fn attention_chunked(
         refined: None,
         multi_hop_mass: mass,
         metrics,
+        row_stats: None,
     })
 }
 
@@ -349,6 +385,8 @@ async fn attention_whole(
     }
     let plain = MatmulOptions::default();
     match opts.mode {
+        // `attention` sends these to `attention_streaming` before any map exists.
+        Mode::Flash | Mode::Streaming => {}
         Mode::Plain => {
             let p = matmul::plan(a.shape(), v.shape(), &plain)?;
             steps.extend(matmul::steps(gpu, &p, &a, v, &output)?);
@@ -397,6 +435,78 @@ async fn attention_whole(
         refined: if opts.return_refined { refined } else { None },
         multi_hop_mass: mass_computed.then_some(mass),
         metrics,
+        row_stats: None,
+    })
+}
+
+/// [`attention`] in [`Mode::Flash`] or [`Mode::Streaming`]: every buffer is
+/// O(N·D), so there are never chunks of heads.
+async fn attention_streaming(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions<'_>,
+) -> Result<AttentionOutput> {
+    let mode = opts.mode;
+    let refused = [
+        (opts.return_attention, "return_attention", "plain or fused"),
+        (
+            opts.return_refined,
+            "return_refined",
+            "fused or materialized",
+        ),
+        (opts.metrics, "metrics", "plain or fused"),
+    ];
+    if let Some((_, what, instead)) = refused.iter().find(|(asked, _, _)| *asked) {
+        return Err(crate::Error::invalid(format!(
+            "{mode:?} mode never forms an N×N map, so it cannot give `{what}`; use the {instead} \
+             mode (it reports row_stats instead of metrics)"
+        )));
+    }
+    let lambda_values = opts.lambda.per_head(shape.heads)?;
+    let software = gpu.adapter().is_software();
+    let plan = flash::plan(shape, opts.causal, opts.key_mask.is_some(), software)?;
+    let rows = shape.batch * shape.heads * shape.n;
+    let y = Tensor::scratch(gpu, &shape.output_shape())?;
+    let row_stats = Tensor::scratch(gpu, &[shape.batch, shape.heads, shape.n, 3])?;
+    let keys = Tensor::scratch(gpu, &[rows, 4])?;
+    let mut steps = flash::forward(gpu, &plan, q, k, v, opts.key_mask, &y, &row_stats, &keys);
+    if mode == Mode::Flash {
+        gpu.run(&steps).await?;
+        drop(steps);
+        return Ok(AttentionOutput {
+            output: y,
+            attention: None,
+            refined: None,
+            multi_hop_mass: None,
+            metrics: None,
+            row_stats: Some(row_stats),
+        });
+    }
+    let wide = [shape.batch, shape.heads, shape.n, shape.dv + 1];
+    let u = Tensor::scratch(gpu, &wide)?;
+    let au = Tensor::scratch(gpu, &wide)?;
+    let stats = Tensor::scratch(gpu, &[rows, 3])?;
+    let mass = Tensor::scratch(gpu, &shape.row_shape())?;
+    let output = Tensor::scratch(gpu, &shape.output_shape())?;
+    let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
+    let out_plan = saobp::plan(shape.batch * shape.heads, shape.heads, shape.n, shape.dv)?;
+    steps.push(flash::values(&plan, &y, v, &keys, &u));
+    steps.extend(flash::refine(&plan, q, k, &u, &keys, &au, &stats));
+    steps.push(saobp::fused_output(
+        &out_plan, &y, v, &au, &stats, &mass, &lambda, &output,
+    ));
+    gpu.run(&steps).await?;
+    drop(steps);
+    Ok(AttentionOutput {
+        output,
+        attention: None,
+        refined: None,
+        multi_hop_mass: Some(mass),
+        metrics: None,
+        row_stats: Some(row_stats),
     })
 }
 

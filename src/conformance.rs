@@ -1223,8 +1223,9 @@ async fn run_attention(
     let o = out.output.to_vec(gpu).await?;
     let second = match mode {
         Mode::Plain => read(out.attention.as_ref(), "attention map")?,
-        Mode::Fused => read(out.multi_hop_mass.as_ref(), "multi-hop mass")?,
+        Mode::Fused | Mode::Streaming => read(out.multi_hop_mass.as_ref(), "multi-hop mass")?,
         Mode::Materialized => read(out.refined.as_ref(), "refined map")?,
+        Mode::Flash => read(out.row_stats.as_ref(), "row stats")?,
     };
     let second_values = second.to_vec(gpu).await?;
     let time = start.elapsed();

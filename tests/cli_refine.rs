@@ -233,6 +233,62 @@ fn refine_matches_reference_on_every_adapter() {
             }
             eprintln!("refine {mode}: ok on {}", gpu.adapter());
         }
+        // The streaming modes: no metrics of R and no JSON, but the row stats.
+        for mode in ["flash", "streaming"] {
+            let out = dir.join(format!("out-{mode}.safetensors"));
+            let args = [
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--causal",
+                "--scale",
+                "0.7",
+                "--mode",
+                mode,
+            ];
+            let r = refine(Some(gpu), &args);
+            assert!(
+                r.status.success(),
+                "{mode}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let bytes = std::fs::read(&out).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let mut names = st.names();
+            names.sort();
+            let (expect, o_want): (&[&str], _) = if mode == "flash" {
+                (&["entropy", "out", "row_stats"], &want.plain_output)
+            } else {
+                (&["entropy", "m", "out", "row_stats"], &want.output)
+            };
+            assert_eq!(names, expect, "{mode}");
+            let what = |x: &str| format!("refine {mode} {x} on {}", gpu.adapter());
+            assert_close(&what("out"), &read_f32(&st, "out").1, o_want, 1e-4, 1e-5);
+            let entropy: Vec<f64> = rows_a.iter().map(|r| r[0]).collect();
+            assert_close(
+                &what("entropy"),
+                &read_f32(&st, "entropy").1,
+                &entropy,
+                1e-4,
+                1e-5,
+            );
+            assert_eq!(read_f32(&st, "row_stats").0, [b, h, n, 3]);
+            if mode == "streaming" {
+                assert_close(&what("m"), &read_f32(&st, "m").1, &want.mass, 1e-4, 1e-5);
+            }
+            let json = dir.join(format!("out-{mode}.json"));
+            let mut with_json = args.to_vec();
+            with_json.extend(["--json", json.to_str().unwrap()]);
+            let r = refine(Some(gpu), &with_json);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert!(
+                !r.status.success() && err.contains("use plain or fused"),
+                "{err}"
+            );
+            assert!(!json.exists());
+            eprintln!("refine {mode}: ok on {}", gpu.adapter());
+        }
     }
 }
 

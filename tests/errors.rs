@@ -9,7 +9,7 @@ use saobp::io::parse_refine_input;
 use saobp::model::{check_weights, BertConfig, TextTokenizer};
 use saobp::{
     attention_blocking, matmul_blocking, AttentionOptions, Error, Gpu, GpuOptions, Lambda,
-    MatmulOptions, Tensor,
+    MatmulOptions, Mode, Tensor,
 };
 
 const SEED_INPUT: &[u8] = include_bytes!("../fuzz/seeds/refine_input/valid.safetensors");
@@ -138,6 +138,25 @@ fn triggers() -> BTreeMap<&'static str, Trigger> {
         with(|| AttentionOptions {
             scale: Some(f32::INFINITY),
             ..Default::default()
+        }),
+    );
+    t.insert(
+        "streaming-map",
+        with(|| AttentionOptions {
+            mode: Mode::Streaming,
+            metrics: true,
+            ..Default::default()
+        }),
+    );
+    t.insert(
+        "streaming-width",
+        Box::new(|g| {
+            let wide = [1, 1, 4, saobp::kernels::flash::MAX_HEAD_DIM + 1];
+            let opts = AttentionOptions {
+                mode: Mode::Flash,
+                ..Default::default()
+            };
+            attention_err(g, &wide, &wide, &wide, opts)
         }),
     );
     t.insert(

@@ -33,7 +33,9 @@ pub struct RefineArgs {
     /// Score scale (finite, > 0); default 1/sqrt(D).
     #[arg(long, allow_negative_numbers = true)]
     scale: Option<f32>,
-    /// plain (no refinement), fused (O(N²D)) or materialized (M explicit).
+    /// plain (no refinement), fused (O(N²D)), materialized (M explicit),
+    /// flash (plain, streamed: no N×N memory) or streaming (SAOBP, no N×N
+    /// memory; writes row_stats instead of the metrics of R, and no --json).
     #[arg(long, default_value = "fused")]
     mode: String,
     /// Write per-head summaries of A and R as JSON to this file.
@@ -80,6 +82,12 @@ fn metric(rows: &[f32], name: &str) -> Vec<f32> {
 
 pub fn run(args: &RefineArgs) -> CliResult {
     let mode: Mode = args.mode.parse().map_err(|e: saobp::Error| e.to_string())?;
+    if mode.is_streaming() && args.json.is_some() {
+        return Err(format!(
+            "--json needs per-head metrics, which the {} mode does not compute; use plain or fused",
+            args.mode
+        ));
+    }
     let bytes = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
     let input = parse_refine_input(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;
@@ -120,31 +128,43 @@ pub fn run(args: &RefineArgs) -> CliResult {
         mode,
         return_attention: mode == Mode::Materialized,
         return_refined: mode == Mode::Materialized,
-        metrics: true,
+        // The streaming modes keep no map to measure; they report row_stats.
+        metrics: !mode.is_streaming(),
     };
     let out = attention_blocking(&gpu, &q, &k, &v, &opts).map_err(|e| e.to_string())?;
     let download = |t: &Tensor| t.to_vec_blocking(&gpu).map_err(|e| e.to_string());
     let rows = shape.row_shape();
-    let metrics = out.metrics.as_ref().ok_or("metrics were not computed")?;
-    let rows_a = download(&metrics.attention.rows)?;
+    let entropy = match (&out.metrics, &out.row_stats) {
+        (Some(m), _) => metric(&download(&m.attention.rows)?, "entropy"),
+        (None, Some(stats)) => download(stats)?.into_iter().skip(2).step_by(3).collect(),
+        (None, None) => return Err("metrics were not computed".into()),
+    };
 
     let mut tensors: Vec<(String, Out)> = vec![
         (
             "out".into(),
             Out::new(&shape.output_shape(), &download(&out.output)?),
         ),
-        (
-            "entropy".into(),
-            Out::new(&rows, &metric(&rows_a, "entropy")),
-        ),
+        ("entropy".into(), Out::new(&rows, &entropy)),
     ];
-    if let (Some(refined), Some(m)) = (&metrics.refined, &out.multi_hop_mass) {
+    let refined = out.metrics.as_ref().and_then(|m| m.refined.as_ref());
+    if let (Some(refined), Some(m)) = (refined, &out.multi_hop_mass) {
         let rows_r = download(&refined.rows)?;
         tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
         tensors.push(("gtd".into(), Out::new(&rows, &metric(&rows_r, "gtd"))));
         tensors.push((
             "entropy_refined".into(),
             Out::new(&rows, &metric(&rows_r, "entropy")),
+        ));
+    }
+    if let (Mode::Streaming, Some(m)) = (mode, &out.multi_hop_mass) {
+        tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
+    }
+    if let Some(stats) = &out.row_stats {
+        let [b, h, n] = rows;
+        tensors.push((
+            "row_stats".into(),
+            Out::new(&[b, h, n, 3], &download(stats)?),
         ));
     }
     if let (Some(a), Some(r)) = (&out.attention, &out.refined) {
@@ -168,7 +188,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
     .map_err(|e| format!("cannot encode the output: {e}"))?;
 
     let mut files = vec![(args.output.as_path(), st)];
-    if let Some(path) = &args.json {
+    if let (Some(path), Some(metrics)) = (&args.json, &out.metrics) {
         let report = report_json(
             &gpu,
             &shape,

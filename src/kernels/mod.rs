@@ -34,6 +34,7 @@ pub mod attention;
 // (e.g. the WebAssembly build) just the shader source is used, by the naga test.
 #[cfg_attr(not(feature = "model"), allow(dead_code))]
 pub mod bert;
+pub mod flash;
 pub mod matmul;
 pub mod metrics;
 pub mod saobp;
@@ -57,6 +58,7 @@ pub(crate) fn elementwise_groups(elements: usize) -> u64 {
 /// family is checked as soon as it is added here.
 pub const SHADERS: &[(&str, &str)] = &[
     ("bert.wgsl", bert::SOURCE),
+    ("flash.wgsl", flash::SOURCE),
     ("matmul.wgsl", matmul::SOURCE),
     ("matmul_pack.wgsl", matmul::PACK_SOURCE),
     ("matmul_texture.wgsl", matmul::TEXTURE_SOURCE),
@@ -126,6 +128,10 @@ pub(crate) const KERNELS: &[(&Kernel, usize)] = &[
         std::mem::size_of::<metrics::MetricsParams>(),
     ),
     (&bert::LAYER_NORM, std::mem::size_of::<bert::BertParams>()),
+    (
+        &flash::FLASH_FORWARD,
+        std::mem::size_of::<flash::FlashParams>(),
+    ),
 ];
 
 /// The size of each uniform `Params` struct (binding 0) of each entry point in

@@ -76,3 +76,49 @@ pub fn attention(
     }
     AttentionRef { attention, output }
 }
+
+/// Statistics of each row of `A`, `[B, H, N, 3]`: the largest valid score
+/// `max_j S_ij`, `Σ_j exp(S_ij − max)` and the entropy `−Σ_j A_ij ln A_ij`
+/// (all 0 for a row with no valid key), as the streaming modes report them.
+/// Arguments as in [`attention`].
+pub fn row_stats(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> Vec<f64> {
+    let [bs, hs, n, d] = shape;
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut out = Vec::with_capacity(bs * hs * n * 3);
+    for b in 0..bs {
+        for h in 0..hs {
+            let g = b * hs + h;
+            for i in 0..n {
+                let scores: Vec<f64> = (0..n)
+                    .filter(|&j| {
+                        (!opts.causal || j <= i)
+                            && opts.key_mask.is_none_or(|m| m[b * n + j] != 0.0)
+                    })
+                    .map(|j| {
+                        let dot: f64 = (0..d)
+                            .map(|c| {
+                                f64::from(q[(g * n + i) * d + c])
+                                    * f64::from(k[(g * n + j) * d + c])
+                            })
+                            .sum();
+                        scale * dot
+                    })
+                    .collect();
+                if scores.is_empty() {
+                    out.extend([0.0; 3]);
+                    continue;
+                }
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let entropy: f64 = -scores
+                    .iter()
+                    .map(|s| (s - max).exp() / sum)
+                    .filter(|&a| a > 0.0)
+                    .map(|a| a * a.ln())
+                    .sum::<f64>();
+                out.extend([max, sum, entropy]);
+            }
+        }
+    }
+    out
+}

@@ -1,8 +1,14 @@
-//! Benchmark: attention, SAOBP (fused and materialized) and matmul on the
-//! default adapter, beside a CPU sgemm on the same machine.
+//! Benchmark: attention (plain and flash), SAOBP (fused, streaming and
+//! materialized) and matmul on the default adapter, beside a CPU sgemm on the
+//! same machine.
 //!
 //! `cargo run --release --example bench -- [--sizes 128,512,1024] [--matmul-sizes 512,1024,2048]
-//! [--only attention|matmul] [--all-variants] [--no-tune] [--repeat N] [--json FILE] [--markdown FILE]`
+//! [--only attention|matmul] [--all-variants] [--no-tune] [--repeat N]
+//! [--max-materialized N] [--long N] [--json FILE] [--markdown FILE]`
+//!
+//! `--max-materialized` (default 4096) is the largest N for the N³
+//! materialized mode; `--long` (default 16384, 0 skips) runs streaming SAOBP
+//! on one head of that length and reports the GPU memory it took.
 //!
 //! The matmul section times every matmul variant the adapter offers (see
 //! `saobp::MatmulVariant`; `--all-variants` adds the texture layouts that
@@ -34,6 +40,8 @@ struct Args {
     matmul: bool,
     all_variants: bool,
     tune: bool,
+    max_materialized: usize,
+    long_n: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +55,8 @@ fn parse_args() -> Result<Args, String> {
         matmul: true,
         all_variants: false,
         tune: true,
+        max_materialized: 4096,
+        long_n: 16384,
     };
     let mut it = std::env::args().skip(1);
     let list = |s: Option<String>| -> Result<Vec<usize>, String> {
@@ -79,6 +89,18 @@ fn parse_args() -> Result<Args, String> {
             },
             "--all-variants" => a.all_variants = true,
             "--no-tune" => a.tune = false,
+            "--max-materialized" => {
+                a.max_materialized = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--max-materialized needs a number")?
+            }
+            "--long" => {
+                a.long_n = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--long needs a number (0 skips)")?
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -86,8 +108,19 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Median of `repeat` timed runs after one warm-up (which also builds pipelines).
-fn median(repeat: usize, mut f: impl FnMut() -> Result<(), Error>) -> Result<Duration, Error> {
-    f()?;
+fn median(repeat: usize, f: impl FnMut() -> Result<(), Error>) -> Result<Duration, Error> {
+    median_of(repeat, true, f)
+}
+
+/// Median of `repeat` timed runs, after one untimed warm-up if `warm_up`.
+fn median_of(
+    repeat: usize,
+    warm_up: bool,
+    mut f: impl FnMut() -> Result<(), Error>,
+) -> Result<Duration, Error> {
+    if warm_up {
+        f()?;
+    }
     let mut times = Vec::new();
     for _ in 0..repeat.max(1) {
         let t = Instant::now();
@@ -134,10 +167,10 @@ fn ratio(a: &Cell, b: &Cell) -> String {
     }
 }
 
-fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, flops: f64) -> Cell {
-    let shape = [1, HEADS, n, D];
-    let w = synthetic(
-        shape,
+/// Synthetic `[1, heads, n, D]` inputs with diffuse, local, sink and collapsed heads.
+fn inputs(heads: usize, n: usize) -> saobp::workload::Workload {
+    synthetic(
+        [1, heads, n, D],
         &[
             Pattern::Diffuse,
             Pattern::Local,
@@ -146,7 +179,13 @@ fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, flops: f64) -> Cell
         ],
         1.0,
         3,
-    );
+    )
+}
+
+/// Times one attention mode; `repeat` runs, after a warm-up if `warm_up`.
+fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, warm_up: bool, flops: f64) -> Cell {
+    let shape = [1, HEADS, n, D];
+    let w = inputs(HEADS, n);
     let run = || -> Result<Cell, Error> {
         let q = Tensor::from_slice(gpu, &shape, &w.q)?;
         let k = Tensor::from_slice(gpu, &shape, &w.k)?;
@@ -156,9 +195,9 @@ fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, flops: f64) -> Cell
             lambda: Lambda::Scalar(1.0),
             ..Default::default()
         };
-        let t = median(repeat, || {
+        let t = median_of(repeat, warm_up, || {
             let out = attention_blocking(gpu, &q, &k, &v, &opts)?;
-            // Reading one row is enough to wait for the whole submission.
+            // Downloading O waits for the whole submission.
             out.output.to_vec_blocking(gpu).map(|_| ())
         })?;
         Ok(Cell::Time(t, flops / t.as_secs_f64() / 1e9))
@@ -168,6 +207,109 @@ fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, flops: f64) -> Cell
         Err(Error::Limit { limit_name, .. }) => Cell::Skipped(format!("over {limit_name}")),
         Err(e) => Cell::Skipped(e.to_string()),
     }
+}
+
+/// One row of the attention table.
+struct AttentionRow {
+    n: usize,
+    plain: Cell,
+    flash: Cell,
+    fused: Cell,
+    streaming: Cell,
+    materialized: Cell,
+}
+
+impl AttentionRow {
+    /// Times every mode at `n`. Multiply-adds counted (×2 for FLOP): Q·Kᵀ and
+    /// A·V for plain and flash; fused adds A·U'; streaming recomputes the
+    /// scores and their mirror for A·U' (5 products); materialized adds
+    /// M = A·A (N³) and R·V.
+    fn measure(gpu: &Gpu, n: usize, repeat: usize, max_materialized: usize) -> Self {
+        let (nf, df, hf) = (n as f64, D as f64, HEADS as f64);
+        let pair = hf * 2.0 * nf * nf * df;
+        let materialized = if n <= max_materialized {
+            // Pipelines are built by then; the longest runs are timed once.
+            let (repeat, warm_up) = if n >= 2048 {
+                (1, false)
+            } else {
+                (repeat.min(2), true)
+            };
+            let flops = 2.0 * pair + hf * 2.0 * nf * nf * nf;
+            time_mode(gpu, n, Mode::Materialized, repeat, warm_up, flops)
+        } else {
+            Cell::Skipped(format!("N > {max_materialized}, see --max-materialized"))
+        };
+        let row = AttentionRow {
+            n,
+            plain: time_mode(gpu, n, Mode::Plain, repeat, true, 2.0 * pair),
+            flash: time_mode(gpu, n, Mode::Flash, repeat, true, 2.0 * pair),
+            fused: time_mode(gpu, n, Mode::Fused, repeat, true, 3.0 * pair),
+            streaming: time_mode(gpu, n, Mode::Streaming, repeat, true, 5.0 * pair),
+            materialized,
+        };
+        println!(
+            "N={n:>5}  plain {}  flash {}  fused {}  streaming {}  materialized {}",
+            row.plain.show(),
+            row.flash.show(),
+            row.fused.show(),
+            row.streaming.show(),
+            row.materialized.show()
+        );
+        row
+    }
+
+    fn markdown(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            self.n,
+            self.plain.show(),
+            self.flash.show(),
+            self.fused.show(),
+            self.streaming.show(),
+            self.materialized.show(),
+            ratio(&self.fused, &self.plain),
+            ratio(&self.streaming, &self.flash),
+            ratio(&self.streaming, &self.plain),
+            ratio(&self.materialized, &self.fused),
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "n": self.n,
+            "plain": self.plain.json(),
+            "flash": self.flash.json(),
+            "fused": self.fused.json(),
+            "streaming": self.streaming.json(),
+            "materialized": self.materialized.json(),
+        })
+    }
+}
+
+/// Streaming SAOBP on one long head: its time, and the GPU memory the call
+/// took (where the backend reports allocations).
+fn long_sequence(gpu: &Gpu, n: usize) -> Result<(Duration, Option<u64>), Error> {
+    let w = inputs(1, n);
+    let shape = [1, 1, n, D];
+    gpu.trim_pool();
+    let before = gpu.allocated_bytes();
+    let q = Tensor::from_slice(gpu, &shape, &w.q)?;
+    let k = Tensor::from_slice(gpu, &shape, &w.k)?;
+    let v = Tensor::from_slice(gpu, &shape, &w.v)?;
+    let opts = AttentionOptions {
+        mode: Mode::Streaming,
+        lambda: Lambda::Scalar(1.0),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let out = attention_blocking(gpu, &q, &k, &v, &opts)?;
+    out.output.to_vec_blocking(gpu)?;
+    let elapsed = t.elapsed();
+    let used = gpu
+        .allocated_bytes()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before));
+    Ok((elapsed, used))
 }
 
 fn cpu_sgemm_gflops(n: usize, repeat: usize) -> f64 {
@@ -225,49 +367,58 @@ fn run() -> Result<(), String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cpus} CPU threads\n");
 
-    let mut rows = Vec::new();
     let sizes = if args.attention { &args.sizes[..] } else { &[] };
-    for &n in sizes {
-        let (nf, df, hf) = (n as f64, D as f64, HEADS as f64);
-        // Q·Kᵀ and A·V; fused adds A·U; materialized adds M (N³) and R·V instead of A·V.
-        let plain_flops = hf * 4.0 * nf * nf * df;
-        let fused_flops = hf * 6.0 * nf * nf * df;
-        let mat_flops = hf * (4.0 * nf * nf * df + 2.0 * nf * nf * nf);
-        let plain = time_mode(&gpu, n, Mode::Plain, args.repeat, plain_flops);
-        let fused = time_mode(&gpu, n, Mode::Fused, args.repeat, fused_flops);
-        let materialized = if n <= 1024 {
-            time_mode(&gpu, n, Mode::Materialized, args.repeat.min(2), mat_flops)
-        } else {
-            Cell::Skipped("N³ messages: minutes on a software adapter".into())
-        };
-        println!(
-            "N={n:>5}  plain {}  fused {}  materialized {}",
-            plain.show(),
-            fused.show(),
-            materialized.show()
-        );
-        rows.push((n, plain, fused, materialized));
-    }
+    let rows: Vec<AttentionRow> = sizes
+        .iter()
+        .map(|&n| AttentionRow::measure(&gpu, n, args.repeat, args.max_materialized))
+        .collect();
+    let long = (args.attention && args.long_n > 0).then(|| {
+        let r = long_sequence(&gpu, args.long_n);
+        match &r {
+            Ok((t, used)) => println!(
+                "streaming SAOBP, N={}, H=1: {:.2} s, {}",
+                args.long_n,
+                t.as_secs_f64(),
+                used.map_or("memory not reported by this backend".into(), |b| format!(
+                    "{:.1} MiB allocated",
+                    b as f64 / (1 << 20) as f64
+                ))
+            ),
+            Err(e) => println!("streaming SAOBP, N={}: {e}", args.long_n),
+        }
+        r
+    });
     let mm = if args.matmul {
         matmul_section(&gpu, &args, cpus)?
     } else {
         MatmulSection::default()
     };
 
-    let mut md = format!(
-        "Adapter: {}\n\nAttention, B=1, H={HEADS}, D={D}, λ=1 (median of {} runs, readback of O included):\n\n| N | plain | SAOBP fused (a) | SAOBP streaming (b) | SAOBP materialized | fused/plain | materialized/fused |\n|---|---|---|---|---|---|---|\n",
-        gpu.adapter(),
-        args.repeat
-    );
-    for (n, p, f, m) in &rows {
+    let mut md = format!("Adapter: {}\n", gpu.adapter());
+    if !rows.is_empty() {
         md += &format!(
-            "| {n} | {} | {} | — (not implemented) | {} | {} | {} |\n",
-            p.show(),
-            f.show(),
-            m.show(),
-            ratio(f, p),
-            ratio(m, f)
+            "\nAttention, B=1, H={HEADS}, D={D}, λ=1 (median of {} runs, download of O included):\n\n\
+             | N | plain | flash | SAOBP fused (a) | SAOBP streaming (b) | SAOBP materialized | fused/plain | streaming/flash | streaming/plain | materialized/fused |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
+            args.repeat
         );
+        for row in &rows {
+            md += &row.markdown();
+        }
+    }
+    if let Some(long) = &long {
+        md += &match long {
+            Ok((t, used)) => format!(
+                "\nStreaming SAOBP (b) at N={}, H=1, D={D}: {:.2} s; GPU memory allocated by the call: {}.\n",
+                args.long_n,
+                t.as_secs_f64(),
+                used.map_or("not reported by this backend".into(), |b| format!(
+                    "{:.1} MiB",
+                    b as f64 / (1 << 20) as f64
+                ))
+            ),
+            Err(e) => format!("\nStreaming SAOBP (b) at N={}: {e}\n", args.long_n),
+        };
     }
     if args.matmul {
         md += &mm.markdown(cpus);
@@ -277,16 +428,18 @@ fn run() -> Result<(), String> {
         std::fs::write(path, &md).map_err(|e| format!("cannot write {path}: {e}"))?;
     }
     if let Some(path) = &args.json {
-        let attn: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(n, p, f, m)| serde_json::json!({ "n": n, "plain": p.json(), "fused": f.json(), "materialized": m.json() }))
-            .collect();
+        let attn: Vec<serde_json::Value> = rows.iter().map(AttentionRow::json).collect();
+        let long = long.as_ref().map(|r| match r {
+            Ok((t, used)) => serde_json::json!({ "n": args.long_n, "seconds": t.as_secs_f64(), "allocated_bytes": used }),
+            Err(e) => serde_json::json!({ "n": args.long_n, "error": e.to_string() }),
+        });
         let mms = mm.json();
         let report = serde_json::json!({
             "adapter": gpu.adapter().to_string(),
             "heads": HEADS,
             "d": D,
             "attention": attn,
+            "long_sequence": long,
             "matmul": mms,
         });
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;

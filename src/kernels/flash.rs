@@ -153,7 +153,7 @@ fn dispatch<'a>(
     Step::Dispatch(Dispatch {
         kernel,
         params: bytemuck::bytes_of(params).to_vec(),
-        buffers,
+        bindings: buffers.into_iter().map(Into::into).collect(),
         workgroups,
     })
 }

@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 use crate::attention::{attention, AttentionOptions, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{self, AdapterSummary, Gpu};
-use crate::kernels::matmul::{self as matmul_kernel, matmul, MatmulOptions};
+use crate::kernels::flash as flash_kernel;
+use crate::kernels::matmul::{
+    self as matmul_kernel, matmul, matmul_variant, MatmulFamily, MatmulOptions, MatmulVariant,
+    TiledTile,
+};
 use crate::kernels::metrics as metrics_kernel;
 use crate::kernels::metrics::{metrics, MetricsOptions, METRIC_COUNT, METRIC_NAMES};
 use crate::kernels::saobp::{self as saobp_kernel, refine_map, Lambda};
@@ -39,18 +43,33 @@ use crate::workload::SplitMix;
 /// A kernel of the matrix, as the public API exposes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// [`crate::matmul()`], with transposes and broadcast batches.
+    /// [`crate::matmul()`], with transposes and broadcast batches: the
+    /// variant it chooses for the adapter and size.
     Matmul,
+    /// [`crate::matmul_variant()`] with [`MatmulVariant::Buffer`], on the
+    /// [`Kernel::Matmul`] sizes.
+    MatmulBuffer,
+    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Tiled`] tile.
+    MatmulTiled,
+    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Texture`]
+    /// layout, with and without subgroups.
+    MatmulTexture,
     /// [`crate::softmax()`], causal and key-masked.
     Softmax,
     /// [`crate::attention()`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
     Attention,
+    /// [`crate::attention()`] in [`Mode::Flash`]: `O = A·V` and the row
+    /// statistics, nothing N×N.
+    Flash,
     /// The two-hop messages `M` of [`crate::refine_map`].
     Messages,
     /// The multi-hop mass `m` and refined map `R` of [`crate::refine_map`].
     Refine,
     /// [`crate::attention()`] in [`Mode::Fused`]: `O` and `m` in O(N²D).
     FusedOutput,
+    /// [`crate::attention()`] in [`Mode::Streaming`]: `O`, `m` and the row
+    /// statistics in O(N²D) time and O(N·D) memory.
+    Streaming,
     /// [`crate::attention()`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
     MaterializedOutput,
     /// [`crate::metrics()`]: every row metric and the per-head summaries.
@@ -59,13 +78,18 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, in report order.
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::Matmul,
+        Kernel::MatmulBuffer,
+        Kernel::MatmulTiled,
+        Kernel::MatmulTexture,
         Kernel::Softmax,
         Kernel::Attention,
+        Kernel::Flash,
         Kernel::Messages,
         Kernel::Refine,
         Kernel::FusedOutput,
+        Kernel::Streaming,
         Kernel::MaterializedOutput,
         Kernel::Metrics,
     ];
@@ -74,6 +98,11 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
+            Kernel::MatmulBuffer => "matmul_buffer",
+            Kernel::MatmulTiled => "matmul_tiled",
+            Kernel::MatmulTexture => "matmul_texture",
+            Kernel::Flash => "flash",
+            Kernel::Streaming => "streaming",
             Kernel::Softmax => "softmax",
             Kernel::Attention => "attention",
             Kernel::Messages => "messages",
@@ -84,27 +113,44 @@ impl Kernel {
         }
     }
 
-    /// The shader entry points the public call dispatches.
-    fn shaders(self) -> Vec<&'static gpu::Kernel> {
-        let map = [
-            &matmul_kernel::MATMUL_BLOCKED,
-            &softmax_kernel::SOFTMAX_ROWS,
-        ];
+    /// The shader entry points the public call dispatches, given those of
+    /// the matmul variant(s) it uses (`matmul`: the default choice depends
+    /// on the adapter and the size, see [`Case::shaders`]).
+    pub(crate) fn shaders(self, matmul: &[&'static gpu::Kernel]) -> Vec<&'static gpu::Kernel> {
+        let map = [matmul, &[&softmax_kernel::SOFTMAX_ROWS]].concat();
         let materialize = [
-            &matmul_kernel::MATMUL_BLOCKED,
-            &saobp_kernel::REMOVE_ECHOES,
-            &saobp_kernel::REFINE,
-        ];
+            matmul,
+            &[&saobp_kernel::REMOVE_ECHOES, &saobp_kernel::REFINE],
+        ]
+        .concat();
         let stats = [&saobp_kernel::DIAG_STATS, &saobp_kernel::MASS];
-        match self {
-            Kernel::Matmul => vec![&matmul_kernel::MATMUL_BLOCKED],
+        let flash = [&flash_kernel::FLASH_FORWARD];
+        let mut out = match self {
+            Kernel::Matmul | Kernel::MatmulBuffer | Kernel::MatmulTiled | Kernel::MatmulTexture => {
+                matmul.to_vec()
+            }
             Kernel::Softmax => vec![&softmax_kernel::SOFTMAX_ROWS],
-            Kernel::Attention => map.to_vec(),
-            Kernel::Messages | Kernel::Refine => materialize.to_vec(),
+            Kernel::Attention => map,
+            Kernel::Flash => flash.to_vec(),
+            // The messages come from `refine_map`, which refines too.
+            Kernel::Messages | Kernel::Refine => materialize,
+            // The fused output computes m itself: no `mass` dispatch.
             Kernel::FusedOutput => [
                 &map[..],
-                &stats[..],
-                &[&saobp_kernel::TWO_HOP_VALUES, &saobp_kernel::FUSED_OUTPUT],
+                &[
+                    &saobp_kernel::DIAG_STATS,
+                    &saobp_kernel::TWO_HOP_VALUES,
+                    &saobp_kernel::FUSED_OUTPUT,
+                ],
+            ]
+            .concat(),
+            Kernel::Streaming => [
+                &flash[..],
+                &[
+                    &flash_kernel::FLASH_VALUES,
+                    &flash_kernel::FLASH_REFINE,
+                    &saobp_kernel::FUSED_OUTPUT,
+                ],
             ]
             .concat(),
             Kernel::MaterializedOutput => [&map[..], &materialize[..]].concat(),
@@ -113,7 +159,16 @@ impl Kernel {
                 &[&metrics_kernel::ROW_METRICS, &metrics_kernel::SUMMARIZE],
             ]
             .concat(),
-        }
+        };
+        // Products of several sizes may share a variant: list each entry point once.
+        let mut seen = Vec::new();
+        out.retain(|k| {
+            let key = (k.family, k.entry);
+            let new = !seen.contains(&key);
+            seen.push(key);
+            new
+        });
+        out
     }
 }
 
@@ -192,11 +247,13 @@ impl Options {
 /// The inputs of one case.
 #[derive(Debug, Clone)]
 enum Input {
-    /// `A` (`a`) times `B` (`b`), values uniform in [-1, 1).
+    /// `A` (`a`) times `B` (`b`), values uniform in [-1, 1), by `variant`
+    /// (`None`: the default choice).
     Matmul {
         a: Vec<usize>,
         b: Vec<usize>,
         opts: MatmulOptions,
+        variant: Option<MatmulVariant>,
     },
     /// Scores of `shape` uniform in [-range, range).
     Softmax {
@@ -295,6 +352,9 @@ pub struct Row {
     pub size: String,
     /// The case's note.
     pub note: Option<String>,
+    /// The shader entry points the case dispatches on this adapter, as
+    /// `family::entry` (see [`Kernel`]).
+    pub shaders: Vec<String>,
     /// Each output compared (empty when skipped or when the call failed).
     pub checks: Vec<Check>,
     /// Pass, fail or skip.
@@ -614,18 +674,61 @@ fn seed(kernel: Kernel, size: &str) -> u64 {
         })
 }
 
+/// Every matmul variant of `family` an adapter may offer, in report order;
+/// those an adapter lacks become skips.
+fn family_variants(family: MatmulFamily) -> Vec<MatmulVariant> {
+    match family {
+        MatmulFamily::Buffer => vec![MatmulVariant::Buffer],
+        MatmulFamily::Tiled => vec![
+            MatmulVariant::Tiled(TiledTile::T64),
+            MatmulVariant::Tiled(TiledTile::T128),
+        ],
+        MatmulFamily::Texture => [false, true]
+            .into_iter()
+            .flat_map(|subgroups| {
+                [1, 2, 4, 8].map(|group_rows| MatmulVariant::Texture {
+                    subgroups,
+                    group_rows,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A variant as its row labels name it: without the family, which is the
+/// kernel's name (`64x64x16 4x4`, `subgroup 8x1 groups`); the buffer
+/// family's one variant has no label.
+fn variant_label(v: MatmulVariant) -> String {
+    let full = v.to_string();
+    ["buffer", "tiled ", "texture "]
+        .iter()
+        .find_map(|family| full.strip_prefix(family))
+        .unwrap_or(&full)
+        .to_string()
+}
+
 impl Case {
     fn new(kernel: Kernel, input: Input, note: Option<String>) -> Case {
         let size = match &input {
-            Input::Matmul { a, b, opts } => {
+            Input::Matmul {
+                a,
+                b,
+                opts,
+                variant,
+            } => {
                 let t = |on: bool| if on { "^T" } else { "" };
                 let alpha = if opts.alpha == 1.0 {
                     String::new()
                 } else {
                     format!(" alpha={}", opts.alpha)
                 };
+                // The family is the kernel's name; the label says which of its variants.
+                let variant = match variant.map(variant_label) {
+                    Some(v) if !v.is_empty() => format!("{v}: "),
+                    _ => String::new(),
+                };
                 format!(
-                    "A{}{} x B{}{}{alpha}",
+                    "{variant}A{}{} x B{}{}{alpha}",
                     dims(a),
                     t(opts.trans_a),
                     dims(b),
@@ -676,7 +779,7 @@ impl Case {
     /// The shapes of the tensors the case allocates that may be largest.
     fn buffers(&self) -> Vec<Vec<usize>> {
         match &self.input {
-            Input::Matmul { a, b, opts } => {
+            Input::Matmul { a, b, opts, .. } => {
                 let out = matmul_kernel::plan(a, b, opts)
                     .map(|p| p.out_shape)
                     .unwrap_or_default();
@@ -685,7 +788,12 @@ impl Case {
             Input::Softmax { shape, .. } => vec![shape.clone()],
             Input::Attention { shape, dv, .. } => {
                 let [b, h, n, _] = *shape;
-                vec![shape.to_vec(), vec![b, h, n, *dv], vec![b, h, n, n]]
+                let mut out = vec![shape.to_vec(), vec![b, h, n, *dv]];
+                // The streaming modes never form an N×N map.
+                if !matches!(self.kernel, Kernel::Flash | Kernel::Streaming) {
+                    out.push(vec![b, h, n, n]);
+                }
+                out
             }
             Input::Map {
                 shape: [b, h, n], ..
@@ -696,10 +804,88 @@ impl Case {
         }
     }
 
+    /// The products `A·B` the case's public call computes with the default
+    /// matmul choice (none for the forced-variant rows and the kernels
+    /// without a product).
+    fn products(&self) -> Vec<matmul_kernel::MatmulPlan> {
+        let plain = MatmulOptions::default();
+        let plans: Vec<Result<matmul_kernel::MatmulPlan>> = match &self.input {
+            Input::Matmul {
+                a,
+                b,
+                opts,
+                variant: None,
+            } => vec![matmul_kernel::plan(a, b, opts)],
+            Input::Attention { shape, dv, .. } => {
+                let [b, h, n, _] = *shape;
+                let map = [b, h, n, n];
+                let scores = MatmulOptions {
+                    trans_b: true,
+                    ..plain
+                };
+                let av = matmul_kernel::plan(&map, &[b, h, n, *dv], &plain);
+                match self.kernel {
+                    Kernel::Attention => vec![matmul_kernel::plan(shape, shape, &scores), av],
+                    Kernel::FusedOutput => vec![
+                        matmul_kernel::plan(shape, shape, &scores),
+                        av,
+                        matmul_kernel::plan(&map, &[b, h, n, dv + 1], &plain),
+                    ],
+                    Kernel::MaterializedOutput => vec![
+                        matmul_kernel::plan(shape, shape, &scores),
+                        matmul_kernel::plan(&map, &map, &plain),
+                        av,
+                    ],
+                    _ => Vec::new(),
+                }
+            }
+            Input::Map {
+                shape: [b, h, n], ..
+            } if matches!(self.kernel, Kernel::Messages | Kernel::Refine) => {
+                let map = [*b, *h, *n, *n];
+                vec![matmul_kernel::plan(&map, &map, &plain)]
+            }
+            _ => Vec::new(),
+        };
+        plans.into_iter().filter_map(Result::ok).collect()
+    }
+
+    /// The shader entry points this case dispatches on `gpu`: the matmul
+    /// variant is the row's own, else what the default choice picks for
+    /// each product on `gpu`, else (no adapter at hand) `matmul_blocked`,
+    /// the one every adapter runs.
+    pub(crate) fn shaders(&self, gpu: Option<&Gpu>) -> Vec<&'static gpu::Kernel> {
+        let matmul: Vec<&'static gpu::Kernel> = match (&self.input, gpu) {
+            (
+                Input::Matmul {
+                    variant: Some(v), ..
+                },
+                _,
+            ) => v.kernels(),
+            (_, Some(gpu)) => self
+                .products()
+                .iter()
+                .flat_map(|p| matmul_kernel::choose(gpu, p).kernels())
+                .collect(),
+            (_, None) => MatmulVariant::Buffer.kernels(),
+        };
+        self.kernel.shaders(&matmul)
+    }
+
     /// Why an adapter with `limits` and `downlevel` flags cannot run this
-    /// case, naming the limit; `None` when it can.
+    /// case, naming the limit; `None` when it can. Judges the entry points
+    /// of [`Case::shaders`] without an adapter.
     pub fn skip_reason(
         &self,
+        limits: &wgpu::Limits,
+        downlevel: wgpu::DownlevelFlags,
+    ) -> Option<String> {
+        self.skip_reason_of(&self.shaders(None), limits, downlevel)
+    }
+
+    fn skip_reason_of(
+        &self,
+        shaders: &[&'static gpu::Kernel],
         limits: &wgpu::Limits,
         downlevel: wgpu::DownlevelFlags,
     ) -> Option<String> {
@@ -709,7 +895,7 @@ impl Case {
         if !downlevel.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
             return Some("the adapter does not support compute shaders".to_string());
         }
-        for shader in self.kernel.shaders() {
+        for shader in shaders {
             // A shader that fails to analyse fails for real when it runs.
             let Ok(r) = resources(shader) else {
                 continue;
@@ -851,6 +1037,7 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
                 a: with(broadcast != 'a', a_mat),
                 b: with(broadcast != 'b', b_mat),
                 opts,
+                variant: None,
             }
         };
     let plain = MatmulOptions::default();
@@ -862,7 +1049,7 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         trans_b: true,
         ..plain
     };
-    for input in [
+    let matmuls = [
         mm(1, 1, 1, &[], '-', plain),
         mm(7, 33, 65, &[], '-', ta),
         mm(33, 7, 1, &[3], '-', tb),
@@ -876,17 +1063,60 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             '-',
             MatmulOptions { alpha: 0.125, ..tb },
         ),
-    ] {
-        out.push(Case::new(Kernel::Matmul, input, None));
-    }
+    ];
     let batch = over(1);
-    out.push(at_cap(
-        Kernel::Matmul,
-        mm(5, 4, 3, &[batch], 'b', plain),
-        cap,
-        "one tile per matrix",
-        batch as u64,
-    ));
+    let matmul_at_cap = mm(5, 4, 3, &[batch], 'b', plain);
+    // The default choice, then every variant of each family on the same sizes.
+    let families = [
+        (Kernel::Matmul, None),
+        (Kernel::MatmulBuffer, Some(MatmulFamily::Buffer)),
+        (Kernel::MatmulTiled, Some(MatmulFamily::Tiled)),
+        (Kernel::MatmulTexture, Some(MatmulFamily::Texture)),
+    ];
+    for (kernel, family) in families {
+        let variants = family.map_or(vec![None], |f| {
+            family_variants(f).into_iter().map(Some).collect()
+        });
+        for variant in variants {
+            let with = |input: &Input| match input {
+                Input::Matmul { a, b, opts, .. } => Input::Matmul {
+                    a: a.clone(),
+                    b: b.clone(),
+                    opts: *opts,
+                    variant,
+                },
+                other => other.clone(),
+            };
+            for input in &matmuls {
+                out.push(Case::new(kernel, with(input), None));
+            }
+            // Over the cap once per family's default variant (with and
+            // without subgroups): the layouts of a family share their grid
+            // indexing, and each such case costs seconds on a software adapter.
+            let defaults = [
+                MatmulVariant::Buffer,
+                MatmulVariant::Tiled(TiledTile::T64),
+                MatmulVariant::Texture {
+                    subgroups: false,
+                    group_rows: 8,
+                },
+                MatmulVariant::Texture {
+                    subgroups: true,
+                    group_rows: 8,
+                },
+            ];
+            if variant.is_some_and(|v| !defaults.contains(&v)) {
+                continue;
+            }
+            out.push(at_cap(
+                kernel,
+                with(&matmul_at_cap),
+                cap,
+                "one tile per matrix",
+                batch as u64,
+            ));
+        }
+    }
 
     // Softmax: one element, short and long rows, logits at the spec's ±50,
     // and one workgroup per row over the cap.
@@ -939,6 +1169,41 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             None,
         ));
     }
+    // The streaming modes on the same shapes (D and Dv within their 64),
+    // then one N long enough that software adapters split the keys over
+    // several dispatches, masked keys straddling a boundary. Streaming's
+    // reference is N³ per head, so its long case is shorter.
+    let streamed = |kernel: Kernel, n: usize, causal: bool| {
+        let (d, dv) = (64, 64);
+        let (forward, refine) = flash_kernel::keys_per_dispatch(n, d, dv, causal, true);
+        let ranges = |keys: usize| n.div_ceil(keys.max(1));
+        let note = if kernel == Kernel::Flash {
+            format!(
+                "keys in {} dispatches on software adapters",
+                ranges(forward)
+            )
+        } else {
+            format!(
+                "keys in {} + {} dispatches on software adapters",
+                ranges(forward),
+                ranges(refine)
+            )
+        };
+        Case::new(
+            kernel,
+            att([1, 1, n, d], dv, causal, true, kernel == Kernel::Streaming),
+            Some(note),
+        )
+    };
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Kernel::Flash,
+            att(shape, dv, causal, masked, false),
+            None,
+        ));
+    }
+    out.push(streamed(Kernel::Flash, 1100, false));
+    out.push(streamed(Kernel::Flash, 1100, true));
 
     // Messages and refinement of given maps. Over the cap: one message tile
     // per 3x3 map (refine then has three times as many rows), and one refine
@@ -1002,6 +1267,14 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         &format!("{} output values, 64 per workgroup", grouped(elements)),
         elements / 64,
     ));
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Kernel::Streaming,
+            att(shape, dv, causal, masked, true),
+            None,
+        ));
+    }
+    out.push(streamed(Kernel::Streaming, 400, false));
     for &(shape, dv, causal, masked) in &shapes {
         out.push(Case::new(
             Kernel::MaterializedOutput,
@@ -1108,6 +1381,7 @@ async fn run_matmul(
     a_shape: &[usize],
     b_shape: &[usize],
     opts: &MatmulOptions,
+    variant: Option<MatmulVariant>,
     fault: Option<Fault>,
 ) -> Result<Measured> {
     let a = uniform(rng, numel(a_shape)?, -1.0, 1.0);
@@ -1120,7 +1394,10 @@ async fn run_matmul(
             matmul_kernel::matmul_with(&matmul_kernel::MATMUL_SKIPS_LAST_K, gpu, &ta, &tb, opts)
                 .await?
         }
-        None => matmul(gpu, &ta, &tb, opts).await?,
+        None => match variant {
+            Some(v) => matmul_variant(gpu, &ta, &tb, opts, v).await?,
+            None => matmul(gpu, &ta, &tb, opts).await?,
+        },
     };
     let got = c.to_vec(gpu).await?;
     let time = start.elapsed();
@@ -1195,6 +1472,8 @@ async fn run_attention(
     let mode = match kernel {
         Kernel::FusedOutput => Mode::Fused,
         Kernel::MaterializedOutput => Mode::Materialized,
+        Kernel::Flash => Mode::Flash,
+        Kernel::Streaming => Mode::Streaming,
         _ => Mode::Plain,
     };
     let start = Instant::now();
@@ -1228,6 +1507,13 @@ async fn run_attention(
         Mode::Flash => read(out.row_stats.as_ref(), "row stats")?,
     };
     let second_values = second.to_vec(gpu).await?;
+    let stats = if mode.is_streaming() {
+        read(out.row_stats.as_ref(), "row stats")?
+            .to_vec(gpu)
+            .await?
+    } else {
+        Vec::new()
+    };
     let time = start.elapsed();
 
     let start = Instant::now();
@@ -1237,7 +1523,26 @@ async fn run_attention(
         scale: None,
     };
     let o_shape = [b, h, n, dv];
-    let outputs = if mode == Mode::Plain {
+    // Max, sum and entropy of each row, as three outputs so that a miss names its statistic.
+    let row_stats = |want: Vec<f64>| {
+        ["max", "sum", "entropy"]
+            .into_iter()
+            .enumerate()
+            .map(|(c, name)| {
+                let column = |x: &[f32]| x.iter().skip(c).step_by(3).copied().collect::<Vec<_>>();
+                let want: Vec<f64> = want.iter().skip(c).step_by(3).copied().collect();
+                Output::new(name, &[b, h, n], column(&stats), want, Tolerance::SPEC)
+            })
+            .collect::<Vec<_>>()
+    };
+    let outputs = if mode == Mode::Flash {
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let mut outputs = vec![Output::new("O", &o_shape, o, want.output, Tolerance::SPEC)];
+        outputs.extend(row_stats(reference::attention::row_stats(
+            &q, &k, shape, &ref_opts,
+        )));
+        outputs
+    } else if mode == Mode::Plain {
         let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
         vec![
             Output::new(
@@ -1252,12 +1557,12 @@ async fn run_attention(
     } else {
         let lambda64 = to_f64(lambda);
         let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64);
-        let (name, reference) = if mode == Mode::Fused {
-            ("m", want.mass)
-        } else {
+        let (name, reference) = if mode == Mode::Materialized {
             ("R", want.refined)
+        } else {
+            ("m", want.mass)
         };
-        vec![
+        let mut outputs = vec![
             Output::new("O", &o_shape, o, want.output, Tolerance::SPEC),
             Output::new(
                 name,
@@ -1266,7 +1571,13 @@ async fn run_attention(
                 reference,
                 Tolerance::SPEC,
             ),
-        ]
+        ];
+        if mode == Mode::Streaming {
+            outputs.extend(row_stats(reference::attention::row_stats(
+                &q, &k, shape, &ref_opts,
+            )));
+        }
+        outputs
     };
     Ok(Measured {
         outputs,
@@ -1420,9 +1731,14 @@ async fn run_map(
 async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measured> {
     let mut rng = SplitMix(case.seed());
     match &case.input {
-        Input::Matmul { a, b, opts: m } => {
+        Input::Matmul {
+            a,
+            b,
+            opts: m,
+            variant,
+        } => {
             let fault = opts.fault.filter(|f| f.kernel() == case.kernel);
-            run_matmul(gpu, &mut rng, a, b, m, fault).await
+            run_matmul(gpu, &mut rng, a, b, m, *variant, fault).await
         }
         Input::Softmax {
             shape,
@@ -1514,15 +1830,43 @@ pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
         kernel: case.kernel,
         size: case.size.clone(),
         note: case.note.clone(),
+        shaders: case
+            .shaders(Some(gpu))
+            .iter()
+            .map(|k| format!("{}::{}", k.family, k.entry))
+            .collect(),
         checks: Vec::new(),
         status: Status::Pass,
         time: Duration::ZERO,
         reference_time: Duration::ZERO,
     };
     let downlevel = gpu.wgpu_adapter().get_downlevel_capabilities().flags;
-    if let Some(reason) = case.skip_reason(gpu.limits(), downlevel) {
+    if let Some(reason) = case.skip_reason_of(&case.shaders(Some(gpu)), gpu.limits(), downlevel) {
         row.status = Status::Skip(reason);
         return row;
+    }
+    // A variant the adapter lacks (no subgroups of 8, too few storage
+    // textures, too small workgroups) is a skip that says why.
+    if let Input::Matmul {
+        variant: Some(v), ..
+    } = &case.input
+    {
+        if let Err(e) = v.check(gpu) {
+            row.status = Status::Skip(e.to_string());
+            return row;
+        }
+        let at_cap = case
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("max_compute_workgroups_per_dimension"));
+        if at_cap && v.family() == MatmulFamily::Tiled && gpu.adapter().is_software() {
+            row.status = Status::Skip(
+                "the tiled family is for hardware GPUs, which the default choice gives it: a \
+                 software adapter takes minutes over 65,536+ workgroups of 256 invocations"
+                    .to_string(),
+            );
+            return row;
+        }
     }
     let measured = match measure(gpu, case, opts).await {
         Ok(m) => m,

@@ -12,8 +12,11 @@ use common::{gpus, on_every_gpu, TempDir};
 use saobp::conformance::{self, Case, Fault, Kernel, Options, Status};
 
 /// The kernels whose matrix has a case over the per-dimension workgroup cap.
-const AT_CAP: [Kernel; 6] = [
+const AT_CAP: [Kernel; 9] = [
     Kernel::Matmul,
+    Kernel::MatmulBuffer,
+    Kernel::MatmulTiled,
+    Kernel::MatmulTexture,
     Kernel::Softmax,
     Kernel::Messages,
     Kernel::Refine,
@@ -65,6 +68,54 @@ fn every_kernel_passes_on_every_adapter() {
                     "{adapter}: {kernel} has no case at the workgroup cap"
                 );
             }
+        }
+        // The streaming modes run everywhere with compute shaders, the long
+        // rows included (keys split over dispatches on software adapters).
+        for kernel in [Kernel::Flash, Kernel::Streaming] {
+            let rows: Vec<_> = report.rows.iter().filter(|r| r.kernel == kernel).collect();
+            for row in &rows {
+                assert_eq!(row.status, Status::Pass, "{adapter}: {kernel} {}", row.size);
+                let names: Vec<_> = row.checks.iter().map(|c| c.name.as_str()).collect();
+                let want: &[&str] = if kernel == Kernel::Flash {
+                    &["O", "max", "sum", "entropy"]
+                } else {
+                    &["O", "m", "max", "sum", "entropy"]
+                };
+                assert_eq!(names, want, "{adapter}: {kernel} {}", row.size);
+            }
+            assert!(
+                rows.iter()
+                    .any(|r| r.note.as_deref().is_some_and(|n| n.contains("dispatches"))),
+                "{adapter}: {kernel} has no long row"
+            );
+        }
+        // Every variant the adapter offers has rows that run; the default
+        // rows list the entry points of what the choice picked.
+        let variants = saobp::MatmulVariant::available(
+            gpus()
+                .iter()
+                .find(|g| g.adapter() == &report.adapter)
+                .expect("the report's adapter"),
+        );
+        for (kernel, family) in [
+            (Kernel::MatmulBuffer, saobp::MatmulFamily::Buffer),
+            (Kernel::MatmulTiled, saobp::MatmulFamily::Tiled),
+            (Kernel::MatmulTexture, saobp::MatmulFamily::Texture),
+        ] {
+            let offered = variants.iter().any(|v| v.family() == family);
+            let ran = report
+                .rows
+                .iter()
+                .any(|r| r.kernel == kernel && r.status == Status::Pass);
+            assert_eq!(ran, offered, "{adapter}: {kernel}");
+        }
+        for row in &report.rows {
+            assert!(
+                !row.shaders.is_empty(),
+                "{adapter}: {} {}",
+                row.kernel,
+                row.size
+            );
         }
         let c = report.counts();
         assert_eq!(c.pass + c.skip, report.rows.len());
@@ -127,7 +178,12 @@ fn skips_name_the_limit_they_exceed() {
     // Four storage buffers (GL ES class): entry points that bind more skip, naming it.
     for (case, reason) in skip_reasons(&wgpu::Limits::downlevel_defaults(), all) {
         match case.kernel {
-            Kernel::Matmul | Kernel::Softmax | Kernel::Attention => {
+            Kernel::Matmul
+            | Kernel::MatmulBuffer
+            | Kernel::MatmulTiled
+            | Kernel::MatmulTexture
+            | Kernel::Softmax
+            | Kernel::Attention => {
                 assert_eq!(reason, None, "{} {}", case.kernel, case.size)
             }
             _ => {
@@ -182,7 +238,21 @@ fn skips_name_the_limit_they_exceed() {
     let rows = skip_reasons(&huge, all);
     assert_eq!(rows.len(), full.len());
     let skipped: Vec<_> = rows.iter().filter(|(_, r)| r.is_some()).collect();
-    assert_eq!(skipped.len(), AT_CAP.len(), "{skipped:?}");
+    let at_cap = rows
+        .iter()
+        .filter(|(c, _)| {
+            c.note
+                .as_deref()
+                .is_some_and(|n| n.contains("max_compute_workgroups_per_dimension"))
+        })
+        .count();
+    assert_eq!(skipped.len(), at_cap, "{skipped:?}");
+    for kernel in AT_CAP {
+        assert!(
+            skipped.iter().any(|(c, _)| c.kernel == kernel),
+            "{kernel} has no case at the cap"
+        );
+    }
     for (case, reason) in skipped {
         let reason = reason.as_deref().unwrap_or_default();
         assert!(

@@ -24,8 +24,9 @@ pub struct ConformanceArgs {
     /// Only adapters whose name contains this (case-insensitive). Default: SAOBP_ADAPTER.
     #[arg(long)]
     adapter: Option<String>,
-    /// Only these kernels: matmul, softmax, attention, messages, refine, fused_output,
-    /// materialized_output, metrics. Repeat or comma-separate. Default: all.
+    /// Only these kernels: matmul, matmul_buffer, matmul_tiled, matmul_texture, softmax,
+    /// attention, flash, messages, refine, fused_output, streaming, materialized_output,
+    /// metrics. Repeat or comma-separate. Default: all.
     #[arg(long, value_delimiter = ',')]
     kernel: Vec<String>,
     /// Run a deliberately wrong variant of a kernel (`matmul`) to see the report fail.
@@ -167,6 +168,7 @@ fn row_json(row: &Row) -> Value {
         "kernel": row.kernel.name(),
         "size": row.size,
         "note": row.note,
+        "shaders": row.shaders,
         "status": row.status.label(),
         "reason": row.status.reason(),
         "max_abs": measured.then(|| row.max_abs()),
@@ -283,6 +285,33 @@ fn print_adapters(gpus: &[Gpu], open_errors: &[String]) {
     }
 }
 
+/// Each kernel's shader entry points on each adapter, over its rows: the
+/// matmul variant the default choice picks depends on the adapter and size.
+fn print_shaders(reports: &[AdapterReport], opts: &Options) {
+    println!("\n{:<7}  {:<19}  shader entry points", "adapter", "kernel");
+    for (i, report) in reports.iter().enumerate() {
+        for kernel in Kernel::ALL.into_iter().filter(|k| opts.selects(*k)) {
+            let mut shaders: Vec<&str> = Vec::new();
+            for s in report
+                .rows
+                .iter()
+                .filter(|r| r.kernel == kernel)
+                .flat_map(|r| &r.shaders)
+            {
+                if !shaders.contains(&s.as_str()) {
+                    shaders.push(s);
+                }
+            }
+            println!(
+                "{:<7}  {:<19}  {}",
+                format!("#{i}"),
+                kernel.name(),
+                shaders.join(", ")
+            );
+        }
+    }
+}
+
 pub fn run(args: &ConformanceArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     let env = GpuOptions::from_env().map_err(e)?;
@@ -338,6 +367,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
         })
         .collect();
 
+    print_shaders(&reports, &opts);
     let counts = Counts::of(reports.iter().flat_map(|r| &r.rows));
     let passed = counts.fail == 0 && open_errors.is_empty();
     println!(

@@ -79,7 +79,7 @@ pub(crate) struct Plan {
 /// dispatch the loads of q (and k) and the state loaded and stored around
 /// the key range. Hardware adapters have no such budget: one dispatch covers
 /// every key.
-fn keys_per_dispatch(
+pub(crate) fn keys_per_dispatch(
     n: usize,
     d: usize,
     dv: usize,

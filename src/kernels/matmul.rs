@@ -240,7 +240,6 @@ impl MatmulVariant {
         }
     }
 
-    /// A typed error when `gpu` cannot run this variant at all.
     /// The longest K this variant computes within the adapter's loop budget
     /// (see [`AdapterSummary::loop_budget`](crate::AdapterSummary::loop_budget)),
     /// measured on llvmpipe with a margin: the buffer kernel runs one loop
@@ -275,6 +274,20 @@ impl MatmulVariant {
         })
     }
 
+    /// The entry points this variant dispatches, in order (none of them
+    /// for an empty product, which the buffer kernel writes instead).
+    pub(crate) fn kernels(self) -> Vec<&'static Kernel> {
+        match self {
+            MatmulVariant::Buffer => vec![&MATMUL_BLOCKED],
+            MatmulVariant::Tiled(TiledTile::T64) => vec![&MATMUL_TILED_64],
+            MatmulVariant::Tiled(TiledTile::T128) => vec![&*MATMUL_TILED_128],
+            MatmulVariant::Texture {
+                subgroups: true, ..
+            } => vec![&PACK, &MATMUL_TEXTURE_SUBGROUP],
+            MatmulVariant::Texture { .. } => vec![&PACK, &MATMUL_TEXTURE],
+        }
+    }
+
     fn uses_subgroups(self) -> bool {
         matches!(
             self,
@@ -285,7 +298,8 @@ impl MatmulVariant {
         )
     }
 
-    fn check(self, gpu: &Gpu) -> Result<()> {
+    /// A typed error when `gpu` cannot run this variant at all.
+    pub(crate) fn check(self, gpu: &Gpu) -> Result<()> {
         if let MatmulVariant::Texture { group_rows, .. } = self {
             if ![1, 2, 4, 8].contains(&group_rows) {
                 return Err(Error::invalid(format!(

@@ -398,11 +398,13 @@ async fn attention_whole(
         }
         Mode::Fused => {
             if let (Some([y, u, au]), Some(stats)) = (&fused_tmp, &stats) {
+                // Both products read A: packed once where the matmul packs operands.
+                let mut shared = matmul::SharedA::default();
                 let p = matmul::plan(a.shape(), v.shape(), &plain)?;
-                steps.extend(matmul::steps(gpu, &p, &a, v, y)?);
+                steps.extend(matmul::steps_sharing_a(gpu, &p, &a, v, y, &mut shared)?);
                 steps.push(saobp::two_hop_values(&plan, y, v, stats, u));
                 let p = matmul::plan(a.shape(), u.shape(), &plain)?;
-                steps.extend(matmul::steps(gpu, &p, &a, u, au)?);
+                steps.extend(matmul::steps_sharing_a(gpu, &p, &a, u, au, &mut shared)?);
                 steps.push(saobp::fused_output(
                     &plan, y, v, au, stats, &mass, &lambda, &output,
                 ));

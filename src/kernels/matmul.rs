@@ -619,6 +619,41 @@ pub(crate) fn steps<'a>(
     steps_for(gpu, choose(gpu, plan), plan, a, b, c)
 }
 
+/// `op(A)` as one product packed it into texture panels, kept so that a
+/// later product of the same `A` (same tensor, shape, transpose and variant)
+/// binds the panels instead of packing `A` again. The fused SAOBP output
+/// multiplies `A` by `V` and then by `U'`: on the software adapters packing
+/// the N×N map costs about as much as a pass over it.
+#[derive(Default)]
+pub(crate) struct SharedA {
+    packed: Option<(wgpu::Buffer, MatmulVariant, [u32; 10], Panels)>,
+}
+
+/// [`steps`], reusing `A`'s packed panels from an earlier product recorded
+/// with the same `shared` (and leaving them there for a later one). Only
+/// the texture family packs; other variants ignore `shared`.
+pub(crate) fn steps_sharing_a<'a>(
+    gpu: &Gpu,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    shared: &mut SharedA,
+) -> Result<Vec<Step<'a>>> {
+    let variant = choose(gpu, plan);
+    match variant {
+        MatmulVariant::Texture {
+            subgroups,
+            group_rows,
+        } if plan.work() > 0 => {
+            variant.check(gpu)?;
+            variant.check_k(gpu, plan)?;
+            texture_steps(gpu, plan, subgroups, group_rows, a, b, c, Some(shared))
+        }
+        _ => steps_for(gpu, variant, plan, a, b, c),
+    }
+}
+
 /// The steps computing `c = plan(a, b)` with `variant`.
 fn steps_for<'a>(
     gpu: &Gpu,
@@ -654,7 +689,7 @@ fn steps_for<'a>(
         MatmulVariant::Texture {
             subgroups,
             group_rows,
-        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c),
+        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c, None),
     }
 }
 
@@ -759,6 +794,7 @@ impl TextureLayout {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn texture_steps<'a>(
     gpu: &Gpu,
     plan: &MatmulPlan,
@@ -767,6 +803,7 @@ fn texture_steps<'a>(
     a: &'a Tensor,
     b: &'a Tensor,
     c: &'a Tensor,
+    shared: Option<&mut SharedA>,
 ) -> Result<Vec<Step<'a>>> {
     let layout = TextureLayout::new(gpu, plan, subgroups)?;
     let p = &plan.params;
@@ -792,7 +829,36 @@ fn texture_steps<'a>(
         operand: 0,
         texels: 0,
     };
-    let a_panels = layout.a.create(gpu);
+    // Everything the packed A depends on.
+    let a_key = [
+        p.batch,
+        p.m,
+        p.k,
+        p.trans_a,
+        p.a_batch_stride,
+        layout.k4,
+        layout.row_blocks,
+        layout.a.texels,
+        layout.a.layer_shift,
+        layout.a.layers,
+    ];
+    let variant = MatmulVariant::Texture {
+        subgroups,
+        group_rows,
+    };
+    let reused = shared.as_ref().and_then(|s| match &s.packed {
+        Some((buffer, v, key, panels))
+            if buffer == a.buffer() && *v == variant && *key == a_key =>
+        {
+            Some(panels.clone())
+        }
+        _ => None,
+    });
+    let pack_a = reused.is_none();
+    let a_panels = reused.unwrap_or_else(|| layout.a.create(gpu));
+    if let Some(shared) = shared {
+        shared.packed = Some((a.buffer().clone(), variant, a_key, a_panels.clone()));
+    }
     let b_panels = layout.b.create(gpu);
     let pack = |operand: u32, texels: u32, src: &'a Tensor, dst: &Panels| {
         let params = TextureParams {
@@ -807,24 +873,26 @@ fn texture_steps<'a>(
             workgroups: u64::from(texels).div_ceil(64),
         })
     };
-    Ok(vec![
-        pack(0, layout.a.texels, a, &a_panels),
-        pack(1, layout.b.texels, b, &b_panels),
-        Step::Dispatch(Dispatch {
-            kernel: if subgroups {
-                &MATMUL_TEXTURE_SUBGROUP
-            } else {
-                &MATMUL_TEXTURE
-            },
-            params: bytemuck::bytes_of(&params).to_vec(),
-            bindings: vec![
-                Binding::Texture(a_panels),
-                Binding::Texture(b_panels),
-                c.buffer().into(),
-            ],
-            workgroups: u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n),
-        }),
-    ])
+    let mut steps = Vec::with_capacity(3);
+    if pack_a {
+        steps.push(pack(0, layout.a.texels, a, &a_panels));
+    }
+    steps.push(pack(1, layout.b.texels, b, &b_panels));
+    steps.push(Step::Dispatch(Dispatch {
+        kernel: if subgroups {
+            &MATMUL_TEXTURE_SUBGROUP
+        } else {
+            &MATMUL_TEXTURE
+        },
+        params: bytemuck::bytes_of(&params).to_vec(),
+        bindings: vec![
+            Binding::Texture(a_panels),
+            Binding::Texture(b_panels),
+            c.buffer().into(),
+        ],
+        workgroups: u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n),
+    }));
+    Ok(steps)
 }
 
 /// The `matmul_blocked` dispatch of `kernel` (the real one, or a deliberately

@@ -276,6 +276,8 @@ impl MatmulVariant {
 
     /// The entry points this variant dispatches, in order (none of them
     /// for an empty product, which the buffer kernel writes instead).
+    /// Read by the conformance runner, which is native only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn kernels(self) -> Vec<&'static Kernel> {
         match self {
             MatmulVariant::Buffer => vec![&MATMUL_BLOCKED],

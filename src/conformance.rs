@@ -874,7 +874,7 @@ impl Case {
 
     /// Why an adapter with `limits` and `downlevel` flags cannot run this
     /// case, naming the limit; `None` when it can. Judges the entry points
-    /// of [`Case::shaders`] without an adapter.
+    /// this case dispatches when no adapter is known (the buffer matmul).
     pub fn skip_reason(
         &self,
         limits: &wgpu::Limits,

@@ -1,4 +1,4 @@
-// Streaming attention and streaming SAOBP (../SPEC.md): nothing N x N is
+// Streaming attention and streaming SAOBP (as README states it): nothing N x N is
 // ever stored, so memory grows with N, not N^2.
 //
 // Layout: q, k [matrices, n, d]; v [matrices, n, dv]; key mask [batch, n]

@@ -1,4 +1,4 @@
-// Attention metrics (../SPEC.md, "Metrics") for any row-stochastic P = A or R,
+// Attention metrics (defined in src/reference/metrics.rs) for any row-stochastic P = A or R,
 // [matrices, n, n] with matrices = B*H.
 //
 //   row_metrics  v1: one workgroup per row. Writes rows[METRIC, matrices*n]:

@@ -1,4 +1,4 @@
-// SAOBP: one belief-propagation step on the attention graph (../SPEC.md).
+// SAOBP: one belief-propagation step on the attention graph (the math as README states it).
 //
 // Every entry point sees A as [matrices, n, n] (matrices = B*H), row i = query i.
 //

@@ -9,26 +9,8 @@
 //                   storage buffers; a workgroup of 8x8 invocations covers a
 //                   32x32 tile. Every size works: out-of-range rows, columns
 //                   and k are masked, not padded.
-
-struct Params {
-    batch: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    a_batch_stride: u32,
-    b_batch_stride: u32,
-    alpha: f32,
-    tiles_m: u32,
-    tiles_n: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+//
+// Parameters and bindings come from shared/matmul_params.wgsl, put in front.
 
 const TILE: u32 = 32u;
 const BLOCK: u32 = 4u;

@@ -14,39 +14,10 @@
 //
 // Versions:
 //   pack  v1: one invocation per texel, four masked loads from the buffer.
+//
+// Parameters, texel placement (and for the multiply kernels, bindings, group
+// placement and the store of C) come from shared/matmul_panels.wgsl, put in front.
 
-struct Params {
-    batch: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    a_batch_stride: u32,
-    b_batch_stride: u32,
-    alpha: f32,
-    // ceil(K / 4): texels per row of an A panel, and steps of the k loop.
-    k4: u32,
-    // ceil(M / 16): A panels per matrix.
-    row_blocks: u32,
-    // ceil(N / (4 * panel_texels)): B panels per matrix.
-    col_blocks: u32,
-    // Texels per k of a B panel: 8 (32 columns) or 16 (64 columns).
-    panel_texels: u32,
-    // Panels along M per workgroup; 8 / group_rows along N.
-    group_rows: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    // log2 of the rows of one layer of the A and of the B texture.
-    a_layer_shift: u32,
-    b_layer_shift: u32,
-    // Pack only: 0 packs A, 1 packs B.
-    operand: u32,
-    // Pack only: texels to write.
-    texels: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var panels: texture_storage_2d_array<rgba32float, write>;
 
@@ -102,7 +73,6 @@ fn pack(
         let bb = rest / p.col_blocks;
         v = vec4<f32>(b_at(bb, kk, col), b_at(bb, kk, col + 1u), b_at(bb, kk, col + 2u), b_at(bb, kk, col + 3u));
     }
-    let shift = select(p.b_layer_shift, p.a_layer_shift, p.operand == 0u);
-    let row = t >> 7u;
-    textureStore(panels, vec2<u32>(t & 127u, row & ((1u << shift) - 1u)), row >> shift, v);
+    let at = texel(t, select(p.b_layer_shift, p.a_layer_shift, p.operand == 0u));
+    textureStore(panels, at.xy, at.z, v);
 }

@@ -16,26 +16,8 @@
 //
 // On software adapters (lavapipe, llvmpipe) workgroup memory is slower than
 // plain loads; they use the texture family (matmul_texture.wgsl) instead.
-
-struct Params {
-    batch: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    a_batch_stride: u32,
-    b_batch_stride: u32,
-    alpha: f32,
-    tiles_m: u32,
-    tiles_n: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+//
+// Parameters and bindings come from shared/matmul_params.wgsl, put in front.
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;

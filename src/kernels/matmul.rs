@@ -32,17 +32,18 @@ use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Panels, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = shader!("matmul.wgsl");
-pub(crate) const TILED_SOURCE: &str = shader!("matmul_tiled.wgsl");
-pub(crate) const PACK_SOURCE: &str = shader!("matmul_pack.wgsl");
-pub(crate) const TEXTURE_SOURCE: &str = shader!("matmul_texture.wgsl");
+pub(crate) const SOURCE: &str = shader!("shared/matmul_params.wgsl", "matmul.wgsl");
+pub(crate) const TILED_SOURCE: &str = shader!("shared/matmul_params.wgsl", "matmul_tiled.wgsl");
+pub(crate) const PACK_SOURCE: &str = shader!("shared/matmul_panels.wgsl", "matmul_pack.wgsl");
+pub(crate) const TEXTURE_SOURCE: &str = shader!("shared/matmul_panels.wgsl", "matmul_texture.wgsl");
 /// Uses subgroup builtins. naga (native) takes them without a directive, and
 /// rejects `enable subgroups;`; browsers require it.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str = shader!("matmul_texture_subgroup.wgsl");
+pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
+    shader!("shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
 #[cfg(target_arch = "wasm32")]
 pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
-    shader!(enable "subgroups", "matmul_texture_subgroup.wgsl");
+    shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
 
 pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
     family: "matmul",

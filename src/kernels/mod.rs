@@ -10,21 +10,20 @@
 macro_rules! shader {
     // A family that needs a WGSL extension: `enable` must come before any
     // declaration, so it goes in front of common.wgsl.
-    (enable $ext:literal, $file:literal) => {
+    (enable $ext:literal, $($file:literal),+) => {
         concat!(
             "enable ",
             $ext,
             ";\n",
             include_str!("../../shaders/common.wgsl"),
-            "\n",
-            include_str!(concat!("../../shaders/", $file))
+            $("\n", include_str!(concat!("../../shaders/", $file))),+
         )
     };
-    ($file:literal) => {
+    // Several files: pieces shared by a few families first, then the family.
+    ($($file:literal),+) => {
         concat!(
             include_str!("../../shaders/common.wgsl"),
-            "\n",
-            include_str!(concat!("../../shaders/", $file))
+            $("\n", include_str!(concat!("../../shaders/", $file))),+
         )
     };
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{assert_close, on_every_gpu, spec_run, Rng, SPEC_TOL};
 use saobp::reference::{self, RefOptions};
 use saobp::{attention_blocking, AttentionOptions, Error, Gpu, Lambda, Mode, Tensor};
 
@@ -15,27 +15,6 @@ use saobp::{attention_blocking, AttentionOptions, Error, Gpu, Lambda, Mode, Tens
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-const S: [f32; 9] = [2.0, 0.0, 1.0, 0.5, 1.5, 0.0, 0.0, 1.0, 1.0];
-const EYE: [f32; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-const V: [f32; 6] = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-/// The spec prints 6 decimals: half a unit in the last place, plus f32 rounding.
-const SPEC_TOL: f64 = 6e-7;
-
-/// The worked example (`k = I`, scale 1, so the scores are `S`) in `mode`.
-fn spec_run(gpu: &Gpu, mode: Mode, causal: bool) -> saobp::AttentionOutput {
-    let q = Tensor::from_slice(gpu, &[1, 1, 3, 3], &S).unwrap();
-    let k = Tensor::from_slice(gpu, &[1, 1, 3, 3], &EYE).unwrap();
-    let v = Tensor::from_slice(gpu, &[1, 1, 3, 2], &V).unwrap();
-    let opts = AttentionOptions {
-        causal,
-        scale: Some(1.0),
-        lambda: Lambda::Scalar(0.5),
-        mode,
-        ..Default::default()
-    };
-    attention_blocking(gpu, &q, &k, &v, &opts).unwrap()
 }
 
 fn download(gpu: &Gpu, t: &Option<Tensor>) -> Vec<f32> {
@@ -61,7 +40,7 @@ fn spec_worked_example() {
     let sum = [1.0 / 0.665241, 1.0 / 0.628532, 1.0 / 0.422319];
     on_every_gpu("flash spec example", |gpu| {
         for mode in [Mode::Flash, Mode::Streaming] {
-            let out = spec_run(gpu, mode, false);
+            let out = spec_run(gpu, mode, false, false);
             let what = |x: &str| format!("spec {x} ({mode:?})");
             let (want_o, tol): (&[f64], f64) = if mode == Mode::Flash {
                 (&av, 2.0 * SPEC_TOL)
@@ -83,7 +62,7 @@ fn spec_worked_example() {
             }
         }
         // Causal: only row 2 receives a message, M_20 = A_21 · A_10.
-        let out = spec_run(gpu, Mode::Streaming, true);
+        let out = spec_run(gpu, Mode::Streaming, true, false);
         let m = download(gpu, &out.multi_hop_mass);
         assert_close("causal m", &m, &[0.0, 0.0, 0.113579], 0.0, SPEC_TOL);
         // R_0 = [1, 0, 0], R_1 = A_1 = softmax(0.5, 1.5), R_2 from the spec.

@@ -3,33 +3,9 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{assert_close, on_every_gpu, spec_run, Rng, SPEC_TOL};
 use saobp::reference::{self, RefOptions};
 use saobp::{attention_blocking, refine_map_blocking, AttentionOptions, Gpu, Lambda, Mode, Tensor};
-
-const S: [f32; 9] = [2.0, 0.0, 1.0, 0.5, 1.5, 0.0, 0.0, 1.0, 1.0];
-const EYE: [f32; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-const V: [f32; 6] = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-/// The spec prints 6 decimals: half a unit in the last place, plus f32 rounding.
-const SPEC_TOL: f64 = 6e-7;
-
-/// Runs the worked example (`k = I`, scale 1, so the scores are `S`).
-fn spec_run(gpu: &Gpu, mode: Mode, causal: bool) -> saobp::AttentionOutput {
-    let q = Tensor::from_slice(gpu, &[1, 1, 3, 3], &S).unwrap();
-    let k = Tensor::from_slice(gpu, &[1, 1, 3, 3], &EYE).unwrap();
-    let v = Tensor::from_slice(gpu, &[1, 1, 3, 2], &V).unwrap();
-    let opts = AttentionOptions {
-        causal,
-        scale: Some(1.0),
-        lambda: Lambda::Scalar(0.5),
-        mode,
-        return_attention: true,
-        return_refined: mode != Mode::Plain,
-        metrics: true,
-        ..Default::default()
-    };
-    attention_blocking(gpu, &q, &k, &v, &opts).unwrap()
-}
 
 /// Metric `index` (see `saobp::METRIC_NAMES`) of the 3 rows.
 fn metric_rows(gpu: &Gpu, map: &saobp::MapMetrics, index: usize) -> Vec<f32> {
@@ -55,7 +31,7 @@ fn spec_worked_example() {
     let o = [0.866060, 0.371222, 0.395170, 0.767012, 0.593384, 0.806607];
     on_every_gpu("spec worked example", |gpu| {
         for mode in [Mode::Fused, Mode::Materialized] {
-            let out = spec_run(gpu, mode, false);
+            let out = spec_run(gpu, mode, false, true);
             let what = |x: &str| format!("spec {x} ({mode:?})");
             let got = |t: &Option<Tensor>| t.as_ref().unwrap().to_vec_blocking(gpu).unwrap();
             assert_close(&what("A"), &got(&out.attention), &a, 0.0, SPEC_TOL);
@@ -114,7 +90,7 @@ fn spec_worked_example() {
             assert_eq!(mr.heads[0].rows, 3);
         }
         // M itself, from the materialized refinement of A.
-        let out = spec_run(gpu, Mode::Plain, false);
+        let out = spec_run(gpu, Mode::Plain, false, true);
         let refined =
             refine_map_blocking(gpu, out.attention.as_ref().unwrap(), &Lambda::Scalar(0.5))
                 .unwrap();
@@ -139,7 +115,7 @@ fn spec_worked_example() {
 fn spec_causal_example() {
     on_every_gpu("spec causal example", |gpu| {
         for mode in [Mode::Fused, Mode::Materialized] {
-            let out = spec_run(gpu, mode, true);
+            let out = spec_run(gpu, mode, true, true);
             let r = out.refined.as_ref().unwrap().to_vec_blocking(gpu).unwrap();
             assert_eq!(
                 &r[..3],

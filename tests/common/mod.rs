@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use saobp::{Gpu, GpuOptions};
+use saobp::{
+    attention_blocking, AttentionOptions, AttentionOutput, Gpu, GpuOptions, Lambda, Mode, Tensor,
+};
 
 /// All adapters, opened once per test binary. Fails loudly when there are
 /// none, or when `SAOBP_REQUIRE_BACKENDS` (e.g. `vulkan,gl`, set by CI) names
@@ -199,4 +201,31 @@ pub fn reference_rows(
         row_metrics(&want.attention, &want.mass, None, rows, causal, mask),
         row_metrics(&want.refined, &want.mass, Some(lambda), rows, causal, mask),
     )
+}
+
+/// The spec's worked example: scores `S` (reached with `k = I` and scale 1)
+/// and values `V`, one head of three tokens, λ = 0.5.
+const SPEC_S: [f32; 9] = [2.0, 0.0, 1.0, 0.5, 1.5, 0.0, 0.0, 1.0, 1.0];
+const SPEC_EYE: [f32; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+const SPEC_V: [f32; 6] = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// The spec prints 6 decimals: half a unit in the last place, plus f32 rounding.
+pub const SPEC_TOL: f64 = 6e-7;
+
+/// Runs the worked example in `mode`; with `keep_maps` it also returns `A`,
+/// `R` (unless plain) and the metrics, which the streaming modes refuse.
+pub fn spec_run(gpu: &Gpu, mode: Mode, causal: bool, keep_maps: bool) -> AttentionOutput {
+    let q = Tensor::from_slice(gpu, &[1, 1, 3, 3], &SPEC_S).unwrap();
+    let k = Tensor::from_slice(gpu, &[1, 1, 3, 3], &SPEC_EYE).unwrap();
+    let v = Tensor::from_slice(gpu, &[1, 1, 3, 2], &SPEC_V).unwrap();
+    let opts = AttentionOptions {
+        causal,
+        scale: Some(1.0),
+        lambda: Lambda::Scalar(0.5),
+        mode,
+        return_attention: keep_maps,
+        return_refined: keep_maps && mode != Mode::Plain,
+        metrics: keep_maps,
+        ..Default::default()
+    };
+    attention_blocking(gpu, &q, &k, &v, &opts).unwrap()
 }

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -55,17 +56,7 @@ impl Pool {
         usage: wgpu::BufferUsages,
         label: &'static str,
     ) -> (Pooled, bool) {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            let found = free
-                .buffers
-                .get_mut(&(size, usage.bits()))
-                .and_then(Vec::pop);
-            if found.is_some() {
-                free.bytes -= size;
-            }
-            found
-        };
+        let reused = self.reuse(|f| &mut f.buffers, &(size, usage.bits()), size);
         let was_reused = reused.is_some();
         let buffer = reused.unwrap_or_else(|| {
             self.created.fetch_add(1, Ordering::Relaxed);
@@ -95,14 +86,7 @@ impl Pool {
         layers: u32,
     ) -> PooledTexture {
         let key = (width, height, layers);
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            let found = free.textures.get_mut(&key).and_then(Vec::pop);
-            if found.is_some() {
-                free.bytes -= texture_bytes(key);
-            }
-            found
-        };
+        let reused = self.reuse(|f| &mut f.textures, &key, texture_bytes(key));
         let view = reused.unwrap_or_else(|| {
             self.created.fetch_add(1, Ordering::Relaxed);
             let texture = device.create_texture(&wgpu::TextureDescriptor {
@@ -131,27 +115,38 @@ impl Pool {
         }
     }
 
-    fn give(&self, buffer: wgpu::Buffer) {
-        let size = buffer.size();
+    /// A free item of `key` from the list `pick` selects, its `bytes`
+    /// counted out of the free total.
+    fn reuse<K: Hash + Eq, V>(
+        &self,
+        pick: impl FnOnce(&mut Free) -> &mut HashMap<K, Vec<V>>,
+        key: &K,
+        bytes: u64,
+    ) -> Option<V> {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        if free.bytes + size > MAX_FREE_BYTES {
-            return; // dropped: wgpu frees it once the GPU is done with it
+        let found = pick(&mut free).get_mut(key).and_then(Vec::pop);
+        if found.is_some() {
+            free.bytes -= bytes;
         }
-        free.bytes += size;
-        free.buffers
-            .entry((size, buffer.usage().bits()))
-            .or_default()
-            .push(buffer);
+        found
     }
 
-    fn give_texture(&self, key: (u32, u32, u32), view: wgpu::TextureView) {
-        let bytes = texture_bytes(key);
+    /// Keeps `item` of `bytes` under `key` in the list `pick` selects, unless
+    /// that would hold more than [`MAX_FREE_BYTES`]; then it is dropped, and
+    /// wgpu frees it once the GPU is done with it.
+    fn keep<K: Hash + Eq, V>(
+        &self,
+        pick: impl FnOnce(&mut Free) -> &mut HashMap<K, Vec<V>>,
+        key: K,
+        bytes: u64,
+        item: V,
+    ) {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         if free.bytes + bytes > MAX_FREE_BYTES {
             return;
         }
         free.bytes += bytes;
-        free.textures.entry(key).or_default().push(view);
+        pick(&mut free).entry(key).or_default().push(item);
     }
 
     /// Releases every free buffer and texture.
@@ -196,7 +191,8 @@ impl Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.give(self.buffer.clone());
+            let (size, usage) = (self.buffer.size(), self.buffer.usage().bits());
+            pool.keep(|f| &mut f.buffers, (size, usage), size, self.buffer.clone());
         }
     }
 }
@@ -226,7 +222,8 @@ impl PooledTexture {
 impl Drop for PooledTexture {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.give_texture(self.key, self.view.clone());
+            let bytes = texture_bytes(self.key);
+            pool.keep(|f| &mut f.textures, self.key, bytes, self.view.clone());
         }
     }
 }

@@ -53,7 +53,10 @@ pub(crate) struct MetricsParams {
 
 /// The means of one head's row metrics over its counted rows (query not
 /// padded, at least one valid key), as the spec's summaries define them.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+///
+/// Serializes (serde) to an object with one field per metric and `rows`,
+/// the one JSON shape every output of the library and its tools uses.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct HeadSummary {
     /// Mean row entropy (nats).
     pub entropy: f64,

@@ -434,12 +434,10 @@ fn repeated_calls_of_the_same_shape_allocate_nothing() {
             MatmulFamily::Tiled,
             MatmulFamily::Texture,
         ] {
-            let Ok(gpu) = Gpu::new_blocking(&GpuOptions {
-                matmul: Some(family),
-                ..same_adapter(gpu)
-            }) else {
+            let Ok(gpu) = Gpu::new_blocking(&same_adapter(gpu)) else {
                 panic!("{family:?}: cannot open the adapter again");
             };
+            saobp::set_matmul_family(&gpu, Some(family));
             let gpu = &gpu;
             let call = |mode: Mode| {
                 let tq = Tensor::from_slice(gpu, &[b, h, n, d], &q).unwrap();

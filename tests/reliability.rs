@@ -12,14 +12,7 @@ use saobp::{
     GpuOptions, Lambda, MatmulFamily, MatmulOptions, Mode, SoftmaxOptions, Tensor,
 };
 
-fn same_adapter(gpu: &Gpu) -> GpuOptions {
-    let a = gpu.adapter();
-    GpuOptions {
-        backend: format!("{:?}", a.backend).to_lowercase().parse().unwrap(),
-        adapter: Some(a.name.clone()),
-        ..Default::default()
-    }
-}
+use common::same_adapter;
 
 /// Scores of ±1e4, all-equal rows and one-hot rows through every mode: finite
 /// and equal to the reference (the spec's tolerance holds for |S| ≤ 50; at

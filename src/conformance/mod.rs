@@ -318,3 +318,8 @@ pub async fn run(gpu: &Gpu, opts: &Options, mut on_row: impl FnMut(&Row)) -> Ada
 pub fn run_blocking(gpu: &Gpu, opts: &Options, on_row: impl FnMut(&Row)) -> AdapterReport {
     pollster::block_on(run(gpu, opts, on_row))
 }
+
+/// Blocking form of [`run_case`].
+pub fn run_case_blocking(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
+    pollster::block_on(run_case(gpu, case, opts))
+}

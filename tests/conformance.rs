@@ -26,11 +26,19 @@ const AT_CAP: [Subject; 9] = [
 
 #[test]
 fn every_kernel_passes_on_every_adapter() {
-    // One thread per adapter: a software adapter runs a dispatch on about one core.
+    // One thread per adapter: a software adapter runs a dispatch on about one
+    // core. Fresh contexts, so that the entry points each row records are
+    // its own and not those of a test running beside it.
     let reports = std::thread::scope(|s| {
         let runs: Vec<_> = gpus()
             .iter()
-            .map(|gpu| s.spawn(move || conformance::run_blocking(gpu, &Options::default(), |_| {})))
+            .map(|gpu| {
+                s.spawn(move || {
+                    let own = saobp::Gpu::new_blocking(&common::same_adapter(gpu))
+                        .expect("the adapter opens again");
+                    conformance::run_blocking(&own, &Options::default(), |_| {})
+                })
+            })
             .collect();
         runs.into_iter()
             .map(|r| r.join().expect("the conformance run panicked"))
@@ -118,11 +126,17 @@ fn every_kernel_passes_on_every_adapter() {
             match row.subject {
                 // O(N²D): never the messages M, never a mass pass over A.
                 Subject::FusedOutput => {
-                    assert!(ran("saobp::fused_output") && !ran("saobp::remove_echoes"), "{what}: {:?}", row.shaders);
+                    assert!(
+                        ran("saobp::fused_output") && !ran("saobp::remove_echoes"),
+                        "{what}: {:?}",
+                        row.shaders
+                    );
                     assert!(!ran("saobp::mass"), "{what}: {:?}", row.shaders);
                 }
                 Subject::Streaming => assert!(
-                    ran("flash::flash_refine") && !ran("saobp::remove_echoes") && !ran("softmax::softmax_rows"),
+                    ran("flash::flash_refine")
+                        && !ran("saobp::remove_echoes")
+                        && !ran("softmax::softmax_rows"),
                     "{what}: {:?}",
                     row.shaders
                 ),
@@ -140,7 +154,11 @@ fn every_kernel_passes_on_every_adapter() {
                     row.shaders
                 ),
                 Subject::MatmulTiled if row.size.starts_with("128") => {
-                    assert!(ran("matmul_tiled_128::matmul_tiled"), "{what}: {:?}", row.shaders)
+                    assert!(
+                        ran("matmul_tiled_128::matmul_tiled"),
+                        "{what}: {:?}",
+                        row.shaders
+                    )
                 }
                 Subject::MatmulBuffer => {
                     assert_eq!(row.shaders, ["matmul::matmul_blocked"], "{what}")
@@ -247,10 +265,7 @@ fn skips_name_the_limit_they_exceed() {
     let rows = skip_reasons(&huge, all);
     assert_eq!(rows.len(), full.len());
     let skipped: Vec<_> = rows.iter().filter(|(_, r)| r.is_some()).collect();
-    let at_cap = rows
-        .iter()
-        .filter(|(c, _)| c.at_cap)
-        .count();
+    let at_cap = rows.iter().filter(|(c, _)| c.at_cap).count();
     assert_eq!(skipped.len(), at_cap, "{skipped:?}");
     for kernel in AT_CAP {
         assert!(

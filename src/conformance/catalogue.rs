@@ -6,6 +6,7 @@ use crate::kernels::matmul::{
     self as matmul_kernel, MatmulFamily, MatmulOptions, MatmulVariant, TiledTile,
 };
 use crate::kernels::metrics::METRIC_COUNT;
+use crate::kernels::saobp as saobp_kernel;
 use crate::tensor::numel;
 
 use super::Subject;
@@ -614,14 +615,18 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             None,
         ));
     }
-    let heads = over(64);
+    let per_group = saobp_kernel::FUSED_OUTPUT.workgroup_size as usize;
+    let heads = over(per_group);
     let elements = heads as u64 * 4 * 1024;
     out.push(at_cap(
         Subject::FusedOutput,
         att([1, heads, 4, 2], 1024, false, true, true),
         cap,
-        &format!("{} output values, 64 per workgroup", grouped(elements)),
-        elements / 64,
+        &format!(
+            "{} output values, {per_group} per workgroup",
+            grouped(elements)
+        ),
+        saobp_kernel::FUSED_OUTPUT.groups_for(elements as usize),
     ));
     for &(shape, dv, causal, masked) in &shapes {
         out.push(Case::new(

@@ -65,7 +65,9 @@ pub struct Row {
     /// The shader entry points the case dispatched on this adapter, as
     /// `name::entry`, in the order each first ran: recorded from what the
     /// library submitted ([`crate::Gpu::work`]), so they cannot drift from
-    /// the pipeline. Empty when the case was skipped before any GPU work.
+    /// the pipeline (so they include another thread's work on the same
+    /// [`crate::Gpu`] at the same time). Empty when the case was skipped
+    /// before any GPU work.
     pub shaders: Vec<String>,
     /// Each output compared (empty when skipped or when the call failed).
     pub checks: Vec<Check>,

@@ -470,11 +470,7 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
             masked,
             with_lambda,
         } => {
-            let lambda = if *with_lambda {
-                lambdas(shape[1])
-            } else {
-                Vec::new()
-            };
+            let lambda = lambdas(if *with_lambda { shape[1] } else { 0 });
             run_attention(
                 gpu,
                 &mut rng,
@@ -493,11 +489,7 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
             masked,
             with_lambda,
         } => {
-            let lambda = if *with_lambda {
-                lambdas(shape[1])
-            } else {
-                Vec::new()
-            };
+            let lambda = lambdas(if *with_lambda { shape[1] } else { 0 });
             run_map(
                 gpu,
                 &mut rng,

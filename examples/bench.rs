@@ -13,7 +13,7 @@
 //! The matmul section times every matmul variant the adapter offers (see
 //! `saobp::MatmulVariant`; `--all-variants` adds the texture layouts that
 //! autotuning skips), then the default choice before and after
-//! `Gpu::tune_matmul`.
+//! `tune_matmul`.
 //!
 //! Every figure is the median of several runs inside this one process, so the
 //! ratios compare like with like on a shared, noisy machine. Each timed run
@@ -525,7 +525,7 @@ fn matmul_section(gpu: &Gpu, args: &Args, cpus: usize) -> Result<MatmulSection, 
         .collect::<Result<_, _>>()?;
     if args.tune {
         let t = Instant::now();
-        let tuning = gpu.tune_matmul_blocking().map_err(|e| e.to_string())?;
+        let tuning = saobp::tune_matmul_blocking(gpu).map_err(|e| e.to_string())?;
         println!("tune_matmul: {:.1} s", t.elapsed().as_secs_f64());
         for c in &tuning.classes {
             println!("  {}: {}", c.class, c.winner);
@@ -578,7 +578,7 @@ impl MatmulSection {
                 .fold(0.0, f64::max);
             md += &format!(" {:.3}× |", best / c);
         }
-        md += "\n\nDefault choice per size (heuristic; after `Gpu::tune_matmul`):\n\n| size | heuristic | tuned |\n|---|---|---|\n";
+        md += "\n\nDefault choice per size (heuristic; after `tune_matmul`):\n\n| size | heuristic | tuned |\n|---|---|---|\n";
         for (n, before, after) in &self.choices {
             md += &format!(
                 "| {n}³ | {before} | {} |\n",

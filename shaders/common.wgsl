@@ -2,7 +2,9 @@
 // pipelines are built (WGSL has no includes). Families must not redeclare
 // these names.
 
-// Invocations per workgroup of every kernel.
+// Invocations per workgroup of the kernels that use the reductions below
+// (`@workgroup_size(64)`; each kernel's Rust declaration states its own size,
+// and a test checks it against the shader, e.g. matmul_tiled uses 256).
 const WG: u32 = 64u;
 
 var<workgroup> scratch: array<f32, 64>;

@@ -11,27 +11,36 @@
 //                 then each invocation accumulates TM x TN outputs, strided
 //                 by the invocation grid so workgroup-memory reads of B are
 //                 consecutive. Out-of-range rows, columns and k are masked.
-//                 The tile constants below are the 64 x 64 x 16, 4 x 4
-//                 configuration; the host derives the others by replacing them.
+//                 The tile sizes are pipeline-overridable constants: the
+//                 defaults below are the 64 x 64 x 16, 4 x 4 configuration,
+//                 and the host sets others (128 x 128 x 8, 8 x 8) when it
+//                 builds the pipeline. Every configuration keeps 256
+//                 invocations, BK * BM and BK * BN within the 1,024-element
+//                 tiles, and TM, TN <= 8.
 //
 // On software adapters (lavapipe, llvmpipe) workgroup memory is slower than
 // plain loads; they use the texture family (matmul_texture.wgsl) instead.
 //
 // Parameters and bindings come from shared/matmul_params.wgsl, put in front.
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
+override BM: u32 = 64u;
+override BN: u32 = 64u;
+override BK: u32 = 16u;
+override TM: u32 = 4u;
+override TN: u32 = 4u;
 
-// The invocation grid: WX columns by WY rows.
-const WX: u32 = BN / TN;
-const WY: u32 = BM / TM;
-const THREADS: u32 = WX * WY;
+// The invocation grid: WX columns by WY rows, WX * WY = THREADS.
+override WX: u32 = BN / TN;
+override WY: u32 = BM / TM;
+const THREADS: u32 = 256u;
+// Function-scope arrays need sizes fixed before overrides are known: the
+// accumulators are sized for the largest TM and TN, and tiles for the
+// largest BK * BM (the compiler sees the constants and drops what is unused).
+const TMAX: u32 = 8u;
+const TILE_ELEMENTS: u32 = 1024u;
 
-var<workgroup> a_tile: array<f32, BK * BM>;
-var<workgroup> b_tile: array<f32, BK * BN>;
+var<workgroup> a_tile: array<f32, TILE_ELEMENTS>;
+var<workgroup> b_tile: array<f32, TILE_ELEMENTS>;
 
 @compute @workgroup_size(THREADS)
 fn matmul_tiled(
@@ -54,7 +63,7 @@ fn matmul_tiled(
     let tx = lid % WX;
     let ty = lid / WX;
 
-    var acc: array<array<f32, TN>, TM>;
+    var acc: array<array<f32, TMAX>, TMAX>;
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
         for (var i = lid; i < BM * BK; i = i + THREADS) {
             var row: u32;
@@ -104,8 +113,8 @@ fn matmul_tiled(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            var av: array<f32, TM>;
-            var bv: array<f32, TN>;
+            var av: array<f32, TMAX>;
+            var bv: array<f32, TMAX>;
             for (var i = 0u; i < TM; i = i + 1u) {
                 av[i] = a_tile[kk * BM + ty + i * WY];
             }

@@ -7,6 +7,7 @@
 //! device loss come back as [`Error`]s instead of panics, and every wait has a
 //! timeout.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -14,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{MatmulFamily, MatmulVariant, SizeClass};
 use crate::pool::{Pool, Pooled, PooledTexture};
+use crate::shader::{self, Kernel, PipelineKey};
 
 /// Which graphics API to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,9 +75,6 @@ pub struct GpuOptions {
     /// `wgpu::Limits::default()` to behave like a browser's default WebGPU
     /// device (128 MiB storage bindings). They must be within the adapter's.
     pub limits: Option<wgpu::Limits>,
-    /// The matmul kernel family every product uses (`SAOBP_MATMUL` =
-    /// `buffer`, `tiled` or `texture`); `None` chooses per adapter and size.
-    pub matmul: Option<MatmulFamily>,
 }
 
 impl Default for GpuOptions {
@@ -86,15 +84,15 @@ impl Default for GpuOptions {
             adapter: None,
             timeout: Duration::from_secs(300),
             limits: None,
-            matmul: None,
         }
     }
 }
 
 impl GpuOptions {
-    /// Reads `SAOBP_BACKEND`, `SAOBP_ADAPTER`, `SAOBP_TIMEOUT_S` and
-    /// `SAOBP_MATMUL`; unset variables keep their defaults, malformed ones are
-    /// an error.
+    /// Reads `SAOBP_BACKEND`, `SAOBP_ADAPTER` and `SAOBP_TIMEOUT_S`; unset
+    /// variables keep their defaults, malformed ones are an error. (Kernel
+    /// families read their own, e.g. `SAOBP_MATMUL`, see
+    /// [`crate::MatmulFamily`].)
     pub fn from_env() -> Result<Self> {
         let mut opts = GpuOptions::default();
         if let Ok(b) = std::env::var("SAOBP_BACKEND") {
@@ -117,11 +115,6 @@ impl GpuOptions {
                 )));
             }
             opts.timeout = Duration::from_secs_f64(secs);
-        }
-        if let Ok(m) = std::env::var("SAOBP_MATMUL") {
-            if !m.trim().is_empty() && m.trim() != "auto" {
-                opts.matmul = Some(m.parse()?);
-            }
         }
         Ok(opts)
     }
@@ -253,17 +246,6 @@ pub fn list_adapters_blocking(backend: BackendChoice) -> Vec<AdapterSummary> {
     pollster::block_on(list_adapters(backend))
 }
 
-/// A compute shader entry point in one of the `shaders/*.wgsl` families.
-#[derive(Debug)]
-pub(crate) struct Kernel {
-    /// Family name, also the file name under `shaders/`.
-    pub family: &'static str,
-    /// The WGSL source.
-    pub source: &'static str,
-    /// Entry point.
-    pub entry: &'static str,
-}
-
 /// One step of recorded GPU work.
 pub(crate) enum Step<'a> {
     /// A compute dispatch.
@@ -298,15 +280,182 @@ impl<'a> From<&'a wgpu::Buffer> for Binding<'a> {
 }
 
 /// One compute dispatch: a kernel, its uniform parameters (binding 0) and its
-/// buffers and textures (bindings 1, 2, ... in order).
+/// buffers and textures, bound by the names the kernel declares (the WGSL
+/// variable names; a test checks the two agree).
 pub(crate) struct Dispatch<'a> {
     pub kernel: &'static Kernel,
     pub params: Vec<u8>,
-    pub bindings: Vec<Binding<'a>>,
+    bindings: Vec<(&'static str, Binding<'a>)>,
     /// Total number of workgroups; split over x and y when it exceeds the
     /// per-dimension cap. Shaders rebuild the linear id from `num_workgroups`.
     pub workgroups: u64,
+    /// Floating-point operations of a matrix product (0 for other kernels),
+    /// counted in [`Work::product_flops`].
+    flops: u64,
 }
+
+impl<'a> Dispatch<'a> {
+    /// `workgroups` workgroups of `kernel` with `params` as its uniforms.
+    pub fn new(kernel: &'static Kernel, params: &impl bytemuck::NoUninit, workgroups: u64) -> Self {
+        Dispatch {
+            kernel,
+            params: bytemuck::bytes_of(params).to_vec(),
+            bindings: Vec::with_capacity(kernel.bindings.len()),
+            workgroups,
+            flops: 0,
+        }
+    }
+
+    /// Binds `resource` to the kernel's binding called `name`.
+    pub fn bind(mut self, name: &'static str, resource: impl Into<Binding<'a>>) -> Self {
+        self.bindings.push((name, resource.into()));
+        self
+    }
+
+    /// Records that this dispatch does `flops` floating-point operations of
+    /// a matrix product.
+    pub fn flops(mut self, flops: u64) -> Self {
+        self.flops = flops;
+        self
+    }
+
+    /// As a [`Step`].
+    pub fn step(self) -> Step<'a> {
+        Step::Dispatch(self)
+    }
+
+    /// The resources in binding order (1, 2, …), or an error naming the
+    /// binding that is missing, unknown or given twice.
+    fn ordered(&self) -> Result<Vec<&Binding<'a>>> {
+        let k = self.kernel;
+        for (i, (name, _)) in self.bindings.iter().enumerate() {
+            if !k.bindings.contains(name) || self.bindings[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::Validation(format!(
+                    "{}: binding `{name}` is not declared or is bound twice",
+                    k.label()
+                )));
+            }
+        }
+        k.bindings
+            .iter()
+            .map(|want| {
+                self.bindings
+                    .iter()
+                    .find(|(n, _)| n == want)
+                    .map(|(_, b)| b)
+                    .ok_or_else(|| {
+                        Error::Validation(format!("{}: binding `{want}` is not bound", k.label()))
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The GPU work a [`Gpu`] has submitted since it was opened (see
+/// [`Gpu::work`]): counts that show what a call really did, e.g. that a
+/// path does no N³ product, without timing anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Command submissions of kernels.
+    pub submissions: u64,
+    /// Compute dispatches.
+    pub dispatches: u64,
+    /// Floating-point operations (2 per multiply-add) of matrix products.
+    pub product_flops: u64,
+    /// Dispatches per kernel, as `name::entry`, in the order each first ran.
+    pub kernels: Vec<(String, u64)>,
+}
+
+impl Work {
+    /// The work done after `earlier` (a snapshot of the same context) up to this one.
+    pub fn since(&self, earlier: &Work) -> Work {
+        let kernels = self
+            .kernels
+            .iter()
+            .filter_map(|(name, n)| {
+                let before = earlier
+                    .kernels
+                    .iter()
+                    .find(|(e, _)| e == name)
+                    .map_or(0, |(_, n)| *n);
+                (*n > before).then(|| (name.clone(), n - before))
+            })
+            .collect();
+        Work {
+            submissions: self.submissions - earlier.submissions.min(self.submissions),
+            dispatches: self.dispatches - earlier.dispatches.min(self.dispatches),
+            product_flops: self.product_flops - earlier.product_flops.min(self.product_flops),
+            kernels,
+        }
+    }
+
+    /// How many times the kernel labelled `name::entry` ran.
+    pub fn count(&self, label: &str) -> u64 {
+        self.kernels
+            .iter()
+            .find(|(k, _)| k == label)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn add(&mut self, dispatches: &[&Dispatch<'_>]) {
+        self.submissions += 1;
+        // Empty dispatches are never encoded.
+        for d in dispatches.iter().filter(|d| d.workgroups > 0) {
+            self.dispatches += 1;
+            self.product_flops += d.flops;
+            let label = d.kernel.label();
+            match self.kernels.iter_mut().find(|(k, _)| *k == label) {
+                Some((_, n)) => *n += 1,
+                None => self.kernels.push((label, 1)),
+            }
+        }
+    }
+}
+
+/// Work grouped by size for choices that depend on it (e.g. which matmul
+/// variant is fastest): the cube root of the work (`batch · M · N · K` for a
+/// product), in octaves from 32 to 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SizeClass(u8);
+
+impl SizeClass {
+    /// Every class, smallest first.
+    pub const ALL: [SizeClass; 6] = [
+        SizeClass(0),
+        SizeClass(1),
+        SizeClass(2),
+        SizeClass(3),
+        SizeClass(4),
+        SizeClass(5),
+    ];
+
+    /// The class of `work` multiply-adds (`batch · M · N · K` for a product).
+    pub fn of_work(work: u64) -> SizeClass {
+        let s = (work as f64).cbrt();
+        // Boundaries halfway (geometrically) between the representative sizes.
+        let class = [45.0, 91.0, 181.0, 362.0, 724.0]
+            .iter()
+            .take_while(|&&edge| s >= edge)
+            .count();
+        SizeClass(class as u8)
+    }
+
+    /// The edge of the square product that stands for this class in tuning.
+    pub fn representative(self) -> usize {
+        32 << self.0
+    }
+}
+
+impl fmt::Display for SizeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "~{}³", self.representative())
+    }
+}
+
+/// Choices measured or set per device: `(operation, size class)` to a value
+/// only the operation's module interprets (`None` class: the operation's
+/// setting for every size).
+type TuningCache = HashMap<(&'static str, Option<SizeClass>), Box<dyn Any + Send + Sync>>;
 
 #[derive(Default)]
 struct Health {
@@ -327,7 +476,7 @@ pub struct Gpu {
     summary: AdapterSummary,
     limits: wgpu::Limits,
     timeout: Duration,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     health: Arc<Mutex<Health>>,
     /// Bound where a kernel's optional input (e.g. a key mask) is absent.
     placeholder: wgpu::Buffer,
@@ -335,10 +484,10 @@ pub struct Gpu {
     pool: Arc<Pool>,
     /// The subgroup size when the device has subgroups of one fixed size.
     subgroup_size: Option<u32>,
-    /// The matmul family `GpuOptions::matmul` forces, if any.
-    matmul_family: Option<MatmulFamily>,
-    /// Matmul variants chosen by [`Gpu::tune_matmul`], per size class.
-    matmul_tuned: Mutex<HashMap<SizeClass, MatmulVariant>>,
+    /// Per-operation choices (kernel variants, block sizes) by size class.
+    tuning: Mutex<TuningCache>,
+    /// What has been submitted so far.
+    work: Mutex<Work>,
 }
 
 impl fmt::Debug for Gpu {
@@ -466,8 +615,8 @@ impl Gpu {
             placeholder,
             pool: Arc::default(),
             subgroup_size,
-            matmul_family: opts.matmul,
-            matmul_tuned: Mutex::new(HashMap::new()),
+            tuning: Mutex::new(HashMap::new()),
+            work: Mutex::new(Work::default()),
             adapter,
             device,
             queue,
@@ -565,42 +714,42 @@ impl Gpu {
         self.subgroup_size
     }
 
-    /// The matmul family forced by [`GpuOptions::matmul`], if any.
-    pub(crate) fn matmul_family(&self) -> Option<MatmulFamily> {
-        self.matmul_family
-    }
-
-    /// The variant [`Gpu::tune_matmul`] chose for products of this size class.
-    pub(crate) fn tuned_matmul(&self, class: SizeClass) -> Option<MatmulVariant> {
-        self.matmul_tuned
+    /// The value `op` keeps for `class` in this device's tuning cache (see
+    /// [`Gpu::set_tuned`]), if it is there and of type `T`.
+    pub(crate) fn tuned<T: Any + Clone>(
+        &self,
+        op: &'static str,
+        class: Option<SizeClass>,
+    ) -> Option<T> {
+        self.tuning
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&class)
-            .copied()
+            .get(&(op, class))
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn set_tuned_matmul(&self, class: SizeClass, variant: MatmulVariant) {
-        self.matmul_tuned
+    /// Keeps `value` as `op`'s choice for `class` on this device (`None`:
+    /// for every size), e.g. the kernel variant a measurement found fastest.
+    pub(crate) fn set_tuned<T: Any + Send + Sync>(
+        &self,
+        op: &'static str,
+        class: Option<SizeClass>,
+        value: T,
+    ) {
+        self.tuning
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(class, variant);
+            .insert((op, class), Box::new(value));
     }
 
-    /// Times the matmul variants this adapter can run on a representative
-    /// product of each size class, and remembers the fastest per class: later
-    /// products (in [`crate::matmul()`], attention and the model) use it.
-    /// Takes a few seconds on software adapters. `GpuOptions::matmul` still
-    /// wins over the tuned choice. Native only (it needs a clock).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub async fn tune_matmul(&self) -> Result<crate::kernels::matmul::Tuning> {
-        crate::kernels::matmul::tune(self).await
-    }
-
-    /// Blocking form of [`Gpu::tune_matmul`].
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn tune_matmul_blocking(&self) -> Result<crate::kernels::matmul::Tuning> {
-        pollster::block_on(self.tune_matmul())
+    /// What this context has submitted since it was opened. Take one
+    /// snapshot before a call and one after; [`Work::since`] gives the call's.
+    pub fn work(&self) -> Work {
+        self.work
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A scratch `rgba32float` 2D-array texture that kernels write and then
@@ -672,13 +821,12 @@ impl Gpu {
     }
 
     fn pipeline(&self, kernel: &'static Kernel) -> wgpu::ComputePipeline {
-        let key = (kernel.family, kernel.entry);
         let mut cache = self
             .pipelines
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         cache
-            .entry(key)
+            .entry(kernel.key())
             .or_insert_with(|| {
                 let module = self
                     .device
@@ -692,7 +840,10 @@ impl Gpu {
                         layout: None,
                         module: &module,
                         entry_point: Some(kernel.entry),
-                        compilation_options: Default::default(),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: kernel.constants,
+                            ..Default::default()
+                        },
                         cache: None,
                     })
             })
@@ -729,6 +880,24 @@ impl Gpu {
             .iter()
             .map(|d| self.grid(d.workgroups))
             .collect::<Result<Vec<_>>>()?;
+        let bindings = dispatches
+            .iter()
+            .map(|d| d.ordered())
+            .collect::<Result<Vec<_>>>()?;
+        // A kernel the device cannot run is refused before anything is
+        // built, naming the limit, rather than failing validation.
+        for d in &dispatches {
+            if let Some((what, needed, limit_name, limit)) =
+                shader::over_limit(d.kernel, &self.limits)
+            {
+                return Err(Error::Limit {
+                    what,
+                    needed,
+                    limit_name,
+                    limit,
+                });
+            }
+        }
         let pipelines = self
             .scoped(|| {
                 dispatches
@@ -746,7 +915,7 @@ impl Gpu {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 for d in dispatches {
-                    cache.remove(&(d.kernel.family, d.kernel.entry));
+                    cache.remove(&d.kernel.key());
                 }
                 return Err(e);
             }
@@ -777,9 +946,9 @@ impl Gpu {
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
             let mut offsets = offsets.iter();
-            let mut prepared = dispatches.iter().zip(&pipelines).zip(&grids);
+            let mut prepared = dispatches.iter().zip(&bindings).zip(&pipelines).zip(&grids);
             for step in steps {
-                let (d, pipeline, (x, y)) = match step {
+                let (d, resources, pipeline, (x, y)) = match step {
                     Step::Copy {
                         src,
                         src_offset,
@@ -799,7 +968,7 @@ impl Gpu {
                         continue;
                     }
                     Step::Dispatch(_) => match prepared.next() {
-                        Some(((d, pipeline), grid)) => (d, pipeline, grid),
+                        Some((((d, resources), pipeline), grid)) => (d, resources, pipeline, grid),
                         None => break,
                     },
                 };
@@ -820,7 +989,7 @@ impl Gpu {
                         size: Some(size),
                     }),
                 }];
-                for (i, b) in d.bindings.iter().enumerate() {
+                for (i, b) in resources.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
                         resource: match b {
@@ -844,7 +1013,14 @@ impl Gpu {
             }
             self.queue.submit([encoder.finish()]);
         })
-        .await
+        .await?;
+        if !dispatches.is_empty() {
+            self.work
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(&dispatches);
+        }
+        Ok(())
     }
 
     /// The outcome of a `map_async`, waiting at most the context's timeout.

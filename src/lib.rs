@@ -44,6 +44,7 @@ pub mod kernels;
 pub mod model;
 mod pool;
 pub mod reference;
+mod shader;
 pub mod tensor;
 pub mod workload;
 
@@ -53,12 +54,16 @@ pub use attention::{attention, AttentionOptions, AttentionOutput, Metrics, Mode,
 pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 pub use gpu::list_adapters_blocking;
-pub use gpu::{choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions};
+pub use gpu::{
+    choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions, SizeClass, Work,
+};
 pub use kernels::attention::AttentionShape;
 pub use kernels::matmul::{
-    matmul, matmul_choice, matmul_variant, MatmulFamily, MatmulOptions, MatmulVariant, SizeClass,
-    TiledTile, TunedClass, Tuning,
+    matmul, matmul_choice, matmul_variant, set_matmul_family, MatmulFamily, MatmulOptions,
+    MatmulVariant, TiledTile, TunedClass, Tuning,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use kernels::matmul::{tune_matmul, tune_matmul_blocking};
 pub use kernels::metrics::{
     metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats, METRIC_NAMES,
 };

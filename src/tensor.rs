@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Step};
+use crate::gpu::{Binding, Gpu, Step};
 use crate::pool::Pooled;
 
 /// A dense, row-major f32 tensor living in a GPU storage buffer.
@@ -223,5 +223,11 @@ impl Tensor {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec_blocking(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         pollster::block_on(self.to_vec(gpu))
+    }
+}
+
+impl<'a> From<&'a Tensor> for Binding<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        Binding::Buffer(t.buffer())
     }
 }

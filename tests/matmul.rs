@@ -258,7 +258,9 @@ fn unavailable_variants_are_typed_errors() {
 
 #[test]
 fn forced_family_and_tuned_choice_are_used() {
-    use saobp::{matmul_choice, Gpu, GpuOptions, MatmulFamily};
+    use saobp::{
+        matmul_choice, set_matmul_family, tune_matmul_blocking, Gpu, GpuOptions, MatmulFamily,
+    };
     assert_eq!("Texture".parse::<MatmulFamily>(), Ok(MatmulFamily::Texture));
     assert!(matches!(
         "fast".parse::<MatmulFamily>(),
@@ -269,7 +271,7 @@ fn forced_family_and_tuned_choice_are_used() {
     // Fresh contexts, so tuning does not change what the other tests run.
     for gpu in Gpu::all_blocking(&opts) {
         let gpu = gpu.unwrap();
-        let tuning = gpu.tune_matmul_blocking().unwrap();
+        let tuning = tune_matmul_blocking(&gpu).unwrap();
         assert!(!tuning.classes.is_empty());
         for class in &tuning.classes {
             let n = class.size;
@@ -283,17 +285,20 @@ fn forced_family_and_tuned_choice_are_used() {
         // The tuned variant computes the right product.
         let mut rng = Rng::new(7);
         check(&gpu, &mut rng, &[70, 90], &[90, 65], plain);
-    }
-    for family in [MatmulFamily::Buffer, MatmulFamily::Tiled] {
-        let forced = GpuOptions {
-            matmul: Some(family),
-            ..opts.clone()
-        };
-        for gpu in Gpu::all_blocking(&forced) {
-            let gpu = gpu.unwrap();
+        // A forced family wins over the tuned choice, and lifting it brings
+        // the tuned choice back.
+        let n = tuning.classes.last().map_or(32, |c| c.size);
+        let tuned = matmul_choice(&gpu, &[n, n], &[n, n], &plain).unwrap();
+        for family in [MatmulFamily::Buffer, MatmulFamily::Tiled] {
+            set_matmul_family(&gpu, Some(family));
             let v = matmul_choice(&gpu, &[512, 512], &[512, 512], &plain).unwrap();
             assert_eq!(v.family(), family, "{}", gpu.adapter());
         }
+        set_matmul_family(&gpu, None);
+        assert_eq!(
+            matmul_choice(&gpu, &[n, n], &[n, n], &plain).unwrap(),
+            tuned
+        );
     }
 }
 

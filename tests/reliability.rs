@@ -12,14 +12,7 @@ use saobp::{
     GpuOptions, Lambda, MatmulFamily, MatmulOptions, Mode, SoftmaxOptions, Tensor,
 };
 
-fn same_adapter(gpu: &Gpu) -> GpuOptions {
-    let a = gpu.adapter();
-    GpuOptions {
-        backend: format!("{:?}", a.backend).to_lowercase().parse().unwrap(),
-        adapter: Some(a.name.clone()),
-        ..Default::default()
-    }
-}
+use common::same_adapter;
 
 /// Scores of ±1e4, all-equal rows and one-hot rows through every mode: finite
 /// and equal to the reference (the spec's tolerance holds for |S| ≤ 50; at
@@ -434,12 +427,10 @@ fn repeated_calls_of_the_same_shape_allocate_nothing() {
             MatmulFamily::Tiled,
             MatmulFamily::Texture,
         ] {
-            let Ok(gpu) = Gpu::new_blocking(&GpuOptions {
-                matmul: Some(family),
-                ..same_adapter(gpu)
-            }) else {
+            let Ok(gpu) = Gpu::new_blocking(&same_adapter(gpu)) else {
                 panic!("{family:?}: cannot open the adapter again");
             };
+            saobp::set_matmul_family(&gpu, Some(family));
             let gpu = &gpu;
             let call = |mode: Mode| {
                 let tq = Tensor::from_slice(gpu, &[b, h, n, d], &q).unwrap();

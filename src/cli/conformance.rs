@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use saobp::conformance::{self, AdapterReport, Counts, Fault, Kernel, Options, Row, Status};
+use saobp::conformance::{self, AdapterReport, Counts, Fault, Options, Row, Status, Subject};
 use saobp::{BackendChoice, Gpu, GpuOptions};
 use serde_json::{json, Value};
 
@@ -130,7 +130,7 @@ impl Table {
         format!(
             "{:<7}  {:<19}  {}  {abs:>8}  {rel:>8}  {worst:>7}  {result:<6}  {time:>9}  {note}",
             format!("#{id}"),
-            row.kernel.name(),
+            row.subject.name(),
             pad(&row.size, self.size_width),
         )
         .trim_end()
@@ -165,7 +165,7 @@ fn row_json(row: &Row) -> Value {
         .collect();
     let measured = !row.checks.is_empty();
     json!({
-        "kernel": row.kernel.name(),
+        "kernel": row.subject.name(),
         "size": row.size,
         "note": row.note,
         "shaders": row.shaders,
@@ -290,12 +290,12 @@ fn print_adapters(gpus: &[Gpu], open_errors: &[String]) {
 fn print_shaders(reports: &[AdapterReport], opts: &Options) {
     println!("\n{:<7}  {:<19}  shader entry points", "adapter", "kernel");
     for (i, report) in reports.iter().enumerate() {
-        for kernel in Kernel::ALL.into_iter().filter(|k| opts.selects(*k)) {
+        for kernel in Subject::ALL.into_iter().filter(|k| opts.selects(*k)) {
             let mut shaders: Vec<&str> = Vec::new();
             for s in report
                 .rows
                 .iter()
-                .filter(|r| r.kernel == kernel)
+                .filter(|r| r.subject == kernel)
                 .flat_map(|r| &r.shaders)
             {
                 if !shaders.contains(&s.as_str()) {
@@ -320,7 +320,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
         .kernel
         .iter()
         .filter(|k| !k.trim().is_empty())
-        .map(|k| k.parse::<Kernel>())
+        .map(|k| k.parse::<Subject>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(e)?;
     let fault = args
@@ -341,7 +341,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
     if let Some(f) = fault {
         println!(
             "INJECTED FAULT: the {} cases run a deliberately wrong kernel; they must fail.\n",
-            f.kernel()
+            f.subject()
         );
     }
     println!(
@@ -352,7 +352,7 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
     let size_width = gpus
         .iter()
         .flat_map(|g| conformance::cases(g.limits()))
-        .filter(|c| opts.selects(c.kernel))
+        .filter(|c| opts.selects(c.subject))
         .map(|c| c.size.chars().count())
         .max()
         .unwrap_or(4)
@@ -386,12 +386,12 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
         );
         let report = json!({
             "saobp": env!("CARGO_PKG_VERSION"),
-            "kernels": Kernel::ALL
+            "kernels": Subject::ALL
                 .iter()
                 .filter(|k| opts.selects(**k))
                 .map(|k| k.name())
                 .collect::<Vec<_>>(),
-            "injected_fault": fault.map(|f| f.kernel().name()),
+            "injected_fault": fault.map(|f| f.subject().name()),
             "passed": passed,
             "counts": counts_json(&counts),
             "adapters": adapters,

@@ -5,26 +5,26 @@
 //! encoder that strings them together is [`crate::model`].
 
 use crate::error::Result;
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
-use crate::kernels::{elementwise_groups, to_u32};
+use crate::gpu::{Dispatch, Gpu, Step};
+use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("bert.wgsl");
 
-macro_rules! kernel {
-    ($name:ident, $entry:literal) => {
-        pub(crate) static $name: Kernel = Kernel {
-            family: "bert",
-            source: SOURCE,
-            entry: $entry,
-        };
-    };
+kernels! {
+    "bert" in SOURCE, params BertParams, workgroup 64 {
+        /// Word, position and token-type embeddings summed.
+        EMBED = "embed" (em_ids, em_types, em_word, em_position, em_type, em_out);
+        /// LayerNorm of `x` (plus a residual), one workgroup per row.
+        LAYER_NORM = "layer_norm" (ln_x, ln_residual, ln_gamma, ln_beta, ln_out);
+        /// Bias add, then GELU if asked, in place.
+        BIAS_ACT = "bias_act" (ba_x, ba_bias);
+        /// `[B, N, H, dh]` → `[B, H, N, dh]`.
+        SPLIT_HEADS = "split_heads" (sh_in, sh_out);
+        /// `[B, H, N, dh]` → `[B, N, H, dh]`.
+        MERGE_HEADS = "merge_heads" (sh_in, sh_out);
+    }
 }
-kernel!(EMBED, "embed");
-kernel!(LAYER_NORM, "layer_norm");
-kernel!(BIAS_ACT, "bias_act");
-kernel!(SPLIT_HEADS, "split_heads");
-kernel!(MERGE_HEADS, "merge_heads");
 
 /// Mirrors `Params` in `shaders/bert.wgsl`.
 #[repr(C)]
@@ -64,20 +64,6 @@ impl Dims {
     }
 }
 
-fn step<'a>(
-    kernel: &'static Kernel,
-    p: BertParams,
-    buffers: Vec<&'a wgpu::Buffer>,
-    workgroups: u64,
-) -> Step<'a> {
-    Step::Dispatch(Dispatch {
-        kernel,
-        params: bytemuck::bytes_of(&p).to_vec(),
-        bindings: buffers.into_iter().map(Into::into).collect(),
-        workgroups,
-    })
-}
-
 /// `out[t] = word[ids[t]] + position[t mod n] + token_type[types[t]]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed<'a>(
@@ -90,15 +76,16 @@ pub(crate) fn embed<'a>(
     out: &'a Tensor,
 ) -> Result<Step<'a>> {
     let p = d.params(d.width, false, 0.0)?;
-    let buffers = [ids, types, word, position, token_type, out]
-        .map(Tensor::buffer)
-        .to_vec();
-    Ok(step(
-        &EMBED,
-        p,
-        buffers,
-        elementwise_groups(d.batch * d.n * d.width),
-    ))
+    Ok(
+        Dispatch::new(&EMBED, &p, EMBED.groups_for(d.batch * d.n * d.width))
+            .bind("em_ids", ids)
+            .bind("em_types", types)
+            .bind("em_word", word)
+            .bind("em_position", position)
+            .bind("em_type", token_type)
+            .bind("em_out", out)
+            .step(),
+    )
 }
 
 /// `out = LayerNorm(x + residual)` over rows of `d.width`.
@@ -114,14 +101,16 @@ pub(crate) fn layer_norm<'a>(
     out: &'a Tensor,
 ) -> Result<Step<'a>> {
     let p = d.params(d.width, residual.is_some(), eps)?;
-    let buffers = vec![
-        x.buffer(),
-        residual.map_or(gpu.placeholder(), Tensor::buffer),
-        gamma.buffer(),
-        beta.buffer(),
-        out.buffer(),
-    ];
-    Ok(step(&LAYER_NORM, p, buffers, (d.batch * d.n) as u64))
+    Ok(Dispatch::new(&LAYER_NORM, &p, (d.batch * d.n) as u64)
+        .bind("ln_x", x)
+        .bind(
+            "ln_residual",
+            residual.map_or(gpu.placeholder(), Tensor::buffer),
+        )
+        .bind("ln_gamma", gamma)
+        .bind("ln_beta", beta)
+        .bind("ln_out", out)
+        .step())
 }
 
 /// In place: `x += bias` per column (`width` columns), then GELU if asked.
@@ -133,32 +122,30 @@ pub(crate) fn bias_act<'a>(
     bias: &'a Tensor,
 ) -> Result<Step<'a>> {
     let p = d.params(width, gelu, 0.0)?;
-    Ok(step(
-        &BIAS_ACT,
-        p,
-        vec![x.buffer(), bias.buffer()],
-        elementwise_groups(d.batch * d.n * width),
-    ))
+    Ok(
+        Dispatch::new(&BIAS_ACT, &p, BIAS_ACT.groups_for(d.batch * d.n * width))
+            .bind("ba_x", x)
+            .bind("ba_bias", bias)
+            .step(),
+    )
 }
 
 /// `[B, N, H, dh]` → `[B, H, N, dh]`.
 pub(crate) fn split_heads<'a>(d: &Dims, x: &'a Tensor, out: &'a Tensor) -> Result<Step<'a>> {
     let p = d.params(d.width, false, 0.0)?;
-    Ok(step(
-        &SPLIT_HEADS,
-        p,
-        vec![x.buffer(), out.buffer()],
-        elementwise_groups(d.batch * d.n * d.width),
-    ))
+    let groups = SPLIT_HEADS.groups_for(d.batch * d.n * d.width);
+    Ok(Dispatch::new(&SPLIT_HEADS, &p, groups)
+        .bind("sh_in", x)
+        .bind("sh_out", out)
+        .step())
 }
 
 /// `[B, H, N, dh]` → `[B, N, H, dh]`.
 pub(crate) fn merge_heads<'a>(d: &Dims, x: &'a Tensor, out: &'a Tensor) -> Result<Step<'a>> {
     let p = d.params(d.width, false, 0.0)?;
-    Ok(step(
-        &MERGE_HEADS,
-        p,
-        vec![x.buffer(), out.buffer()],
-        elementwise_groups(d.batch * d.n * d.width),
-    ))
+    let groups = MERGE_HEADS.groups_for(d.batch * d.n * d.width);
+    Ok(Dispatch::new(&MERGE_HEADS, &p, groups)
+        .bind("sh_in", x)
+        .bind("sh_out", out)
+        .step())
 }

@@ -7,30 +7,27 @@
 //! in [`Mode::Flash`](crate::Mode::Flash) and [`Mode::Streaming`](crate::Mode::Streaming).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Step};
 use crate::kernels::attention::AttentionShape;
-use crate::kernels::{elementwise_groups, to_u32};
+use crate::kernels::to_u32;
+use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("flash.wgsl");
 
-macro_rules! kernel {
-    ($name:ident, $entry:literal) => {
-        pub(crate) static $name: Kernel = Kernel {
-            family: "flash",
-            source: SOURCE,
-            entry: $entry,
-        };
-    };
+kernels! {
+    "flash" in SOURCE, params FlashParams, workgroup 64 {
+        /// Pass 1: `A·V`, row statistics and per-key values, over a key range.
+        FLASH_FORWARD = "flash_forward" (ff_q, ff_k, ff_v, ff_mask, ff_out, ff_stats, ff_keys);
+        /// `U'` from pass 1.
+        FLASH_VALUES = "flash_values" (fv_y, fv_v, fv_keys, fv_u);
+        /// Pass 2: `A·U'` and the SAOBP row stats, over a key range.
+        FLASH_REFINE = "flash_refine" (fr_q, fr_k, fr_u, fr_keys, fr_au, fr_stats);
+    }
 }
-kernel!(FLASH_FORWARD, "flash_forward");
-kernel!(FLASH_VALUES, "flash_values");
-kernel!(FLASH_REFINE, "flash_refine");
 
 /// Query rows per invocation (`ROWS` in the shader).
 const ROWS: usize = 8;
-/// Invocations per workgroup.
-const WG: usize = 64;
 /// The widest `D` and `Dv` the kernels hold in private memory (`DMAX`).
 pub const MAX_HEAD_DIM: usize = 64;
 
@@ -119,7 +116,9 @@ pub(crate) fn plan(
         )));
     }
     let matrices = shape.batch * shape.heads;
-    let groups = shape.n.div_ceil(WG * ROWS);
+    let groups = shape
+        .n
+        .div_ceil(FLASH_FORWARD.workgroup_size as usize * ROWS);
     let (forward_keys, refine_keys) =
         keys_per_dispatch(shape.n, shape.d, shape.dv, causal, software);
     Ok(Plan {
@@ -144,25 +143,12 @@ pub(crate) fn plan(
     })
 }
 
-fn dispatch<'a>(
-    params: &FlashParams,
-    kernel: &'static Kernel,
-    buffers: Vec<&'a wgpu::Buffer>,
-    workgroups: u64,
-) -> Step<'a> {
-    Step::Dispatch(Dispatch {
-        kernel,
-        params: bytemuck::bytes_of(params).to_vec(),
-        bindings: buffers.into_iter().map(Into::into).collect(),
-        workgroups,
-    })
-}
-
-/// One dispatch of `kernel` per range of `keys` keys, in order.
+/// One dispatch of `kernel` per range of `keys` keys, in order, each
+/// binding `bindings` by name.
 fn key_ranges<'a>(
     plan: &Plan,
     kernel: &'static Kernel,
-    buffers: &[&'a wgpu::Buffer],
+    bindings: &[(&'static str, &'a wgpu::Buffer)],
     keys: usize,
 ) -> Vec<Step<'a>> {
     let n = plan.params.n;
@@ -176,7 +162,13 @@ fn key_ranges<'a>(
                 key_end: begin.saturating_add(step).min(n),
                 ..plan.params
             };
-            dispatch(&params, kernel, buffers.to_vec(), plan.blocks)
+            bindings
+                .iter()
+                .fold(
+                    Dispatch::new(kernel, &params, plan.blocks),
+                    |d, (name, b)| d.bind(name, Binding::Buffer(b)),
+                )
+                .step()
         })
         .collect()
 }
@@ -197,16 +189,16 @@ pub(crate) fn forward<'a>(
     keys: &'a Tensor,
 ) -> Vec<Step<'a>> {
     let mask = mask.map_or(gpu.placeholder(), Tensor::buffer);
-    let buffers = [
-        q.buffer(),
-        k.buffer(),
-        v.buffer(),
-        mask,
-        out.buffer(),
-        row_stats.buffer(),
-        keys.buffer(),
+    let bindings = [
+        ("ff_q", q.buffer()),
+        ("ff_k", k.buffer()),
+        ("ff_v", v.buffer()),
+        ("ff_mask", mask),
+        ("ff_out", out.buffer()),
+        ("ff_stats", row_stats.buffer()),
+        ("ff_keys", keys.buffer()),
     ];
-    key_ranges(plan, &FLASH_FORWARD, &buffers, plan.forward_keys)
+    key_ranges(plan, &FLASH_FORWARD, &bindings, plan.forward_keys)
 }
 
 /// `U' = [Y − a ⊙ V | r − a]` (`[B·H·N, Dv + 1]`) from pass 1's output and `keys`.
@@ -217,13 +209,16 @@ pub(crate) fn values<'a>(
     keys: &'a Tensor,
     u: &'a Tensor,
 ) -> Step<'a> {
-    let buffers = vec![y.buffer(), v.buffer(), keys.buffer(), u.buffer()];
-    dispatch(
-        &plan.params,
+    Dispatch::new(
         &FLASH_VALUES,
-        buffers,
-        elementwise_groups(plan.wide_elements),
+        &plan.params,
+        FLASH_VALUES.groups_for(plan.wide_elements),
     )
+    .bind("fv_y", y)
+    .bind("fv_v", v)
+    .bind("fv_keys", keys)
+    .bind("fv_u", u)
+    .step()
 }
 
 /// Pass 2: `au = A·U'` (`[B·H·N, Dv + 1]`) and the SAOBP row stats
@@ -238,13 +233,13 @@ pub(crate) fn refine<'a>(
     au: &'a Tensor,
     stats: &'a Tensor,
 ) -> Vec<Step<'a>> {
-    let buffers = [
-        q.buffer(),
-        k.buffer(),
-        u.buffer(),
-        keys.buffer(),
-        au.buffer(),
-        stats.buffer(),
+    let bindings = [
+        ("fr_q", q.buffer()),
+        ("fr_k", k.buffer()),
+        ("fr_u", u.buffer()),
+        ("fr_keys", keys.buffer()),
+        ("fr_au", au.buffer()),
+        ("fr_stats", stats.buffer()),
     ];
-    key_ranges(plan, &FLASH_REFINE, &buffers, plan.refine_keys)
+    key_ranges(plan, &FLASH_REFINE, &bindings, plan.refine_keys)
 }

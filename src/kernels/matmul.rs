@@ -15,21 +15,25 @@
 //!   shared with `subgroupBroadcast`.
 //!
 //! Which one runs ([`MatmulVariant`]) is chosen per adapter and size: the
-//! family forced by `SAOBP_MATMUL` ([`crate::GpuOptions::matmul`]), else the
-//! winner [`Gpu::tune_matmul`] measured for the product's [`SizeClass`], else
-//! a heuristic (software adapter: texture unless the product is tiny;
-//! hardware: tiled). Every variant is tested against the reference.
+//! family forced by [`set_matmul_family`] or the `SAOBP_MATMUL` environment
+//! variable, else the winner [`tune_matmul`] measured for the product's
+//! [`SizeClass`] (kept in the device's tuning cache), else a heuristic
+//! (software adapter: texture unless the product is tiny; hardware: tiled).
+//! Every variant is tested against the reference.
+//!
+//! The tiled configurations and the conformance runner's deliberately wrong
+//! kernel are the same WGSL with other values of its `override` constants.
 //!
 //! Reference: [`crate::reference::matmul`](mod@crate::reference::matmul).
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Dispatch, Gpu, Kernel, Panels, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Panels, SizeClass, Step};
 use crate::kernels::to_u32;
+use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("shared/matmul_params.wgsl", "matmul.wgsl");
@@ -45,93 +49,37 @@ pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
 pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
     shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
 
-pub(crate) static MATMUL_BLOCKED: Kernel = Kernel {
-    family: "matmul",
-    source: SOURCE,
-    entry: "matmul_blocked",
-};
-
-pub(crate) static MATMUL_TILED_64: Kernel = Kernel {
-    family: "matmul_tiled_64",
-    source: TILED_SOURCE,
-    entry: "matmul_tiled",
-};
-
-/// `matmul_tiled` with 128×128 tiles, BK 8 and 8×8 outputs per invocation.
-pub(crate) static MATMUL_TILED_128: LazyLock<Kernel> = LazyLock::new(|| Kernel {
-    family: "matmul_tiled_128",
-    source: tiled_128_source(),
-    entry: "matmul_tiled",
-});
-
-pub(crate) static PACK: Kernel = Kernel {
-    family: "matmul_pack",
-    source: PACK_SOURCE,
-    entry: "pack",
-};
-
-pub(crate) static MATMUL_TEXTURE: Kernel = Kernel {
-    family: "matmul_texture",
-    source: TEXTURE_SOURCE,
-    entry: "matmul_texture",
-};
-
-pub(crate) static MATMUL_TEXTURE_SUBGROUP: Kernel = Kernel {
-    family: "matmul_texture_subgroup",
-    source: TEXTURE_SUBGROUP_SOURCE,
-    entry: "matmul_texture_subgroup",
-};
-
-/// The tile constants of `matmul_tiled.wgsl` as written (64×64, BK 16, 4×4).
-const TILED_64_CONSTS: [&str; 5] = [
-    "const BM: u32 = 64u;",
-    "const BN: u32 = 64u;",
-    "const BK: u32 = 16u;",
-    "const TM: u32 = 4u;",
-    "const TN: u32 = 4u;",
-];
-
-/// `matmul_tiled.wgsl` with 128×128 tiles, BK 8, 8×8 per invocation: the
-/// same 256 invocations and 8 KiB of workgroup memory, twice the reuse.
-#[doc(hidden)]
-pub fn tiled_128_source() -> &'static str {
-    static S: OnceLock<String> = OnceLock::new();
-    S.get_or_init(|| {
-        let new = [
-            "const BM: u32 = 128u;",
-            "const BN: u32 = 128u;",
-            "const BK: u32 = 8u;",
-            "const TM: u32 = 8u;",
-            "const TN: u32 = 8u;",
-        ];
-        TILED_64_CONSTS
-            .iter()
-            .zip(new)
-            .fold(TILED_SOURCE.to_string(), |s, (old, new)| {
-                s.replace(old, new)
-            })
-    })
+kernels! {
+    "matmul" in SOURCE, params MatmulParams, workgroup 64 {
+        /// 4×4 outputs per invocation straight from storage buffers.
+        MATMUL_BLOCKED = "matmul_blocked" (a, b, c);
+        /// `matmul_blocked` with its k loop one term short (so `C` misses
+        /// `A[:, K-1] · B[K-1, :]`), for showing that the conformance runner
+        /// catches a broken kernel. Only the runner dispatches it, when asked.
+        MATMUL_SKIPS_LAST_K = "matmul_blocked" (a, b, c)
+            as "faults/matmul_skips_last_k" with [SKIPPED_K = 1];
+    }
+    "matmul_tiled" in TILED_SOURCE, params MatmulParams, workgroup 256 {
+        /// 64×64 tiles, BK 16, 4×4 outputs per invocation (the WGSL defaults).
+        MATMUL_TILED_64 = "matmul_tiled" (a, b, c) as "matmul_tiled_64" with [];
+        /// 128×128 tiles, BK 8, 8×8 outputs per invocation: the same 256
+        /// invocations and 8 KiB of workgroup memory, twice the reuse.
+        MATMUL_TILED_128 = "matmul_tiled" (a, b, c)
+            as "matmul_tiled_128" with [BM = 128, BN = 128, BK = 8, TM = 8, TN = 8];
+    }
+    "matmul_pack" in PACK_SOURCE, params TextureParams, workgroup 64 {
+        /// Packs one operand into texture panels.
+        PACK = "pack" (src, panels);
+    }
+    "matmul_texture" in TEXTURE_SOURCE, params TextureParams, workgroup 64 {
+        /// The product from packed panels.
+        MATMUL_TEXTURE = "matmul_texture" (a_panels, b_panels, c);
+    }
+    "matmul_texture_subgroup" in TEXTURE_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
+        /// The product from packed panels, A shared by `subgroupBroadcast`.
+        MATMUL_TEXTURE_SUBGROUP = "matmul_texture_subgroup" (a_panels, b_panels, c);
+    }
 }
-
-/// The source of a deliberately wrong `matmul_blocked` whose k loop stops one
-/// term short (so `C` misses `A[:, K-1] · B[K-1, :]`), for showing that
-/// [`crate::conformance`] catches a broken kernel. It is derived from the real
-/// source, so the two never drift apart.
-#[doc(hidden)]
-pub fn skips_last_k_source() -> &'static str {
-    static SOURCE_SKIPS_LAST_K: OnceLock<String> = OnceLock::new();
-    SOURCE_SKIPS_LAST_K.get_or_init(|| SOURCE.replace("kk < p.k;", "kk + 1u < p.k;"))
-}
-
-/// The broken variant as a kernel. Only the conformance runner (native only)
-/// dispatches it, and only when asked to.
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) static MATMUL_SKIPS_LAST_K: std::sync::LazyLock<Kernel> =
-    std::sync::LazyLock::new(|| Kernel {
-        family: "faults/matmul_skips_last_k",
-        source: skips_last_k_source(),
-        entry: "matmul_blocked",
-    });
 
 /// Output tile edge of `matmul_blocked`.
 const TILE: usize = 32;
@@ -275,22 +223,6 @@ impl MatmulVariant {
         })
     }
 
-    /// The entry points this variant dispatches, in order (none of them
-    /// for an empty product, which the buffer kernel writes instead).
-    /// Read by the conformance runner, which is native only.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn kernels(self) -> Vec<&'static Kernel> {
-        match self {
-            MatmulVariant::Buffer => vec![&MATMUL_BLOCKED],
-            MatmulVariant::Tiled(TiledTile::T64) => vec![&MATMUL_TILED_64],
-            MatmulVariant::Tiled(TiledTile::T128) => vec![&*MATMUL_TILED_128],
-            MatmulVariant::Texture {
-                subgroups: true, ..
-            } => vec![&PACK, &MATMUL_TEXTURE_SUBGROUP],
-            MatmulVariant::Texture { .. } => vec![&PACK, &MATMUL_TEXTURE],
-        }
-    }
-
     fn uses_subgroups(self) -> bool {
         matches!(
             self,
@@ -365,43 +297,34 @@ fn tiled_fits(gpu: &Gpu) -> bool {
         && l.max_compute_workgroup_storage_size >= 8192
 }
 
-/// Products grouped by size for the variant choice: the cube root of
-/// `batch · M · N · K`, in octaves from 32 to 1024.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SizeClass(u8);
+/// The tuning-cache key of the matmul variant choice.
+const TUNING_KEY: &str = "matmul";
+/// The tuning-cache key of the forced family (for every size class).
+const FAMILY_KEY: &str = "matmul.family";
 
-impl SizeClass {
-    /// Every class, smallest first.
-    pub const ALL: [SizeClass; 6] = [
-        SizeClass(0),
-        SizeClass(1),
-        SizeClass(2),
-        SizeClass(3),
-        SizeClass(4),
-        SizeClass(5),
-    ];
-
-    /// The class of a product of `work = batch · M · N · K` multiply-adds.
-    pub fn of_work(work: u64) -> SizeClass {
-        let s = (work as f64).cbrt();
-        // Boundaries halfway (geometrically) between the representative sizes.
-        let class = [45.0, 91.0, 181.0, 362.0, 724.0]
-            .iter()
-            .take_while(|&&edge| s >= edge)
-            .count();
-        SizeClass(class as u8)
-    }
-
-    /// The edge of the square product that stands for this class in tuning.
-    pub fn representative(self) -> usize {
-        32 << self.0
-    }
+/// Makes every later product on `gpu` use `family` (its fastest-looking
+/// variant), or (`None`) go back to the choice per adapter and size. Wins
+/// over `SAOBP_MATMUL` and over [`tune_matmul`].
+pub fn set_matmul_family(gpu: &Gpu, family: Option<MatmulFamily>) {
+    gpu.set_tuned(FAMILY_KEY, None, family);
 }
 
-impl fmt::Display for SizeClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "~{}³", self.representative())
+/// The family forced on `gpu`: by [`set_matmul_family`], else by
+/// `SAOBP_MATMUL` (`buffer`, `tiled`, `texture`; empty or `auto` forces
+/// none), read on the first product and kept for the device.
+fn forced_family(gpu: &Gpu) -> Result<Option<MatmulFamily>> {
+    if let Some(family) = gpu.tuned::<Option<MatmulFamily>>(FAMILY_KEY, None) {
+        return Ok(family);
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    let family = match std::env::var("SAOBP_MATMUL") {
+        Ok(m) if !m.trim().is_empty() && m.trim() != "auto" => Some(m.parse()?),
+        _ => None,
+    };
+    #[cfg(target_arch = "wasm32")]
+    let family = None;
+    gpu.set_tuned(FAMILY_KEY, None, family);
+    Ok(family)
 }
 
 /// Options of [`matmul`].
@@ -561,19 +484,20 @@ pub(crate) fn plan(a: &[usize], b: &[usize], opts: &MatmulOptions) -> Result<Mat
 /// scratch textures cost more than they save.
 const TINY_WORK: u64 = 48 * 48 * 48;
 
-/// The variant that computes `plan` on `gpu`: the family `SAOBP_MATMUL`
-/// forces, else the tuned winner of its size class, else the heuristic. A
-/// texture variant whose panels exceed the texture limits gives way to the
-/// tiled (hardware) or buffer kernel.
-pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> MatmulVariant {
+/// The variant that computes `plan` on `gpu`: the forced family (see
+/// [`forced_family`]), else the tuned winner of its size class, else the
+/// heuristic. A texture variant whose panels exceed the texture limits gives
+/// way to the tiled (hardware) or buffer kernel. Fails only on a malformed
+/// `SAOBP_MATMUL`.
+pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> Result<MatmulVariant> {
     let work = plan.work();
     if work == 0 {
         // Nothing to multiply; the buffer kernel writes the zeros.
-        return MatmulVariant::Buffer;
+        return Ok(MatmulVariant::Buffer);
     }
-    let wanted = if let Some(family) = gpu.matmul_family() {
+    let wanted = if let Some(family) = forced_family(gpu)? {
         MatmulVariant::default_of(gpu, family)
-    } else if let Some(v) = gpu.tuned_matmul(SizeClass::of_work(work)) {
+    } else if let Some(v) = gpu.tuned::<MatmulVariant>(TUNING_KEY, Some(SizeClass::of_work(work))) {
         v
     } else if gpu.adapter().is_software() {
         if work <= TINY_WORK {
@@ -595,7 +519,7 @@ pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> MatmulVariant {
             _ => true,
         };
     let texture = MatmulVariant::default_of(gpu, MatmulFamily::Texture);
-    if usable {
+    Ok(if usable {
         wanted
     } else if !gpu.adapter().is_software() && tiled_fits(gpu) {
         MatmulVariant::Tiled(TiledTile::T64)
@@ -608,7 +532,7 @@ pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> MatmulVariant {
         texture
     } else {
         MatmulVariant::Buffer
-    }
+    })
 }
 
 /// The steps computing `c = plan(a, b)` with the variant [`choose`] picks.
@@ -619,7 +543,7 @@ pub(crate) fn steps<'a>(
     b: &'a Tensor,
     c: &'a Tensor,
 ) -> Result<Vec<Step<'a>>> {
-    steps_for(gpu, choose(gpu, plan), plan, a, b, c)
+    steps_for(gpu, choose(gpu, plan)?, plan, a, b, c)
 }
 
 /// `op(A)` as one product packed it into texture panels, kept so that a
@@ -643,7 +567,7 @@ pub(crate) fn steps_sharing_a<'a>(
     c: &'a Tensor,
     shared: &mut SharedA,
 ) -> Result<Vec<Step<'a>>> {
-    let variant = choose(gpu, plan);
+    let variant = choose(gpu, plan)?;
     match variant {
         MatmulVariant::Texture {
             subgroups,
@@ -670,10 +594,10 @@ fn steps_for<'a>(
     variant.check_k(gpu, plan)?;
     if plan.work() == 0 {
         // Empty panels would be empty textures; the buffer kernel handles K = 0.
-        return Ok(vec![step_with(&MATMUL_BLOCKED, plan, a, b, c)]);
+        return Ok(vec![blocked(&MATMUL_BLOCKED, plan, a, b, c)]);
     }
     match variant {
-        MatmulVariant::Buffer => Ok(vec![step_with(&MATMUL_BLOCKED, plan, a, b, c)]),
+        MatmulVariant::Buffer => Ok(vec![blocked(&MATMUL_BLOCKED, plan, a, b, c)]),
         MatmulVariant::Tiled(tile) => {
             let (kernel, edge): (&'static Kernel, u32) = match tile {
                 TiledTile::T64 => (&MATMUL_TILED_64, 64),
@@ -682,12 +606,13 @@ fn steps_for<'a>(
             let mut p = plan.params;
             p.tiles_m = p.m.div_ceil(edge);
             p.tiles_n = p.n.div_ceil(edge);
-            Ok(vec![Step::Dispatch(Dispatch {
-                kernel,
-                params: bytemuck::bytes_of(&p).to_vec(),
-                bindings: vec![a.buffer().into(), b.buffer().into(), c.buffer().into()],
-                workgroups: u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n),
-            })])
+            let tiles = u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n);
+            Ok(vec![Dispatch::new(kernel, &p, tiles)
+                .bind("a", a)
+                .bind("b", b)
+                .bind("c", c)
+                .flops(2 * plan.work())
+                .step()])
         }
         MatmulVariant::Texture {
             subgroups,
@@ -869,38 +794,36 @@ fn texture_steps<'a>(
             texels,
             ..params
         };
-        Step::Dispatch(Dispatch {
-            kernel: &PACK,
-            params: bytemuck::bytes_of(&params).to_vec(),
-            bindings: vec![src.buffer().into(), Binding::Texture(dst.clone())],
-            workgroups: u64::from(texels).div_ceil(64),
-        })
+        Dispatch::new(&PACK, &params, PACK.groups_for(texels as usize))
+            .bind("src", src)
+            .bind("panels", Binding::Texture(dst.clone()))
+            .step()
     };
     let mut steps = Vec::with_capacity(3);
     if pack_a {
         steps.push(pack(0, layout.a.texels, a, &a_panels));
     }
     steps.push(pack(1, layout.b.texels, b, &b_panels));
-    steps.push(Step::Dispatch(Dispatch {
-        kernel: if subgroups {
-            &MATMUL_TEXTURE_SUBGROUP
-        } else {
-            &MATMUL_TEXTURE
-        },
-        params: bytemuck::bytes_of(&params).to_vec(),
-        bindings: vec![
-            Binding::Texture(a_panels),
-            Binding::Texture(b_panels),
-            c.buffer().into(),
-        ],
-        workgroups: u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n),
-    }));
+    let kernel = if subgroups {
+        &MATMUL_TEXTURE_SUBGROUP
+    } else {
+        &MATMUL_TEXTURE
+    };
+    let tiles = u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n);
+    steps.push(
+        Dispatch::new(kernel, &params, tiles)
+            .bind("a_panels", Binding::Texture(a_panels))
+            .bind("b_panels", Binding::Texture(b_panels))
+            .bind("c", c)
+            .flops(2 * plan.work())
+            .step(),
+    );
     Ok(steps)
 }
 
-/// The `matmul_blocked` dispatch of `kernel` (the real one, or a deliberately
-/// wrong variant with the same parameters and bindings).
-fn step_with<'a>(
+/// The `matmul_blocked` dispatch of `kernel` (the real one, or the
+/// deliberately wrong configuration with the same parameters and bindings).
+fn blocked<'a>(
     kernel: &'static Kernel,
     plan: &MatmulPlan,
     a: &'a Tensor,
@@ -908,12 +831,13 @@ fn step_with<'a>(
     c: &'a Tensor,
 ) -> Step<'a> {
     let p = &plan.params;
-    Step::Dispatch(Dispatch {
-        kernel,
-        params: bytemuck::bytes_of(p).to_vec(),
-        bindings: vec![a.buffer().into(), b.buffer().into(), c.buffer().into()],
-        workgroups: u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n),
-    })
+    let tiles = u64::from(p.batch) * u64::from(p.tiles_m) * u64::from(p.tiles_n);
+    Dispatch::new(kernel, p, tiles)
+        .bind("a", a)
+        .bind("b", b)
+        .bind("c", c)
+        .flops(2 * plan.work())
+        .step()
 }
 
 /// `C = alpha · op(A) · op(B)` over matching leading (batch) dimensions.
@@ -924,7 +848,7 @@ fn step_with<'a>(
 /// the [module docs](self)).
 pub async fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, opts: &MatmulOptions) -> Result<Tensor> {
     let plan = plan(a.shape(), b.shape(), opts)?;
-    run(gpu, choose(gpu, &plan), &plan, a, b).await
+    run(gpu, choose(gpu, &plan)?, &plan, a, b).await
 }
 
 /// [`matmul`] with a given variant instead of the chosen one, e.g. to test
@@ -948,7 +872,7 @@ pub fn matmul_choice(
     b: &[usize],
     opts: &MatmulOptions,
 ) -> Result<MatmulVariant> {
-    Ok(choose(gpu, &plan(a, b, opts)?))
+    choose(gpu, &plan(a, b, opts)?)
 }
 
 async fn run(
@@ -965,11 +889,10 @@ async fn run(
     Ok(c)
 }
 
-/// [`matmul`] computed by `kernel` (the real `matmul_blocked`, or a
-/// deliberately wrong variant of it), for the conformance runner.
+/// [`matmul`] computed by the deliberately wrong `matmul_blocked`
+/// configuration, for the conformance runner's fault injection.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) async fn matmul_with(
-    kernel: &'static Kernel,
+pub(crate) async fn matmul_skipping_last_k(
     gpu: &Gpu,
     a: &Tensor,
     b: &Tensor,
@@ -979,7 +902,8 @@ pub(crate) async fn matmul_with(
     a.check_finite("a")?;
     b.check_finite("b")?;
     let c = Tensor::scratch(gpu, &plan.out_shape)?;
-    gpu.run(&[step_with(kernel, &plan, a, b, &c)]).await?;
+    gpu.run(&[blocked(&MATMUL_SKIPS_LAST_K, &plan, a, b, &c)])
+        .await?;
     Ok(c)
 }
 
@@ -1001,7 +925,7 @@ pub fn matmul_variant_blocking(
     pollster::block_on(matmul_variant(gpu, a, b, opts, variant))
 }
 
-/// What [`Gpu::tune_matmul`] measured for one size class.
+/// What [`tune_matmul`] measured for one size class.
 #[derive(Debug, Clone)]
 pub struct TunedClass {
     /// The class.
@@ -1016,7 +940,7 @@ pub struct TunedClass {
     pub winner: MatmulVariant,
 }
 
-/// The outcome of [`Gpu::tune_matmul`], smallest class first.
+/// The outcome of [`tune_matmul`], smallest class first.
 #[derive(Debug, Clone)]
 pub struct Tuning {
     /// One entry per size class.
@@ -1029,8 +953,14 @@ pub struct Tuning {
 #[cfg(not(target_arch = "wasm32"))]
 const TUNE_DROP_RATIO: f64 = 4.0;
 
+/// Times the matmul variants `gpu` can run on a representative product of
+/// each size class, and keeps the fastest per class in the device's tuning
+/// cache: later products (in [`matmul()`], attention and the model) use it.
+/// Takes a few seconds on software adapters. A forced family
+/// ([`set_matmul_family`], `SAOBP_MATMUL`) still wins over the tuned choice.
+/// Native only (it needs a clock).
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) async fn tune(gpu: &Gpu) -> Result<Tuning> {
+pub async fn tune_matmul(gpu: &Gpu) -> Result<Tuning> {
     let mut candidates: Vec<MatmulVariant> = MatmulVariant::available(gpu)
         .into_iter()
         // group_rows 1 and 4 rarely win; timing them would double the work.
@@ -1078,7 +1008,7 @@ pub(crate) async fn tune(gpu: &Gpu) -> Result<Tuning> {
                 .iter()
                 .any(|(w, t)| w == v && t.as_secs_f64() <= fastest.as_secs_f64() * TUNE_DROP_RATIO)
         });
-        gpu.set_tuned_matmul(class, winner);
+        gpu.set_tuned(TUNING_KEY, Some(class), winner);
         classes.push(TunedClass {
             class,
             size: s,
@@ -1087,4 +1017,10 @@ pub(crate) async fn tune(gpu: &Gpu) -> Result<Tuning> {
         });
     }
     Ok(Tuning { classes })
+}
+
+/// Blocking form of [`tune_matmul`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn tune_matmul_blocking(gpu: &Gpu) -> Result<Tuning> {
+    pollster::block_on(tune_matmul(gpu))
 }

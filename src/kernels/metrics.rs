@@ -4,24 +4,21 @@
 //! Shader: `shaders/metrics.wgsl`. Reference: [`crate::reference::metrics`](mod@crate::reference::metrics).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::gpu::{Dispatch, Gpu, Step};
 use crate::kernels::saobp::{self, Lambda};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("metrics.wgsl");
 
-pub(crate) static ROW_METRICS: Kernel = Kernel {
-    family: "metrics",
-    source: SOURCE,
-    entry: "row_metrics",
-};
-
-pub(crate) static SUMMARIZE: Kernel = Kernel {
-    family: "metrics",
-    source: SOURCE,
-    entry: "summarize",
-};
+kernels! {
+    "metrics" in SOURCE, params MetricsParams, workgroup 64 {
+        /// Every metric of every row of a map, one workgroup per row.
+        ROW_METRICS = "row_metrics" (rm_p, rm_mask, rm_mass, rm_lambda, rm_rows);
+        /// The per-head means of the row metrics.
+        SUMMARIZE = "summarize" (sm_rows, sm_out);
+    }
+}
 
 /// Rows of the per-row metrics tensor `[METRIC_COUNT, B, H, N]`, in order.
 pub const METRIC_NAMES: [&str; 8] = [
@@ -347,27 +344,20 @@ impl MetricsJob {
         mass: &'a Tensor,
         lambda: Option<&'a Tensor>,
     ) -> [Step<'a>; 2] {
-        let params = bytemuck::bytes_of(&self.params).to_vec();
         let placeholder = gpu.placeholder();
+        let rows = u64::from(self.params.matrices) * u64::from(self.params.n);
         [
-            Step::Dispatch(Dispatch {
-                kernel: &ROW_METRICS,
-                params: params.clone(),
-                bindings: vec![
-                    p.buffer().into(),
-                    mask.map_or(placeholder, Tensor::buffer).into(),
-                    mass.buffer().into(),
-                    lambda.map_or(placeholder, Tensor::buffer).into(),
-                    self.rows.buffer().into(),
-                ],
-                workgroups: u64::from(self.params.matrices) * u64::from(self.params.n),
-            }),
-            Step::Dispatch(Dispatch {
-                kernel: &SUMMARIZE,
-                params,
-                bindings: vec![self.rows.buffer().into(), self.summary.buffer().into()],
-                workgroups: u64::from(self.params.matrices),
-            }),
+            Dispatch::new(&ROW_METRICS, &self.params, rows)
+                .bind("rm_p", p)
+                .bind("rm_mask", mask.map_or(placeholder, Tensor::buffer))
+                .bind("rm_mass", mass)
+                .bind("rm_lambda", lambda.map_or(placeholder, Tensor::buffer))
+                .bind("rm_rows", &self.rows)
+                .step(),
+            Dispatch::new(&SUMMARIZE, &self.params, u64::from(self.params.matrices))
+                .bind("sm_rows", &self.rows)
+                .bind("sm_out", &self.summary)
+                .step(),
         ]
     }
 

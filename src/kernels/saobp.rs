@@ -4,27 +4,28 @@
 //! The pipeline that strings them together is [`crate::attention`](mod@crate::attention).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
-use crate::kernels::{elementwise_groups, matmul, to_u32};
+use crate::gpu::{Dispatch, Gpu, Step};
+use crate::kernels::{matmul, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
 
-macro_rules! kernel {
-    ($name:ident, $entry:literal) => {
-        pub(crate) static $name: Kernel = Kernel {
-            family: "saobp",
-            source: SOURCE,
-            entry: $entry,
-        };
-    };
+kernels! {
+    "saobp" in SOURCE, params SaobpParams, workgroup 64 {
+        /// Takes the echo terms out of `A·A`, giving `M`.
+        REMOVE_ECHOES = "remove_echoes" (echo_a, echo_m);
+        /// `m` and `R` from `A` and `M`.
+        REFINE = "refine" (ref_a, ref_m, ref_lambda, ref_r, ref_mass);
+        /// Per row `(a_i, r_i, c_i)`.
+        DIAG_STATS = "diag_stats" (ds_a, ds_stats);
+        /// `m` from `A` and its row stats, without `M`.
+        MASS = "mass" (ms_a, ms_stats, ms_mass);
+        /// `U' = [Y − a ⊙ V | r − a]`.
+        TWO_HOP_VALUES = "two_hop_values" (tv_y, tv_v, tv_stats, tv_u);
+        /// The refined output in O(N²D).
+        FUSED_OUTPUT = "fused_output" (fo_y, fo_v, fo_au, fo_stats, fo_mass, fo_lambda, fo_out);
+    }
 }
-kernel!(REMOVE_ECHOES, "remove_echoes");
-kernel!(REFINE, "refine");
-kernel!(DIAG_STATS, "diag_stats");
-kernel!(MASS, "mass");
-kernel!(TWO_HOP_VALUES, "two_hop_values");
-kernel!(FUSED_OUTPUT, "fused_output");
 
 /// The refinement strength λ: one value for every head, or one per head.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,20 +109,6 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
     })
 }
 
-fn dispatch<'a>(
-    plan: &Plan,
-    kernel: &'static Kernel,
-    buffers: Vec<&'a Tensor>,
-    workgroups: u64,
-) -> Step<'a> {
-    Step::Dispatch(Dispatch {
-        kernel,
-        params: bytemuck::bytes_of(&plan.params).to_vec(),
-        bindings: buffers.into_iter().map(|t| t.buffer().into()).collect(),
-        workgroups,
-    })
-}
-
 /// `messages = M(a)`, both `[G, N, N]`: `A·A` by the matmul kernels, then the
 /// echo terms (`k = i`, `k = j`) taken out.
 pub(crate) fn messages<'a>(
@@ -134,12 +121,16 @@ pub(crate) fn messages<'a>(
     let n = plan.params.n as usize;
     let elements = plan.params.matrices as usize * n * n;
     let mut steps = matmul::steps(gpu, &square, a, a, messages)?;
-    steps.push(dispatch(
-        plan,
-        &REMOVE_ECHOES,
-        vec![a, messages],
-        elementwise_groups(elements),
-    ));
+    steps.push(
+        Dispatch::new(
+            &REMOVE_ECHOES,
+            &plan.params,
+            REMOVE_ECHOES.groups_for(elements),
+        )
+        .bind("echo_a", a)
+        .bind("echo_m", messages)
+        .step(),
+    );
     Ok(steps)
 }
 
@@ -152,17 +143,21 @@ pub(crate) fn refine<'a>(
     refined: &'a Tensor,
     mass: &'a Tensor,
 ) -> Step<'a> {
-    dispatch(
-        plan,
-        &REFINE,
-        vec![a, messages, lambda, refined, mass],
-        plan.rows,
-    )
+    Dispatch::new(&REFINE, &plan.params, plan.rows)
+        .bind("ref_a", a)
+        .bind("ref_m", messages)
+        .bind("ref_lambda", lambda)
+        .bind("ref_r", refined)
+        .bind("ref_mass", mass)
+        .step()
 }
 
 /// Per row `(a_i, r_i, c_i)` into `stats` (`[G·N, 3]`).
 pub(crate) fn diag_stats<'a>(plan: &Plan, a: &'a Tensor, stats: &'a Tensor) -> Step<'a> {
-    dispatch(plan, &DIAG_STATS, vec![a, stats], plan.rows)
+    Dispatch::new(&DIAG_STATS, &plan.params, plan.rows)
+        .bind("ds_a", a)
+        .bind("ds_stats", stats)
+        .step()
 }
 
 /// Multi-hop mass `m` from `A` and its row stats, without `M`.
@@ -172,7 +167,11 @@ pub(crate) fn mass<'a>(
     stats: &'a Tensor,
     mass: &'a Tensor,
 ) -> Step<'a> {
-    dispatch(plan, &MASS, vec![a, stats, mass], plan.rows)
+    Dispatch::new(&MASS, &plan.params, plan.rows)
+        .bind("ms_a", a)
+        .bind("ms_stats", stats)
+        .bind("ms_mass", mass)
+        .step()
 }
 
 /// `U' = [Y − a ⊙ V | r − a]` (`[G, N, D + 1]`).
@@ -183,12 +182,13 @@ pub(crate) fn two_hop_values<'a>(
     stats: &'a Tensor,
     u: &'a Tensor,
 ) -> Step<'a> {
-    dispatch(
-        plan,
-        &TWO_HOP_VALUES,
-        vec![y, v, stats, u],
-        elementwise_groups(plan.elements + plan.rows as usize),
-    )
+    let groups = TWO_HOP_VALUES.groups_for(plan.elements + plan.rows as usize);
+    Dispatch::new(&TWO_HOP_VALUES, &plan.params, groups)
+        .bind("tv_y", y)
+        .bind("tv_v", v)
+        .bind("tv_stats", stats)
+        .bind("tv_u", u)
+        .step()
 }
 
 /// Refined output from `Y = AV`, `AU'`, the row stats and λ; writes `m` too.
@@ -203,12 +203,19 @@ pub(crate) fn fused_output<'a>(
     lambda: &'a Tensor,
     out: &'a Tensor,
 ) -> Step<'a> {
-    dispatch(
-        plan,
+    Dispatch::new(
         &FUSED_OUTPUT,
-        vec![y, v, au, stats, mass, lambda, out],
-        elementwise_groups(plan.elements),
+        &plan.params,
+        FUSED_OUTPUT.groups_for(plan.elements),
     )
+    .bind("fo_y", y)
+    .bind("fo_v", v)
+    .bind("fo_au", au)
+    .bind("fo_stats", stats)
+    .bind("fo_mass", mass)
+    .bind("fo_lambda", lambda)
+    .bind("fo_out", out)
+    .step()
 }
 
 /// The materialized refinement of an attention map, from [`refine_map`].

@@ -3,17 +3,18 @@
 //! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`](mod@crate::reference::softmax).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Kernel, Step};
+use crate::gpu::{Dispatch, Gpu, Step};
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("softmax.wgsl");
 
-pub(crate) static SOFTMAX_ROWS: Kernel = Kernel {
-    family: "softmax",
-    source: SOURCE,
-    entry: "softmax_rows",
-};
+kernels! {
+    "softmax" in SOURCE, params SoftmaxParams, workgroup 64 {
+        /// Masked softmax of each row in place, one workgroup per row.
+        SOFTMAX_ROWS = "softmax_rows" (x, key_mask);
+    }
+}
 
 /// Options of [`softmax`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,15 +77,11 @@ pub(crate) fn step<'a>(
     x: &'a Tensor,
     mask: Option<&'a Tensor>,
 ) -> Step<'a> {
-    Step::Dispatch(Dispatch {
-        kernel: &SOFTMAX_ROWS,
-        params: bytemuck::bytes_of(params).to_vec(),
-        bindings: vec![
-            x.buffer().into(),
-            mask.map_or(gpu.placeholder(), |m| m.buffer()).into(),
-        ],
-        workgroups: u64::from(params.matrices) * u64::from(params.rows),
-    })
+    let rows = u64::from(params.matrices) * u64::from(params.rows);
+    Dispatch::new(&SOFTMAX_ROWS, params, rows)
+        .bind("x", x)
+        .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
+        .step()
 }
 
 /// Softmax over the last dimension of `x` (`[.., R, C]`), with masked entries

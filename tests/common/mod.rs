@@ -229,3 +229,13 @@ pub fn spec_run(gpu: &Gpu, mode: Mode, causal: bool, keep_maps: bool) -> Attenti
     };
     attention_blocking(gpu, &q, &k, &v, &opts).unwrap()
 }
+
+/// Options that open `gpu`'s adapter again (a fresh context on it).
+pub fn same_adapter(gpu: &Gpu) -> GpuOptions {
+    let a = gpu.adapter();
+    GpuOptions {
+        backend: format!("{:?}", a.backend).to_lowercase().parse().unwrap(),
+        adapter: Some(a.name.clone()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,659 @@
+//! The matrix of cases: which subject at which sizes, with what inputs, and
+//! what of it an adapter cannot run before any GPU work.
+
+use crate::kernels::flash as flash_kernel;
+use crate::kernels::matmul::{
+    self as matmul_kernel, MatmulFamily, MatmulOptions, MatmulVariant, TiledTile,
+};
+use crate::kernels::metrics::METRIC_COUNT;
+use crate::tensor::numel;
+
+use super::Subject;
+
+/// The inputs of one case.
+#[derive(Debug, Clone)]
+pub(super) enum Input {
+    /// `A` (`a`) times `B` (`b`), values uniform in [-1, 1), by `variant`
+    /// (`None`: the default choice).
+    Matmul {
+        a: Vec<usize>,
+        b: Vec<usize>,
+        opts: MatmulOptions,
+        variant: Option<MatmulVariant>,
+    },
+    /// Scores of `shape` uniform in [-range, range).
+    Softmax {
+        shape: Vec<usize>,
+        causal: bool,
+        masked: bool,
+        range: f32,
+    },
+    /// `q`, `k` (`shape`) uniform in [-2, 2), `v` (`[B, H, N, dv]`) in [-1, 1);
+    /// refined modes use λ per head from [`lambdas`].
+    Attention {
+        shape: [usize; 4],
+        dv: usize,
+        causal: bool,
+        masked: bool,
+        with_lambda: bool,
+    },
+    /// An attention map `[B, H, N, N]`: the reference softmax of scores
+    /// uniform in [-6, 6), rounded to f32; λ per head from [`lambdas`] when
+    /// `with_lambda`, else none given.
+    Map {
+        shape: [usize; 3],
+        causal: bool,
+        masked: bool,
+        with_lambda: bool,
+    },
+    /// A size at the adapter's limits that would be unreasonable to build
+    /// and check here; the reason.
+    TooLarge(String),
+}
+
+/// One kernel at one size.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The kernel.
+    pub subject: Subject,
+    /// The size, e.g. `[2,3,7,5] dv=3 causal mask λ=0.5,2,0`.
+    pub size: String,
+    /// What the size exercises, where the size alone does not say (e.g. a
+    /// grid over the per-dimension workgroup cap).
+    pub note: Option<String>,
+    /// Whether the case's grid goes over `max_compute_workgroups_per_dimension`.
+    pub at_cap: bool,
+    pub(super) input: Input,
+}
+
+/// The largest buffer a case at the dispatch limit may allocate: an adapter
+/// with a far larger workgroup cap gets a skip instead of a huge CPU check.
+const LIMIT_CASE_BUDGET: u64 = 256 << 20;
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn dims(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// ` causal mask λ=0.5,2,...`: the flags of a size label; λ for `heads`
+/// heads when given.
+fn flags(causal: bool, masked: bool, lambda_heads: Option<usize>) -> String {
+    let mut s = String::new();
+    if causal {
+        s.push_str(" causal");
+    }
+    if masked {
+        s.push_str(" mask");
+    }
+    if let Some(heads) = lambda_heads {
+        // λ cycles with period 4 (see `lambdas`): show one period.
+        let l: Vec<String> = lambdas(heads.min(4))
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        let more = if heads > 4 { ",..." } else { "" };
+        s.push_str(&format!(" λ={}{more}", l.join(",")));
+    }
+    s
+}
+
+/// λ per head: 0.5, 2, 0, 1, 0.5, ... (0 checks that refinement is then off).
+pub(super) fn lambdas(heads: usize) -> Vec<f32> {
+    (0..heads).map(|h| [0.5, 2.0, 0.0, 1.0][h % 4]).collect()
+}
+
+/// The key mask of every masked case, `[B, N]`: item 0 pads its last key;
+/// odd items pad key 0 and the second half (so a causal row 0 is empty, and
+/// with N = 1 the whole item is); other even items keep everything.
+pub(super) fn key_mask(batch: usize, n: usize) -> Vec<f32> {
+    (0..batch * n)
+        .map(|i| {
+            let (b, j) = (i / n, i % n);
+            let padded = if b == 0 {
+                n > 1 && j == n - 1
+            } else if b % 2 == 1 {
+                j == 0 || j > n / 2
+            } else {
+                false
+            };
+            if padded {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// A stable seed per case, so a failure reproduces whatever else runs.
+fn seed(subject: Subject, size: &str) -> u64 {
+    subject
+        .name()
+        .bytes()
+        .chain(size.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// Every matmul variant of `family` an adapter may offer, in report order;
+/// those an adapter lacks become skips.
+fn family_variants(family: MatmulFamily) -> Vec<MatmulVariant> {
+    match family {
+        MatmulFamily::Buffer => vec![MatmulVariant::Buffer],
+        MatmulFamily::Tiled => vec![
+            MatmulVariant::Tiled(TiledTile::T64),
+            MatmulVariant::Tiled(TiledTile::T128),
+        ],
+        MatmulFamily::Texture => [false, true]
+            .into_iter()
+            .flat_map(|subgroups| {
+                [1, 2, 4, 8].map(|group_rows| MatmulVariant::Texture {
+                    subgroups,
+                    group_rows,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A variant as its row labels name it: without the family, which is the
+/// kernel's name (`64x64x16 4x4`, `subgroup 8x1 groups`); the buffer
+/// family's one variant has no label.
+fn variant_label(v: MatmulVariant) -> String {
+    let full = v.to_string();
+    ["buffer", "tiled ", "texture "]
+        .iter()
+        .find_map(|family| full.strip_prefix(family))
+        .unwrap_or(&full)
+        .to_string()
+}
+
+impl Case {
+    fn new(subject: Subject, input: Input, note: Option<String>) -> Case {
+        let size = match &input {
+            Input::Matmul {
+                a,
+                b,
+                opts,
+                variant,
+            } => {
+                let t = |on: bool| if on { "^T" } else { "" };
+                let alpha = if opts.alpha == 1.0 {
+                    String::new()
+                } else {
+                    format!(" alpha={}", opts.alpha)
+                };
+                // The family is the kernel's name; the label says which of its variants.
+                let variant = match variant.map(variant_label) {
+                    Some(v) if !v.is_empty() => format!("{v}: "),
+                    _ => String::new(),
+                };
+                format!(
+                    "{variant}A{}{} x B{}{}{alpha}",
+                    dims(a),
+                    t(opts.trans_a),
+                    dims(b),
+                    t(opts.trans_b)
+                )
+            }
+            Input::Softmax {
+                shape,
+                causal,
+                masked,
+                range,
+            } => format!(
+                "{}{} |x|<{range}",
+                dims(shape),
+                flags(*causal, *masked, None)
+            ),
+            Input::Attention {
+                shape,
+                dv,
+                causal,
+                masked,
+                with_lambda,
+            } => format!(
+                "{} dv={dv}{}",
+                dims(shape),
+                flags(*causal, *masked, with_lambda.then_some(shape[1]))
+            ),
+            Input::Map {
+                shape: [b, h, n],
+                causal,
+                masked,
+                with_lambda,
+            } => format!(
+                "A{}{}",
+                dims(&[*b, *h, *n, *n]),
+                flags(*causal, *masked, with_lambda.then_some(*h))
+            ),
+            Input::TooLarge(_) => String::new(),
+        };
+        Case {
+            subject,
+            size,
+            note,
+            at_cap: false,
+            input,
+        }
+    }
+
+    /// The shapes of the tensors the case allocates that may be largest.
+    fn buffers(&self) -> Vec<Vec<usize>> {
+        match &self.input {
+            Input::Matmul { a, b, opts, .. } => {
+                let out = matmul_kernel::plan(a, b, opts)
+                    .map(|p| p.out_shape)
+                    .unwrap_or_default();
+                vec![a.clone(), b.clone(), out]
+            }
+            Input::Softmax { shape, .. } => vec![shape.clone()],
+            Input::Attention { shape, dv, .. } => {
+                let [b, h, n, _] = *shape;
+                let mut out = vec![shape.to_vec(), vec![b, h, n, *dv]];
+                // The streaming modes never form an N×N map.
+                if !matches!(self.subject, Subject::Flash | Subject::Streaming) {
+                    out.push(vec![b, h, n, n]);
+                }
+                out
+            }
+            Input::Map {
+                shape: [b, h, n], ..
+            } => {
+                vec![vec![*b, *h, *n, *n], vec![METRIC_COUNT, *b, *h, *n]]
+            }
+            Input::TooLarge(_) => Vec::new(),
+        }
+    }
+
+    /// Why an adapter with `limits` and `downlevel` flags cannot run this
+    /// case before any GPU work, naming the limit: no compute shaders, or a
+    /// tensor over the buffer limits. `None` when it may run; a kernel over
+    /// the device's limits (storage buffers, workgroup memory or size) is
+    /// refused by the library itself when the case runs, with
+    /// [`Error::Limit`], which the runner reports as a skip.
+    pub fn skip_reason(
+        &self,
+        limits: &wgpu::Limits,
+        downlevel: wgpu::DownlevelFlags,
+    ) -> Option<String> {
+        if let Input::TooLarge(reason) = &self.input {
+            return Some(reason.clone());
+        }
+        if !downlevel.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+            return Some("the adapter does not support compute shaders".to_string());
+        }
+        for shape in self.buffers() {
+            let bytes = numel(&shape).map_or(u64::MAX, |n| (n as u64).saturating_mul(4));
+            for (name, limit) in [
+                (
+                    "max_storage_buffer_binding_size",
+                    limits.max_storage_buffer_binding_size,
+                ),
+                ("max_buffer_size", limits.max_buffer_size),
+            ] {
+                if bytes > limit {
+                    return Some(format!(
+                        "a {} tensor needs {} bytes, over {name} = {}",
+                        dims(&shape),
+                        grouped(bytes),
+                        grouped(limit)
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn seed(&self) -> u64 {
+        seed(self.subject, &self.size)
+    }
+}
+
+/// A case sized from the per-dimension workgroup cap, noted as such; a skip
+/// (keeping its size) when that would allocate more than [`LIMIT_CASE_BUDGET`].
+fn at_cap(subject: Subject, input: Input, cap: u64, what: &str, workgroups: u64) -> Case {
+    let case = Case::new(subject, input, None);
+    let note = Some(format!(
+        "{what}: {} workgroups > max_compute_workgroups_per_dimension = {}, split over x and y",
+        grouped(workgroups),
+        grouped(cap)
+    ));
+    let largest = case
+        .buffers()
+        .iter()
+        .map(|s| numel(s).map_or(u64::MAX, |n| (n as u64).saturating_mul(4)))
+        .max()
+        .unwrap_or(0);
+    let input = if largest > LIMIT_CASE_BUDGET {
+        Input::TooLarge(format!(
+            "max_compute_workgroups_per_dimension = {}: a grid over it needs a buffer of {} MiB here, \
+             over this check's {} MiB",
+            grouped(cap),
+            grouped(largest >> 20),
+            LIMIT_CASE_BUDGET >> 20
+        ))
+    } else {
+        case.input
+    };
+    Case {
+        note,
+        at_cap: true,
+        input,
+        ..case
+    }
+}
+
+/// The fixed matrix for an adapter with `limits`: the same sizes everywhere,
+/// except those at the dispatch limit, which follow the adapter's
+/// `max_compute_workgroups_per_dimension`. Each entry point that sizes its
+/// grid from the data goes over that cap once, just barely: software adapters
+/// pay a few microseconds per workgroup.
+pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
+    let cap = u64::from(limits.max_compute_workgroups_per_dimension.max(1));
+    let cap_usize = usize::try_from(cap).unwrap_or(usize::MAX);
+    // The smallest count `c` with `c · unit` over the cap.
+    let over = |unit: usize| (cap_usize / unit).saturating_add(1);
+    let mut out = Vec::new();
+
+    // Matmul: 1x1x1, K = 1, transposes, rank-4 batches, broadcast of either
+    // operand, the score product at N = 256, and one tile per matrix over the cap.
+    let mm =
+        |m: usize, n: usize, k: usize, batch: &[usize], broadcast: char, opts: MatmulOptions| {
+            let (a_mat, b_mat) = (
+                if opts.trans_a { [k, m] } else { [m, k] },
+                if opts.trans_b { [n, k] } else { [k, n] },
+            );
+            let with = |lead: bool, mat: [usize; 2]| {
+                let mut s = if lead { batch.to_vec() } else { Vec::new() };
+                s.extend(mat);
+                s
+            };
+            Input::Matmul {
+                a: with(broadcast != 'a', a_mat),
+                b: with(broadcast != 'b', b_mat),
+                opts,
+                variant: None,
+            }
+        };
+    let plain = MatmulOptions::default();
+    let ta = MatmulOptions {
+        trans_a: true,
+        ..plain
+    };
+    let tb = MatmulOptions {
+        trans_b: true,
+        ..plain
+    };
+    let matmuls = [
+        mm(1, 1, 1, &[], '-', plain),
+        mm(7, 33, 65, &[], '-', ta),
+        mm(33, 7, 1, &[3], '-', tb),
+        mm(65, 31, 33, &[2, 3], 'b', plain),
+        mm(9, 7, 5, &[3], 'a', MatmulOptions { alpha: -1.5, ..ta }),
+        mm(
+            256,
+            256,
+            64,
+            &[2],
+            '-',
+            MatmulOptions { alpha: 0.125, ..tb },
+        ),
+    ];
+    let batch = over(1);
+    let matmul_at_cap = mm(5, 4, 3, &[batch], 'b', plain);
+    // The default choice, then every variant of each family on the same sizes.
+    let families = [
+        (Subject::Matmul, None),
+        (Subject::MatmulBuffer, Some(MatmulFamily::Buffer)),
+        (Subject::MatmulTiled, Some(MatmulFamily::Tiled)),
+        (Subject::MatmulTexture, Some(MatmulFamily::Texture)),
+    ];
+    for (subject, family) in families {
+        let variants = family.map_or(vec![None], |f| {
+            family_variants(f).into_iter().map(Some).collect()
+        });
+        for variant in variants {
+            let with = |input: &Input| match input {
+                Input::Matmul { a, b, opts, .. } => Input::Matmul {
+                    a: a.clone(),
+                    b: b.clone(),
+                    opts: *opts,
+                    variant,
+                },
+                other => other.clone(),
+            };
+            for input in &matmuls {
+                out.push(Case::new(subject, with(input), None));
+            }
+            // Over the cap once per family's default variant (with and
+            // without subgroups): the layouts of a family share their grid
+            // indexing, and each such case costs seconds on a software adapter.
+            let defaults = [
+                MatmulVariant::Buffer,
+                MatmulVariant::Tiled(TiledTile::T64),
+                MatmulVariant::Texture {
+                    subgroups: false,
+                    group_rows: 8,
+                },
+                MatmulVariant::Texture {
+                    subgroups: true,
+                    group_rows: 8,
+                },
+            ];
+            if variant.is_some_and(|v| !defaults.contains(&v)) {
+                continue;
+            }
+            out.push(at_cap(
+                subject,
+                with(&matmul_at_cap),
+                cap,
+                "one tile per matrix",
+                batch as u64,
+            ));
+        }
+    }
+
+    // Softmax: one element, short and long rows, logits at the spec's ±50,
+    // and one workgroup per row over the cap.
+    let sm = |shape: &[usize], causal, masked, range| Input::Softmax {
+        shape: shape.to_vec(),
+        causal,
+        masked,
+        range,
+    };
+    for input in [
+        sm(&[1, 1], false, false, 8.0),
+        sm(&[2, 3, 7, 33], true, true, 8.0),
+        sm(&[1, 2, 65, 65], true, true, 8.0),
+        sm(&[1, 1, 33, 257], false, false, 50.0),
+        sm(&[1, 2, 256, 256], false, true, 8.0),
+    ] {
+        out.push(Case::new(Subject::Softmax, input, None));
+    }
+    let rows = over(2);
+    out.push(at_cap(
+        Subject::Softmax,
+        sm(&[2, 1, rows, 5], true, true, 8.0),
+        cap,
+        "one workgroup per row",
+        2 * rows as u64,
+    ));
+
+    // Attention and the refined outputs share shapes: N = 1, odd N and D,
+    // D = 1, Dv != D, several items and heads, masks, N = 256 D = 64 (one
+    // head: the reference of the refined modes is N³ per head). Plain
+    // attention is matmul then softmax, whose cases above go over the cap.
+    let att = |shape: [usize; 4], dv, causal, masked, with_lambda| Input::Attention {
+        shape,
+        dv,
+        causal,
+        masked,
+        with_lambda,
+    };
+    let shapes: [([usize; 4], usize, bool, bool); 5] = [
+        ([1, 1, 1, 1], 1, false, false),
+        ([2, 3, 7, 5], 3, true, true),
+        ([2, 2, 33, 1], 7, false, true),
+        ([1, 2, 65, 16], 16, true, true),
+        ([1, 1, 256, 64], 64, false, false),
+    ];
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Subject::Attention,
+            att(shape, dv, causal, masked, false),
+            None,
+        ));
+    }
+    // The streaming modes on the same shapes (D and Dv within their 64),
+    // then one N long enough that software adapters split the keys over
+    // several dispatches, masked keys straddling a boundary. Streaming's
+    // reference is N³ per head, so its long case is shorter.
+    let streamed = |subject: Subject, n: usize, causal: bool| {
+        let (d, dv) = (64, 64);
+        let (forward, refine) = flash_kernel::keys_per_dispatch(n, d, dv, causal, true);
+        let ranges = |keys: usize| n.div_ceil(keys.max(1));
+        let note = if subject == Subject::Flash {
+            format!(
+                "keys in {} dispatches on software adapters",
+                ranges(forward)
+            )
+        } else {
+            format!(
+                "keys in {} + {} dispatches on software adapters",
+                ranges(forward),
+                ranges(refine)
+            )
+        };
+        Case::new(
+            subject,
+            att(
+                [1, 1, n, d],
+                dv,
+                causal,
+                true,
+                subject == Subject::Streaming,
+            ),
+            Some(note),
+        )
+    };
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Subject::Flash,
+            att(shape, dv, causal, masked, false),
+            None,
+        ));
+    }
+    out.push(streamed(Subject::Flash, 1100, false));
+    out.push(streamed(Subject::Flash, 1100, true));
+
+    // Messages and refinement of given maps. Over the cap: one message tile
+    // per 3x3 map (refine then has three times as many rows), and one refine
+    // workgroup per row of 8x8 maps.
+    let map = |shape: [usize; 3], causal, masked, with_lambda| Input::Map {
+        shape,
+        causal,
+        masked,
+        with_lambda,
+    };
+    let maps: [([usize; 3], bool, bool); 5] = [
+        ([1, 1, 1], false, false),
+        ([2, 3, 3], false, true),
+        ([2, 2, 33], true, true),
+        ([1, 3, 65], false, false),
+        ([1, 1, 256], false, false),
+    ];
+    for subject in [Subject::Messages, Subject::Refine] {
+        for &(shape, causal, masked) in &maps {
+            out.push(Case::new(subject, map(shape, causal, masked, true), None));
+        }
+    }
+    let heads = over(2);
+    let messages_at_cap = at_cap(
+        Subject::Messages,
+        map([2, heads, 3], true, true, true),
+        cap,
+        "one tile per map",
+        2 * heads as u64,
+    );
+    let heads = over(8);
+    out.push(at_cap(
+        Subject::Refine,
+        map([1, heads, 8], true, false, true),
+        cap,
+        "one workgroup per row",
+        8 * heads as u64,
+    ));
+    let refine_at = out
+        .iter()
+        .position(|c| c.subject == Subject::Refine)
+        .unwrap_or(out.len());
+    out.insert(refine_at, messages_at_cap);
+
+    // The fused output, then the materialized one, on the attention shapes;
+    // the fused one also with its elementwise kernels over the cap (wide
+    // values keep the row-wise kernels under it).
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Subject::FusedOutput,
+            att(shape, dv, causal, masked, true),
+            None,
+        ));
+    }
+    let heads = over(64);
+    let elements = heads as u64 * 4 * 1024;
+    out.push(at_cap(
+        Subject::FusedOutput,
+        att([1, heads, 4, 2], 1024, false, true, true),
+        cap,
+        &format!("{} output values, 64 per workgroup", grouped(elements)),
+        elements / 64,
+    ));
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Subject::Streaming,
+            att(shape, dv, causal, masked, true),
+            None,
+        ));
+    }
+    out.push(streamed(Subject::Streaming, 400, false));
+    for &(shape, dv, causal, masked) in &shapes {
+        out.push(Case::new(
+            Subject::MaterializedOutput,
+            att(shape, dv, causal, masked, true),
+            None,
+        ));
+    }
+
+    // Metrics of given maps, with and without λ; then one workgroup per row over the cap.
+    for (&(shape, causal, masked), lambda) in maps.iter().zip([false, true, false, true, true]) {
+        out.push(Case::new(
+            Subject::Metrics,
+            map(shape, causal, masked, lambda),
+            None,
+        ));
+    }
+    let heads = over(16);
+    out.push(at_cap(
+        Subject::Metrics,
+        map([4, heads, 4], true, true, true),
+        cap,
+        "one workgroup per row",
+        16 * heads as u64,
+    ));
+    out
+}

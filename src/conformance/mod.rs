@@ -1,0 +1,325 @@
+//! Conformance: every kernel, at a fixed matrix of sizes, on one adapter,
+//! against the float64 reference.
+//!
+//! The matrix ([`cases`]) covers each public call — matmul (each variant),
+//! softmax, attention in every mode, SAOBP messages and refinement, metrics —
+//! at small odd sizes (N = 1, 7, 33, 65; D = 1; several batch items and
+//! heads; causal and key-padded), a mid size (N = 256, D = 64), and sizes at
+//! the adapter's dispatch limit: grids of more workgroups than
+//! `max_compute_workgroups_per_dimension`, which the library splits over x
+//! and y. Each case runs through the public API, is compared element by
+//! element with [`crate::reference`](mod@crate::reference) under the spec's
+//! tolerance ([`Tolerance`](crate::reference::Tolerance)), and becomes one
+//! [`Row`]: pass, fail, or skip with its reason. A case the adapter cannot
+//! run (a buffer over its binding size, an entry point needing more storage
+//! buffers or workgroup memory than it offers, no compute shaders at all) is
+//! a skip that names the limit; nothing is left out silently.
+//!
+//! By job: [`catalogue`] (the cases), [`runners`](self) (each case through
+//! the public API and its reference), [`report`] (rows and counts),
+//! [`limits`] (the adapter facts a report prints), and here the subjects and
+//! the judging.
+//!
+//! `saobp conformance` prints this for every adapter; `tests/conformance.rs`
+//! runs the same matrix on the adapters present.
+
+mod catalogue;
+mod limits;
+mod report;
+mod runners;
+
+pub use catalogue::{cases, Case};
+pub use limits::{downlevel_names, feature_names, relevant_limits};
+pub use report::{AdapterReport, Check, Counts, Row, Status};
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::matmul::MatmulFamily;
+
+use catalogue::Input;
+use runners::measure;
+
+/// What a row of the matrix tests: one public call of the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// [`crate::matmul()`], with transposes and broadcast batches: the
+    /// variant it chooses for the adapter and size.
+    Matmul,
+    /// [`crate::matmul_variant()`] with [`MatmulVariant::Buffer`], on the
+    /// [`Subject::Matmul`] sizes.
+    MatmulBuffer,
+    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Tiled`] tile.
+    MatmulTiled,
+    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Texture`]
+    /// layout, with and without subgroups.
+    MatmulTexture,
+    /// [`crate::softmax()`], causal and key-masked.
+    Softmax,
+    /// [`crate::attention()`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
+    Attention,
+    /// [`crate::attention()`] in [`Mode::Flash`]: `O = A·V` and the row
+    /// statistics, nothing N×N.
+    Flash,
+    /// The two-hop messages `M` of [`crate::refine_map`].
+    Messages,
+    /// The multi-hop mass `m` and refined map `R` of [`crate::refine_map`].
+    Refine,
+    /// [`crate::attention()`] in [`Mode::Fused`]: `O` and `m` in O(N²D).
+    FusedOutput,
+    /// [`crate::attention()`] in [`Mode::Streaming`]: `O`, `m` and the row
+    /// statistics in O(N²D) time and O(N·D) memory.
+    Streaming,
+    /// [`crate::attention()`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
+    MaterializedOutput,
+    /// [`crate::metrics()`]: every row metric and the per-head summaries.
+    Metrics,
+}
+
+impl Subject {
+    /// Every kernel, in report order.
+    pub const ALL: [Subject; 13] = [
+        Subject::Matmul,
+        Subject::MatmulBuffer,
+        Subject::MatmulTiled,
+        Subject::MatmulTexture,
+        Subject::Softmax,
+        Subject::Attention,
+        Subject::Flash,
+        Subject::Messages,
+        Subject::Refine,
+        Subject::FusedOutput,
+        Subject::Streaming,
+        Subject::MaterializedOutput,
+        Subject::Metrics,
+    ];
+
+    /// The name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Matmul => "matmul",
+            Subject::MatmulBuffer => "matmul_buffer",
+            Subject::MatmulTiled => "matmul_tiled",
+            Subject::MatmulTexture => "matmul_texture",
+            Subject::Flash => "flash",
+            Subject::Streaming => "streaming",
+            Subject::Softmax => "softmax",
+            Subject::Attention => "attention",
+            Subject::Messages => "messages",
+            Subject::Refine => "refine",
+            Subject::FusedOutput => "fused_output",
+            Subject::MaterializedOutput => "materialized_output",
+            Subject::Metrics => "metrics",
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Subject {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let want = s.trim().to_ascii_lowercase().replace('-', "_");
+        Subject::ALL
+            .into_iter()
+            .find(|k| k.name() == want)
+            .ok_or_else(|| {
+                let names: Vec<_> = Subject::ALL.iter().map(|k| k.name()).collect();
+                Error::invalid(format!(
+                    "unknown kernel `{s}`: expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// A deliberately wrong kernel variant to run instead of the real one, so
+/// that the report can be shown to fail. Not for use outside that check.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The matmul kernel with its k loop one term short, for the matmul cases.
+    MatmulSkipsLastK,
+}
+
+impl Fault {
+    /// The kernel whose cases the fault breaks.
+    pub fn subject(self) -> Subject {
+        match self {
+            Fault::MatmulSkipsLastK => Subject::Matmul,
+        }
+    }
+}
+
+impl FromStr for Fault {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "matmul" | "matmul_skips_last_k" => Ok(Fault::MatmulSkipsLastK),
+            _ => Err(Error::invalid(format!(
+                "unknown fault `{s}`: the only one is `matmul`"
+            ))),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only these kernels; empty means all of them.
+    pub kernels: Vec<Subject>,
+    /// Run a deliberately wrong kernel variant (see [`Fault`]).
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
+}
+
+impl Options {
+    /// Whether `kernel` is among those to run.
+    pub fn selects(&self, subject: Subject) -> bool {
+        self.kernels.is_empty() || self.kernels.contains(&subject)
+    }
+}
+
+/// Why a row failed, from its worst check.
+fn failure(checks: &[Check]) -> Option<String> {
+    let c = checks
+        .iter()
+        .filter(|c| !c.comparison.passed())
+        .max_by(|a, b| a.comparison.worst.total_cmp(&b.comparison.worst))?;
+    let over = format!(
+        "{} of {} values over their bound",
+        c.comparison.failures, c.comparison.len
+    );
+    Some(match &c.worst_miss {
+        Some((index, got, want)) => {
+            let index: Vec<String> = index.iter().map(|i| i.to_string()).collect();
+            let times = if c.comparison.worst.is_finite() {
+                format!("{:.1}x its bound", c.comparison.worst)
+            } else {
+                "not finite".to_string()
+            };
+            format!(
+                "{}[{}] = {got}, want {want:.7} ({times}); {over}",
+                c.name,
+                index.join(",")
+            )
+        }
+        None => format!("{}: {over}", c.name),
+    })
+}
+
+/// Runs `case` on `gpu` and judges it.
+pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
+    let mut row = Row {
+        subject: case.subject,
+        size: case.size.clone(),
+        note: case.note.clone(),
+        shaders: Vec::new(),
+        checks: Vec::new(),
+        status: Status::Pass,
+        time: Duration::ZERO,
+        reference_time: Duration::ZERO,
+    };
+    let downlevel = gpu.wgpu_adapter().get_downlevel_capabilities().flags;
+    if let Some(reason) = case.skip_reason(gpu.limits(), downlevel) {
+        row.status = Status::Skip(reason);
+        return row;
+    }
+    // A variant the adapter lacks (no subgroups of 8, too few storage
+    // textures, too small workgroups) is a skip that says why.
+    if let Input::Matmul {
+        variant: Some(v), ..
+    } = &case.input
+    {
+        if let Err(e) = v.check(gpu) {
+            row.status = Status::Skip(e.to_string());
+            return row;
+        }
+        if case.at_cap && v.family() == MatmulFamily::Tiled && gpu.adapter().is_software() {
+            row.status = Status::Skip(
+                "the tiled family is for hardware GPUs, which the default choice gives it: a \
+                 software adapter takes minutes over 65,536+ workgroups of 256 invocations"
+                    .to_string(),
+            );
+            return row;
+        }
+    }
+    // The entry points the case dispatches are what the library really ran.
+    let before = gpu.work();
+    let measured = measure(gpu, case, opts).await;
+    row.shaders = gpu
+        .work()
+        .since(&before)
+        .kernels
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    let measured = match measured {
+        Ok(m) => m,
+        // The library refuses sizes over a limit before any GPU work.
+        Err(e @ Error::Limit { .. }) => {
+            row.status = Status::Skip(e.to_string());
+            return row;
+        }
+        Err(e) => {
+            row.status = Status::Fail(format!("error: {e}"));
+            return row;
+        }
+    };
+    row.time = measured.time;
+    row.reference_time = measured.reference_time;
+    for output in measured.outputs {
+        match output.check() {
+            Ok(check) => row.checks.push(check),
+            Err(e) => {
+                row.status = Status::Fail(format!("error: {e}"));
+                return row;
+            }
+        }
+    }
+    if let Some(reason) = failure(&row.checks) {
+        row.status = Status::Fail(reason);
+    }
+    row
+}
+
+/// Runs the matrix (or the kernels `opts` selects) on `gpu`, calling
+/// `on_row` as each row is done.
+pub async fn run(gpu: &Gpu, opts: &Options, mut on_row: impl FnMut(&Row)) -> AdapterReport {
+    let mut rows = Vec::new();
+    for case in cases(gpu.limits()) {
+        if !opts.selects(case.subject) {
+            continue;
+        }
+        let row = run_case(gpu, &case, opts).await;
+        on_row(&row);
+        rows.push(row);
+    }
+    let adapter = gpu.wgpu_adapter();
+    AdapterReport {
+        adapter: gpu.adapter().clone(),
+        limits: gpu.limits().clone(),
+        features: adapter.features(),
+        downlevel: adapter.get_downlevel_capabilities(),
+        rows,
+    }
+}
+
+/// Blocking form of [`run`].
+pub fn run_blocking(gpu: &Gpu, opts: &Options, on_row: impl FnMut(&Row)) -> AdapterReport {
+    pollster::block_on(run(gpu, opts, on_row))
+}
+
+/// Blocking form of [`run_case`].
+pub fn run_case_blocking(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
+    pollster::block_on(run_case(gpu, case, opts))
+}

@@ -1,0 +1,522 @@
+//! Each case through the public API and through the float64 reference:
+//! the outputs side by side, and the time each side took.
+
+use std::time::{Duration, Instant};
+
+use crate::attention::{attention, AttentionOptions, Mode};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::matmul::{
+    self as matmul_kernel, matmul, matmul_variant, MatmulOptions, MatmulVariant,
+};
+use crate::kernels::metrics::{metrics, Metric, MetricsOptions, RowStats, METRIC_COUNT};
+use crate::kernels::saobp::{refine_map, Lambda};
+use crate::kernels::softmax::{softmax, SoftmaxOptions};
+use crate::reference::{self, compare, RefOptions, Tolerance};
+use crate::tensor::{numel, Tensor};
+use crate::workload::SplitMix;
+
+use super::catalogue::{key_mask, lambdas, Input};
+use super::report::Check;
+use super::{Case, Fault, Options, Subject};
+
+/// One output of a run, before it is compared.
+pub(super) struct Output {
+    name: String,
+    shape: Vec<usize>,
+    got: Vec<f32>,
+    want: Vec<f64>,
+    tolerance: Tolerance,
+}
+
+impl Output {
+    fn new(
+        name: &str,
+        shape: &[usize],
+        got: Vec<f32>,
+        want: Vec<f64>,
+        tolerance: Tolerance,
+    ) -> Output {
+        Output {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            got,
+            want,
+            tolerance,
+        }
+    }
+
+    pub(super) fn check(self) -> Result<Check> {
+        let comparison = compare(&self.got, &self.want, self.tolerance)?;
+        let worst_miss = match comparison.worst_index {
+            Some(i) if !comparison.passed() => {
+                Some((unravel(i, &self.shape), self.got[i], self.want[i]))
+            }
+            _ => None,
+        };
+        Ok(Check {
+            name: self.name,
+            shape: self.shape,
+            tolerance: self.tolerance,
+            comparison,
+            worst_miss,
+        })
+    }
+}
+
+/// The multi-index of flat index `i` in `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (slot, &d) in index.iter_mut().zip(shape).rev() {
+        let d = d.max(1);
+        *slot = i % d;
+        i /= d;
+    }
+    index
+}
+
+/// GPU outputs with their references, and the time each side took.
+pub(super) struct Measured {
+    pub(super) outputs: Vec<Output>,
+    pub(super) time: Duration,
+    pub(super) reference_time: Duration,
+}
+
+/// `len` values uniform in `[lo, hi)`.
+fn uniform(rng: &mut SplitMix, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| lo + (hi - lo) * (rng.next() + 1.0) / 2.0)
+        .collect()
+}
+
+fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
+
+async fn run_matmul(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    opts: &MatmulOptions,
+    variant: Option<MatmulVariant>,
+    fault: Option<Fault>,
+) -> Result<Measured> {
+    let a = uniform(rng, numel(a_shape)?, -1.0, 1.0);
+    let b = uniform(rng, numel(b_shape)?, -1.0, 1.0);
+    let start = Instant::now();
+    let ta = Tensor::from_slice(gpu, a_shape, &a)?;
+    let tb = Tensor::from_slice(gpu, b_shape, &b)?;
+    let c = match fault {
+        Some(Fault::MatmulSkipsLastK) => {
+            matmul_kernel::matmul_skipping_last_k(gpu, &ta, &tb, opts).await?
+        }
+        None => match variant {
+            Some(v) => matmul_variant(gpu, &ta, &tb, opts, v).await?,
+            None => matmul(gpu, &ta, &tb, opts).await?,
+        },
+    };
+    let got = c.to_vec(gpu).await?;
+    let time = start.elapsed();
+    let start = Instant::now();
+    let want = reference::matmul(&a, a_shape, &b, b_shape, opts)?;
+    let reference_time = start.elapsed();
+    let k = if opts.trans_a {
+        a_shape[a_shape.len() - 2]
+    } else {
+        a_shape[a_shape.len() - 1]
+    };
+    Ok(Measured {
+        outputs: vec![Output::new("C", c.shape(), got, want, Tolerance::matmul(k))],
+        time,
+        reference_time,
+    })
+}
+
+async fn run_softmax(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    shape: &[usize],
+    causal: bool,
+    masked: bool,
+    range: f32,
+) -> Result<Measured> {
+    let x = uniform(rng, numel(shape)?, -range, range);
+    // The key mask is [B, C], B the first dimension; a matrix has one row of it.
+    let batch = if shape.len() > 2 { shape[0] } else { 1 };
+    let cols = shape[shape.len() - 1];
+    let mask = key_mask(batch, cols);
+    let start = Instant::now();
+    let tx = Tensor::from_slice(gpu, shape, &x)?;
+    let tm = Tensor::from_slice(gpu, &[batch, cols], &mask)?;
+    let y = softmax(
+        gpu,
+        &tx,
+        &SoftmaxOptions {
+            causal,
+            key_mask: masked.then_some(&tm),
+        },
+    )
+    .await?;
+    let got = y.to_vec(gpu).await?;
+    let time = start.elapsed();
+    let start = Instant::now();
+    let want = reference::softmax(&x, shape, causal, masked.then_some(&mask[..]));
+    let reference_time = start.elapsed();
+    Ok(Measured {
+        outputs: vec![Output::new("P", shape, got, want, Tolerance::SPEC)],
+        time,
+        reference_time,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_attention(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    subject: Subject,
+    shape: [usize; 4],
+    dv: usize,
+    causal: bool,
+    masked: bool,
+    lambda: &[f32],
+) -> Result<Measured> {
+    let [b, h, n, d] = shape;
+    let q = uniform(rng, b * h * n * d, -2.0, 2.0);
+    let k = uniform(rng, b * h * n * d, -2.0, 2.0);
+    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let mask = key_mask(b, n);
+    let mode = match subject {
+        Subject::FusedOutput => Mode::Fused,
+        Subject::MaterializedOutput => Mode::Materialized,
+        Subject::Flash => Mode::Flash,
+        Subject::Streaming => Mode::Streaming,
+        _ => Mode::Plain,
+    };
+    let start = Instant::now();
+    let tq = Tensor::from_slice(gpu, &shape, &q)?;
+    let tk = Tensor::from_slice(gpu, &shape, &k)?;
+    let tv = Tensor::from_slice(gpu, &[b, h, n, dv], &v)?;
+    let tm = Tensor::from_slice(gpu, &[b, n], &mask)?;
+    let opts = AttentionOptions {
+        causal,
+        key_mask: masked.then_some(&tm),
+        lambda: if lambda.is_empty() {
+            Lambda::default()
+        } else {
+            Lambda::PerHead(lambda.to_vec())
+        },
+        mode,
+        return_attention: mode == Mode::Plain,
+        return_refined: mode == Mode::Materialized,
+        ..Default::default()
+    };
+    let out = attention(gpu, &tq, &tk, &tv, &opts).await?;
+    let read = |t: Option<&Tensor>, what: &str| {
+        t.cloned()
+            .ok_or_else(|| Error::Internal(format!("attention returned no {what}")))
+    };
+    let o = out.output.to_vec(gpu).await?;
+    let second = match mode {
+        Mode::Plain => read(out.attention.as_ref(), "attention map")?,
+        Mode::Fused | Mode::Streaming => read(out.multi_hop_mass.as_ref(), "multi-hop mass")?,
+        Mode::Materialized => read(out.refined.as_ref(), "refined map")?,
+        Mode::Flash => read(out.row_stats.as_ref(), "row stats")?,
+    };
+    let second_values = second.to_vec(gpu).await?;
+    let stats = if mode.is_streaming() {
+        read(out.row_stats.as_ref(), "row stats")?
+            .to_vec(gpu)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let time = start.elapsed();
+
+    let start = Instant::now();
+    let ref_opts = RefOptions {
+        causal,
+        key_mask: masked.then_some(&mask),
+        scale: None,
+    };
+    let o_shape = [b, h, n, dv];
+    // Max, sum and entropy of each row, as three outputs so that a miss names its statistic.
+    let row_stats = |want: Vec<f64>| -> Result<Vec<Output>> {
+        let (got, want) = (
+            RowStats::from_interleaved(&stats)?,
+            RowStats::from_interleaved(&want)?,
+        );
+        Ok(got
+            .columns()
+            .into_iter()
+            .zip(want.columns())
+            .map(|((name, got), (_, want))| {
+                Output::new(
+                    name,
+                    &[b, h, n],
+                    got.to_vec(),
+                    want.to_vec(),
+                    Tolerance::SPEC,
+                )
+            })
+            .collect())
+    };
+    let outputs = if mode == Mode::Flash {
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let mut outputs = vec![Output::new("O", &o_shape, o, want.output, Tolerance::SPEC)];
+        outputs.extend(row_stats(reference::attention::row_stats(
+            &q, &k, shape, &ref_opts,
+        ))?);
+        outputs
+    } else if mode == Mode::Plain {
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        vec![
+            Output::new(
+                "A",
+                second.shape(),
+                second_values,
+                want.attention,
+                Tolerance::SPEC,
+            ),
+            Output::new("O", &o_shape, o, want.output, Tolerance::SPEC),
+        ]
+    } else {
+        let lambda64 = to_f64(lambda);
+        let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64);
+        let (name, reference) = if mode == Mode::Materialized {
+            ("R", want.refined)
+        } else {
+            ("m", want.mass)
+        };
+        let mut outputs = vec![
+            Output::new("O", &o_shape, o, want.output, Tolerance::SPEC),
+            Output::new(
+                name,
+                second.shape(),
+                second_values,
+                reference,
+                Tolerance::SPEC,
+            ),
+        ];
+        if mode == Mode::Streaming {
+            outputs.extend(row_stats(reference::attention::row_stats(
+                &q, &k, shape, &ref_opts,
+            ))?);
+        }
+        outputs
+    };
+    Ok(Measured {
+        outputs,
+        time,
+        reference_time: start.elapsed(),
+    })
+}
+
+async fn run_map(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    subject: Subject,
+    [b, h, n]: [usize; 3],
+    causal: bool,
+    masked: bool,
+    lambda: &[f32],
+) -> Result<Measured> {
+    let map_shape = [b, h, n, n];
+    let mask = key_mask(b, n);
+    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
+    let mask_ref = masked.then_some(&mask[..]);
+    // Rows stochastic (or empty) as the kernels expect, then exactly the f32 the GPU sees.
+    let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let p64 = to_f64(&p);
+    let lambda64 = to_f64(lambda);
+    let row_shape = [b, h, n];
+
+    let start = Instant::now();
+    let tp = Tensor::from_slice(gpu, &map_shape, &p)?;
+    let tm = Tensor::from_slice(gpu, &[b, n], &mask)?;
+    if subject == Subject::Metrics {
+        let l = Lambda::PerHead(lambda.to_vec());
+        let opts = MetricsOptions {
+            causal,
+            key_mask: masked.then_some(&tm),
+            lambda: (!lambda.is_empty()).then_some(&l),
+        };
+        let got = metrics(gpu, &tp, &opts).await?;
+        let rows = got.rows.to_vec(gpu).await?;
+        let time = start.elapsed();
+
+        let start = Instant::now();
+        let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n), n);
+        let want = reference::metrics::row_metrics(
+            &p64,
+            &mass,
+            (!lambda.is_empty()).then_some(&lambda64[..]),
+            row_shape,
+            causal,
+            mask_ref,
+        );
+        let summaries = reference::metrics::summarize(&want, n);
+        let reference_time = start.elapsed();
+        let g = b * h * n;
+        let mut outputs: Vec<Output> = Metric::ALL
+            .into_iter()
+            .map(|metric| {
+                // Distances sum up to N terms of size up to N.
+                let tolerance = if metric == Metric::Distance {
+                    Tolerance::scaled_by(n)
+                } else {
+                    Tolerance::SPEC
+                };
+                Output::new(
+                    metric.name(),
+                    &row_shape,
+                    rows[metric.range(g)].to_vec(),
+                    want.iter().map(|r| r[metric.index()]).collect(),
+                    tolerance,
+                )
+            })
+            .collect();
+        let got_summaries: Vec<f32> = got
+            .heads
+            .iter()
+            .flat_map(|s| {
+                s.fields()
+                    .into_iter()
+                    .map(|(_, x)| x as f32)
+                    .chain([s.rows as f32])
+            })
+            .collect();
+        // Means of row metrics, distance included: bounded like distance.
+        outputs.push(Output::new(
+            "summaries",
+            &[b * h, METRIC_COUNT],
+            got_summaries,
+            summaries.concat(),
+            Tolerance::scaled_by(n),
+        ));
+        return Ok(Measured {
+            outputs,
+            time,
+            reference_time,
+        });
+    }
+
+    let refined = refine_map(gpu, &tp, &Lambda::PerHead(lambda.to_vec())).await?;
+    let outputs_gpu = if subject == Subject::Messages {
+        vec![refined.messages.to_vec(gpu).await?]
+    } else {
+        vec![
+            refined.mass.to_vec(gpu).await?,
+            refined.refined.to_vec(gpu).await?,
+        ]
+    };
+    let time = start.elapsed();
+    let start = Instant::now();
+    let messages = reference::saobp::messages(&p64, n);
+    let outputs = if subject == Subject::Messages {
+        let mut got = outputs_gpu.into_iter();
+        vec![Output::new(
+            "M",
+            &map_shape,
+            got.next().unwrap_or_default(),
+            messages,
+            Tolerance::SPEC,
+        )]
+    } else {
+        let mass = reference::saobp::multi_hop_mass(&messages, n);
+        let r = reference::saobp::refine(&p64, &messages, &mass, &lambda64, n);
+        let mut got = outputs_gpu.into_iter();
+        vec![
+            Output::new(
+                "m",
+                &row_shape,
+                got.next().unwrap_or_default(),
+                mass,
+                Tolerance::SPEC,
+            ),
+            Output::new(
+                "R",
+                &map_shape,
+                got.next().unwrap_or_default(),
+                r,
+                Tolerance::SPEC,
+            ),
+        ]
+    };
+    Ok(Measured {
+        outputs,
+        time,
+        reference_time: start.elapsed(),
+    })
+}
+
+pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measured> {
+    let mut rng = SplitMix(case.seed());
+    match &case.input {
+        Input::Matmul {
+            a,
+            b,
+            opts: m,
+            variant,
+        } => {
+            let fault = opts.fault.filter(|f| f.subject() == case.subject);
+            run_matmul(gpu, &mut rng, a, b, m, *variant, fault).await
+        }
+        Input::Softmax {
+            shape,
+            causal,
+            masked,
+            range,
+        } => run_softmax(gpu, &mut rng, shape, *causal, *masked, *range).await,
+        Input::Attention {
+            shape,
+            dv,
+            causal,
+            masked,
+            with_lambda,
+        } => {
+            let lambda = if *with_lambda {
+                lambdas(shape[1])
+            } else {
+                Vec::new()
+            };
+            run_attention(
+                gpu,
+                &mut rng,
+                case.subject,
+                *shape,
+                *dv,
+                *causal,
+                *masked,
+                &lambda,
+            )
+            .await
+        }
+        Input::Map {
+            shape,
+            causal,
+            masked,
+            with_lambda,
+        } => {
+            let lambda = if *with_lambda {
+                lambdas(shape[1])
+            } else {
+                Vec::new()
+            };
+            run_map(
+                gpu,
+                &mut rng,
+                case.subject,
+                *shape,
+                *causal,
+                *masked,
+                &lambda,
+            )
+            .await
+        }
+        Input::TooLarge(reason) => Err(Error::invalid(reason)),
+    }
+}

@@ -196,14 +196,15 @@ fn bad_arguments_are_typed_errors() {
     }
 }
 
-/// The same adapter as `gpu`, opened again with a storage-binding limit of
-/// `limit` bytes.
-fn with_binding_limit(gpu: &Gpu, limit: u64) -> Gpu {
+/// The same adapter as `gpu`, opened again: its own context (so that its
+/// work counts are its own), with a storage-binding limit of `limit` bytes
+/// if given.
+fn reopen(gpu: &Gpu, limit: Option<u64>) -> Gpu {
     let a = gpu.adapter();
     Gpu::new_blocking(&GpuOptions {
         backend: format!("{:?}", a.backend).to_lowercase().parse().unwrap(),
         adapter: Some(a.name.clone()),
-        limits: Some(wgpu::Limits {
+        limits: limit.map(|limit| wgpu::Limits {
             max_storage_buffer_binding_size: limit,
             ..gpu.limits().clone()
         }),
@@ -237,7 +238,7 @@ fn refined_metrics_from_mass_give_gtd_without_r() {
     let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask));
     let gtd_r: Vec<f64> = rows_r.iter().map(|r| r[Metric::Gtd.index()]).collect();
     on_every_gpu("refined metrics", |gpu| {
-        let chunked = with_binding_limit(gpu, 64 << 10);
+        let chunked = reopen(gpu, Some(64 << 10));
         for (gpu, layout) in [(gpu, "whole"), (&chunked, "chunked")] {
             let shape = [b, h, n, d];
             let tq = Tensor::from_slice(gpu, &shape, &q).unwrap();
@@ -301,6 +302,52 @@ fn refined_metrics_from_mass_give_gtd_without_r() {
                 .metrics
                 .unwrap();
             assert!(m.refined.is_none() && m.refined_gtd.is_none(), "{layout}");
+        }
+    });
+}
+
+/// Fused mode's cost, counted: with the metrics of `A`, `m` and the GTD of
+/// `R` from m ([`RefinedMetrics::FromMass`]) its matrix products are the
+/// three O(N²D) ones (`Q·Kᵀ`, `A·V`, `A·U`); only the metrics of `R` itself
+/// form `M`, N³ multiply-adds per head.
+#[test]
+fn fused_metrics_do_no_cubic_work_unless_r_is_measured() {
+    let (b, h, n, d) = (1, 2, 256, 8);
+    let mut rng = Rng::new(73);
+    let x = rng.vec(b * h * n * d, -1.0, 1.0);
+    let (bh, n64, d64) = ((b * h) as u64, n as u64, d as u64);
+    // 2 FLOPs per multiply-add: Q·Kᵀ (D), A·V (D) and A·U (D + 1) per entry of A.
+    let quadratic = 2 * bh * n64 * n64 * (3 * d64 + 1);
+    let cubic = 2 * bh * n64 * n64 * n64;
+    on_every_gpu("fused work", |shared| {
+        let gpu = reopen(shared, None);
+        let t = Tensor::from_slice(&gpu, &[b, h, n, d], &x).unwrap();
+        for refined_metrics in [RefinedMetrics::FromMass, RefinedMetrics::Full] {
+            let opts = AttentionOptions {
+                lambda: Lambda::Scalar(0.5),
+                mode: Mode::Fused,
+                metrics: true,
+                refined_metrics,
+                ..Default::default()
+            };
+            let before = gpu.work();
+            let out = attention_blocking(&gpu, &t, &t, &t, &opts).unwrap();
+            out.output.to_vec_blocking(&gpu).unwrap();
+            let work = gpu.work().since(&before);
+            let what = format!("{refined_metrics:?}: {work:?}");
+            let echoes = work.count("saobp::remove_echoes");
+            match refined_metrics {
+                RefinedMetrics::FromMass => {
+                    assert!(work.product_flops > 0, "{what}");
+                    assert!(work.product_flops <= quadratic, "{what}");
+                    assert!(quadratic < cubic / 5, "N = 256 separates the two");
+                    assert_eq!(echoes, 0, "{what}");
+                }
+                RefinedMetrics::Full => {
+                    assert!(work.product_flops >= cubic, "{what}");
+                    assert_eq!(echoes, 1, "{what}");
+                }
+            }
         }
     });
 }

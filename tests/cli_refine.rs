@@ -609,3 +609,64 @@ fn a_failing_write_leaves_no_partial_output() {
         assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 0);
     }
 }
+
+/// `gpu work: D dispatches, G GFLOP of matrix products` from refine's output.
+fn gpu_work(stderr: &str) -> (u64, f64) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("gpu work: "))
+        .unwrap_or_else(|| panic!("no `gpu work:` line in {stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[1], "dispatches,", "{line}");
+    assert_eq!(words[3..], ["GFLOP", "of", "matrix", "products"], "{line}");
+    (words[0].parse().unwrap(), words[2].parse().unwrap())
+}
+
+/// `refine --mode fused` does what the mode promises, counted: without
+/// `--json` its matrix products are O(N²D) (`Q·Kᵀ`, `A·V`, `A·U`), far
+/// under the N³ per head that forming `M` takes; with `--json`, which
+/// measures `R` itself, the N³ product is there.
+#[test]
+fn fused_refine_without_json_does_no_cubic_work() {
+    let tmp = TempDir::new("refine-work");
+    let (b, h, n, d) = (1usize, 2usize, 256usize, 8usize);
+    let mut rng = Rng::new(47);
+    let shape = vec![b, h, n, d];
+    let input = tmp.0.join("in.safetensors");
+    let tensors: Vec<Raw> = ["q", "k", "v"]
+        .into_iter()
+        .map(|name| {
+            let x = rng.vec(b * h * n * d, -1.0, 1.0);
+            (name, Dtype::F32, shape.clone(), bytes_f32(&x))
+        })
+        .collect();
+    write_input(&input, &tensors);
+    let out = tmp.0.join("out.safetensors");
+    let json = tmp.0.join("out.json");
+    let base = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--mode",
+        "fused",
+    ];
+    let run = |extra: &[&str]| {
+        let r = refine(None, &[&base[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(r.status.success(), "{stderr}");
+        gpu_work(&stderr)
+    };
+    let (bh, n) = ((b * h) as f64, n as f64);
+    // In GFLOP, 2 per multiply-add.
+    let quadratic = 2.0 * bh * n * n * (3 * d + 1) as f64 / 1e9;
+    let cubic = 2.0 * bh * n * n * n / 1e9;
+    let (dispatches, gflop) = run(&[]);
+    assert!(dispatches > 0 && gflop > 0.0, "{dispatches} {gflop}");
+    // Printed to 1e-6 GFLOP.
+    assert!(gflop <= quadratic + 1e-6, "{gflop} GFLOP > {quadratic}");
+    assert!(quadratic < cubic / 5.0);
+    let (dispatches_json, gflop_json) = run(&["--json", json.to_str().unwrap()]);
+    assert!(gflop_json >= cubic, "{gflop_json} GFLOP < {cubic}");
+    assert!(dispatches_json > dispatches);
+}

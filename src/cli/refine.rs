@@ -231,6 +231,13 @@ pub fn run(args: &RefineArgs) -> CliResult {
         tensors.len(),
         gpu.adapter()
     );
+    // What the run cost, counted rather than timed: the N³ step shows here.
+    let work = gpu.work();
+    eprintln!(
+        "gpu work: {} dispatches, {:.6} GFLOP of matrix products",
+        work.dispatches,
+        work.product_flops as f64 / 1e9
+    );
     Ok(())
 }
 

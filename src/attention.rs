@@ -11,12 +11,13 @@ use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{map_steps, AttentionShape};
 use crate::kernels::flash;
 use crate::kernels::matmul::{self, MatmulOptions};
-use crate::kernels::metrics::{MapMetrics, MetricsJob, METRIC_COUNT};
+use crate::kernels::metrics::{MapMetrics, Metric, MetricsJob, METRIC_COUNT};
 use crate::kernels::saobp::{self, Lambda};
 use crate::tensor::Tensor;
 
 /// How the refined output is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Mode {
     /// No refinement: `O = A·V`.
     Plain,
@@ -34,6 +35,26 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 5] = [
+        Mode::Plain,
+        Mode::Fused,
+        Mode::Materialized,
+        Mode::Flash,
+        Mode::Streaming,
+    ];
+
+    /// The mode's name, as the command line and [`str::parse`] spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Fused => "fused",
+            Mode::Materialized => "materialized",
+            Mode::Flash => "flash",
+            Mode::Streaming => "streaming",
+        }
+    }
+
     /// True for the modes that never store an N×N map.
     pub fn is_streaming(self) -> bool {
         matches!(self, Mode::Flash | Mode::Streaming)
@@ -45,21 +66,38 @@ impl Mode {
     }
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = crate::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "plain" => Ok(Mode::Plain),
-            "fused" => Ok(Mode::Fused),
-            "materialized" => Ok(Mode::Materialized),
-            "flash" => Ok(Mode::Flash),
-            "streaming" => Ok(Mode::Streaming),
-            _ => Err(crate::Error::invalid(format!(
-                "unknown mode `{s}`: expected plain, fused, materialized, flash or streaming"
-            ))),
-        }
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                crate::Error::invalid(format!(
+                    "unknown mode `{s}`: expected plain, fused, materialized, flash or streaming"
+                ))
+            })
     }
+}
+
+/// How far [`AttentionOptions::metrics`] measures the refined map `R`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefinedMetrics {
+    /// Every metric of `R` from its entries ([`Metrics::refined`]). In fused
+    /// mode that forms `M` on the side: N³ work per head.
+    #[default]
+    Full,
+    /// Only what the multi-hop mass gives: the GTD of `R` at λ per row
+    /// ([`Metrics::refined_gtd`]); [`Metrics::refined`] is `None`. Fused mode
+    /// then stays O(N²D) with metrics.
+    FromMass,
 }
 
 /// Options of [`attention`].
@@ -84,10 +122,15 @@ pub struct AttentionOptions<'a> {
     pub return_refined: bool,
     /// Compute row metrics and per-head summaries of `A` (and of `R` unless
     /// plain). Metrics of `R` need its entries, so in fused mode they form `M`
-    /// on the side as `return_refined` does; the output itself stays O(N²D).
+    /// on the side as `return_refined` does (N³ per head) unless
+    /// `refined_metrics` is [`RefinedMetrics::FromMass`]; the output itself
+    /// stays O(N²D).
     /// Not in the streaming modes, which report
     /// [`AttentionOutput::row_stats`] instead.
     pub metrics: bool,
+    /// With `metrics` in a refined mode: every metric of `R` (the default),
+    /// or only its GTD, which needs no `M` in fused mode.
+    pub refined_metrics: RefinedMetrics,
 }
 
 /// Metrics of [`attention`]: of `A`, and of `R` when refined.
@@ -95,8 +138,12 @@ pub struct AttentionOptions<'a> {
 pub struct Metrics {
     /// Metrics of the attention map; GTD at λ = 1.
     pub attention: MapMetrics,
-    /// Metrics of the refined map; GTD at the λ used. `None` in plain mode.
+    /// Metrics of the refined map; GTD at the λ used. `None` in plain mode
+    /// and with [`RefinedMetrics::FromMass`].
     pub refined: Option<MapMetrics>,
+    /// GTD of `R` at the λ used, per row `[B, H, N]`: `λ m_i / (1 + λ m_i)`.
+    /// In every refined mode, with either [`RefinedMetrics`].
+    pub refined_gtd: Option<Tensor>,
 }
 
 /// The result of [`attention`].
@@ -206,16 +253,18 @@ async fn attention_chunked(
         .transpose()?;
     let rows_shape = [METRIC_COUNT, bs, hs, n];
     let metric_rows = if opts.metrics {
-        let refined = opts.mode != Mode::Plain;
         Some((
             Tensor::scratch(gpu, &rows_shape)?,
-            refined
+            full_refined_metrics(opts)
                 .then(|| Tensor::scratch(gpu, &rows_shape))
                 .transpose()?,
         ))
     } else {
         None
     };
+    let refined_gtd = (opts.metrics && opts.mode != Mode::Plain)
+        .then(|| Tensor::scratch(gpu, &shape.row_shape()))
+        .transpose()?;
     let mut heads_a = Vec::new();
     let mut heads_r = Vec::new();
     for b in 0..bs {
@@ -266,6 +315,9 @@ async fn attention_chunked(
                 if let (Some(rows_r), Some(r)) = (rows_r, &m.refined) {
                     steps.extend(gather_rows(&r.rows, rows_r, first * n, rows, total));
                 }
+                if let (Some(all), Some(part)) = (&refined_gtd, &m.refined_gtd) {
+                    steps.push(part.copy_to(0, all, first * n, rows));
+                }
                 heads_a.extend(m.attention.heads.iter().copied());
                 if let Some(r) = &m.refined {
                     heads_r.extend(r.heads.iter().copied());
@@ -285,6 +337,7 @@ async fn attention_chunked(
             heads: heads_r,
             num_heads: hs,
         }),
+        refined_gtd,
     });
     Ok(AttentionOutput {
         output,
@@ -305,8 +358,19 @@ fn gather_rows<'a>(
     rows: usize,
     total: usize,
 ) -> impl Iterator<Item = Step<'a>> {
-    (0..METRIC_COUNT)
-        .map(move |metric| part.copy_to(metric * rows, all, metric * total + first, rows))
+    Metric::ALL.into_iter().map(move |metric| {
+        part.copy_to(
+            metric.range(rows).start,
+            all,
+            metric.range(total).start + first,
+            rows,
+        )
+    })
+}
+
+/// True when the metrics of `R` come from its entries ([`RefinedMetrics::Full`]).
+fn full_refined_metrics(opts: &AttentionOptions<'_>) -> bool {
+    opts.metrics && opts.mode != Mode::Plain && opts.refined_metrics == RefinedMetrics::Full
 }
 
 /// [`attention`] in one piece: every map fits in one storage binding.
@@ -323,9 +387,10 @@ async fn attention_whole(
     let matrices = shape.batch * shape.heads;
     let plan = saobp::plan(matrices, shape.heads, shape.n, shape.dv)?;
     let refined_mode = opts.mode != Mode::Plain;
+    let full_metrics_r = full_refined_metrics(opts);
     // R is formed in materialized mode, and on the side when asked for.
-    let form_r =
-        opts.mode == Mode::Materialized || (refined_mode && (opts.return_refined || opts.metrics));
+    let form_r = opts.mode == Mode::Materialized
+        || (refined_mode && (opts.return_refined || full_metrics_r));
     // The fused formula's m and its row stats serve the fused output and plain metrics.
     let need_stats = opts.mode == Mode::Fused || (opts.mode == Mode::Plain && opts.metrics);
 
@@ -365,8 +430,16 @@ async fn attention_whole(
         .metrics
         .then(|| MetricsJob::new(gpu, rows, opts.causal, has_mask, false))
         .transpose()?;
-    let metrics_r = (opts.metrics && refined_mode)
+    let metrics_r = full_metrics_r
         .then(|| MetricsJob::new(gpu, rows, opts.causal, has_mask, true))
+        .transpose()?;
+    // R's GTD needs only m: the row metrics of A with λ_h in place of 1 give
+    // λ_h m / (1 + λ_h m) in their GTD row, in O(N²) per head.
+    let gtd_of_a = (opts.metrics && refined_mode && !full_metrics_r)
+        .then(|| MetricsJob::new(gpu, rows, opts.causal, has_mask, true))
+        .transpose()?;
+    let refined_gtd = (opts.metrics && refined_mode)
+        .then(|| Tensor::scratch(gpu, &rows))
         .transpose()?;
 
     let mut steps: Vec<Step> = Vec::new();
@@ -417,6 +490,19 @@ async fn attention_whole(
     if let (Some(job), Some(r)) = (&metrics_r, &refined) {
         steps.extend(job.steps(gpu, r, opts.key_mask, &mass, Some(&lambda)));
     }
+    if let Some(job) = &gtd_of_a {
+        // Its summaries would mix A's entropy with R's GTD: only the rows are made.
+        let [row_metrics, _summaries] = job.steps(gpu, &a, opts.key_mask, &mass, Some(&lambda));
+        steps.push(row_metrics);
+    }
+    let gtd_rows = metrics_r
+        .as_ref()
+        .or(gtd_of_a.as_ref())
+        .map(|job| &job.rows);
+    if let (Some(from), Some(to)) = (gtd_rows, &refined_gtd) {
+        let total = to.len();
+        steps.push(from.copy_to(Metric::Gtd.range(total).start, to, 0, total));
+    }
     gpu.run(&steps).await?;
     drop(steps);
 
@@ -427,6 +513,7 @@ async fn attention_whole(
                 Some(job) => Some(job.finish(gpu).await?),
                 None => None,
             },
+            refined_gtd,
         }),
         None => None,
     };

@@ -43,11 +43,9 @@ fn f32_values(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
             view.dtype()
         )));
     }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    // Safetensors data is little-endian, as every target wgpu runs on, and
+    // may sit at any byte offset: the values are copied out, not borrowed.
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
     if let Some(i) = values.iter().position(|x| !x.is_finite()) {
         return Err(fail(format!(
             "tensor `{name}` holds a non-finite value ({}) at index {i}",

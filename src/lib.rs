@@ -50,7 +50,7 @@ pub mod workload;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use attention::attention_blocking;
-pub use attention::{attention, AttentionOptions, AttentionOutput, Metrics, Mode};
+pub use attention::{attention, AttentionOptions, AttentionOutput, Metrics, Mode, RefinedMetrics};
 pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 pub use gpu::list_adapters_blocking;
@@ -64,7 +64,9 @@ pub use kernels::matmul::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use kernels::matmul::{tune_matmul, tune_matmul_blocking};
-pub use kernels::metrics::{metrics, HeadSummary, MapMetrics, MetricsOptions, METRIC_NAMES};
+pub use kernels::metrics::{
+    metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats, METRIC_NAMES,
+};
 pub use kernels::saobp::{refine_map, Lambda, Refined};
 pub use kernels::softmax::{softmax, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]

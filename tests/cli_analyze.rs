@@ -86,6 +86,7 @@ fn analyze_writes_json_and_plot_on_every_adapter() {
                 "sparsity",
                 "peak",
                 "distance",
+                "multi_hop_mass",
                 "gtd",
             ] {
                 for part in ["attn", "refined"] {
@@ -93,6 +94,24 @@ fn analyze_writes_json_and_plot_on_every_adapter() {
                     assert!(v.is_finite() && v >= 0.0, "layer {l} {part}.{key} = {v}");
                 }
             }
+            for part in ["attn", "refined"] {
+                // One text, never padded: every token's row counts.
+                assert_eq!(
+                    heads[5][part]["rows"],
+                    tokens.len(),
+                    "layer {l} {part}.rows"
+                );
+            }
+            // Both summaries report the m of the same A, averaged over the same rows.
+            let m = heads[5]["attn"]["multi_hop_mass"].as_f64().unwrap();
+            assert!(m > 0.0 && m < 1.0, "layer {l} multi_hop_mass = {m}");
+            assert_eq!(heads[5]["refined"]["multi_hop_mass"], m, "layer {l}");
+            // GTD is a mean of λm/(1 + λm), concave in m: at most its value at the mean m.
+            let gtd_r = heads[5]["refined"]["gtd"].as_f64().unwrap();
+            assert!(
+                gtd_r <= 0.5 * m / (1.0 + 0.5 * m) + 1e-6,
+                "layer {l} GTD of R at λ = 0.5: {gtd_r}"
+            );
             let ne = heads[0]["attn"]["normalized_entropy"].as_f64().unwrap();
             assert!(ne > 0.0 && ne <= 1.0);
         }

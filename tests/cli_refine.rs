@@ -224,13 +224,24 @@ fn refine_matches_reference_on_every_adapter() {
                 "sparsity",
                 "peak",
                 "distance",
+                "multi_hop_mass",
                 "gtd",
+                "rows",
             ] {
                 assert!(
                     head["attn"][key].is_number(),
                     "{mode}: JSON lacks attn.{key}"
                 );
             }
+            // Batch item 1 pads its last two keys, and a padded query is not counted.
+            assert_eq!(head["attn"]["rows"], n - 2, "{mode}");
+            assert_eq!(summaries[3][7], (n - 2) as f64);
+            let m = head["attn"]["multi_hop_mass"].as_f64().unwrap();
+            assert!(
+                (m - summaries[3][5]).abs() < 1e-5,
+                "{mode}: JSON multi_hop_mass {m} vs {}",
+                summaries[3][5]
+            );
             eprintln!("refine {mode}: ok on {}", gpu.adapter());
         }
         // The streaming modes: no metrics of R and no JSON, but the row stats.
@@ -450,4 +461,212 @@ fn bad_input_exits_with_one_line_and_no_output() {
     );
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read"));
+}
+
+/// A small random input (B=1, H=2, N=12, D=4, causal reference at λ = 1.5)
+/// written to `dir`, and its reference.
+fn small_input(dir: &Path) -> (std::path::PathBuf, reference::SaobpRef, [usize; 4]) {
+    let shape = [1, 2, 12, 4];
+    let len = shape.iter().product();
+    let mut rng = Rng::new(43);
+    let (q, k, v) = (
+        rng.vec(len, -2.0, 2.0),
+        rng.vec(len, -2.0, 2.0),
+        rng.vec(len, -1.0, 1.0),
+    );
+    let input = dir.join("small.safetensors");
+    write_input(
+        &input,
+        &[
+            ("q", Dtype::F32, shape.to_vec(), bytes_f32(&q)),
+            ("k", Dtype::F32, shape.to_vec(), bytes_f32(&k)),
+            ("v", Dtype::F32, shape.to_vec(), bytes_f32(&v)),
+        ],
+    );
+    let opts = RefOptions {
+        causal: true,
+        key_mask: None,
+        scale: None,
+    };
+    let want = reference::saobp(&q, &k, &v, shape, shape[3], &opts, &[1.5, 1.5]);
+    (input, want, shape)
+}
+
+/// Without `--json`, fused and materialized refine write `m` and the GTD of
+/// `R` but not the entropy of `R`, which `--refined-metrics` adds; modes
+/// without `R` refuse that flag.
+#[test]
+fn refined_metrics_come_only_when_asked_for() {
+    let tmp = TempDir::new("refine-metrics");
+    let (input, want, [b, h, n, _]) = small_input(&tmp.0);
+    let (_, rows_r) = common::reference_rows(&want, &[1.5, 1.5], [b, h, n], true, None);
+    let column = |k: usize| rows_r.iter().map(|r| r[k]).collect::<Vec<f64>>();
+    let out = tmp.0.join("out.safetensors");
+    let args = |mode: &'static str| {
+        vec![
+            "--input".to_string(),
+            input.to_str().unwrap().to_string(),
+            "--output".to_string(),
+            out.to_str().unwrap().to_string(),
+            "--causal".to_string(),
+            "--lambda".to_string(),
+            "1.5".to_string(),
+            "--mode".to_string(),
+            mode.to_string(),
+        ]
+    };
+    for mode in ["fused", "materialized"] {
+        for asked in [false, true] {
+            let mut a = args(mode);
+            if asked {
+                a.push("--refined-metrics".into());
+            }
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let r = refine(None, &a);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            let bytes = std::fs::read(&out).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let mut names = st.names();
+            names.sort();
+            let mut expect = vec!["entropy", "gtd", "m", "out"];
+            if asked {
+                expect.insert(1, "entropy_refined");
+            }
+            if mode == "materialized" {
+                expect.insert(0, "attn");
+                expect.push("refined");
+            }
+            assert_eq!(names, expect, "{mode} --refined-metrics {asked}");
+            let what = |x: &str| format!("refine {mode} ({asked}) {x}");
+            assert_close(
+                &what("out"),
+                &read_f32(&st, "out").1,
+                &want.output,
+                1e-4,
+                1e-5,
+            );
+            assert_close(&what("m"), &read_f32(&st, "m").1, &want.mass, 1e-4, 1e-5);
+            assert_close(
+                &what("gtd"),
+                &read_f32(&st, "gtd").1,
+                &column(6),
+                1e-4,
+                1e-5,
+            );
+            if asked {
+                let got = read_f32(&st, "entropy_refined").1;
+                assert_close(&what("entropy_refined"), &got, &column(0), 1e-4, 1e-5);
+            }
+        }
+    }
+    for mode in ["plain", "flash", "streaming"] {
+        let mut a = args(mode);
+        a.push("--refined-metrics".into());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let r = refine(None, &a);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{mode}");
+        assert!(
+            err.contains("--refined-metrics needs the entries of R"),
+            "{mode}: {err}"
+        );
+    }
+}
+
+/// Outputs are written whole or not at all: when one of them cannot be
+/// written, no output file and no temporary file is left behind.
+#[test]
+fn a_failing_write_leaves_no_partial_output() {
+    let tmp = TempDir::new("refine-atomic");
+    let (input, _, _) = small_input(&tmp.0);
+    let out = tmp.0.join("out.safetensors");
+    let blocked = tmp.0.join("a-directory");
+    std::fs::create_dir(&blocked).unwrap();
+    for (json, needle) in [
+        (blocked.clone(), "is a directory"),
+        (tmp.0.join("absent").join("x.json"), "cannot write"),
+    ] {
+        let r = refine(
+            None,
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{}", json.display());
+        assert!(err.contains(needle), "{err}");
+        let mut left: Vec<String> = std::fs::read_dir(&tmp.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a-directory", "small.safetensors"], "{err}");
+        assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 0);
+    }
+}
+
+/// `gpu work: D dispatches, G GFLOP of matrix products` from refine's output.
+fn gpu_work(stderr: &str) -> (u64, f64) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("gpu work: "))
+        .unwrap_or_else(|| panic!("no `gpu work:` line in {stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[1], "dispatches,", "{line}");
+    assert_eq!(words[3..], ["GFLOP", "of", "matrix", "products"], "{line}");
+    (words[0].parse().unwrap(), words[2].parse().unwrap())
+}
+
+/// `refine --mode fused` does what the mode promises, counted: without
+/// `--json` its matrix products are O(N²D) (`Q·Kᵀ`, `A·V`, `A·U`), far
+/// under the N³ per head that forming `M` takes; with `--json`, which
+/// measures `R` itself, the N³ product is there.
+#[test]
+fn fused_refine_without_json_does_no_cubic_work() {
+    let tmp = TempDir::new("refine-work");
+    let (b, h, n, d) = (1usize, 2usize, 256usize, 8usize);
+    let mut rng = Rng::new(47);
+    let shape = vec![b, h, n, d];
+    let input = tmp.0.join("in.safetensors");
+    let tensors: Vec<Raw> = ["q", "k", "v"]
+        .into_iter()
+        .map(|name| {
+            let x = rng.vec(b * h * n * d, -1.0, 1.0);
+            (name, Dtype::F32, shape.clone(), bytes_f32(&x))
+        })
+        .collect();
+    write_input(&input, &tensors);
+    let out = tmp.0.join("out.safetensors");
+    let json = tmp.0.join("out.json");
+    let base = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--mode",
+        "fused",
+    ];
+    let run = |extra: &[&str]| {
+        let r = refine(None, &[&base[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(r.status.success(), "{stderr}");
+        gpu_work(&stderr)
+    };
+    let (bh, n) = ((b * h) as f64, n as f64);
+    // In GFLOP, 2 per multiply-add.
+    let quadratic = 2.0 * bh * n * n * (3 * d + 1) as f64 / 1e9;
+    let cubic = 2.0 * bh * n * n * n / 1e9;
+    let (dispatches, gflop) = run(&[]);
+    assert!(dispatches > 0 && gflop > 0.0, "{dispatches} {gflop}");
+    // Printed to 1e-6 GFLOP.
+    assert!(gflop <= quadratic + 1e-6, "{gflop} GFLOP > {quadratic}");
+    assert!(quadratic < cubic / 5.0);
+    let (dispatches_json, gflop_json) = run(&["--json", json.to_str().unwrap()]);
+    assert!(gflop_json >= cubic, "{gflop_json} GFLOP < {cubic}");
+    assert!(dispatches_json > dispatches);
 }

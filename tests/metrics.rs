@@ -4,7 +4,9 @@
 mod common;
 
 use common::{assert_close, on_every_gpu, Rng};
-use saobp::{metrics_blocking, reference, Lambda, MetricsOptions, Tensor, METRIC_NAMES};
+use saobp::{
+    metrics_blocking, reference, Lambda, Metric, MetricsOptions, RowStats, Tensor, METRIC_NAMES,
+};
 
 #[test]
 fn uniform_one_hot_and_empty_rows_have_known_metrics() {
@@ -15,41 +17,51 @@ fn uniform_one_hot_and_empty_rows_have_known_metrics() {
     on_every_gpu("metrics closed form", |gpu| {
         let t = Tensor::from_slice(gpu, &[1, 2, n, n], &p).unwrap();
         let m = metrics_blocking(gpu, &t, &MetricsOptions::default()).unwrap();
-        let rows = m.rows.to_vec_blocking(gpu).unwrap();
-        let metric = |name: &str, head: usize| {
-            let k = METRIC_NAMES.iter().position(|x| *x == name).unwrap();
-            rows[(k * 2 + head) * n..][..n].to_vec()
+        let metric = |metric: Metric, head: usize| {
+            let row = m.row_blocking(gpu, metric).unwrap();
+            assert_eq!(
+                row.len(),
+                2 * n,
+                "{metric:?}: one value per row of [B, H, N]"
+            );
+            row[head * n..][..n].to_vec()
         };
         let ln_n = (n as f64).ln();
         assert_close(
             "uniform entropy",
-            &metric("entropy", 0),
+            &metric(Metric::Entropy, 0),
             &[ln_n; 5],
             1e-6,
             1e-6,
         );
         assert_close(
             "uniform normalized",
-            &metric("normalized_entropy", 0),
+            &metric(Metric::NormalizedEntropy, 0),
             &[1.0; 5],
             1e-6,
             1e-6,
         );
         assert_close(
             "uniform sparsity",
-            &metric("sparsity", 0),
+            &metric(Metric::Sparsity, 0),
             &[0.0; 5],
             0.0,
             1e-6,
         );
-        assert_close("uniform peak", &metric("peak", 0), &[0.2; 5], 1e-6, 1e-7);
+        assert_close(
+            "uniform peak",
+            &metric(Metric::Peak, 0),
+            &[0.2; 5],
+            1e-6,
+            1e-7,
+        );
         // Mean |i - j| over j for a uniform row.
         let dist: Vec<f64> = (0..n)
             .map(|i| (0..n).map(|j| (i as f64 - j as f64).abs()).sum::<f64>() / n as f64)
             .collect();
         assert_close(
             "uniform distance",
-            &metric("distance", 0),
+            &metric(Metric::Distance, 0),
             &dist,
             1e-6,
             1e-6,
@@ -58,37 +70,43 @@ fn uniform_one_hot_and_empty_rows_have_known_metrics() {
         let m_uniform = ((n - 1) * (n - 2)) as f64 / (n * n) as f64;
         assert_close(
             "uniform m",
-            &metric("multi_hop_mass", 0),
+            &metric(Metric::MultiHopMass, 0),
             &[m_uniform; 5],
             1e-5,
             1e-6,
         );
         assert_close(
             "uniform GTD at λ=1",
-            &metric("gtd", 0),
+            &metric(Metric::Gtd, 0),
             &[m_uniform / (1.0 + m_uniform); 5],
             1e-5,
             1e-6,
         );
 
-        assert_eq!(metric("entropy", 1), vec![0.0; n]);
-        assert_eq!(metric("normalized_entropy", 1), vec![0.0; n]);
+        assert_eq!(metric(Metric::Entropy, 1), vec![0.0; n]);
+        assert_eq!(metric(Metric::NormalizedEntropy, 1), vec![0.0; n]);
         assert_close(
             "one-hot sparsity",
-            &metric("sparsity", 1),
+            &metric(Metric::Sparsity, 1),
             &[0.8; 5],
             1e-6,
             1e-6,
         );
-        assert_eq!(metric("peak", 1), vec![1.0; n]);
+        assert_eq!(metric(Metric::Peak, 1), vec![1.0; n]);
         let dist: Vec<f64> = (0..n)
             .map(|i| (i as f64 - ((i + 2) % n) as f64).abs())
             .collect();
-        assert_close("one-hot distance", &metric("distance", 1), &dist, 0.0, 1e-6);
+        assert_close(
+            "one-hot distance",
+            &metric(Metric::Distance, 1),
+            &dist,
+            0.0,
+            1e-6,
+        );
         // i → i+2 → i+4 is a genuine two-hop path for n = 5: m = 1.
         assert_close(
             "one-hot m",
-            &metric("multi_hop_mass", 1),
+            &metric(Metric::MultiHopMass, 1),
             &[1.0; 5],
             0.0,
             1e-6,
@@ -145,5 +163,27 @@ fn non_square_map_is_a_shape_error() {
     let gpu = &common::gpus()[0];
     let t = Tensor::zeros(gpu, &[1, 2, 3, 4]).unwrap();
     let e = metrics_blocking(gpu, &t, &MetricsOptions::default()).unwrap_err();
+    assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
+}
+
+#[test]
+fn metrics_name_the_rows_of_the_tensor_in_order() {
+    let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+    assert_eq!(names, METRIC_NAMES);
+    for (i, m) in Metric::ALL.into_iter().enumerate() {
+        assert_eq!(m.index(), i);
+        assert_eq!(m.range(10), 10 * i..10 * (i + 1));
+    }
+}
+
+#[test]
+fn row_stats_decode_the_interleaved_columns() {
+    let stats = RowStats::from_interleaved(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    assert_eq!(stats.max, [1.0, 4.0]);
+    assert_eq!(stats.sum, [2.0, 5.0]);
+    assert_eq!(stats.entropy, [3.0, 6.0]);
+    let names: Vec<&str> = stats.columns().iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["max", "sum", "entropy"]);
+    let e = RowStats::from_interleaved(&[0.0f64; 4]).unwrap_err();
     assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
 }

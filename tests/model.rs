@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use common::{assert_close, on_every_gpu};
-use saobp::model::{sentence_embedding, BertModel, Encoded, ForwardOptions, TextTokenizer};
+use saobp::model::{
+    sentence_embedding, BertConfig, BertModel, Encoded, ForwardOptions, TextTokenizer,
+};
 use saobp::reference::bert::{bert, BertRefConfig};
 use saobp::{Gpu, Lambda};
 
@@ -48,10 +50,9 @@ fn weights() -> &'static HashMap<String, Vec<f64>> {
         st.iter()
             .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
             .map(|(name, t)| {
-                let v = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                let v = bytemuck::pod_collect_to_vec::<u8, f32>(t.data())
+                    .into_iter()
+                    .map(f64::from)
                     .collect();
                 (name.to_string(), v)
             })
@@ -326,4 +327,112 @@ fn padded_batch_equals_single_texts() {
             }
         }
     });
+}
+
+/// `config.json` is read by its keys: a full BERT config parses to its
+/// values, and each bad or missing key is one error line that names it.
+#[test]
+fn config_errors_name_the_key() {
+    let good = serde_json::json!({
+        "architectures": ["BertModel"],
+        "hidden_size": 8,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "max_position_embeddings": 32,
+        "type_vocab_size": 2,
+        "vocab_size": 50,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+    });
+    let c = BertConfig::from_json(&good.to_string()).unwrap();
+    assert_eq!(
+        c,
+        BertConfig {
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 32,
+            type_vocab_size: 2,
+            vocab_size: 50,
+            layer_norm_eps: 1e-6,
+        }
+    );
+    let mut defaults = good.clone();
+    for key in ["layer_norm_eps", "hidden_act", "position_embedding_type"] {
+        defaults.as_object_mut().unwrap().remove(key);
+    }
+    let c = BertConfig::from_json(&defaults.to_string()).unwrap();
+    assert_eq!(c.layer_norm_eps, 1e-12, "the default epsilon");
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v[key] = value;
+        v.to_string()
+    };
+    let without = |key: &str| {
+        let mut v = good.clone();
+        v.as_object_mut().unwrap().remove(key);
+        v.to_string()
+    };
+    let cases = [
+        (
+            without("vocab_size"),
+            "lacks the positive integer `vocab_size`",
+        ),
+        (
+            with("hidden_size", "8".into()),
+            "positive integer `hidden_size`",
+        ),
+        (
+            with("num_hidden_layers", (-1).into()),
+            "`num_hidden_layers`",
+        ),
+        (
+            with("intermediate_size", 16.5.into()),
+            "`intermediate_size`",
+        ),
+        (
+            with("type_vocab_size", serde_json::Value::Null),
+            "`type_vocab_size`",
+        ),
+        (
+            with("num_attention_heads", 0.into()),
+            "`num_attention_heads` = 0 is out of range",
+        ),
+        (
+            with("num_attention_heads", 3.into()),
+            "not a multiple of num_attention_heads",
+        ),
+        (
+            with("layer_norm_eps", "small".into()),
+            "`layer_norm_eps` is not a number",
+        ),
+        (
+            with("layer_norm_eps", (-1.0).into()),
+            "layer_norm_eps = -1 must be positive",
+        ),
+        (with("hidden_act", 1.into()), "`hidden_act` is not a string"),
+        (
+            with("hidden_act", "relu".into()),
+            "hidden_act `relu` is not supported",
+        ),
+        (
+            with("position_embedding_type", "relative_key".into()),
+            "position_embedding_type `relative_key` is not supported",
+        ),
+        ("[1, 2]".to_string(), "a JSON object of model settings"),
+        (
+            "{ hidden_size: 4".to_string(),
+            "config.json is not valid JSON",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = BertConfig::from_json(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, saobp::Error::Model(_)), "{text}: {e:?}");
+        assert!(msg.contains(needle), "{text}: `{msg}` lacks `{needle}`");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+    }
 }

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use saobp::model::{sentence_embedding, BertModel, ForwardOptions, ForwardOutput};
 use saobp::{Gpu, HeadSummary, Lambda};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::plot::{self, LayerCurves};
-use super::{adapter_json, write_all_or_nothing, CliResult};
+use super::{adapter_json, write_all_or_nothing, CliResult, HeadReport};
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
@@ -26,8 +27,13 @@ pub struct AnalyzeArgs {
     #[arg(long = "text", required = true)]
     texts: Vec<String>,
     /// SAOBP strength for every layer, or one per layer separated by commas (finite, >= 0).
-    #[arg(long, default_value = "0", allow_hyphen_values = true)]
-    lambda: String,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    lambda: Vec<f32>,
     /// Write the per-text, per-layer, per-head summaries as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -42,39 +48,42 @@ pub struct AnalyzeArgs {
     head: usize,
 }
 
-/// Parses `--lambda`: one value for every layer, or one per layer.
-fn parse_lambda(text: &str, layers: usize) -> CliResult<Vec<f32>> {
-    let values = text
-        .split(',')
-        .map(|s| {
-            let v: f32 = s
-                .trim()
-                .parse()
-                .map_err(|_| format!("--lambda: `{s}` is not a number"))?;
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("--lambda must be finite and >= 0, got {v}"));
-            }
-            Ok(v)
-        })
-        .collect::<CliResult<Vec<f32>>>()?;
+/// `--lambda` for every layer: one value for all, or one per layer.
+fn layer_lambda(values: &[f32], layers: usize) -> CliResult<Vec<f32>> {
+    if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+        return Err(format!("--lambda must be finite and >= 0, got {v}"));
+    }
     match values.len() {
         1 => Ok(vec![values[0]; layers]),
-        n if n == layers => Ok(values),
+        n if n == layers => Ok(values.to_vec()),
         n => Err(format!(
             "--lambda has {n} values; give one, or one per layer ({layers})"
         )),
     }
 }
 
-fn summary(s: &HeadSummary) -> Value {
-    json!({
-        "entropy": s.entropy,
-        "normalized_entropy": s.normalized_entropy,
-        "sparsity": s.sparsity,
-        "peak": s.peak,
-        "distance": s.distance,
-        "gtd": s.gtd,
-    })
+/// The JSON report.
+#[derive(Serialize)]
+struct Report<'a> {
+    adapter: Value,
+    model: String,
+    lambda: &'a [f32],
+    texts: Vec<TextReport<'a>>,
+}
+
+/// One text: its tokens, sentence embedding and per-layer, per-head summaries.
+#[derive(Serialize)]
+struct TextReport<'a> {
+    text: &'a str,
+    tokens: &'a [String],
+    embedding: Vec<f32>,
+    layers: Vec<LayerReport>,
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    layer: usize,
+    heads: Vec<HeadReport>,
 }
 
 /// Mean over heads of one layer's summaries, from `pick` (A or R).
@@ -97,7 +106,7 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
     let model = BertModel::load(&gpu, &args.model).map_err(e)?;
     let tokenizer = model.tokenizer(&args.model).map_err(e)?;
     let c = &model.config;
-    let lambda = parse_lambda(&args.lambda, c.num_hidden_layers)?;
+    let lambda = layer_lambda(&args.lambda, c.num_hidden_layers)?;
     let refined = lambda.iter().any(|&l| l > 0.0);
     let heat_layer = args.layer.unwrap_or(c.num_hidden_layers - 1);
     if heat_layer >= c.num_hidden_layers || args.head >= c.num_attention_heads {
@@ -148,19 +157,10 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let metrics = main.layers[l].metrics.as_ref().ok_or("metrics missing")?;
-            let heads: Vec<Value> = (0..c.num_attention_heads)
-                .map(|h| {
-                    let mut head = json!({ "head": h });
-                    if let Some(s) = metrics.attention.head(0, h) {
-                        head["attn"] = summary(s);
-                    }
-                    if let Some(s) = metrics.refined.as_ref().and_then(|r| r.head(0, h)) {
-                        head["refined"] = summary(s);
-                    }
-                    head
-                })
+            let heads = (0..c.num_attention_heads)
+                .map(|h| HeadReport::of(metrics, 0, h))
                 .collect();
-            layers.push(json!({ "layer": l, "heads": heads }));
+            layers.push(LayerReport { layer: l, heads });
             if let Some(a) = layer_mean(&plain, l, false) {
                 curves.add_plain(l, &a);
             }
@@ -181,12 +181,12 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
                 .map_err(e)?,
             );
         }
-        texts_json.push(json!({
-            "text": text,
-            "tokens": enc.tokens,
-            "embedding": embedding,
-            "layers": layers,
-        }));
+        texts_json.push(TextReport {
+            text,
+            tokens: &enc.tokens,
+            embedding,
+            layers,
+        });
         if let Some(b) = &bar {
             b.inc(1);
         }
@@ -198,12 +198,12 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
     print_table(&curves, refined, &lambda);
     let mut files = Vec::new();
     if let Some(path) = &args.json {
-        let report = json!({
-            "adapter": adapter_json(gpu.adapter()),
-            "model": args.model.display().to_string(),
-            "lambda": lambda,
-            "texts": texts_json,
-        });
+        let report = Report {
+            adapter: adapter_json(gpu.adapter()),
+            model: args.model.display().to_string(),
+            lambda: &lambda,
+            texts: texts_json,
+        };
         files.push((
             path.as_path(),
             serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,

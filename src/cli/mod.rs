@@ -7,40 +7,49 @@ pub mod info;
 pub mod plot;
 pub mod refine;
 
+use std::io::Write;
 use std::path::Path;
 
-use saobp::{AdapterSummary, HeadSummary};
+use saobp::{AdapterSummary, HeadSummary, Metrics};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// A command's error: one line, printed by `main`, which then exits non-zero.
 pub type CliResult<T = ()> = Result<T, String>;
 
 /// Writes `files` so that either all appear complete or none does: each goes
-/// to a temporary file beside its target first, then all are renamed.
+/// to a temporary file beside its target first (removed again if anything
+/// fails), then all are renamed onto their targets.
 pub fn write_all_or_nothing(files: &[(&Path, Vec<u8>)]) -> CliResult {
-    let mut written = Vec::new();
-    for (path, bytes) in files {
-        let tmp = path.with_file_name(format!(
-            ".{}.partial",
-            path.file_name()
-                .map_or("out".into(), |n| n.to_string_lossy())
-        ));
-        if let Err(e) = std::fs::write(&tmp, bytes) {
-            for (t, _) in &written {
-                let _ = std::fs::remove_file(t);
-            }
-            let _ = std::fs::remove_file(&tmp);
-            return Err(format!("cannot write {}: {e}", path.display()));
-        }
-        written.push((tmp, *path));
+    let cannot =
+        |path: &Path, e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    // Found now, a directory in the way would otherwise fail a rename after
+    // earlier files were already in place.
+    if let Some((path, _)) = files.iter().find(|(path, _)| path.is_dir()) {
+        return Err(cannot(path, &"it is a directory"));
     }
-    for (i, (tmp, path)) in written.iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            for (t, _) in &written[i..] {
-                let _ = std::fs::remove_file(t);
-            }
-            return Err(format!("cannot write {}: {e}", path.display()));
-        }
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".saobp-").suffix(".partial");
+        // What a plain create gives (less the umask), not the private 0600
+        // of temporary files: the renamed file is the user's output.
+        #[cfg(unix)]
+        builder.permissions(
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666),
+        );
+        let mut tmp = builder.tempfile_in(dir).map_err(|e| cannot(path, &e))?;
+        tmp.write_all(bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| cannot(path, &e))?;
+        staged.push((tmp, *path));
+    }
+    for (tmp, path) in staged {
+        tmp.persist(path).map_err(|e| cannot(path, &e.error))?;
     }
     Ok(())
 }
@@ -56,16 +65,24 @@ pub fn adapter_json(a: &AdapterSummary) -> Value {
     })
 }
 
-/// The spec's summary keys of one head (or mean).
-pub fn summary_json(s: &HeadSummary) -> Value {
-    json!({
-        "entropy": s.entropy,
-        "normalized_entropy": s.normalized_entropy,
-        "sparsity": s.sparsity,
-        "peak": s.peak,
-        "distance": s.distance,
-        "gtd": s.gtd,
-        "multi_hop_mass": s.multi_hop_mass,
-        "rows": s.rows,
-    })
+/// One head's summaries in a JSON report: of `A` and, when computed, of `R`.
+#[derive(Serialize)]
+pub struct HeadReport {
+    /// Head index within its layer or batch item.
+    pub head: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn: Option<HeadSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refined: Option<HeadSummary>,
+}
+
+impl HeadReport {
+    /// Head `h` of batch item `b`.
+    pub fn of(metrics: &Metrics, b: usize, h: usize) -> HeadReport {
+        HeadReport {
+            head: h,
+            attn: metrics.attention.head(b, h).copied(),
+            refined: metrics.refined.as_ref().and_then(|r| r.head(b, h)).copied(),
+        }
+    }
 }

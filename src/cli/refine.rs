@@ -10,13 +10,27 @@ use std::path::PathBuf;
 use safetensors::{Dtype, View};
 use saobp::io::parse_refine_input;
 use saobp::{
-    attention_blocking, AttentionOptions, AttentionShape, Gpu, Lambda, Mode, Tensor, METRIC_NAMES,
+    attention_blocking, AttentionOptions, AttentionShape, Gpu, HeadSummary, Lambda, Metric, Mode,
+    RefinedMetrics, RowStats, Tensor,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::{adapter_json, summary_json, write_all_or_nothing, CliResult};
+use super::{adapter_json, write_all_or_nothing, CliResult, HeadReport};
+
+/// What each output costs, for `saobp refine --help`.
+const COSTS: &str = "\
+Outputs and their cost per head, N tokens of width D:
+  out, entropy      every mode, O(N²D); materialized: O(N³), as it forms M
+  m, gtd            fused and materialized (streaming: m), O(N²D) with out
+  row_stats         flash and streaming, O(N²D) time and O(N·D) memory
+  entropy_refined   only with --json or --refined-metrics, like the summaries
+                    of R in the JSON: they need R's entries, so fused mode
+                    forms M on the side, O(N³)
+  attn, refined     materialized, O(N²) memory each";
 
 #[derive(clap::Args)]
+#[command(after_help = COSTS)]
 pub struct RefineArgs {
     /// Input safetensors file with `q`, `k`, `v` (and optionally `key_mask`, `lambda`).
     #[arg(long)]
@@ -33,14 +47,18 @@ pub struct RefineArgs {
     /// Score scale (finite, > 0); default 1/sqrt(D).
     #[arg(long, allow_negative_numbers = true)]
     scale: Option<f32>,
-    /// plain (no refinement), fused (O(N²D)), materialized (M explicit),
-    /// flash (plain, streamed: no N×N memory) or streaming (SAOBP, no N×N
-    /// memory; writes row_stats instead of the metrics of R, and no --json).
-    #[arg(long, default_value = "fused")]
-    mode: String,
-    /// Write per-head summaries of A and R as JSON to this file.
+    /// How the output is computed (costs below). The streaming modes write
+    /// row_stats instead of metrics, and take no --json.
+    #[arg(long, value_enum, default_value_t = Mode::Fused)]
+    mode: Mode,
+    /// Write per-head summaries of A and R as JSON to this file (implies
+    /// --refined-metrics).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write `entropy_refined`, the row entropy of R. R's entries cost
+    /// O(N³) per head in fused mode (M is formed on the side).
+    #[arg(long)]
+    refined_metrics: bool,
 }
 
 /// An f32 tensor to write.
@@ -53,7 +71,7 @@ impl Out {
     fn new(shape: &[usize], values: &[f32]) -> Out {
         Out {
             shape: shape.to_vec(),
-            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            data: bytemuck::cast_slice(values).to_vec(),
         }
     }
 }
@@ -73,21 +91,26 @@ impl View for &Out {
     }
 }
 
-/// Metric `name` of every row (`[B, H, N]`) out of a downloaded metrics tensor.
-fn metric(rows: &[f32], name: &str) -> Vec<f32> {
-    let k = METRIC_NAMES.iter().position(|x| *x == name).unwrap_or(0);
-    let per = rows.len() / METRIC_NAMES.len();
-    rows[k * per..][..per].to_vec()
+/// Refuses option combinations the mode cannot serve, before any work.
+fn check_mode(args: &RefineArgs) -> CliResult {
+    let mode = args.mode;
+    if mode.is_streaming() && args.json.is_some() {
+        return Err(format!(
+            "--json needs per-head metrics, which the {mode} mode does not compute; use plain or fused"
+        ));
+    }
+    if args.refined_metrics && (mode.is_streaming() || !mode.is_refined()) {
+        return Err(format!(
+            "--refined-metrics needs the entries of R, which the {mode} mode does not form; \
+             use fused or materialized"
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(args: &RefineArgs) -> CliResult {
-    let mode: Mode = args.mode.parse().map_err(|e: saobp::Error| e.to_string())?;
-    if mode.is_streaming() && args.json.is_some() {
-        return Err(format!(
-            "--json needs per-head metrics, which the {} mode does not compute; use plain or fused",
-            args.mode
-        ));
-    }
+    check_mode(args)?;
+    let mode = args.mode;
     let bytes = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
     let input = parse_refine_input(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;
@@ -130,13 +153,21 @@ pub fn run(args: &RefineArgs) -> CliResult {
         return_refined: mode == Mode::Materialized,
         // The streaming modes keep no map to measure; they report row_stats.
         metrics: !mode.is_streaming(),
+        // R's own entries (N³ in fused mode) only when an output needs them.
+        refined_metrics: if args.refined_metrics || args.json.is_some() {
+            RefinedMetrics::Full
+        } else {
+            RefinedMetrics::FromMass
+        },
     };
     let out = attention_blocking(&gpu, &q, &k, &v, &opts).map_err(|e| e.to_string())?;
-    let download = |t: &Tensor| t.to_vec_blocking(&gpu).map_err(|e| e.to_string());
+    let e = |e: saobp::Error| e.to_string();
+    let download = |t: &Tensor| t.to_vec_blocking(&gpu).map_err(e);
+    let row_stats = out.row_stats.as_ref().map(download).transpose()?;
     let rows = shape.row_shape();
-    let entropy = match (&out.metrics, &out.row_stats) {
-        (Some(m), _) => metric(&download(&m.attention.rows)?, "entropy"),
-        (None, Some(stats)) => download(stats)?.into_iter().skip(2).step_by(3).collect(),
+    let entropy = match (&out.metrics, &row_stats) {
+        (Some(m), _) => m.attention.row_blocking(&gpu, Metric::Entropy).map_err(e)?,
+        (None, Some(stats)) => RowStats::from_interleaved(stats).map_err(e)?.entropy,
         (None, None) => return Err("metrics were not computed".into()),
     };
 
@@ -147,24 +178,23 @@ pub fn run(args: &RefineArgs) -> CliResult {
         ),
         ("entropy".into(), Out::new(&rows, &entropy)),
     ];
-    let refined = out.metrics.as_ref().and_then(|m| m.refined.as_ref());
-    if let (Some(refined), Some(m)) = (refined, &out.multi_hop_mass) {
-        let rows_r = download(&refined.rows)?;
+    let gtd = out.metrics.as_ref().and_then(|m| m.refined_gtd.as_ref());
+    if let (Some(gtd), Some(m)) = (gtd, &out.multi_hop_mass) {
         tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
-        tensors.push(("gtd".into(), Out::new(&rows, &metric(&rows_r, "gtd"))));
-        tensors.push((
-            "entropy_refined".into(),
-            Out::new(&rows, &metric(&rows_r, "entropy")),
-        ));
+        tensors.push(("gtd".into(), Out::new(&rows, &download(gtd)?)));
+    }
+    if let Some(refined) = out.metrics.as_ref().and_then(|m| m.refined.as_ref()) {
+        let entropy_r = refined.row_blocking(&gpu, Metric::Entropy).map_err(e)?;
+        tensors.push(("entropy_refined".into(), Out::new(&rows, &entropy_r)));
     }
     if let (Mode::Streaming, Some(m)) = (mode, &out.multi_hop_mass) {
         tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
     }
-    if let Some(stats) = &out.row_stats {
+    if let Some(stats) = &row_stats {
         let [b, h, n] = rows;
         tensors.push((
             "row_stats".into(),
-            Out::new(&[b, h, n, 3], &download(stats)?),
+            Out::new(&[b, h, n, RowStats::<f32>::COLUMNS], stats),
         ));
     }
     if let (Some(a), Some(r)) = (&out.attention, &out.refined) {
@@ -176,7 +206,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
     }
     let meta = [
         ("adapter".to_string(), gpu.adapter().to_string()),
-        ("mode".to_string(), args.mode.clone()),
+        ("mode".to_string(), mode.name().to_string()),
         ("lambda".to_string(), format!("{lambda_values:?}")),
         ("causal".to_string(), args.causal.to_string()),
         ("scale".to_string(), shape.scale.to_string()),
@@ -189,14 +219,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
 
     let mut files = vec![(args.output.as_path(), st)];
     if let (Some(path), Some(metrics)) = (&args.json, &out.metrics) {
-        let report = report_json(
-            &gpu,
-            &shape,
-            &args.mode,
-            args.causal,
-            &lambda_values,
-            metrics,
-        );
+        let report = Report::new(&gpu, &shape, mode, args.causal, &lambda_values, metrics);
         let text =
             serde_json::to_vec_pretty(&report).map_err(|e| format!("cannot encode JSON: {e}"))?;
         files.push((path.as_path(), text));
@@ -208,51 +231,91 @@ pub fn run(args: &RefineArgs) -> CliResult {
         tensors.len(),
         gpu.adapter()
     );
+    // What the run cost, counted rather than timed: the N³ step shows here.
+    let work = gpu.work();
+    eprintln!(
+        "gpu work: {} dispatches, {:.6} GFLOP of matrix products",
+        work.dispatches,
+        work.product_flops as f64 / 1e9
+    );
     Ok(())
 }
 
 /// The JSON report: per batch item and head, summaries of `A` and of `R`.
-fn report_json(
-    gpu: &Gpu,
-    shape: &AttentionShape,
-    mode: &str,
+#[derive(Serialize)]
+struct Report<'a> {
+    adapter: Value,
+    mode: &'static str,
     causal: bool,
-    lambda: &[f32],
-    metrics: &saobp::Metrics,
-) -> Value {
-    let batch: Vec<Value> = (0..shape.batch)
-        .map(|b| {
-            let heads: Vec<Value> = (0..shape.heads)
-                .map(|h| {
-                    let mut head = json!({ "head": h });
-                    if let Some(s) = metrics.attention.head(b, h) {
-                        head["attn"] = summary_json(s);
-                    }
-                    if let Some(s) = metrics.refined.as_ref().and_then(|r| r.head(b, h)) {
-                        head["refined"] = summary_json(s);
-                    }
-                    head
-                })
-                .collect();
-            let mut item = json!({ "batch": b, "heads": heads, "attn_mean": summary_json(&metrics.attention.batch(b)) });
-            if let Some(r) = &metrics.refined {
-                item["refined_mean"] = summary_json(&r.batch(b));
-            }
-            item
-        })
-        .collect();
-    let mut overall = json!({ "attn": summary_json(&metrics.attention.overall()) });
-    if let Some(r) = &metrics.refined {
-        overall["refined"] = summary_json(&r.overall());
+    scale: f32,
+    lambda: &'a [f32],
+    shape: ShapeReport,
+    batch: Vec<BatchReport>,
+    overall: MeanReport,
+}
+
+#[derive(Serialize)]
+struct ShapeReport {
+    batch: usize,
+    heads: usize,
+    n: usize,
+    d: usize,
+    dv: usize,
+}
+
+#[derive(Serialize)]
+struct BatchReport {
+    batch: usize,
+    heads: Vec<HeadReport>,
+    attn_mean: HeadSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined_mean: Option<HeadSummary>,
+}
+
+#[derive(Serialize)]
+struct MeanReport {
+    attn: HeadSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined: Option<HeadSummary>,
+}
+
+impl<'a> Report<'a> {
+    fn new(
+        gpu: &Gpu,
+        shape: &AttentionShape,
+        mode: Mode,
+        causal: bool,
+        lambda: &'a [f32],
+        metrics: &saobp::Metrics,
+    ) -> Report<'a> {
+        let batch = (0..shape.batch)
+            .map(|b| BatchReport {
+                batch: b,
+                heads: (0..shape.heads)
+                    .map(|h| HeadReport::of(metrics, b, h))
+                    .collect(),
+                attn_mean: metrics.attention.batch(b),
+                refined_mean: metrics.refined.as_ref().map(|r| r.batch(b)),
+            })
+            .collect();
+        Report {
+            adapter: adapter_json(gpu.adapter()),
+            mode: mode.name(),
+            causal,
+            scale: shape.scale,
+            lambda,
+            shape: ShapeReport {
+                batch: shape.batch,
+                heads: shape.heads,
+                n: shape.n,
+                d: shape.d,
+                dv: shape.dv,
+            },
+            batch,
+            overall: MeanReport {
+                attn: metrics.attention.overall(),
+                refined: metrics.refined.as_ref().map(|r| r.overall()),
+            },
+        }
     }
-    json!({
-        "adapter": adapter_json(gpu.adapter()),
-        "mode": mode,
-        "causal": causal,
-        "scale": shape.scale,
-        "lambda": lambda,
-        "shape": { "batch": shape.batch, "heads": shape.heads, "n": shape.n, "d": shape.d, "dv": shape.dv },
-        "batch": batch,
-        "overall": overall,
-    })
 }

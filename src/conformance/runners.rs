@@ -9,7 +9,7 @@ use crate::gpu::Gpu;
 use crate::kernels::matmul::{
     self as matmul_kernel, matmul, matmul_variant, MatmulOptions, MatmulVariant,
 };
-use crate::kernels::metrics::{metrics, MetricsOptions, METRIC_COUNT, METRIC_NAMES};
+use crate::kernels::metrics::{metrics, Metric, MetricsOptions, RowStats, METRIC_COUNT};
 use crate::kernels::saobp::{refine_map, Lambda};
 use crate::kernels::softmax::{softmax, SoftmaxOptions};
 use crate::reference::{self, compare, RefOptions, Tolerance};
@@ -241,23 +241,32 @@ async fn run_attention(
     };
     let o_shape = [b, h, n, dv];
     // Max, sum and entropy of each row, as three outputs so that a miss names its statistic.
-    let row_stats = |want: Vec<f64>| {
-        ["max", "sum", "entropy"]
+    let row_stats = |want: Vec<f64>| -> Result<Vec<Output>> {
+        let (got, want) = (
+            RowStats::from_interleaved(&stats)?,
+            RowStats::from_interleaved(&want)?,
+        );
+        Ok(got
+            .columns()
             .into_iter()
-            .enumerate()
-            .map(|(c, name)| {
-                let column = |x: &[f32]| x.iter().skip(c).step_by(3).copied().collect::<Vec<_>>();
-                let want: Vec<f64> = want.iter().skip(c).step_by(3).copied().collect();
-                Output::new(name, &[b, h, n], column(&stats), want, Tolerance::SPEC)
+            .zip(want.columns())
+            .map(|((name, got), (_, want))| {
+                Output::new(
+                    name,
+                    &[b, h, n],
+                    got.to_vec(),
+                    want.to_vec(),
+                    Tolerance::SPEC,
+                )
             })
-            .collect::<Vec<_>>()
+            .collect())
     };
     let outputs = if mode == Mode::Flash {
         let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
         let mut outputs = vec![Output::new("O", &o_shape, o, want.output, Tolerance::SPEC)];
         outputs.extend(row_stats(reference::attention::row_stats(
             &q, &k, shape, &ref_opts,
-        )));
+        ))?);
         outputs
     } else if mode == Mode::Plain {
         let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
@@ -292,7 +301,7 @@ async fn run_attention(
         if mode == Mode::Streaming {
             outputs.extend(row_stats(reference::attention::row_stats(
                 &q, &k, shape, &ref_opts,
-            )));
+            ))?);
         }
         outputs
     };
@@ -352,21 +361,20 @@ async fn run_map(
         let summaries = reference::metrics::summarize(&want, n);
         let reference_time = start.elapsed();
         let g = b * h * n;
-        let mut outputs: Vec<Output> = METRIC_NAMES
-            .iter()
-            .enumerate()
-            .map(|(k, name)| {
+        let mut outputs: Vec<Output> = Metric::ALL
+            .into_iter()
+            .map(|metric| {
                 // Distances sum up to N terms of size up to N.
-                let tolerance = if *name == "distance" {
+                let tolerance = if metric == Metric::Distance {
                     Tolerance::scaled_by(n)
                 } else {
                     Tolerance::SPEC
                 };
                 Output::new(
-                    name,
+                    metric.name(),
                     &row_shape,
-                    rows[k * g..][..g].to_vec(),
-                    want.iter().map(|r| r[k]).collect(),
+                    rows[metric.range(g)].to_vec(),
+                    want.iter().map(|r| r[metric.index()]).collect(),
                     tolerance,
                 )
             })

@@ -35,6 +35,60 @@ pub const METRIC_NAMES: [&str; 8] = [
 /// Number of rows in the per-row metrics tensor.
 pub const METRIC_COUNT: usize = METRIC_NAMES.len();
 
+/// One row metric: a row of the per-row metrics tensor
+/// `[METRIC_COUNT, B, H, N]` ([`MapMetrics::rows`]) and a column of the
+/// `[B·H, METRIC_COUNT]` summaries, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Row entropy `H_i` (nats).
+    Entropy,
+    /// `H_i / ln n_i`, 0 when `n_i ≤ 1`.
+    NormalizedEntropy,
+    /// `1 − exp(H_i)/n_i`.
+    Sparsity,
+    /// Largest weight of the row.
+    Peak,
+    /// `Σ_j P_ij |i − j|`.
+    Distance,
+    /// Multi-hop mass `m_i` (from `A`).
+    MultiHopMass,
+    /// Global Token Dependency `λ m_i / (1 + λ m_i)` (`λ = 1` for `A`).
+    Gtd,
+    /// 1 when the row counts in summaries (query not padded, `n_i ≥ 1`),
+    /// else 0. Its summary column is the number of rows counted.
+    Weight,
+}
+
+impl Metric {
+    /// Every metric, in the tensor's order.
+    pub const ALL: [Metric; METRIC_COUNT] = [
+        Metric::Entropy,
+        Metric::NormalizedEntropy,
+        Metric::Sparsity,
+        Metric::Peak,
+        Metric::Distance,
+        Metric::MultiHopMass,
+        Metric::Gtd,
+        Metric::Weight,
+    ];
+
+    /// Position of the metric in the tensor (its row) and in a summary (its column).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric's name, as in [`METRIC_NAMES`] and the JSON reports.
+    pub fn name(self) -> &'static str {
+        METRIC_NAMES[self.index()]
+    }
+
+    /// Where this metric's values lie in a flattened `[METRIC_COUNT, rows]`
+    /// tensor of `rows` rows per metric.
+    pub fn range(self, rows: usize) -> std::ops::Range<usize> {
+        self.index() * rows..(self.index() + 1) * rows
+    }
+}
+
 /// Mirrors `Params` in `shaders/metrics.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -74,29 +128,31 @@ pub struct HeadSummary {
 }
 
 impl HeadSummary {
+    /// Decodes one `METRIC_COUNT`-wide row of the downloaded summaries.
     fn from_row(v: &[f32]) -> Self {
+        let at = |m: Metric| f64::from(v[m.index()]);
         HeadSummary {
-            entropy: v[0].into(),
-            normalized_entropy: v[1].into(),
-            sparsity: v[2].into(),
-            peak: v[3].into(),
-            distance: v[4].into(),
-            multi_hop_mass: v[5].into(),
-            gtd: v[6].into(),
-            rows: v[7].round() as u32,
+            entropy: at(Metric::Entropy),
+            normalized_entropy: at(Metric::NormalizedEntropy),
+            sparsity: at(Metric::Sparsity),
+            peak: at(Metric::Peak),
+            distance: at(Metric::Distance),
+            multi_hop_mass: at(Metric::MultiHopMass),
+            gtd: at(Metric::Gtd),
+            rows: v[Metric::Weight.index()].round() as u32,
         }
     }
 
     /// The metrics as `(name, value)` pairs, in [`METRIC_NAMES`] order (without `weight`).
     pub fn fields(&self) -> [(&'static str, f64); 7] {
         [
-            ("entropy", self.entropy),
-            ("normalized_entropy", self.normalized_entropy),
-            ("sparsity", self.sparsity),
-            ("peak", self.peak),
-            ("distance", self.distance),
-            ("multi_hop_mass", self.multi_hop_mass),
-            ("gtd", self.gtd),
+            (Metric::Entropy.name(), self.entropy),
+            (Metric::NormalizedEntropy.name(), self.normalized_entropy),
+            (Metric::Sparsity.name(), self.sparsity),
+            (Metric::Peak.name(), self.peak),
+            (Metric::Distance.name(), self.distance),
+            (Metric::MultiHopMass.name(), self.multi_hop_mass),
+            (Metric::Gtd.name(), self.gtd),
         ]
     }
 
@@ -155,6 +211,91 @@ impl MapMetrics {
         let items = self.heads.len() / self.num_heads.max(1);
         let per_batch: Vec<HeadSummary> = (0..items).map(|b| self.batch(b)).collect();
         HeadSummary::mean(&per_batch)
+    }
+
+    /// The per-row values of `metric`, `[B, H, N]` flattened, downloaded
+    /// from [`MapMetrics::rows`].
+    pub async fn row(&self, gpu: &Gpu, metric: Metric) -> Result<Vec<f32>> {
+        let values = self.rows.to_vec(gpu).await?;
+        let per = values.len() / METRIC_COUNT;
+        Ok(values[metric.range(per)].to_vec())
+    }
+
+    /// Blocking form of [`MapMetrics::row`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn row_blocking(&self, gpu: &Gpu, metric: Metric) -> Result<Vec<f32>> {
+        pollster::block_on(self.row(gpu, metric))
+    }
+}
+
+/// Statistics of each row of `A`, decoded from the `[B, H, N, 3]` tensor the
+/// streaming modes return ([`crate::AttentionOutput::row_stats`]) or from the
+/// reference's [`row_stats`](crate::reference::attention::row_stats) (`T = f64`).
+/// A row with no valid key has all three 0.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowStats<T = f32> {
+    /// The largest valid score of each row, `max_j S_ij`.
+    pub max: Vec<T>,
+    /// The softmax denominator of each row, `Σ_j exp(S_ij − max)`.
+    pub sum: Vec<T>,
+    /// The entropy `H_i` of each row of `A` (nats).
+    pub entropy: Vec<T>,
+}
+
+impl<T: Copy> RowStats<T> {
+    /// Values per row in the interleaved layout: max, sum, entropy.
+    pub const COLUMNS: usize = 3;
+
+    /// Decodes the interleaved layout (`[rows, 3]`: max, sum, entropy).
+    pub fn from_interleaved(values: &[T]) -> Result<RowStats<T>> {
+        if !values.len().is_multiple_of(Self::COLUMNS) {
+            return Err(Error::shape(format!(
+                "row statistics hold {} values, not a multiple of {}",
+                values.len(),
+                Self::COLUMNS
+            )));
+        }
+        let column = |c: usize| {
+            values
+                .iter()
+                .skip(c)
+                .step_by(Self::COLUMNS)
+                .copied()
+                .collect()
+        };
+        Ok(RowStats {
+            max: column(0),
+            sum: column(1),
+            entropy: column(2),
+        })
+    }
+
+    /// The columns with their names, in the interleaved order.
+    pub fn columns(&self) -> [(&'static str, &[T]); 3] {
+        [
+            ("max", &self.max),
+            ("sum", &self.sum),
+            ("entropy", &self.entropy),
+        ]
+    }
+}
+
+impl RowStats<f32> {
+    /// Downloads and decodes a row-statistics tensor (`[B, H, N, 3]`).
+    pub async fn read(gpu: &Gpu, stats: &Tensor) -> Result<RowStats> {
+        if stats.shape().last() != Some(&Self::COLUMNS) {
+            return Err(Error::shape(format!(
+                "row statistics have shape {:?}, expected [B, H, N, 3]",
+                stats.shape()
+            )));
+        }
+        RowStats::from_interleaved(&stats.to_vec(gpu).await?)
+    }
+
+    /// Blocking form of [`RowStats::read`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(gpu: &Gpu, stats: &Tensor) -> Result<RowStats> {
+        pollster::block_on(RowStats::read(gpu, stats))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `config.json` of a BERT-family model: the hyper-parameters the encoder needs.
 
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
@@ -25,56 +26,109 @@ pub struct BertConfig {
     pub layer_norm_eps: f32,
 }
 
+/// One key of `config.json` as read: a value of the expected type, or
+/// anything else (kept apart so that the error can name the key).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Entry<T> {
+    Valid(T),
+    Invalid(IgnoredAny),
+}
+
+/// The keys of `config.json` this crate reads; the rest are ignored. A
+/// missing key or `null` is `None`.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object of model settings")]
+struct RawConfig {
+    hidden_size: Option<Entry<u64>>,
+    num_hidden_layers: Option<Entry<u64>>,
+    num_attention_heads: Option<Entry<u64>>,
+    intermediate_size: Option<Entry<u64>>,
+    max_position_embeddings: Option<Entry<u64>>,
+    type_vocab_size: Option<Entry<u64>>,
+    vocab_size: Option<Entry<u64>>,
+    layer_norm_eps: Option<Entry<f64>>,
+    hidden_act: Option<Entry<String>>,
+    position_embedding_type: Option<Entry<String>>,
+}
+
+/// The size `key`: present, a positive integer, and bounded so that a
+/// hostile config cannot drive huge allocations.
+fn size(key: &str, entry: Option<Entry<u64>>) -> Result<usize> {
+    let n = match entry {
+        Some(Entry::Valid(n)) => n,
+        _ => {
+            return Err(Error::model(format!(
+                "config.json lacks the positive integer `{key}`"
+            )))
+        }
+    };
+    if n == 0 || n > 1 << 24 {
+        return Err(Error::model(format!(
+            "config.json `{key}` = {n} is out of range"
+        )));
+    }
+    Ok(n as usize)
+}
+
+/// The optional string `key`, which must be a string when present.
+fn text(key: &str, entry: Option<Entry<String>>) -> Result<Option<String>> {
+    match entry {
+        None => Ok(None),
+        Some(Entry::Valid(s)) => Ok(Some(s)),
+        Some(Entry::Invalid(_)) => {
+            Err(Error::model(format!("config.json `{key}` is not a string")))
+        }
+    }
+}
+
 impl BertConfig {
     /// Parses `config.json` text. Only BERT-style encoders with the erf GELU
     /// and absolute positions are accepted; anything else is an error naming
     /// the setting.
-    pub fn from_json(text: &str) -> Result<BertConfig> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::model(format!("config.json is not valid JSON: {e}")))?;
-        let size = |key: &str| -> Result<usize> {
-            let n = v.get(key).and_then(Value::as_u64).ok_or_else(|| {
-                Error::model(format!("config.json lacks the positive integer `{key}`"))
-            })?;
-            // Bounds keep a hostile config from driving huge allocations.
-            if n == 0 || n > 1 << 24 {
-                return Err(Error::model(format!(
-                    "config.json `{key}` = {n} is out of range"
-                )));
+    pub fn from_json(json: &str) -> Result<BertConfig> {
+        let raw: RawConfig = serde_json::from_str(json).map_err(|e| {
+            if e.is_data() {
+                // Well-formed JSON of the wrong shape (not an object, a key twice).
+                Error::model(format!("config.json: {e}"))
+            } else {
+                Error::model(format!("config.json is not valid JSON: {e}"))
             }
-            Ok(n as usize)
-        };
-        if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
+        })?;
+        if let Some(act) = text("hidden_act", raw.hidden_act)? {
             if act != "gelu" {
                 return Err(Error::model(format!(
                     "hidden_act `{act}` is not supported (only the erf form `gelu`)"
                 )));
             }
         }
-        if let Some(pos) = v.get("position_embedding_type").and_then(Value::as_str) {
+        if let Some(pos) = text("position_embedding_type", raw.position_embedding_type)? {
             if pos != "absolute" {
                 return Err(Error::model(format!(
                     "position_embedding_type `{pos}` is not supported"
                 )));
             }
         }
-        let eps = v
-            .get("layer_norm_eps")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-12);
+        let eps = match raw.layer_norm_eps {
+            None => 1e-12,
+            Some(Entry::Valid(eps)) => eps,
+            Some(Entry::Invalid(_)) => {
+                return Err(Error::model("config.json `layer_norm_eps` is not a number"))
+            }
+        };
         if !(eps.is_finite() && eps > 0.0) {
             return Err(Error::model(format!(
                 "layer_norm_eps = {eps} must be positive"
             )));
         }
         let cfg = BertConfig {
-            hidden_size: size("hidden_size")?,
-            num_hidden_layers: size("num_hidden_layers")?,
-            num_attention_heads: size("num_attention_heads")?,
-            intermediate_size: size("intermediate_size")?,
-            max_position_embeddings: size("max_position_embeddings")?,
-            type_vocab_size: size("type_vocab_size")?,
-            vocab_size: size("vocab_size")?,
+            hidden_size: size("hidden_size", raw.hidden_size)?,
+            num_hidden_layers: size("num_hidden_layers", raw.num_hidden_layers)?,
+            num_attention_heads: size("num_attention_heads", raw.num_attention_heads)?,
+            intermediate_size: size("intermediate_size", raw.intermediate_size)?,
+            max_position_embeddings: size("max_position_embeddings", raw.max_position_embeddings)?,
+            type_vocab_size: size("type_vocab_size", raw.type_vocab_size)?,
+            vocab_size: size("vocab_size", raw.vocab_size)?,
             layer_norm_eps: eps as f32,
         };
         if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::config::BertConfig;
 use super::tokenizer::{Encoded, TextTokenizer};
 use super::weights::{EmbeddingWeights, LayerWeights, WeightFile};
-use crate::attention::{attention, AttentionOptions, Metrics, Mode};
+use crate::attention::{attention, AttentionOptions, Metrics, Mode, RefinedMetrics};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
 use crate::kernels::bert::{self, Dims};
@@ -208,6 +208,8 @@ impl BertModel {
                 return_attention: opts.keep_maps,
                 return_refined: opts.keep_maps && refined,
                 metrics: opts.metrics,
+                // Layer reports summarize R itself.
+                refined_metrics: RefinedMetrics::Full,
             };
             let (next, out) = self.layer(gpu, &d, w, &x, &opts).await?;
             x = next;

@@ -1,6 +1,8 @@
 //! Reading a model's `model.safetensors` into GPU tensors, checking every
 //! tensor's presence, dtype and shape against `config.json` first.
 
+use std::borrow::Cow;
+
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::BertConfig;
@@ -97,8 +99,9 @@ impl<'a> WeightFile<'a> {
         Ok(WeightFile { st, prefix })
     }
 
-    /// The tensor `name`, which must be f32 of `shape`, as host values.
-    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// The tensor `name`, which must be f32 of `shape`, as host values:
+    /// borrowed from the file when its bytes are aligned for f32, else copied.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
         let full = format!("{}{name}", self.prefix);
         let t = self
             .st
@@ -116,10 +119,12 @@ impl<'a> WeightFile<'a> {
                 t.shape()
             )));
         }
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        // Safetensors data is little-endian, as every target wgpu runs on.
+        let bytes: &'a [u8] = t.data();
+        Ok(match bytemuck::try_cast_slice(bytes) {
+            Ok(values) => Cow::Borrowed(values),
+            Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
+        })
     }
 
     /// Checks every tensor `config` needs (presence, dtype, shape) on the host.

@@ -38,7 +38,7 @@ use crate::kernels::saobp::{self as saobp_kernel, refine_map, Lambda};
 use crate::kernels::softmax::{self as softmax_kernel, softmax, SoftmaxOptions};
 use crate::reference::{self, compare, Comparison, RefOptions, Tolerance};
 use crate::tensor::{numel, Tensor};
-use crate::workload::SplitMix;
+use crate::workload::SplitMix64;
 
 /// A kernel of the matrix, as the public API exposes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1365,9 +1365,9 @@ struct Measured {
 }
 
 /// `len` values uniform in `[lo, hi)`.
-fn uniform(rng: &mut SplitMix, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+fn uniform(rng: &mut SplitMix64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..len)
-        .map(|_| lo + (hi - lo) * (rng.next() + 1.0) / 2.0)
+        .map(|_| lo + (hi - lo) * (rng.uniform(-1.0, 1.0) + 1.0) / 2.0)
         .collect()
 }
 
@@ -1377,7 +1377,7 @@ fn to_f64(x: &[f32]) -> Vec<f64> {
 
 async fn run_matmul(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     a_shape: &[usize],
     b_shape: &[usize],
     opts: &MatmulOptions,
@@ -1418,7 +1418,7 @@ async fn run_matmul(
 
 async fn run_softmax(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     shape: &[usize],
     causal: bool,
     masked: bool,
@@ -1456,7 +1456,7 @@ async fn run_softmax(
 #[allow(clippy::too_many_arguments)]
 async fn run_attention(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     kernel: Kernel,
     shape: [usize; 4],
     dv: usize,
@@ -1588,7 +1588,7 @@ async fn run_attention(
 
 async fn run_map(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     kernel: Kernel,
     [b, h, n]: [usize; 3],
     causal: bool,
@@ -1729,7 +1729,7 @@ async fn run_map(
 }
 
 async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measured> {
-    let mut rng = SplitMix(case.seed());
+    let mut rng = SplitMix64::new(case.seed());
     match &case.input {
         Input::Matmul {
             a,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use saobp::reference::{self, RefOptions};
-use saobp::workload::{synthetic, Pattern};
+use saobp::workload::{median, synthetic, Pattern};
 use saobp::{attention_blocking, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor};
 
 use super::CliResult;
@@ -46,8 +46,7 @@ fn time<T>(repeat: usize, mut f: impl FnMut() -> CliResult<T>) -> CliResult<(T, 
         last = f()?;
         times.push(start.elapsed());
     }
-    times.sort();
-    Ok((last, times[times.len() / 2]))
+    Ok((last, median(&times).ok_or("no timed run")?))
 }
 
 fn max_error(got: &[f32], want: &[f64]) -> f64 {

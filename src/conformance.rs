@@ -1444,7 +1444,7 @@ async fn run_softmax(
     let got = y.to_vec(gpu).await?;
     let time = start.elapsed();
     let start = Instant::now();
-    let want = reference::softmax(&x, shape, causal, masked.then_some(&mask[..]));
+    let want = reference::softmax(&x, shape, causal, masked.then_some(&mask[..]))?;
     let reference_time = start.elapsed();
     Ok(Measured {
         outputs: vec![Output::new("P", shape, got, want, Tolerance::SPEC)],
@@ -1536,14 +1536,14 @@ async fn run_attention(
             .collect::<Vec<_>>()
     };
     let outputs = if mode == Mode::Flash {
-        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts)?;
         let mut outputs = vec![Output::new("O", &o_shape, o, want.output, Tolerance::SPEC)];
         outputs.extend(row_stats(reference::attention::row_stats(
             &q, &k, shape, &ref_opts,
-        )));
+        )?));
         outputs
     } else if mode == Mode::Plain {
-        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts)?;
         vec![
             Output::new(
                 "A",
@@ -1556,7 +1556,7 @@ async fn run_attention(
         ]
     } else {
         let lambda64 = to_f64(lambda);
-        let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64);
+        let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64)?;
         let (name, reference) = if mode == Mode::Materialized {
             ("R", want.refined)
         } else {
@@ -1575,7 +1575,7 @@ async fn run_attention(
         if mode == Mode::Streaming {
             outputs.extend(row_stats(reference::attention::row_stats(
                 &q, &k, shape, &ref_opts,
-            )));
+            )?));
         }
         outputs
     };
@@ -1600,7 +1600,7 @@ async fn run_map(
     let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
     let mask_ref = masked.then_some(&mask[..]);
     // Rows stochastic (or empty) as the kernels expect, then exactly the f32 the GPU sees.
-    let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)
+    let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)?
         .iter()
         .map(|&x| x as f32)
         .collect();
@@ -1623,7 +1623,7 @@ async fn run_map(
         let time = start.elapsed();
 
         let start = Instant::now();
-        let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n), n);
+        let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n)?, n)?;
         let want = reference::metrics::row_metrics(
             &p64,
             &mass,
@@ -1631,8 +1631,8 @@ async fn run_map(
             row_shape,
             causal,
             mask_ref,
-        );
-        let summaries = reference::metrics::summarize(&want, n);
+        )?;
+        let summaries = reference::metrics::summarize(&want, n)?;
         let reference_time = start.elapsed();
         let g = b * h * n;
         let mut outputs: Vec<Output> = METRIC_NAMES
@@ -1690,7 +1690,7 @@ async fn run_map(
     };
     let time = start.elapsed();
     let start = Instant::now();
-    let messages = reference::saobp::messages(&p64, n);
+    let messages = reference::saobp::messages(&p64, n)?;
     let outputs = if kernel == Kernel::Messages {
         let mut got = outputs_gpu.into_iter();
         vec![Output::new(
@@ -1701,8 +1701,8 @@ async fn run_map(
             Tolerance::SPEC,
         )]
     } else {
-        let mass = reference::saobp::multi_hop_mass(&messages, n);
-        let r = reference::saobp::refine(&p64, &messages, &mass, &lambda64, n);
+        let mass = reference::saobp::multi_hop_mass(&messages, n)?;
+        let r = reference::saobp::refine(&p64, &messages, &mass, &lambda64, n)?;
         let mut got = outputs_gpu.into_iter();
         vec![
             Output::new(

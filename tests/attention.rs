@@ -3,80 +3,40 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
-use saobp::reference::{self, RefOptions};
-use saobp::{attention_blocking, AttentionOptions, Mode, Tensor};
+use common::{on_every_gpu, Case, Request, Rng};
+use saobp::{attention_blocking, AttentionOptions, Lambda, Mode, Tensor};
 
-struct Case {
+/// Batch items keep the first half of their keys (at least one), odd items
+/// one more.
+fn padding(item: usize, n: usize) -> usize {
+    (n / 2).max(1) + item % 2
+}
+
+/// Plain attention of one case: `A` and `O` against the reference.
+fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
+    let request = Request {
+        attention: true,
+        ..Default::default()
+    };
+    common::check(gpu, rng, c, &[Mode::Plain], request);
+}
+
+/// A plain-attention case (λ plays no part).
+fn plain_case(
     shape: [usize; 4],
     dv: usize,
     causal: bool,
     masked: bool,
     scale: Option<f32>,
-}
-
-fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
-    let [b, h, n, d] = c.shape;
-    let q = rng.vec(b * h * n * d, -2.0, 2.0);
-    let k = rng.vec(b * h * n * d, -2.0, 2.0);
-    let v = rng.vec(b * h * n * c.dv, -1.0, 1.0);
-    // Pad the tail of each batch item; item 0 keeps at least one key.
-    let mask: Vec<f32> = (0..b * n)
-        .map(|i| {
-            if c.masked && i % n >= (n / 2).max(1) + i / n % 2 {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let tq = Tensor::from_slice(gpu, &c.shape, &q).unwrap();
-    let tk = Tensor::from_slice(gpu, &c.shape, &k).unwrap();
-    let tv = Tensor::from_slice(gpu, &[b, h, n, c.dv], &v).unwrap();
-    let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
-    let opts = AttentionOptions {
-        causal: c.causal,
-        key_mask: c.masked.then_some(&tm),
-        scale: c.scale,
-        mode: Mode::Plain,
-        return_attention: true,
-        ..Default::default()
-    };
-    let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
-    let want = reference::attention(
-        &q,
-        &k,
-        &v,
-        c.shape,
-        c.dv,
-        &RefOptions {
-            causal: c.causal,
-            key_mask: c.masked.then_some(&mask),
-            scale: c.scale.map(f64::from),
-        },
-    );
-    let what = format!(
-        "attention {:?} dv={} causal={} masked={}",
-        c.shape, c.dv, c.causal, c.masked
-    );
-    assert_close(
-        &format!("{what} A"),
-        &out.attention
-            .as_ref()
-            .unwrap()
-            .to_vec_blocking(gpu)
-            .unwrap(),
-        &want.attention,
-        1e-4,
-        1e-5,
-    );
-    assert_close(
-        &format!("{what} O"),
-        &out.output.to_vec_blocking(gpu).unwrap(),
-        &want.output,
-        1e-4,
-        1e-5,
-    );
+) -> Case {
+    Case {
+        shape,
+        dv,
+        causal,
+        padding: masked.then_some(padding as common::Padding),
+        lambda: Lambda::default(),
+        scale,
+    }
 }
 
 #[test]
@@ -90,13 +50,7 @@ fn random_cases_match_reference() {
                 1 + rng.below(80),
                 1 + rng.below(40),
             ];
-            let case = Case {
-                shape,
-                dv: 1 + rng.below(20),
-                causal: i % 2 == 0,
-                masked: i % 3 != 0,
-                scale: None,
-            };
+            let case = plain_case(shape, 1 + rng.below(20), i % 2 == 0, i % 3 != 0, None);
             check(gpu, &mut rng, &case);
         }
     });
@@ -107,41 +61,11 @@ fn edge_shapes_match_reference() {
     on_every_gpu("attention edges", |gpu| {
         let mut rng = Rng::new(6);
         let cases = [
-            Case {
-                shape: [1, 1, 1, 1],
-                dv: 1,
-                causal: false,
-                masked: false,
-                scale: None,
-            },
-            Case {
-                shape: [1, 1, 1, 5],
-                dv: 3,
-                causal: true,
-                masked: false,
-                scale: None,
-            },
-            Case {
-                shape: [2, 2, 7, 1],
-                dv: 1,
-                causal: true,
-                masked: true,
-                scale: Some(3.0),
-            },
-            Case {
-                shape: [1, 3, 33, 64],
-                dv: 64,
-                causal: false,
-                masked: true,
-                scale: None,
-            },
-            Case {
-                shape: [2, 1, 65, 9],
-                dv: 2,
-                causal: true,
-                masked: true,
-                scale: Some(0.05),
-            },
+            plain_case([1, 1, 1, 1], 1, false, false, None),
+            plain_case([1, 1, 1, 5], 3, true, false, None),
+            plain_case([2, 2, 7, 1], 1, true, true, Some(3.0)),
+            plain_case([1, 3, 33, 64], 64, false, true, None),
+            plain_case([2, 1, 65, 9], 2, true, true, Some(0.05)),
         ];
         for c in &cases {
             check(gpu, &mut rng, c);

@@ -6,8 +6,8 @@
 //! Nothing here shares code with the GPU path beyond argument types.
 //!
 //! Every function checks that its slices have the lengths its shapes imply
-//! and returns [`Error::Shape`](crate::Error::Shape) when they do not, so a
-//! caller's mistake is an error, never a panic or a silently short result.
+//! and returns [`Error::Shape`] when they do not, so a caller's mistake is
+//! an error, never a panic or a silently short result.
 
 pub mod attention;
 pub mod bert;

@@ -21,7 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use saobp::workload::{synthetic, Pattern};
+use clap::Parser;
+use saobp::workload::{self, synthetic, Pattern};
 use saobp::{
     attention_blocking, matmul_choice, matmul_variant_blocking, AttentionOptions, Error, Gpu,
     Lambda, MatmulOptions, MatmulVariant, Mode, Tensor,
@@ -30,81 +31,58 @@ use saobp::{
 const HEADS: usize = 12;
 const D: usize = 64;
 
+/// Benchmark attention, SAOBP and matmul on the default adapter.
+#[derive(clap::Parser)]
 struct Args {
+    /// Sequence lengths N of the attention table (0 is dropped).
+    #[arg(long, value_delimiter = ',', default_value = "128,512,1024,2048,4096")]
     sizes: Vec<usize>,
+    /// Square matmul sizes (0 is dropped).
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
     matmul_sizes: Vec<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Write the results as a Markdown table to this file.
+    #[arg(long, value_name = "FILE")]
     markdown: Option<String>,
+    /// Timed runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
     repeat: usize,
-    attention: bool,
-    matmul: bool,
+    /// Run only one section.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// Add the texture layouts that autotuning skips.
+    #[arg(long)]
     all_variants: bool,
-    tune: bool,
+    /// Skip `Gpu::tune_matmul`.
+    #[arg(long)]
+    no_tune: bool,
+    /// Largest N for the N³ materialized mode.
+    #[arg(long, default_value_t = 4096)]
     max_materialized: usize,
+    /// N of the one-head streaming run (0 skips it).
+    #[arg(long = "long", default_value_t = 16384)]
     long_n: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sizes: vec![128, 512, 1024, 2048, 4096],
-        matmul_sizes: vec![512, 1024, 2048],
-        json: None,
-        markdown: None,
-        repeat: 3,
-        attention: true,
-        matmul: true,
-        all_variants: false,
-        tune: true,
-        max_materialized: 4096,
-        long_n: 16384,
-    };
-    let mut it = std::env::args().skip(1);
-    let list = |s: Option<String>| -> Result<Vec<usize>, String> {
-        s.ok_or("missing value")?
-            .split(',')
-            .map(|x| {
-                x.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("`{x}` is not a size"))
-            })
-            .filter(|x| !matches!(x, Ok(0)))
-            .collect()
-    };
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--sizes" => a.sizes = list(it.next())?,
-            "--matmul-sizes" => a.matmul_sizes = list(it.next())?,
-            "--json" => a.json = Some(it.next().ok_or("--json needs a file")?),
-            "--markdown" => a.markdown = Some(it.next().ok_or("--markdown needs a file")?),
-            "--repeat" => {
-                a.repeat = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--repeat needs a number")?
-            }
-            "--only" => match it.next().as_deref() {
-                Some("attention") => a.matmul = false,
-                Some("matmul") => a.attention = false,
-                _ => return Err("--only needs `attention` or `matmul`".into()),
-            },
-            "--all-variants" => a.all_variants = true,
-            "--no-tune" => a.tune = false,
-            "--max-materialized" => {
-                a.max_materialized = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--max-materialized needs a number")?
-            }
-            "--long" => {
-                a.long_n = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--long needs a number (0 skips)")?
-            }
-            other => return Err(format!("unknown argument `{other}`")),
-        }
+/// A section of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Attention,
+    Matmul,
+}
+
+impl Args {
+    fn attention(&self) -> bool {
+        self.only != Some(Section::Matmul)
     }
-    Ok(a)
+    fn matmul(&self) -> bool {
+        self.only != Some(Section::Attention)
+    }
+    fn tune(&self) -> bool {
+        !self.no_tune
+    }
 }
 
 /// Median of `repeat` timed runs after one warm-up (which also builds pipelines).
@@ -127,8 +105,8 @@ fn median_of(
         f()?;
         times.push(t.elapsed());
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    // There is at least one run, so there is a median.
+    Ok(workload::median(&times).unwrap_or_default())
 }
 
 /// A timing, or why there is none.
@@ -168,7 +146,7 @@ fn ratio(a: &Cell, b: &Cell) -> String {
 }
 
 /// Synthetic `[1, heads, n, D]` inputs with diffuse, local, sink and collapsed heads.
-fn inputs(heads: usize, n: usize) -> saobp::workload::Workload {
+fn inputs(heads: usize, n: usize) -> workload::Workload {
     synthetic(
         [1, heads, n, D],
         &[
@@ -361,18 +339,24 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let args = parse_args()?;
+    let mut args = Args::parse();
+    args.sizes.retain(|&n| n > 0);
+    args.matmul_sizes.retain(|&n| n > 0);
     let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
     println!("adapter: {}", gpu.adapter());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cpus} CPU threads\n");
 
-    let sizes = if args.attention { &args.sizes[..] } else { &[] };
+    let sizes = if args.attention() {
+        &args.sizes[..]
+    } else {
+        &[]
+    };
     let rows: Vec<AttentionRow> = sizes
         .iter()
         .map(|&n| AttentionRow::measure(&gpu, n, args.repeat, args.max_materialized))
         .collect();
-    let long = (args.attention && args.long_n > 0).then(|| {
+    let long = (args.attention() && args.long_n > 0).then(|| {
         let r = long_sequence(&gpu, args.long_n);
         match &r {
             Ok((t, used)) => println!(
@@ -388,7 +372,7 @@ fn run() -> Result<(), String> {
         }
         r
     });
-    let mm = if args.matmul {
+    let mm = if args.matmul() {
         matmul_section(&gpu, &args, cpus)?
     } else {
         MatmulSection::default()
@@ -420,7 +404,7 @@ fn run() -> Result<(), String> {
             Err(e) => format!("\nStreaming SAOBP (b) at N={}: {e}\n", args.long_n),
         };
     }
-    if args.matmul {
+    if args.matmul() {
         md += &mm.markdown(cpus);
     }
     println!("\n{md}");
@@ -523,7 +507,7 @@ fn matmul_section(gpu: &Gpu, args: &Args, cpus: usize) -> Result<MatmulSection, 
         .iter()
         .map(|&n| choice(n))
         .collect::<Result<_, _>>()?;
-    if args.tune {
+    if args.tune() {
         let t = Instant::now();
         let tuning = saobp::tune_matmul_blocking(gpu).map_err(|e| e.to_string())?;
         println!("tune_matmul: {:.1} s", t.elapsed().as_secs_f64());
@@ -532,7 +516,7 @@ fn matmul_section(gpu: &Gpu, args: &Args, cpus: usize) -> Result<MatmulSection, 
         }
     }
     for (&n, v) in args.matmul_sizes.iter().zip(before) {
-        let after = if args.tune { Some(choice(n)?) } else { None };
+        let after = if args.tune() { Some(choice(n)?) } else { None };
         section.choices.push((n, v, after));
     }
     Ok(section)

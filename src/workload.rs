@@ -2,9 +2,14 @@
 //! benchmarks and tests: diffuse heads, local heads, a global sink, and heads
 //! collapsed onto a few tokens (the entropy collapse SAOBP is meant to relieve).
 //!
-//! The generator is a small SplitMix64 written here so that the same seed
+//! The generator, [`SplitMix64`], is written here so that the same seed
 //! gives the same tensors on every platform, the browser included, without a
-//! dependency.
+//! dependency. It is the project's one seeded generator: the conformance
+//! matrix and the tests draw their inputs from it too.
+//!
+//! [`median`] summarizes the timed runs of the demo and the benchmark.
+
+use std::time::Duration;
 
 /// The kind of attention a synthetic head is built to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +61,60 @@ pub struct Workload {
     pub patterns: Vec<Pattern>,
 }
 
-/// SplitMix64; also the conformance matrix's input generator.
-pub(crate) struct SplitMix(pub(crate) u64);
+/// SplitMix64 (Steele, Lea and Flood, 2014): a small, fast generator whose
+/// stream depends only on the seed, so a seed reproduces the same values on
+/// every platform.
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
 
-impl SplitMix {
-    pub(crate) fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+impl SplitMix64 {
+    /// The generator started at `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // Uniform in [-1, 1).
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`, from the top 24 bits of one draw (every value
+    /// an f32 can hold exactly in `[0, 1)` at that spacing).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    /// `len` values uniform in `[lo, hi)`.
+    pub fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// Uniform in `[0, n)` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// The median of `samples`: the middle one of an odd count, the mean of the
+/// two middle ones of an even count; `None` when there are none.
+pub fn median(samples: &[Duration]) -> Option<Duration> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(sorted[mid]),
+        _ => Some(sorted[mid - 1] + (sorted[mid] - sorted[mid - 1]) / 2),
     }
 }
 
@@ -75,10 +122,10 @@ impl SplitMix {
 /// `temperature` scaling every score (higher = sharper), from `seed`.
 pub fn synthetic(shape: [usize; 4], patterns: &[Pattern], temperature: f32, seed: u64) -> Workload {
     let [b, h, n, d] = shape;
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut q = vec![0.0f32; b * h * n * d];
     let mut k = vec![0.0f32; b * h * n * d];
-    let v: Vec<f32> = (0..b * h * n * d).map(|_| rng.next()).collect();
+    let v = rng.vec(b * h * n * d, -1.0, 1.0);
     let head_patterns: Vec<Pattern> = (0..h)
         .map(|i| {
             patterns
@@ -97,7 +144,7 @@ pub fn synthetic(shape: [usize; 4], patterns: &[Pattern], temperature: f32, seed
             match pattern {
                 Pattern::Diffuse => {
                     for x in q.iter_mut().chain(k.iter_mut()) {
-                        *x = 0.3 * unit * rng.next() / (d as f32).sqrt().sqrt();
+                        *x = 0.3 * unit * rng.uniform(-1.0, 1.0) / (d as f32).sqrt().sqrt();
                     }
                 }
                 Pattern::Local => {
@@ -132,9 +179,9 @@ pub fn synthetic(shape: [usize; 4], patterns: &[Pattern], temperature: f32, seed
                         for c in 0..d {
                             // Queries share one direction (dimension 0); hubs' keys point along it.
                             let along = if c == 0 { 1.0 } else { 0.0 };
-                            q[i * d + c] = unit * (strength * along + 0.2 * rng.next());
+                            q[i * d + c] = unit * (strength * along + 0.2 * rng.uniform(-1.0, 1.0));
                             let hub = if hubs.contains(&i) { strength } else { 0.0 };
-                            k[i * d + c] = unit * (hub * along + 0.2 * rng.next());
+                            k[i * d + c] = unit * (hub * along + 0.2 * rng.uniform(-1.0, 1.0));
                         }
                     }
                 }
@@ -147,5 +194,54 @@ pub fn synthetic(shape: [usize; 4], patterns: &[Pattern], temperature: f32, seed
         k,
         v,
         patterns: head_patterns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream the browser and native builds share: SplitMix64's
+    /// published first outputs for seed 0, and the inputs they become.
+    #[test]
+    fn the_generator_reproduces_its_stream() {
+        let mut rng = SplitMix64::new(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        let mut rng = SplitMix64::new(0);
+        assert_eq!(
+            rng.uniform(-1.0, 1.0),
+            (0xE220A8 as f32) / 8_388_608.0 - 1.0
+        );
+        let mut a = SplitMix64::new(7);
+        let mut b = a.clone();
+        assert_eq!(a.vec(5, -2.0, 2.0), b.vec(5, -2.0, 2.0));
+        assert!(a
+            .vec(1000, -1.0, 1.0)
+            .iter()
+            .all(|x| (-1.0..1.0).contains(x)));
+        assert!((0..1000).all(|_| a.below(7) < 7));
+        assert_eq!(a.below(0), 0);
+    }
+
+    /// `uniform(-1, 1)` is bit for bit the `[-1, 1)` draw the workloads
+    /// were first built with, `top24 / 2²³ − 1`, so seeds keep their tensors.
+    #[test]
+    fn symmetric_draws_keep_their_bits() {
+        let (mut a, mut b) = (SplitMix64::new(3), SplitMix64::new(3));
+        for _ in 0..10_000 {
+            let old = (b.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+            assert_eq!(a.uniform(-1.0, 1.0).to_bits(), old.to_bits());
+        }
+    }
+
+    #[test]
+    fn median_is_the_middle_or_the_mean_of_the_two_middles() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[ms(5)]), Some(ms(5)));
+        assert_eq!(median(&[ms(9), ms(1), ms(5)]), Some(ms(5)));
+        assert_eq!(median(&[ms(9), ms(1), ms(4), ms(6)]), Some(ms(5)));
+        assert_eq!(median(&[ms(3), ms(1)]), Some(ms(2)));
     }
 }

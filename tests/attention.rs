@@ -4,83 +4,44 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{assert_within, on_every_gpu, Case, Request, Rng, Tolerance};
 use saobp::reference::{self, RefOptions};
 use saobp::{
     attention_blocking, AttentionOptions, Gpu, GpuOptions, Lambda, Metric, Mode, RefinedMetrics,
     Tensor,
 };
 
-struct Case {
+/// Batch items keep the first half of their keys (at least one), odd items
+/// one more.
+fn padding(item: usize, n: usize) -> usize {
+    (n / 2).max(1) + item % 2
+}
+
+/// Plain attention of one case: `A` and `O` against the reference.
+fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
+    let request = Request {
+        attention: true,
+        ..Default::default()
+    };
+    common::check(gpu, rng, c, &[Mode::Plain], request);
+}
+
+/// A plain-attention case (λ plays no part).
+fn plain_case(
     shape: [usize; 4],
     dv: usize,
     causal: bool,
     masked: bool,
     scale: Option<f32>,
-}
-
-fn check(gpu: &saobp::Gpu, rng: &mut Rng, c: &Case) {
-    let [b, h, n, d] = c.shape;
-    let q = rng.vec(b * h * n * d, -2.0, 2.0);
-    let k = rng.vec(b * h * n * d, -2.0, 2.0);
-    let v = rng.vec(b * h * n * c.dv, -1.0, 1.0);
-    // Pad the tail of each batch item; item 0 keeps at least one key.
-    let mask: Vec<f32> = (0..b * n)
-        .map(|i| {
-            if c.masked && i % n >= (n / 2).max(1) + i / n % 2 {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let tq = Tensor::from_slice(gpu, &c.shape, &q).unwrap();
-    let tk = Tensor::from_slice(gpu, &c.shape, &k).unwrap();
-    let tv = Tensor::from_slice(gpu, &[b, h, n, c.dv], &v).unwrap();
-    let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
-    let opts = AttentionOptions {
-        causal: c.causal,
-        key_mask: c.masked.then_some(&tm),
-        scale: c.scale,
-        mode: Mode::Plain,
-        return_attention: true,
-        ..Default::default()
-    };
-    let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
-    let want = reference::attention(
-        &q,
-        &k,
-        &v,
-        c.shape,
-        c.dv,
-        &RefOptions {
-            causal: c.causal,
-            key_mask: c.masked.then_some(&mask),
-            scale: c.scale.map(f64::from),
-        },
-    );
-    let what = format!(
-        "attention {:?} dv={} causal={} masked={}",
-        c.shape, c.dv, c.causal, c.masked
-    );
-    assert_close(
-        &format!("{what} A"),
-        &out.attention
-            .as_ref()
-            .unwrap()
-            .to_vec_blocking(gpu)
-            .unwrap(),
-        &want.attention,
-        1e-4,
-        1e-5,
-    );
-    assert_close(
-        &format!("{what} O"),
-        &out.output.to_vec_blocking(gpu).unwrap(),
-        &want.output,
-        1e-4,
-        1e-5,
-    );
+) -> Case {
+    Case {
+        shape,
+        dv,
+        causal,
+        padding: masked.then_some(padding as common::Padding),
+        lambda: Lambda::default(),
+        scale,
+    }
 }
 
 #[test]
@@ -94,13 +55,7 @@ fn random_cases_match_reference() {
                 1 + rng.below(80),
                 1 + rng.below(40),
             ];
-            let case = Case {
-                shape,
-                dv: 1 + rng.below(20),
-                causal: i % 2 == 0,
-                masked: i % 3 != 0,
-                scale: None,
-            };
+            let case = plain_case(shape, 1 + rng.below(20), i % 2 == 0, i % 3 != 0, None);
             check(gpu, &mut rng, &case);
         }
     });
@@ -111,41 +66,11 @@ fn edge_shapes_match_reference() {
     on_every_gpu("attention edges", |gpu| {
         let mut rng = Rng::new(6);
         let cases = [
-            Case {
-                shape: [1, 1, 1, 1],
-                dv: 1,
-                causal: false,
-                masked: false,
-                scale: None,
-            },
-            Case {
-                shape: [1, 1, 1, 5],
-                dv: 3,
-                causal: true,
-                masked: false,
-                scale: None,
-            },
-            Case {
-                shape: [2, 2, 7, 1],
-                dv: 1,
-                causal: true,
-                masked: true,
-                scale: Some(3.0),
-            },
-            Case {
-                shape: [1, 3, 33, 64],
-                dv: 64,
-                causal: false,
-                masked: true,
-                scale: None,
-            },
-            Case {
-                shape: [2, 1, 65, 9],
-                dv: 2,
-                causal: true,
-                masked: true,
-                scale: Some(0.05),
-            },
+            plain_case([1, 1, 1, 1], 1, false, false, None),
+            plain_case([1, 1, 1, 5], 3, true, false, None),
+            plain_case([2, 2, 7, 1], 1, true, true, Some(3.0)),
+            plain_case([1, 3, 33, 64], 64, false, true, None),
+            plain_case([2, 1, 65, 9], 2, true, true, Some(0.05)),
         ];
         for c in &cases {
             check(gpu, &mut rng, c);
@@ -234,7 +159,7 @@ fn refined_metrics_from_mass_give_gtd_without_r() {
         key_mask: Some(&mask),
         scale: None,
     };
-    let want = reference::saobp(&q, &k, &v, [b, h, n, d], d, &ref_opts, &lambda64);
+    let want = reference::saobp(&q, &k, &v, [b, h, n, d], d, &ref_opts, &lambda64).unwrap();
     let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask));
     let gtd_r: Vec<f64> = rows_r.iter().map(|r| r[Metric::Gtd.index()]).collect();
     on_every_gpu("refined metrics", |gpu| {
@@ -258,28 +183,25 @@ fn refined_metrics_from_mass_give_gtd_without_r() {
                         ..Default::default()
                     };
                     let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
-                    assert_close(
+                    assert_within(
                         &format!("{what} O"),
                         &out.output.to_vec_blocking(gpu).unwrap(),
                         &want.output,
-                        1e-4,
-                        1e-5,
+                        Tolerance::SPEC,
                     );
-                    assert_close(
+                    assert_within(
                         &format!("{what} m"),
                         &out.multi_hop_mass.unwrap().to_vec_blocking(gpu).unwrap(),
                         &want.mass,
-                        1e-4,
-                        1e-5,
+                        Tolerance::SPEC,
                     );
                     let m = out.metrics.unwrap();
                     common::assert_map_metrics(gpu, &format!("{what} A"), &m.attention, &rows_a, n);
-                    assert_close(
+                    assert_within(
                         &format!("{what} GTD of R"),
                         &m.refined_gtd.unwrap().to_vec_blocking(gpu).unwrap(),
                         &gtd_r,
-                        1e-4,
-                        1e-5,
+                        Tolerance::SPEC,
                     );
                     match (refined_metrics, &m.refined) {
                         (RefinedMetrics::Full, Some(r)) => {

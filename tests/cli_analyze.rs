@@ -3,32 +3,24 @@
 
 mod common;
 
-use common::TempDir;
+use std::ffi::OsString;
 
-use std::process::Command;
+use common::{absolute, assert_near, assert_one_error_line, assert_success, TempDir};
 
+/// `saobp analyze --model <the model> args`.
 fn analyze(gpu: Option<&saobp::Gpu>, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_saobp"));
-    cmd.arg("analyze")
-        .arg("--model")
-        .arg(common::model_dir())
-        .args(args);
-    if let Some(g) = gpu {
-        cmd.env(
-            "SAOBP_BACKEND",
-            format!("{:?}", g.adapter().backend).to_lowercase(),
-        )
-        .env("SAOBP_ADAPTER", &g.adapter().name);
-    }
-    cmd.output().unwrap()
+    let mut all: Vec<OsString> = vec!["analyze".into(), "--model".into()];
+    all.push(common::model_dir().into());
+    all.extend(args.iter().map(OsString::from));
+    common::run_cli(gpu, all)
 }
 
 #[test]
 fn analyze_writes_json_and_plot_on_every_adapter() {
     let dir = TempDir::new("analyze-ok");
     for gpu in common::gpus() {
-        let json = dir.0.join("report.json");
-        let png = dir.0.join("plot.png");
+        let json = dir.join("report.json");
+        let png = dir.join("plot.png");
         let r = analyze(
             Some(gpu),
             &[
@@ -44,7 +36,7 @@ fn analyze_writes_json_and_plot_on_every_adapter() {
                 png.to_str().unwrap(),
             ],
         );
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_success("analyze", &r);
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["adapter"]["name"], gpu.adapter().name.as_str());
@@ -70,9 +62,11 @@ fn analyze_writes_json_and_plot_on_every_adapter() {
             .map(|x| x.as_f64().unwrap())
             .collect();
         assert_eq!(emb.len(), 384);
-        assert!(
-            (emb.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4,
-            "embedding is L2-normalized"
+        assert_near(
+            "squared length of the L2-normalized embedding",
+            emb.iter().map(|x| x * x).sum::<f64>(),
+            1.0,
+            absolute(1e-4),
         );
         let layers = t["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 6);
@@ -130,12 +124,12 @@ fn analyze_writes_json_and_plot_on_every_adapter() {
 #[test]
 fn without_lambda_there_is_no_refined_part() {
     let dir = TempDir::new("analyze-plain");
-    let json = dir.0.join("plain.json");
+    let json = dir.join("plain.json");
     let r = analyze(
         None,
         &["--text", "Hello there.", "--json", json.to_str().unwrap()],
     );
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_success("analyze without λ", &r);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let head = &report["texts"][0]["layers"][2]["heads"][7];
     assert!(head["attn"]["gtd"].as_f64().unwrap() > 0.0);
@@ -145,7 +139,7 @@ fn without_lambda_there_is_no_refined_part() {
 #[test]
 fn bad_arguments_give_one_line_and_no_files() {
     let dir = TempDir::new("analyze-bad");
-    let json = dir.0.join("x.json");
+    let json = dir.join("x.json");
     let j = json.to_str().unwrap();
     for (args, needle) in [
         (vec!["--text", "x", "--lambda", "-1", "--json", j], "lambda"),
@@ -164,17 +158,10 @@ fn bad_arguments_give_one_line_and_no_files() {
         (vec!["--text", " ", "--json", j], "empty"),
     ] {
         let r = analyze(None, &args);
-        let stderr = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success(), "{args:?}");
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
-        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+        assert_one_error_line(&format!("{args:?}"), &r, needle);
         assert!(!json.exists());
     }
-    let r = Command::new(env!("CARGO_BIN_EXE_saobp"))
-        .args(["analyze", "--model", dir.0.to_str().unwrap(), "--text", "x"])
-        .output()
-        .unwrap();
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("config.json"));
+    let empty_model = ["analyze", "--model", dir.to_str().unwrap(), "--text", "x"];
+    let r = common::run_cli(None, empty_model);
+    assert_one_error_line("a folder without a model", &r, "config.json");
 }

@@ -5,9 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{assert_close, Rng, TempDir};
+use common::{
+    absolute, assert_near, assert_one_error_line, assert_success, assert_within, key_mask, Rng,
+    TempDir, Tolerance,
+};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use saobp::reference::{self, RefOptions};
@@ -38,16 +40,7 @@ fn write_input(path: &Path, tensors: &[Raw]) {
 }
 
 fn refine(gpu: Option<&saobp::Gpu>, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_saobp"));
-    cmd.arg("refine").args(args);
-    if let Some(g) = gpu {
-        cmd.env(
-            "SAOBP_BACKEND",
-            format!("{:?}", g.adapter().backend).to_lowercase(),
-        )
-        .env("SAOBP_ADAPTER", &g.adapter().name);
-    }
-    cmd.output().unwrap()
+    common::run_cli(gpu, ["refine"].iter().chain(args))
 }
 
 fn read_f32(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -65,16 +58,15 @@ fn read_f32(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn refine_matches_reference_on_every_adapter() {
-    let tmp = TempDir::new("refine-ok");
-    let dir = &tmp.0;
+    let dir = TempDir::new("refine-ok");
     let (b, h, n, d) = (2, 2, 9, 4);
     let mut rng = Rng::new(31);
     let q = rng.vec(b * h * n * d, -2.0, 2.0);
     let k = rng.vec(b * h * n * d, -2.0, 2.0);
     let v = rng.vec(b * h * n * d, -1.0, 1.0);
-    let mask: Vec<u8> = (0..b * n)
-        .map(|i| u8::from(i % n < n - 2 || i / n == 0))
-        .collect();
+    // Batch item 1 loses its last two keys.
+    let mask_f = key_mask(b, n, |item, j| item == 0 || j < n - 2);
+    let mask: Vec<u8> = mask_f.iter().map(|&x| x as u8).collect();
     let lambda = [0.5f32, 2.0];
     let input = dir.join("in.safetensors");
     let shape = vec![b, h, n, d];
@@ -88,7 +80,6 @@ fn refine_matches_reference_on_every_adapter() {
             ("lambda", Dtype::F32, vec![h], bytes_f32(&lambda)),
         ],
     );
-    let mask_f: Vec<f32> = mask.iter().map(|&x| f32::from(x)).collect();
     let lambda64: Vec<f64> = lambda.iter().map(|&l| f64::from(l)).collect();
     let want = reference::saobp(
         &q,
@@ -102,7 +93,8 @@ fn refine_matches_reference_on_every_adapter() {
             scale: Some(0.7),
         },
         &lambda64,
-    );
+    )
+    .unwrap();
     let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask_f));
 
     for gpu in common::gpus() {
@@ -127,11 +119,7 @@ fn refine_matches_reference_on_every_adapter() {
                     json.to_str().unwrap(),
                 ],
             );
-            assert!(
-                r.status.success(),
-                "{mode}: {}",
-                String::from_utf8_lossy(&r.stderr)
-            );
+            assert_success(mode, &r);
             let bytes = std::fs::read(&out).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
             let mut names = st.names();
@@ -158,47 +146,47 @@ fn refine_matches_reference_on_every_adapter() {
             } else {
                 &want.output
             };
-            assert_close(&what("out"), &o, o_want, 1e-4, 1e-5);
+            assert_within(&what("out"), &o, o_want, Tolerance::SPEC);
             let (s, e) = read_f32(&st, "entropy");
             assert_eq!(s, [b, h, n]);
-            assert_close(
+            assert_within(
                 &what("entropy"),
                 &e,
                 &rows_a.iter().map(|r| r[0]).collect::<Vec<_>>(),
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
             if mode != "plain" {
-                assert_close(&what("m"), &read_f32(&st, "m").1, &want.mass, 1e-4, 1e-5);
-                assert_close(
+                assert_within(
+                    &what("m"),
+                    &read_f32(&st, "m").1,
+                    &want.mass,
+                    Tolerance::SPEC,
+                );
+                assert_within(
                     &what("gtd"),
                     &read_f32(&st, "gtd").1,
                     &rows_r.iter().map(|r| r[6]).collect::<Vec<_>>(),
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
-                assert_close(
+                assert_within(
                     &what("entropy_refined"),
                     &read_f32(&st, "entropy_refined").1,
                     &rows_r.iter().map(|r| r[0]).collect::<Vec<_>>(),
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
             }
             if mode == "materialized" {
-                assert_close(
+                assert_within(
                     &what("attn"),
                     &read_f32(&st, "attn").1,
                     &want.attention,
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
-                assert_close(
+                assert_within(
                     &what("refined"),
                     &read_f32(&st, "refined").1,
                     &want.refined,
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
             }
             let report: serde_json::Value =
@@ -210,12 +198,12 @@ fn refine_matches_reference_on_every_adapter() {
                 "the lambda tensor overrides --lambda"
             );
             let head = &report["batch"][1]["heads"][1];
-            let summaries = reference::metrics::summarize(&rows_a, n);
-            let e = head["attn"]["entropy"].as_f64().unwrap();
-            assert!(
-                (e - summaries[3][0]).abs() < 1e-5,
-                "{mode}: JSON entropy {e} vs {}",
-                summaries[3][0]
+            let summaries = reference::metrics::summarize(&rows_a, n).unwrap();
+            assert_near(
+                &format!("{mode}: JSON entropy"),
+                head["attn"]["entropy"].as_f64().unwrap(),
+                summaries[3][0],
+                absolute(1e-5),
             );
             assert_eq!(head["refined"].is_object(), mode != "plain");
             for key in [
@@ -259,11 +247,7 @@ fn refine_matches_reference_on_every_adapter() {
                 mode,
             ];
             let r = refine(Some(gpu), &args);
-            assert!(
-                r.status.success(),
-                "{mode}: {}",
-                String::from_utf8_lossy(&r.stderr)
-            );
+            assert_success(mode, &r);
             let bytes = std::fs::read(&out).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
             let mut names = st.names();
@@ -275,28 +259,33 @@ fn refine_matches_reference_on_every_adapter() {
             };
             assert_eq!(names, expect, "{mode}");
             let what = |x: &str| format!("refine {mode} {x} on {}", gpu.adapter());
-            assert_close(&what("out"), &read_f32(&st, "out").1, o_want, 1e-4, 1e-5);
+            assert_within(
+                &what("out"),
+                &read_f32(&st, "out").1,
+                o_want,
+                Tolerance::SPEC,
+            );
             let entropy: Vec<f64> = rows_a.iter().map(|r| r[0]).collect();
-            assert_close(
+            assert_within(
                 &what("entropy"),
                 &read_f32(&st, "entropy").1,
                 &entropy,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
             assert_eq!(read_f32(&st, "row_stats").0, [b, h, n, 3]);
             if mode == "streaming" {
-                assert_close(&what("m"), &read_f32(&st, "m").1, &want.mass, 1e-4, 1e-5);
+                assert_within(
+                    &what("m"),
+                    &read_f32(&st, "m").1,
+                    &want.mass,
+                    Tolerance::SPEC,
+                );
             }
             let json = dir.join(format!("out-{mode}.json"));
             let mut with_json = args.to_vec();
             with_json.extend(["--json", json.to_str().unwrap()]);
             let r = refine(Some(gpu), &with_json);
-            let err = String::from_utf8_lossy(&r.stderr);
-            assert!(
-                !r.status.success() && err.contains("use plain or fused"),
-                "{err}"
-            );
+            assert_one_error_line(&format!("{mode} with --json"), &r, "use plain or fused");
             assert!(!json.exists());
             eprintln!("refine {mode}: ok on {}", gpu.adapter());
         }
@@ -305,8 +294,7 @@ fn refine_matches_reference_on_every_adapter() {
 
 #[test]
 fn bad_input_exits_with_one_line_and_no_output() {
-    let tmp = TempDir::new("refine-bad");
-    let dir = &tmp.0;
+    let dir = TempDir::new("refine-bad");
     let shape = vec![1, 2, 3, 4];
     let ones = bytes_f32(&[0.5; 24]);
     let qkv = |q: (Dtype, Vec<usize>, Vec<u8>)| {
@@ -438,16 +426,7 @@ fn bad_input_exits_with_one_line_and_no_output() {
         ];
         args.extend(extra);
         let r = refine(None, &args);
-        let stderr = String::from_utf8_lossy(&r.stderr);
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-        assert!(!r.status.success(), "{name}: exit status {:?}", r.status);
-        assert_eq!(lines.len(), 1, "{name}: {stderr}");
-        assert!(
-            lines[0].contains(needle),
-            "{name}: `{}` lacks `{needle}`",
-            lines[0]
-        );
-        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert_one_error_line(name, &r, needle);
         assert!(!out.exists(), "{name}: an output file was written");
     }
     let r = refine(
@@ -459,8 +438,7 @@ fn bad_input_exits_with_one_line_and_no_output() {
             dir.join("x").to_str().unwrap(),
         ],
     );
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read"));
+    assert_one_error_line("absent input", &r, "cannot read");
 }
 
 /// A small random input (B=1, H=2, N=12, D=4, causal reference at λ = 1.5)
@@ -488,7 +466,7 @@ fn small_input(dir: &Path) -> (std::path::PathBuf, reference::SaobpRef, [usize; 
         key_mask: None,
         scale: None,
     };
-    let want = reference::saobp(&q, &k, &v, shape, shape[3], &opts, &[1.5, 1.5]);
+    let want = reference::saobp(&q, &k, &v, shape, shape[3], &opts, &[1.5, 1.5]).unwrap();
     (input, want, shape)
 }
 
@@ -498,10 +476,10 @@ fn small_input(dir: &Path) -> (std::path::PathBuf, reference::SaobpRef, [usize; 
 #[test]
 fn refined_metrics_come_only_when_asked_for() {
     let tmp = TempDir::new("refine-metrics");
-    let (input, want, [b, h, n, _]) = small_input(&tmp.0);
+    let (input, want, [b, h, n, _]) = small_input(&tmp);
     let (_, rows_r) = common::reference_rows(&want, &[1.5, 1.5], [b, h, n], true, None);
     let column = |k: usize| rows_r.iter().map(|r| r[k]).collect::<Vec<f64>>();
-    let out = tmp.0.join("out.safetensors");
+    let out = tmp.join("out.safetensors");
     let args = |mode: &'static str| {
         vec![
             "--input".to_string(),
@@ -538,24 +516,27 @@ fn refined_metrics_come_only_when_asked_for() {
             }
             assert_eq!(names, expect, "{mode} --refined-metrics {asked}");
             let what = |x: &str| format!("refine {mode} ({asked}) {x}");
-            assert_close(
+            assert_within(
                 &what("out"),
                 &read_f32(&st, "out").1,
                 &want.output,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
-            assert_close(&what("m"), &read_f32(&st, "m").1, &want.mass, 1e-4, 1e-5);
-            assert_close(
+            assert_within(
+                &what("m"),
+                &read_f32(&st, "m").1,
+                &want.mass,
+                Tolerance::SPEC,
+            );
+            assert_within(
                 &what("gtd"),
                 &read_f32(&st, "gtd").1,
                 &column(6),
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
             if asked {
                 let got = read_f32(&st, "entropy_refined").1;
-                assert_close(&what("entropy_refined"), &got, &column(0), 1e-4, 1e-5);
+                assert_within(&what("entropy_refined"), &got, &column(0), Tolerance::SPEC);
             }
         }
     }
@@ -578,13 +559,13 @@ fn refined_metrics_come_only_when_asked_for() {
 #[test]
 fn a_failing_write_leaves_no_partial_output() {
     let tmp = TempDir::new("refine-atomic");
-    let (input, _, _) = small_input(&tmp.0);
-    let out = tmp.0.join("out.safetensors");
-    let blocked = tmp.0.join("a-directory");
+    let (input, _, _) = small_input(&tmp);
+    let out = tmp.join("out.safetensors");
+    let blocked = tmp.join("a-directory");
     std::fs::create_dir(&blocked).unwrap();
     for (json, needle) in [
         (blocked.clone(), "is a directory"),
-        (tmp.0.join("absent").join("x.json"), "cannot write"),
+        (tmp.join("absent").join("x.json"), "cannot write"),
     ] {
         let r = refine(
             None,
@@ -600,7 +581,7 @@ fn a_failing_write_leaves_no_partial_output() {
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(!r.status.success(), "{}", json.display());
         assert!(err.contains(needle), "{err}");
-        let mut left: Vec<String> = std::fs::read_dir(&tmp.0)
+        let mut left: Vec<String> = std::fs::read_dir(&tmp)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -632,7 +613,7 @@ fn fused_refine_without_json_does_no_cubic_work() {
     let (b, h, n, d) = (1usize, 2usize, 256usize, 8usize);
     let mut rng = Rng::new(47);
     let shape = vec![b, h, n, d];
-    let input = tmp.0.join("in.safetensors");
+    let input = tmp.join("in.safetensors");
     let tensors: Vec<Raw> = ["q", "k", "v"]
         .into_iter()
         .map(|name| {
@@ -641,8 +622,8 @@ fn fused_refine_without_json_does_no_cubic_work() {
         })
         .collect();
     write_input(&input, &tensors);
-    let out = tmp.0.join("out.safetensors");
-    let json = tmp.0.join("out.json");
+    let out = tmp.join("out.safetensors");
+    let json = tmp.join("out.json");
     let base = [
         "--input",
         input.to_str().unwrap(),

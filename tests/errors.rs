@@ -299,7 +299,7 @@ fn triggers() -> BTreeMap<&'static str, Trigger> {
         "tokenizer-malformed",
         Box::new(|_| {
             let dir = common::TempDir::new("errors-tokenizer");
-            let path = dir.0.join("tokenizer.json");
+            let path = dir.join("tokenizer.json");
             std::fs::write(&path, r#"{"model": {"type": "WordPiece""#).unwrap();
             TextTokenizer::from_file(&path, 16).err().unwrap()
         }),

@@ -6,8 +6,11 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use common::{assert_close, on_every_gpu, spec_run, Rng, SPEC_TOL};
-use saobp::reference::{self, RefOptions};
+use common::{
+    absolute, assert_within, key_mask, on_every_gpu, spec_run, Case, Inputs, Request, Rng,
+    Tolerance, SPEC_PRINTED, SPEC_TOL,
+};
+use saobp::reference;
 use saobp::{attention_blocking, AttentionOptions, Error, Gpu, Lambda, Mode, Tensor};
 
 /// GPU tests here run one at a time: on GL a first pipeline compile holds the
@@ -42,21 +45,26 @@ fn spec_worked_example() {
         for mode in [Mode::Flash, Mode::Streaming] {
             let out = spec_run(gpu, mode, false, false);
             let what = |x: &str| format!("spec {x} ({mode:?})");
-            let (want_o, tol): (&[f64], f64) = if mode == Mode::Flash {
-                (&av, 2.0 * SPEC_TOL)
+            let (want_o, tol): (&[f64], _) = if mode == Mode::Flash {
+                (&av, absolute(2.0 * SPEC_TOL))
             } else {
-                (&o, SPEC_TOL)
+                (&o, SPEC_PRINTED)
             };
             let got_o = out.output.to_vec_blocking(gpu).unwrap();
-            assert_close(&what("O"), &got_o, want_o, 0.0, tol);
+            assert_within(&what("O"), &got_o, want_o, tol);
             let stats = download(gpu, &out.row_stats);
             let column = |c: usize| stats.iter().skip(c).step_by(3).copied().collect::<Vec<_>>();
-            assert_close(&what("max"), &column(0), &max, 0.0, SPEC_TOL);
-            assert_close(&what("sum"), &column(1), &sum, 1e-5, 0.0);
-            assert_close(&what("H(A)"), &column(2), &h_a, 0.0, SPEC_TOL);
+            assert_within(&what("max"), &column(0), &max, SPEC_PRINTED);
+            // 1 / A is known to 1e-5 relative from A's six decimals.
+            let relative = Tolerance {
+                abs: 0.0,
+                rel: 1e-5,
+            };
+            assert_within(&what("sum"), &column(1), &sum, relative);
+            assert_within(&what("H(A)"), &column(2), &h_a, SPEC_PRINTED);
             if mode == Mode::Streaming {
                 let m = download(gpu, &out.multi_hop_mass);
-                assert_close(&what("m"), &m, &mass, 0.0, SPEC_TOL);
+                assert_within(&what("m"), &m, &mass, SPEC_PRINTED);
             } else {
                 assert!(out.multi_hop_mass.is_none());
             }
@@ -64,114 +72,68 @@ fn spec_worked_example() {
         // Causal: only row 2 receives a message, M_20 = A_21 · A_10.
         let out = spec_run(gpu, Mode::Streaming, true, false);
         let m = download(gpu, &out.multi_hop_mass);
-        assert_close("causal m", &m, &[0.0, 0.0, 0.113579], 0.0, SPEC_TOL);
+        assert_within("causal m", &m, &[0.0, 0.0, 0.113579], SPEC_PRINTED);
         // R_0 = [1, 0, 0], R_1 = A_1 = softmax(0.5, 1.5), R_2 from the spec.
         let a1 = [0.268941, 0.731059];
         let r2 = [0.200751, 0.399624, 0.399624];
         let o = [1.0, 0.0, a1[0], a1[1], r2[0] + r2[2], r2[1] + r2[2]];
         let got = out.output.to_vec_blocking(gpu).unwrap();
         // Sums of two printed values: twice the rounding.
-        assert_close("causal O", &got, &o, 0.0, 2.0 * SPEC_TOL);
+        assert_within("causal O", &got, &o, absolute(2.0 * SPEC_TOL));
     });
 }
 
-struct Case {
+/// Item 0 loses its last key and item 1 (if any) every key, so all of its
+/// rows are empty.
+fn padding(item: usize, n: usize) -> usize {
+    match item {
+        0 => n - usize::from(n > 1),
+        1 => 0,
+        _ => n,
+    }
+}
+
+/// A streaming case: `masked` gives it the padding above.
+fn streaming_case(
     shape: [usize; 4],
     dv: usize,
     causal: bool,
     masked: bool,
     lambda: Vec<f32>,
     scale: Option<f32>,
-}
-
-struct Inputs {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    mask: Vec<f32>,
-}
-
-/// Random inputs; with a mask, item 0 loses its last key and item 1 (if
-/// any) has every key masked, so all of its rows are empty.
-fn inputs(rng: &mut Rng, c: &Case) -> Inputs {
-    let [b, h, n, d] = c.shape;
-    let mask = (0..b * n)
-        .map(|i| {
-            let masked = c.masked && ((i / n == 0 && i % n == n - 1 && n > 1) || i / n == 1);
-            if masked {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    Inputs {
-        q: rng.vec(b * h * n * d, -2.0, 2.0),
-        k: rng.vec(b * h * n * d, -2.0, 2.0),
-        v: rng.vec(b * h * n * c.dv, -1.0, 1.0),
-        mask,
+) -> Case {
+    Case {
+        shape,
+        dv,
+        causal,
+        padding: masked.then_some(padding as common::Padding),
+        lambda: Lambda::PerHead(lambda),
+        scale,
     }
 }
 
-/// Runs `mode` on `x` and returns the output (and the rest).
+/// Runs `mode` on `x` (nothing asked for besides `O`).
 fn run(gpu: &Gpu, c: &Case, x: &Inputs, mode: Mode) -> saobp::AttentionOutput {
-    let [b, h, n, _] = c.shape;
-    let q = Tensor::from_slice(gpu, &c.shape, &x.q).unwrap();
-    let k = Tensor::from_slice(gpu, &c.shape, &x.k).unwrap();
-    let v = Tensor::from_slice(gpu, &[b, h, n, c.dv], &x.v).unwrap();
-    let m = Tensor::from_slice(gpu, &[b, n], &x.mask).unwrap();
-    let opts = AttentionOptions {
-        causal: c.causal,
-        key_mask: c.masked.then_some(&m),
-        scale: c.scale,
-        lambda: Lambda::PerHead(c.lambda.clone()),
-        mode,
-        ..Default::default()
-    };
-    attention_blocking(gpu, &q, &k, &v, &opts).unwrap()
+    c.run(gpu, x, mode, Request::default())
 }
 
-/// Flash and streaming against the reference: outputs, `m` and row stats.
+/// Flash and streaming against the reference (outputs, `m` and row
+/// stats), and the two modes' row stats against each other.
 fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
-    let x = inputs(rng, c);
-    let ref_opts = RefOptions {
-        causal: c.causal,
-        key_mask: c.masked.then_some(&x.mask),
-        scale: c.scale.map(f64::from),
-    };
-    let lambda: Vec<f64> = c.lambda.iter().map(|&l| f64::from(l)).collect();
-    let want = reference::saobp(&x.q, &x.k, &x.v, c.shape, c.dv, &ref_opts, &lambda);
-    let stats = reference::attention::row_stats(&x.q, &x.k, c.shape, &ref_opts);
-    let what = format!(
-        "{:?} dv={} causal={} masked={} lambda={:?}",
-        c.shape, c.dv, c.causal, c.masked, c.lambda
+    let runs = common::check(
+        gpu,
+        rng,
+        c,
+        &[Mode::Flash, Mode::Streaming],
+        Request::default(),
     );
-
-    let flash = run(gpu, c, &x, Mode::Flash);
-    let got = flash.output.to_vec_blocking(gpu).unwrap();
-    assert_close(
-        &format!("flash O {what}"),
-        &got,
-        &want.plain_output,
-        1e-4,
-        1e-5,
+    assert!(runs[0].row_stats.is_some(), "flash gives row stats");
+    assert_eq!(
+        runs[1].row_stats,
+        runs[0].row_stats,
+        "{}: streaming and flash row stats",
+        c.describe()
     );
-    let got_stats = download(gpu, &flash.row_stats);
-    assert_close(&format!("row stats {what}"), &got_stats, &stats, 1e-4, 1e-5);
-    assert!(got.iter().chain(&got_stats).all(|x| x.is_finite()));
-
-    let streaming = run(gpu, c, &x, Mode::Streaming);
-    let got = streaming.output.to_vec_blocking(gpu).unwrap();
-    assert_close(
-        &format!("streaming O {what}"),
-        &got,
-        &want.output,
-        1e-4,
-        1e-5,
-    );
-    let m = download(gpu, &streaming.multi_hop_mass);
-    assert_close(&format!("streaming m {what}"), &m, &want.mass, 1e-4, 1e-5);
-    assert_eq!(download(gpu, &streaming.row_stats), got_stats);
 }
 
 #[test]
@@ -181,19 +143,15 @@ fn random_cases_match_reference() {
         let mut rng = Rng::new(21);
         for i in 0..8 {
             let heads = 1 + rng.below(3);
-            let case = Case {
-                shape: [
-                    1 + rng.below(2),
-                    heads,
-                    1 + rng.below(90),
-                    1 + rng.below(64),
-                ],
-                dv: 1 + rng.below(64),
-                causal: i % 2 == 0,
-                masked: i % 3 != 2,
-                lambda: (0..heads).map(|_| rng.uniform(0.0, 2.0)).collect(),
-                scale: None,
-            };
+            let shape = [
+                1 + rng.below(2),
+                heads,
+                1 + rng.below(90),
+                1 + rng.below(64),
+            ];
+            let dv = 1 + rng.below(64);
+            let lambda = (0..heads).map(|_| rng.uniform(0.0, 2.0)).collect();
+            let case = streaming_case(shape, dv, i % 2 == 0, i % 3 != 2, lambda, None);
             check(gpu, &mut rng, &case);
         }
     });
@@ -212,14 +170,7 @@ fn ragged_sizes_match_reference() {
             (130, true, true),
             (513, false, false),
         ] {
-            let case = Case {
-                shape: [2, 2, n, 16],
-                dv: 5,
-                causal,
-                masked,
-                lambda: vec![0.7, 0.0],
-                scale: Some(0.3),
-            };
+            let case = streaming_case([2, 2, n, 16], 5, causal, masked, vec![0.7, 0.0], Some(0.3));
             check(gpu, &mut rng, &case);
         }
     });
@@ -231,15 +182,8 @@ fn lambda_zero_is_flash_and_streaming_is_fused() {
     let _serial = one_at_a_time();
     on_every_gpu("flash lambda", |gpu| {
         let mut rng = Rng::new(23);
-        let mut case = Case {
-            shape: [2, 3, 40, 12],
-            dv: 9,
-            causal: false,
-            masked: true,
-            lambda: vec![0.0; 3],
-            scale: None,
-        };
-        let x = inputs(&mut rng, &case);
+        let mut case = streaming_case([2, 3, 40, 12], 9, false, true, vec![0.0; 3], None);
+        let x = case.inputs(&mut rng);
         let flash = run(gpu, &case, &x, Mode::Flash);
         let streaming = run(gpu, &case, &x, Mode::Streaming);
         let want: Vec<f64> = flash
@@ -250,11 +194,15 @@ fn lambda_zero_is_flash_and_streaming_is_fused() {
             .map(|&x| f64::from(x))
             .collect();
         let got = streaming.output.to_vec_blocking(gpu).unwrap();
-        assert_close("λ = 0: streaming = flash", &got, &want, 1e-5, 1e-6);
+        let tight = Tolerance {
+            abs: 1e-6,
+            rel: 1e-5,
+        };
+        assert_within("λ = 0: streaming = flash", &got, &want, tight);
 
         for causal in [false, true] {
             case.causal = causal;
-            case.lambda = vec![0.5, 1.0, 3.0];
+            case.lambda = Lambda::PerHead(vec![0.5, 1.0, 3.0]);
             let fused = run(gpu, &case, &x, Mode::Fused);
             let streaming = run(gpu, &case, &x, Mode::Streaming);
             for (name, a, b) in [
@@ -272,12 +220,11 @@ fn lambda_zero_is_flash_and_streaming_is_fused() {
                     .map(|&x| f64::from(x))
                     .collect();
                 let got = b.to_vec_blocking(gpu).unwrap();
-                assert_close(
+                assert_within(
                     &format!("streaming = fused, {name}, causal={causal}"),
                     &got,
                     &want,
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
             }
         }
@@ -305,26 +252,14 @@ fn large_logits_stay_finite_and_exact() {
                 .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>().abs())
                 .fold(0.0, f32::max);
             assert!(top > 2000.0, "the case has large logits ({top})");
-            let case = Case {
-                shape: [b, h, n, d],
-                dv: 3,
-                causal,
-                masked: true,
-                lambda: vec![1.0, 0.25],
-                scale: Some(1.0),
-            };
+            let case = streaming_case([b, h, n, d], 3, causal, true, vec![1.0, 0.25], Some(1.0));
             let x = Inputs {
                 q,
                 k,
                 v: rng.vec(b * h * n * 3, -1.0, 1.0),
-                mask: inputs(&mut rng, &case).mask,
+                mask: case.inputs(&mut rng).mask,
             };
-            let ref_opts = RefOptions {
-                causal,
-                key_mask: Some(&x.mask),
-                scale: Some(1.0),
-            };
-            let want = reference::saobp(&x.q, &x.k, &x.v, case.shape, 3, &ref_opts, &[1.0, 0.25]);
+            let want = case.reference(&x);
             for mode in [Mode::Flash, Mode::Streaming] {
                 let out = run(gpu, &case, &x, mode);
                 let got = out.output.to_vec_blocking(gpu).unwrap();
@@ -336,12 +271,11 @@ fn large_logits_stay_finite_and_exact() {
                 } else {
                     &want.output
                 };
-                assert_close(
+                assert_within(
                     &format!("large logits {mode:?} causal={causal}"),
                     &got,
                     w,
-                    1e-4,
-                    1e-5,
+                    Tolerance::SPEC,
                 );
             }
         }
@@ -484,52 +418,41 @@ fn many_keys_at_full_width_match_reference() {
         q: rng.vec(n * d, -2.0, 2.0),
         k: rng.vec(n * d, -2.0, 2.0),
         v: rng.vec(n * d, -1.0, 1.0),
-        mask: (0..n)
-            .map(|j| {
-                if j % 7 == 3 || (280..320).contains(&j) {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
-            .collect(),
+        mask: Some(key_mask(1, n, |_, j| {
+            j % 7 != 3 && !(280..320).contains(&j)
+        })),
     };
     let lambda = 0.8;
     let wants: Vec<_> = [false, true]
         .into_iter()
         .map(|causal| {
-            let ref_opts = RefOptions {
+            let ref_opts = reference::RefOptions {
                 causal,
-                key_mask: Some(&x.mask),
+                key_mask: x.mask.as_deref(),
                 scale: None,
             };
-            let plain = reference::attention::attention(&x.q, &x.k, &x.v, shape, d, &ref_opts);
+            let plain =
+                reference::attention::attention(&x.q, &x.k, &x.v, shape, d, &ref_opts).unwrap();
             let (o, m) = saobp_o_n2d(&plain.attention, &x.v, n, d, lambda);
-            let stats = reference::attention::row_stats(&x.q, &x.k, shape, &ref_opts);
+            let stats = reference::attention::row_stats(&x.q, &x.k, shape, &ref_opts).unwrap();
             (causal, plain.output, o, m, stats)
         })
         .collect();
     on_every_gpu("flash many keys", |gpu| {
         for (causal, plain, o, m, stats) in &wants {
-            let case = Case {
-                shape,
-                dv: d,
-                causal: *causal,
-                masked: true,
-                lambda: vec![lambda as f32],
-                scale: None,
-            };
+            // The mask is the one in `x`; the case sets the rest.
+            let case = streaming_case(shape, d, *causal, true, vec![lambda as f32], None);
             let what = |x: &str| format!("N = {n}, D = {d}, causal = {causal}: {x}");
             let flash = run(gpu, &case, &x, Mode::Flash);
             let got = flash.output.to_vec_blocking(gpu).unwrap();
-            assert_close(&what("flash O"), &got, plain, 1e-4, 1e-5);
+            assert_within(&what("flash O"), &got, plain, Tolerance::SPEC);
             let got_stats = download(gpu, &flash.row_stats);
-            assert_close(&what("row stats"), &got_stats, stats, 1e-4, 1e-5);
+            assert_within(&what("row stats"), &got_stats, stats, Tolerance::SPEC);
             let streaming = run(gpu, &case, &x, Mode::Streaming);
             let got = streaming.output.to_vec_blocking(gpu).unwrap();
-            assert_close(&what("streaming O"), &got, o, 1e-4, 1e-5);
+            assert_within(&what("streaming O"), &got, o, Tolerance::SPEC);
             let got_m = download(gpu, &streaming.multi_hop_mass);
-            assert_close(&what("streaming m"), &got_m, m, 1e-4, 1e-5);
+            assert_within(&what("streaming m"), &got_m, m, Tolerance::SPEC);
         }
     });
 }
@@ -571,15 +494,8 @@ fn long_sequence_needs_no_quadratic_memory() {
         .unwrap_or(4096);
     let d = 64;
     let mut rng = Rng::new(25);
-    let case = Case {
-        shape: [1, 1, n, d],
-        dv: d,
-        causal: false,
-        masked: false,
-        lambda: vec![1.0],
-        scale: None,
-    };
-    let x = inputs(&mut rng, &case);
+    let case = streaming_case([1, 1, n, d], d, false, false, vec![1.0], None);
+    let x = case.inputs(&mut rng);
     on_every_gpu("flash long", |gpu| {
         let before = gpu.allocated_bytes();
         let flash = run(gpu, &case, &x, Mode::Flash);
@@ -591,12 +507,11 @@ fn long_sequence_needs_no_quadratic_memory() {
         assert!(m.iter().all(|&m| (0.0..=1.0 + 1e-5).contains(&m)));
         for i in [0, n / 3, n - 1] {
             let want = reference_row(&x, n, d, i);
-            assert_close(
+            assert_within(
                 &format!("long row {i}"),
                 &o[i * d..][..d],
                 &want,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
         }
         // One N×N f32 map would take 4·N² bytes; everything here is O(N·D).

@@ -2,15 +2,10 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{assert_within, on_every_gpu, Rng, Tolerance};
 use saobp::{
     matmul_blocking, matmul_variant_blocking, reference, MatmulOptions, MatmulVariant, Tensor,
 };
-
-/// f32 accumulation over `k` unit-bounded terms: rounding grows like k·2⁻²⁴.
-fn abs_tol(k: usize) -> f64 {
-    saobp::reference::Tolerance::matmul(k).abs
-}
 
 fn check(
     gpu: &saobp::Gpu,
@@ -40,6 +35,7 @@ fn check_variant(
         None => matmul_blocking(gpu, &ta, &tb, &opts).unwrap(),
     };
     let want = reference::matmul(&a, a_shape, &b, b_shape, &opts).unwrap();
+    // f32 accumulation over `k` unit-bounded terms: rounding grows like k·2⁻²⁴.
     let k = if opts.trans_a {
         a_shape[a_shape.len() - 2]
     } else {
@@ -49,12 +45,11 @@ fn check_variant(
         Some(v) => format!("matmul ({v}) {a_shape:?} x {b_shape:?} {opts:?}"),
         None => format!("matmul {a_shape:?} x {b_shape:?} {opts:?}"),
     };
-    assert_close(
+    assert_within(
         &what,
         &c.to_vec_blocking(gpu).unwrap(),
         &want,
-        1e-4,
-        abs_tol(k),
+        Tolerance::matmul(k),
     );
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
 use saobp::{
     metrics_blocking, reference, Lambda, Metric, MetricsOptions, RowStats, Tensor, METRIC_NAMES,
 };
@@ -27,89 +27,100 @@ fn uniform_one_hot_and_empty_rows_have_known_metrics() {
             row[head * n..][..n].to_vec()
         };
         let ln_n = (n as f64).ln();
-        assert_close(
+        assert_within(
             "uniform entropy",
             &metric(Metric::Entropy, 0),
             &[ln_n; 5],
-            1e-6,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-6,
+            },
         );
-        assert_close(
+        assert_within(
             "uniform normalized",
             &metric(Metric::NormalizedEntropy, 0),
             &[1.0; 5],
-            1e-6,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-6,
+            },
         );
-        assert_close(
+        assert_within(
             "uniform sparsity",
             &metric(Metric::Sparsity, 0),
             &[0.0; 5],
-            0.0,
-            1e-6,
+            absolute(1e-6),
         );
-        assert_close(
+        assert_within(
             "uniform peak",
             &metric(Metric::Peak, 0),
             &[0.2; 5],
-            1e-6,
-            1e-7,
+            Tolerance {
+                abs: 1e-7,
+                rel: 1e-6,
+            },
         );
         // Mean |i - j| over j for a uniform row.
         let dist: Vec<f64> = (0..n)
             .map(|i| (0..n).map(|j| (i as f64 - j as f64).abs()).sum::<f64>() / n as f64)
             .collect();
-        assert_close(
+        assert_within(
             "uniform distance",
             &metric(Metric::Distance, 0),
             &dist,
-            1e-6,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-6,
+            },
         );
         // m of a uniform map: each of the n-2 intermediates k ∉ {i, j} carries 1/n², for n-1 targets.
         let m_uniform = ((n - 1) * (n - 2)) as f64 / (n * n) as f64;
-        assert_close(
+        assert_within(
             "uniform m",
             &metric(Metric::MultiHopMass, 0),
             &[m_uniform; 5],
-            1e-5,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-5,
+            },
         );
-        assert_close(
+        assert_within(
             "uniform GTD at λ=1",
             &metric(Metric::Gtd, 0),
             &[m_uniform / (1.0 + m_uniform); 5],
-            1e-5,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-5,
+            },
         );
 
         assert_eq!(metric(Metric::Entropy, 1), vec![0.0; n]);
         assert_eq!(metric(Metric::NormalizedEntropy, 1), vec![0.0; n]);
-        assert_close(
+        assert_within(
             "one-hot sparsity",
             &metric(Metric::Sparsity, 1),
             &[0.8; 5],
-            1e-6,
-            1e-6,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-6,
+            },
         );
         assert_eq!(metric(Metric::Peak, 1), vec![1.0; n]);
         let dist: Vec<f64> = (0..n)
             .map(|i| (i as f64 - ((i + 2) % n) as f64).abs())
             .collect();
-        assert_close(
+        assert_within(
             "one-hot distance",
             &metric(Metric::Distance, 1),
             &dist,
-            0.0,
-            1e-6,
+            absolute(1e-6),
         );
         // i → i+2 → i+4 is a genuine two-hop path for n = 5: m = 1.
-        assert_close(
+        assert_within(
             "one-hot m",
             &metric(Metric::MultiHopMass, 1),
             &[1.0; 5],
-            0.0,
-            1e-6,
+            absolute(1e-6),
         );
         assert_eq!(m.heads[1].rows, n as u32);
         assert_eq!(m.heads[1].peak, 1.0);
@@ -123,18 +134,18 @@ fn random_maps_with_masks_match_reference() {
         for case in 0..6 {
             let (b, h, n) = (1 + rng.below(2), 1 + rng.below(3), 1 + rng.below(90));
             let causal = case % 2 == 0;
-            let mask: Vec<f32> = (0..b * n)
-                .map(|_| if rng.below(5) == 0 { 0.0 } else { 1.0 })
-                .collect();
+            let mask = key_mask(b, n, |_, _| rng.below(5) != 0);
             let masked = case % 3 != 0;
             // A genuine masked softmax of random scores, so rows are stochastic.
             let scores = rng.vec(b * h * n * n, -6.0, 6.0);
-            let p64 = reference::softmax(&scores, &[b, h, n, n], causal, masked.then_some(&mask));
+            let p64 = reference::softmax(&scores, &[b, h, n, n], causal, masked.then_some(&mask))
+                .unwrap();
             let p: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
             let p64: Vec<f64> = p.iter().map(|&x| f64::from(x)).collect();
             let lambda: Vec<f32> = (0..h).map(|_| rng.uniform(0.0, 4.0)).collect();
             let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
-            let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n), n);
+            let messages = reference::saobp::messages(&p64, n).unwrap();
+            let mass = reference::saobp::multi_hop_mass(&messages, n).unwrap();
             let want = reference::metrics::row_metrics(
                 &p64,
                 &mass,
@@ -142,7 +153,8 @@ fn random_maps_with_masks_match_reference() {
                 [b, h, n],
                 causal,
                 masked.then_some(&mask),
-            );
+            )
+            .unwrap();
 
             let t = Tensor::from_slice(gpu, &[b, h, n, n], &p).unwrap();
             let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();

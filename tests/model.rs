@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use common::{assert_close, on_every_gpu};
+use common::{absolute, assert_near, assert_within, on_every_gpu, Tolerance};
 use saobp::model::{
     sentence_embedding, BertConfig, BertModel, Encoded, ForwardOptions, TextTokenizer,
 };
@@ -181,12 +181,14 @@ fn hidden_states_and_attention_match_reference() {
                 let out = pollster::block_on(model.forward(gpu, std::slice::from_ref(text), &opts))
                     .unwrap();
                 let what = format!("{:?} refined={}", TEXTS[ti], ri == 1);
-                assert_close(
+                assert_within(
                     &format!("{what} hidden"),
                     &out.hidden.to_vec_blocking(gpu).unwrap(),
                     &want.hidden,
-                    1e-4,
-                    HIDDEN_ABS,
+                    Tolerance {
+                        abs: HIDDEN_ABS,
+                        rel: 1e-4,
+                    },
                 );
                 for (l, layer) in out.layers.iter().enumerate() {
                     let a = layer
@@ -195,20 +197,18 @@ fn hidden_states_and_attention_match_reference() {
                         .unwrap()
                         .to_vec_blocking(gpu)
                         .unwrap();
-                    assert_close(
+                    assert_within(
                         &format!("{what} layer {l} A"),
                         &a,
                         &want.attention[l],
-                        1e-4,
-                        1e-5,
+                        Tolerance::SPEC,
                     );
                     if let Some(r) = &layer.refined {
-                        assert_close(
+                        assert_within(
                             &format!("{what} layer {l} R"),
                             &r.to_vec_blocking(gpu).unwrap(),
                             &want.refined[l],
-                            1e-4,
-                            1e-5,
+                            Tolerance::SPEC,
                         );
                     } else {
                         assert!(ri == 0 || l == 0, "{what}: layer {l} should be refined");
@@ -252,9 +252,9 @@ fn sentence_embedding_matches_reference() {
     let want: Vec<f64> = mean.iter().map(|x| x / norm).collect();
     on_every_gpu("sentence embedding", |gpu| {
         let got = &embed(gpu, &["A man is eating food."])[0];
-        assert_close("embedding", got, &want, 0.0, 1e-4);
+        assert_within("embedding", got, &want, absolute(1e-4));
         let len: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((len - 1.0).abs() < 1e-5);
+        assert_near("embedding length", f64::from(len), 1.0, absolute(1e-5));
     });
 }
 
@@ -302,12 +302,14 @@ fn padded_batch_equals_single_texts() {
                 .map(|&x| f64::from(x))
                 .collect();
             let len = text.ids.len();
-            assert_close(
+            assert_within(
                 &format!("text {b} in a padded batch"),
                 &hidden[b * n * 384..][..len * 384],
                 &want,
-                1e-4,
-                1e-4,
+                Tolerance {
+                    abs: 1e-4,
+                    rel: 1e-4,
+                },
             );
             // The batch's per-head summaries count only the text's own tokens.
             let m = batch.layers[3].metrics.as_ref().unwrap();
@@ -318,11 +320,11 @@ fn padded_batch_equals_single_texts() {
                     s.attention.head(0, h).unwrap(),
                 );
                 assert_eq!(x.rows, len as u32);
-                assert!(
-                    (x.entropy - y.entropy).abs() < 1e-4,
-                    "text {b} head {h}: {} vs {}",
+                assert_near(
+                    &format!("text {b} head {h}: entropy in the batch"),
                     x.entropy,
-                    y.entropy
+                    y.entropy,
+                    absolute(1e-4),
                 );
             }
         }

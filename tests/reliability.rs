@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
 use saobp::reference::{self, RefOptions};
 use saobp::{
     attention_blocking, matmul_blocking, softmax_blocking, AttentionOptions, Error, Gpu,
@@ -42,7 +42,8 @@ fn extreme_logits_are_finite_and_correct_in_every_mode() {
             ..Default::default()
         },
         &[0.7],
-    );
+    )
+    .unwrap();
     on_every_gpu("extreme logits", |gpu| {
         let t = |x: &[f32]| Tensor::from_slice(gpu, &shape, x).unwrap();
         let (tq, tk, tv) = (t(&q), t(&k), t(&v));
@@ -57,18 +58,17 @@ fn extreme_logits_are_finite_and_correct_in_every_mode() {
             };
             let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
             let a = out.attention.unwrap().to_vec_blocking(gpu).unwrap();
-            assert_close(&format!("{mode:?} A"), &a, &want.attention, 1e-4, 1e-5);
+            assert_within(&format!("{mode:?} A"), &a, &want.attention, Tolerance::SPEC);
             let o_want = if mode == Mode::Plain {
                 &want.plain_output
             } else {
                 &want.output
             };
-            assert_close(
+            assert_within(
                 &format!("{mode:?} O"),
                 &out.output.to_vec_blocking(gpu).unwrap(),
                 o_want,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
             let rows = out
                 .metrics
@@ -173,12 +173,14 @@ fn browser_default_limits_refuse_oversized_maps_with_the_limit_named() {
             .unwrap()
             .to_vec_blocking(&small)
             .unwrap();
-        assert_close(
+        assert_within(
             "softmax after a refusal",
             &y,
-            &reference::softmax(&[1.0, 2.0, 3.0], &[1, 3], false, None),
-            1e-6,
-            1e-7,
+            &reference::softmax(&[1.0, 2.0, 3.0], &[1, 3], false, None).unwrap(),
+            Tolerance {
+                abs: 1e-7,
+                rel: 1e-6,
+            },
         );
     });
 }
@@ -211,12 +213,14 @@ fn dispatches_beyond_the_per_dimension_cap_are_split() {
             .unwrap()
             .to_vec_blocking(gpu)
             .unwrap();
-        assert_close(
+        assert_within(
             "70,000-row softmax",
             &y,
-            &reference::softmax(&x, &[rows, 3], false, None),
-            1e-5,
-            1e-6,
+            &reference::softmax(&x, &[rows, 3], false, None).unwrap(),
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-5,
+            },
         );
     });
 }
@@ -242,12 +246,14 @@ fn device_loss_surfaces_as_an_error_and_a_new_context_works() {
         let fresh = Gpu::new_blocking(&opts).unwrap();
         let q = Tensor::from_slice(&fresh, &[1, 1, 4, 2], &[0.25; 8]).unwrap();
         let out = attention_blocking(&fresh, &q, &q, &q, &AttentionOptions::default()).unwrap();
-        assert_close(
+        assert_within(
             "after loss",
             &out.output.to_vec_blocking(&fresh).unwrap(),
             &[0.25; 8],
-            1e-6,
-            1e-7,
+            Tolerance {
+                abs: 1e-7,
+                rel: 1e-6,
+            },
         );
     });
 }
@@ -276,10 +282,7 @@ fn waits_time_out_instead_of_hanging() {
                     timed_out = true;
                     break;
                 }
-                Ok(v) => assert!(
-                    v.iter().all(|&x| (x - 96.0).abs() < 1e-3),
-                    "384 × 0.25 = 96"
-                ),
+                Ok(v) => assert_within("384 × 0.25", &v, &vec![96.0; v.len()], absolute(1e-3)),
                 Err(e) => panic!("{e}"),
             }
         }
@@ -339,9 +342,8 @@ fn oversized_maps_run_in_chunks_of_heads() {
     let mut rng = Rng::new(61);
     let q = rng.vec(b * h * n * d, -2.0, 2.0);
     let v = rng.vec(b * h * n * d, -1.0, 1.0);
-    let mask: Vec<f32> = (0..b * n)
-        .map(|i| if i >= n + 70 { 0.0 } else { 1.0 })
-        .collect();
+    // Batch item 1 keeps its first 70 keys.
+    let mask = key_mask(b, n, |item, j| item == 0 || j < 70);
     let lambda = [0.3f32, 1.0, 2.5];
     let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
     let ref_opts = RefOptions {
@@ -349,7 +351,7 @@ fn oversized_maps_run_in_chunks_of_heads() {
         key_mask: Some(&mask),
         scale: None,
     };
-    let want = reference::saobp(&q, &q, &v, [b, h, n, d], d, &ref_opts, &lambda64);
+    let want = reference::saobp(&q, &q, &v, [b, h, n, d], d, &ref_opts, &lambda64).unwrap();
     let (rows_a, rows_r) = common::reference_rows(&want, &lambda64, [b, h, n], true, Some(&mask));
     on_every_gpu("chunked attention", |gpu| {
         let limits = wgpu::Limits {
@@ -380,19 +382,17 @@ fn oversized_maps_run_in_chunks_of_heads() {
             } else {
                 &want.output
             };
-            assert_close(
+            assert_within(
                 &format!("{what} O"),
                 &out.output.to_vec_blocking(&small).unwrap(),
                 o_want,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
-            assert_close(
+            assert_within(
                 &format!("{what} m"),
                 &out.multi_hop_mass.unwrap().to_vec_blocking(&small).unwrap(),
                 &want.mass,
-                1e-4,
-                1e-5,
+                Tolerance::SPEC,
             );
             let m = out.metrics.unwrap();
             common::assert_map_metrics(&small, &format!("{what} A"), &m.attention, &rows_a, n);

@@ -3,8 +3,10 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, spec_run, Rng, SPEC_TOL};
-use saobp::reference::{self, RefOptions};
+use common::{
+    absolute, assert_near, assert_within, key_mask, on_every_gpu, spec_run, Case, Request, Rng,
+    Tolerance, SPEC_PRINTED,
+};
 use saobp::{attention_blocking, refine_map_blocking, AttentionOptions, Gpu, Lambda, Mode, Tensor};
 
 /// Metric `index` (see `saobp::METRIC_NAMES`) of the 3 rows.
@@ -34,59 +36,54 @@ fn spec_worked_example() {
             let out = spec_run(gpu, mode, false, true);
             let what = |x: &str| format!("spec {x} ({mode:?})");
             let got = |t: &Option<Tensor>| t.as_ref().unwrap().to_vec_blocking(gpu).unwrap();
-            assert_close(&what("A"), &got(&out.attention), &a, 0.0, SPEC_TOL);
-            assert_close(&what("R"), &got(&out.refined), &r, 0.0, SPEC_TOL);
-            assert_close(&what("m"), &got(&out.multi_hop_mass), &mass, 0.0, SPEC_TOL);
-            assert_close(
+            assert_within(&what("A"), &got(&out.attention), &a, SPEC_PRINTED);
+            assert_within(&what("R"), &got(&out.refined), &r, SPEC_PRINTED);
+            assert_within(&what("m"), &got(&out.multi_hop_mass), &mass, SPEC_PRINTED);
+            assert_within(
                 &what("O"),
                 &out.output.to_vec_blocking(gpu).unwrap(),
                 &o,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
             let metrics = out.metrics.unwrap();
             let (ma, mr) = (&metrics.attention, metrics.refined.as_ref().unwrap());
-            assert_close(&what("H(A)"), &metric_rows(gpu, ma, 0), &h_a, 0.0, SPEC_TOL);
-            assert_close(
+            assert_within(&what("H(A)"), &metric_rows(gpu, ma, 0), &h_a, SPEC_PRINTED);
+            assert_within(
                 &what("sparsity(A)"),
                 &metric_rows(gpu, ma, 2),
                 &sparsity_a,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
-            assert_close(
+            assert_within(
                 &what("peak(A)"),
                 &metric_rows(gpu, ma, 3),
                 &peak_a,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
-            assert_close(
+            assert_within(
                 &what("distance(A)"),
                 &metric_rows(gpu, ma, 4),
                 &distance_a,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
-            assert_close(
+            assert_within(
                 &what("GTD(A)"),
                 &metric_rows(gpu, ma, 6),
                 &gtd_a,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
-            assert_close(&what("H(R)"), &metric_rows(gpu, mr, 0), &h_r, 0.0, SPEC_TOL);
-            assert_close(
+            assert_within(&what("H(R)"), &metric_rows(gpu, mr, 0), &h_r, SPEC_PRINTED);
+            assert_within(
                 &what("GTD(R)"),
                 &metric_rows(gpu, mr, 6),
                 &gtd,
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
             // The head summary is the mean of the three rows.
             let mean = |x: &[f64]| x.iter().sum::<f64>() / 3.0;
-            assert!((ma.heads[0].entropy - mean(&h_a)).abs() < 1e-6);
-            assert!((mr.heads[0].gtd - mean(&gtd)).abs() < 1e-6);
+            let summary = absolute(1e-6);
+            assert_near("H(A) of the head", ma.heads[0].entropy, mean(&h_a), summary);
+            assert_near("GTD(R) of the head", mr.heads[0].gtd, mean(&gtd), summary);
             assert_eq!(mr.heads[0].rows, 3);
         }
         // M itself, from the materialized refinement of A.
@@ -94,19 +91,17 @@ fn spec_worked_example() {
         let refined =
             refine_map_blocking(gpu, out.attention.as_ref().unwrap(), &Lambda::Scalar(0.5))
                 .unwrap();
-        assert_close(
+        assert_within(
             "spec M",
             &refined.messages.to_vec_blocking(gpu).unwrap(),
             &m_msgs,
-            0.0,
-            SPEC_TOL,
+            SPEC_PRINTED,
         );
-        assert_close(
+        assert_within(
             "spec R (refine_map)",
             &refined.refined.to_vec_blocking(gpu).unwrap(),
             &r,
-            0.0,
-            SPEC_TOL,
+            SPEC_PRINTED,
         );
     });
 }
@@ -123,118 +118,56 @@ fn spec_causal_example() {
                 "{mode:?}: row 0 receives no message"
             );
             assert_eq!(r[5], 0.0);
-            assert_close(
+            assert_within(
                 "causal R_2",
                 &r[6..],
                 &[0.200751, 0.399624, 0.399624],
-                0.0,
-                SPEC_TOL,
+                SPEC_PRINTED,
             );
             let metrics = out.metrics.unwrap();
             let gtd = metric_rows(gpu, metrics.refined.as_ref().unwrap(), 6);
-            assert_close("causal GTD", &gtd, &[0.0, 0.0, 0.053738], 0.0, SPEC_TOL);
+            assert_within("causal GTD", &gtd, &[0.0, 0.0, 0.053738], SPEC_PRINTED);
             let m = out.multi_hop_mass.unwrap().to_vec_blocking(gpu).unwrap();
             // Only row 2 receives a message: M_20 = A_21 · A_10.
-            assert_close("causal m", &m, &[0.0, 0.0, 0.113579], 0.0, SPEC_TOL);
+            assert_within("causal m", &m, &[0.0, 0.0, 0.113579], SPEC_PRINTED);
         }
     });
 }
 
-struct Case {
-    shape: [usize; 4],
-    dv: usize,
-    causal: bool,
-    masked: bool,
-    lambda: Lambda,
+/// Item 0 keeps all but its last key, item 1 the first half of its keys.
+fn padding(item: usize, n: usize) -> usize {
+    match item {
+        0 => n - usize::from(n > 1),
+        1 => n / 2,
+        _ => n,
+    }
 }
 
 /// Runs one case in fused and materialized mode and checks everything
-/// against the reference; returns the two outputs for cross-checks.
+/// against the reference, then properties of `R` and the two modes against
+/// each other.
 fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
-    let [b, h, n, d] = c.shape;
-    let q = rng.vec(b * h * n * d, -2.0, 2.0);
-    let k = rng.vec(b * h * n * d, -2.0, 2.0);
-    let v = rng.vec(b * h * n * c.dv, -1.0, 1.0);
-    // Batch item 1 (if any) has its whole tail padded; item 0 keeps all but the last key.
-    let mask: Vec<f32> = (0..b * n)
-        .map(|i| {
-            if c.masked
-                && ((i / n == 0 && i % n == n - 1 && n > 1) || (i / n == 1 && i % n >= n / 2))
-            {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let lambda = c.lambda.per_head(h).unwrap();
-    let lambda64: Vec<f64> = lambda.iter().map(|&l| f64::from(l)).collect();
-    let want = reference::saobp(
-        &q,
-        &k,
-        &v,
-        c.shape,
-        c.dv,
-        &RefOptions {
-            causal: c.causal,
-            key_mask: c.masked.then_some(&mask),
-            scale: None,
-        },
-        &lambda64,
-    );
-    let (rows_a, rows) = common::reference_rows(
-        &want,
-        &lambda64,
-        [b, h, n],
-        c.causal,
-        c.masked.then_some(&mask),
-    );
-    let tq = Tensor::from_slice(gpu, &c.shape, &q).unwrap();
-    let tk = Tensor::from_slice(gpu, &c.shape, &k).unwrap();
-    let tv = Tensor::from_slice(gpu, &[b, h, n, c.dv], &v).unwrap();
-    let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
-    let what = format!(
-        "{:?} dv={} causal={} masked={} λ={:?}",
-        c.shape, c.dv, c.causal, c.masked, c.lambda
-    );
-    let mut outputs = Vec::new();
-    for mode in [Mode::Fused, Mode::Materialized] {
-        let opts = AttentionOptions {
-            causal: c.causal,
-            key_mask: c.masked.then_some(&tm),
-            lambda: c.lambda.clone(),
-            mode,
-            return_refined: true,
-            metrics: true,
-            ..Default::default()
-        };
-        let out = attention_blocking(gpu, &tq, &tk, &tv, &opts).unwrap();
-        let what = format!("{what} {mode:?}");
-        let o = out.output.to_vec_blocking(gpu).unwrap();
-        assert_close(&format!("{what} O"), &o, &want.output, 1e-4, 1e-5);
-        let r = out.refined.as_ref().unwrap().to_vec_blocking(gpu).unwrap();
-        assert_close(&format!("{what} R"), &r, &want.refined, 1e-4, 1e-5);
-        let m = out
-            .multi_hop_mass
-            .as_ref()
-            .unwrap()
-            .to_vec_blocking(gpu)
-            .unwrap();
-        assert_close(&format!("{what} m"), &m, &want.mass, 1e-4, 1e-5);
-        let metrics = out.metrics.as_ref().unwrap();
-        for (label, map, rows) in [
-            ("R", metrics.refined.as_ref().unwrap(), &rows),
-            ("A", &metrics.attention, &rows_a),
-        ] {
-            common::assert_map_metrics(gpu, &format!("{what} {label}"), map, rows, n);
-        }
-        // Properties: rows of R sum to 1 (or are empty), causal R is zero above the diagonal.
+    let request = Request {
+        refined: true,
+        metrics: true,
+        ..Default::default()
+    };
+    let runs = common::check(gpu, rng, c, &[Mode::Fused, Mode::Materialized], request);
+    let n = c.shape[2];
+    for run in &runs {
+        let what = format!("{:?} {}", run.mode, c.describe());
+        let r = run.refined.as_ref().expect("R was asked for");
+        // Rows of R sum to 1 (or are empty), causal R is zero above the diagonal.
         for (row, chunk) in r.chunks(n).enumerate() {
             let s: f32 = chunk.iter().sum();
-            assert!(
-                s == 0.0 || (s - 1.0).abs() < 1e-5,
-                "{what}: row {row} of R sums to {s}"
-            );
+            if s != 0.0 {
+                assert_near(
+                    &format!("{what}: sum of row {row} of R"),
+                    f64::from(s),
+                    1.0,
+                    absolute(1e-5),
+                );
+            }
             if c.causal {
                 let i = row % n;
                 assert!(
@@ -243,16 +176,30 @@ fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
                 );
             }
         }
-        outputs.push(o);
     }
     // The two paths agree with each other, not only with the reference.
-    assert_close(
-        &format!("{what} fused vs materialized O"),
-        &outputs[0],
-        &outputs[1].iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
-        1e-4,
-        1e-5,
+    assert_within(
+        &format!("{} fused vs materialized O", c.describe()),
+        &runs[0].output,
+        &runs[1]
+            .output
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect::<Vec<_>>(),
+        Tolerance::SPEC,
     );
+}
+
+/// A SAOBP case with the padding above when `masked`.
+fn saobp_case(shape: [usize; 4], dv: usize, causal: bool, masked: bool, lambda: Lambda) -> Case {
+    Case {
+        shape,
+        dv,
+        causal,
+        padding: masked.then_some(padding as common::Padding),
+        lambda,
+        scale: None,
+    }
 }
 
 #[test]
@@ -267,13 +214,7 @@ fn random_cases_match_reference_in_both_modes() {
             } else {
                 Lambda::PerHead((0..h).map(|_| rng.uniform(0.0, 3.0)).collect())
             };
-            let case = Case {
-                shape,
-                dv: 1 + rng.below(16),
-                causal: i % 3 == 0,
-                masked: i % 2 == 1,
-                lambda,
-            };
+            let case = saobp_case(shape, 1 + rng.below(16), i % 3 == 0, i % 2 == 1, lambda);
             check(gpu, &mut rng, &case);
         }
     });
@@ -284,34 +225,16 @@ fn edge_shapes_match_reference() {
     on_every_gpu("saobp edges", |gpu| {
         let mut rng = Rng::new(12);
         let cases = [
-            Case {
-                shape: [1, 1, 1, 1],
-                dv: 1,
-                causal: false,
-                masked: false,
-                lambda: Lambda::Scalar(1.0),
-            },
-            Case {
-                shape: [1, 1, 2, 1],
-                dv: 1,
-                causal: true,
-                masked: false,
-                lambda: Lambda::Scalar(2.0),
-            },
-            Case {
-                shape: [2, 2, 33, 1],
-                dv: 3,
-                causal: true,
-                masked: true,
-                lambda: Lambda::PerHead(vec![0.0, 5.0]),
-            },
-            Case {
-                shape: [1, 2, 70, 16],
-                dv: 16,
-                causal: false,
-                masked: true,
-                lambda: Lambda::Scalar(100.0),
-            },
+            saobp_case([1, 1, 1, 1], 1, false, false, Lambda::Scalar(1.0)),
+            saobp_case([1, 1, 2, 1], 1, true, false, Lambda::Scalar(2.0)),
+            saobp_case(
+                [2, 2, 33, 1],
+                3,
+                true,
+                true,
+                Lambda::PerHead(vec![0.0, 5.0]),
+            ),
+            saobp_case([1, 2, 70, 16], 16, false, true, Lambda::Scalar(100.0)),
         ];
         for c in &cases {
             check(gpu, &mut rng, c);
@@ -358,12 +281,14 @@ fn lambda_zero_gives_plain_attention_exactly() {
                 .iter()
                 .map(|&x| f64::from(x))
                 .collect();
-            assert_close(
+            assert_within(
                 &format!("{mode:?} λ=0 O"),
                 &out.output.to_vec_blocking(gpu).unwrap(),
                 &want,
-                1e-5,
-                1e-6,
+                Tolerance {
+                    abs: 1e-6,
+                    rel: 1e-5,
+                },
             );
         }
     });
@@ -376,8 +301,8 @@ fn fully_masked_rows_are_zero_without_nan() {
         let mut rng = Rng::new(14);
         let q =
             Tensor::from_slice(gpu, &[b, h, n, d], &rng.vec(b * h * n * d, -30.0, 30.0)).unwrap();
-        let mut mask = vec![1.0f32; b * n];
-        mask[n..].fill(0.0);
+        // Batch item 1: every key masked.
+        let mask = key_mask(b, n, |item, _| item == 0);
         let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
         for mode in [Mode::Plain, Mode::Fused, Mode::Materialized] {
             let opts = AttentionOptions {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_close, on_every_gpu, Rng};
+use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
 use saobp::{reference, softmax_blocking, SoftmaxOptions, Tensor};
 
 fn check(
@@ -24,9 +24,9 @@ fn check(
     )
     .unwrap();
     let got = y.to_vec_blocking(gpu).unwrap();
-    let want = reference::softmax(x, shape, causal, mask);
+    let want = reference::softmax(x, shape, causal, mask).unwrap();
     let what = format!("softmax {shape:?} causal={causal} mask={}", mask.is_some());
-    assert_close(&what, &got, &want, 1e-4, 1e-5);
+    assert_within(&what, &got, &want, Tolerance::SPEC);
     got
 }
 
@@ -38,9 +38,7 @@ fn random_rows_with_masks_match_reference() {
             let (b, h, n) = (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(150));
             let shape = [b, h, n, n];
             let x = rng.vec(b * h * n * n, -8.0, 8.0);
-            let mask: Vec<f32> = (0..b * n)
-                .map(|_| if rng.below(4) == 0 { 0.0 } else { 1.0 })
-                .collect();
+            let mask = key_mask(b, n, |_, _| rng.below(4) != 0);
             check(
                 gpu,
                 &x,
@@ -63,13 +61,18 @@ fn huge_equal_and_one_hot_rows_are_exact() {
         x.extend((0..n).map(|j| if j == 5 { 1e4 } else { 0.0 }));
         x.extend(std::iter::repeat_n(1e4f32, n));
         let got = check(gpu, &x, &[4, n], false, None);
-        let even = 1.0 / n.div_ceil(2) as f32;
-        assert!((got[0] - even).abs() < 1e-6 && got[1] == 0.0);
-        assert!(got[n..2 * n]
-            .iter()
-            .all(|&p| (p - 1.0 / n as f32).abs() < 1e-7));
+        let even = 1.0 / n.div_ceil(2) as f64;
+        assert_within(
+            "±1e4 row, first two",
+            &got[..2],
+            &[even, 0.0],
+            absolute(1e-6),
+        );
+        let uniform = vec![1.0 / n as f64; n];
+        assert_within("equal row", &got[n..2 * n], &uniform, absolute(1e-7));
         assert_eq!(got[2 * n + 5], 1.0);
-        assert!((got[3 * n..].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        let sum: f32 = got[3 * n..].iter().sum();
+        assert_within("constant 1e4 row's sum", &[sum], &[1.0], absolute(1e-5));
     });
 }
 
@@ -78,8 +81,8 @@ fn fully_masked_rows_are_zero() {
     on_every_gpu("softmax fully masked", |gpu| {
         let (b, n) = (2, 9);
         let x = Rng::new(4).vec(b * n * n, -3.0, 3.0);
-        let mut mask = vec![1.0f32; b * n];
-        mask[n..].fill(0.0); // batch item 1: every key padded
+        // Batch item 1: every key padded.
+        let mask = key_mask(b, n, |item, _| item == 0);
         let got = check(gpu, &x, &[b, 1, n, n], true, Some(&mask));
         assert!(got[n * n..].iter().all(|&p| p == 0.0));
         // Causal row 0 of item 0 sees only key 0.

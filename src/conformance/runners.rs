@@ -14,7 +14,7 @@ use crate::kernels::saobp::{refine_map, Lambda};
 use crate::kernels::softmax::{softmax, SoftmaxOptions};
 use crate::reference::{self, compare, RefOptions, Tolerance};
 use crate::tensor::{numel, Tensor};
-use crate::workload::SplitMix;
+use crate::workload::SplitMix64;
 
 use super::catalogue::{key_mask, lambdas, Input};
 use super::report::Check;
@@ -83,9 +83,9 @@ pub(super) struct Measured {
 }
 
 /// `len` values uniform in `[lo, hi)`.
-fn uniform(rng: &mut SplitMix, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+fn uniform(rng: &mut SplitMix64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..len)
-        .map(|_| lo + (hi - lo) * (rng.next() + 1.0) / 2.0)
+        .map(|_| lo + (hi - lo) * (rng.uniform(-1.0, 1.0) + 1.0) / 2.0)
         .collect()
 }
 
@@ -95,7 +95,7 @@ fn to_f64(x: &[f32]) -> Vec<f64> {
 
 async fn run_matmul(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     a_shape: &[usize],
     b_shape: &[usize],
     opts: &MatmulOptions,
@@ -135,7 +135,7 @@ async fn run_matmul(
 
 async fn run_softmax(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     shape: &[usize],
     causal: bool,
     masked: bool,
@@ -161,7 +161,7 @@ async fn run_softmax(
     let got = y.to_vec(gpu).await?;
     let time = start.elapsed();
     let start = Instant::now();
-    let want = reference::softmax(&x, shape, causal, masked.then_some(&mask[..]));
+    let want = reference::softmax(&x, shape, causal, masked.then_some(&mask[..]))?;
     let reference_time = start.elapsed();
     Ok(Measured {
         outputs: vec![Output::new("P", shape, got, want, Tolerance::SPEC)],
@@ -173,7 +173,7 @@ async fn run_softmax(
 #[allow(clippy::too_many_arguments)]
 async fn run_attention(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     subject: Subject,
     shape: [usize; 4],
     dv: usize,
@@ -262,14 +262,14 @@ async fn run_attention(
             .collect())
     };
     let outputs = if mode == Mode::Flash {
-        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts)?;
         let mut outputs = vec![Output::new("O", &o_shape, o, want.output, Tolerance::SPEC)];
         outputs.extend(row_stats(reference::attention::row_stats(
             &q, &k, shape, &ref_opts,
-        ))?);
+        )?)?);
         outputs
     } else if mode == Mode::Plain {
-        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts);
+        let want = reference::attention(&q, &k, &v, shape, dv, &ref_opts)?;
         vec![
             Output::new(
                 "A",
@@ -282,7 +282,7 @@ async fn run_attention(
         ]
     } else {
         let lambda64 = to_f64(lambda);
-        let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64);
+        let want = reference::saobp(&q, &k, &v, shape, dv, &ref_opts, &lambda64)?;
         let (name, reference) = if mode == Mode::Materialized {
             ("R", want.refined)
         } else {
@@ -301,7 +301,7 @@ async fn run_attention(
         if mode == Mode::Streaming {
             outputs.extend(row_stats(reference::attention::row_stats(
                 &q, &k, shape, &ref_opts,
-            ))?);
+            )?)?);
         }
         outputs
     };
@@ -314,7 +314,7 @@ async fn run_attention(
 
 async fn run_map(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     subject: Subject,
     [b, h, n]: [usize; 3],
     causal: bool,
@@ -326,7 +326,7 @@ async fn run_map(
     let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
     let mask_ref = masked.then_some(&mask[..]);
     // Rows stochastic (or empty) as the kernels expect, then exactly the f32 the GPU sees.
-    let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)
+    let p: Vec<f32> = reference::softmax(&scores, &map_shape, causal, mask_ref)?
         .iter()
         .map(|&x| x as f32)
         .collect();
@@ -349,7 +349,7 @@ async fn run_map(
         let time = start.elapsed();
 
         let start = Instant::now();
-        let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n), n);
+        let mass = reference::saobp::multi_hop_mass(&reference::saobp::messages(&p64, n)?, n)?;
         let want = reference::metrics::row_metrics(
             &p64,
             &mass,
@@ -357,8 +357,8 @@ async fn run_map(
             row_shape,
             causal,
             mask_ref,
-        );
-        let summaries = reference::metrics::summarize(&want, n);
+        )?;
+        let summaries = reference::metrics::summarize(&want, n)?;
         let reference_time = start.elapsed();
         let g = b * h * n;
         let mut outputs: Vec<Output> = Metric::ALL
@@ -415,7 +415,7 @@ async fn run_map(
     };
     let time = start.elapsed();
     let start = Instant::now();
-    let messages = reference::saobp::messages(&p64, n);
+    let messages = reference::saobp::messages(&p64, n)?;
     let outputs = if subject == Subject::Messages {
         let mut got = outputs_gpu.into_iter();
         vec![Output::new(
@@ -426,8 +426,8 @@ async fn run_map(
             Tolerance::SPEC,
         )]
     } else {
-        let mass = reference::saobp::multi_hop_mass(&messages, n);
-        let r = reference::saobp::refine(&p64, &messages, &mass, &lambda64, n);
+        let mass = reference::saobp::multi_hop_mass(&messages, n)?;
+        let r = reference::saobp::refine(&p64, &messages, &mass, &lambda64, n)?;
         let mut got = outputs_gpu.into_iter();
         vec![
             Output::new(
@@ -454,7 +454,7 @@ async fn run_map(
 }
 
 pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measured> {
-    let mut rng = SplitMix(case.seed());
+    let mut rng = SplitMix64::new(case.seed());
     match &case.input {
         Input::Matmul {
             a,

@@ -2,6 +2,9 @@
 //! out loop by loop (it does not call the other reference functions, so the
 //! two paths check each other).
 
+use super::{expect_len, numel};
+use crate::error::Result;
+
 /// Reference attention result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionRef {
@@ -22,8 +25,21 @@ pub struct RefOptions<'a> {
     pub scale: Option<f64>,
 }
 
+/// Fails with a shape error unless `q` and `k` are `[B, H, N, D]` (`shape`),
+/// the key mask, if any, is `[B, N]` and a `[B, H, N, N]` map is addressable.
+fn check_inputs(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> Result<()> {
+    let [bs, hs, n, _] = shape;
+    numel("reference attention: A", &[bs, hs, n, n])?;
+    expect_len("reference attention: q", q.len(), &shape)?;
+    expect_len("reference attention: k", k.len(), &shape)?;
+    if let Some(m) = opts.key_mask {
+        expect_len("reference attention: key_mask", m.len(), &[bs, n])?;
+    }
+    Ok(())
+}
+
 /// Attention in f64. `q`, `k` are `[B, H, N, D]` (`shape`), `v` is
-/// `[B, H, N, dv]`.
+/// `[B, H, N, dv]`; other lengths are a shape error.
 pub fn attention(
     q: &[f32],
     k: &[f32],
@@ -31,8 +47,10 @@ pub fn attention(
     shape: [usize; 4],
     dv: usize,
     opts: &RefOptions,
-) -> AttentionRef {
+) -> Result<AttentionRef> {
     let [bs, hs, n, d] = shape;
+    check_inputs(q, k, shape, opts)?;
+    expect_len("reference attention: v", v.len(), &[bs, hs, n, dv])?;
     let RefOptions {
         causal,
         key_mask,
@@ -74,15 +92,17 @@ pub fn attention(
             }
         }
     }
-    AttentionRef { attention, output }
+    Ok(AttentionRef { attention, output })
 }
 
 /// Statistics of each row of `A`, `[B, H, N, 3]`: the largest valid score
 /// `max_j S_ij`, `Σ_j exp(S_ij − max)` and the entropy `−Σ_j A_ij ln A_ij`
 /// (all 0 for a row with no valid key), as the streaming modes report them.
 /// Arguments as in [`attention`].
-pub fn row_stats(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> Vec<f64> {
+pub fn row_stats(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> Result<Vec<f64>> {
+    check_inputs(q, k, shape, opts)?;
     let [bs, hs, n, d] = shape;
+    numel("reference row stats", &[bs, hs, n, 3])?;
     let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let mut out = Vec::with_capacity(bs * hs * n * 3);
     for b in 0..bs {
@@ -120,5 +140,5 @@ pub fn row_stats(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> 
             }
         }
     }
-    out
+    Ok(out)
 }

@@ -1,7 +1,29 @@
-//! How a GPU result is held to its float64 reference: the spec's per-element
-//! bound `|gpu − ref| ≤ abs + rel·|ref|`, and the summary of one comparison
-//! (largest absolute and relative errors, the worst element, non-finite
-//! values). The tests and [`crate::conformance`] both judge with this.
+//! How a GPU result is held to its float64 reference: the one rule every
+//! check in the project uses (the tests, [`crate::conformance`], `saobp demo`
+//! and the browser's self-test), and the summary of one comparison (largest
+//! absolute and relative errors, the worst element, non-finite values).
+//!
+//! # The rule
+//!
+//! One element passes when
+//!
+//! ```text
+//! |gpu − ref| ≤ abs + rel·|ref|
+//! ```
+//!
+//! with the spec's `abs = 1e-5`, `rel = 1e-4` ([`Tolerance::SPEC`]), or a
+//! stated looser bound where a kernel needs one ([`Tolerance::matmul`],
+//! [`Tolerance::scaled_by`]). The bound is a sum, measured against the
+//! reference only. A NaN or infinite GPU value never passes, and a bound of
+//! 0 demands equality.
+//!
+//! The judgement is [`approx::AbsDiffEq`] with that bound as its epsilon
+//! ([`Tolerance::accepts`]). approx's `relative_eq!` is not used: it accepts
+//! `|gpu − ref| ≤ max(abs, rel·max(|gpu|, |ref|))`, which measures against
+//! the GPU value too, so where `|ref|` is large it lets through errors this
+//! rule refuses.
+
+use approx::AbsDiffEq;
 
 use crate::error::{Error, Result};
 
@@ -42,6 +64,12 @@ impl Tolerance {
     /// The bound on one element whose reference value is `want`.
     pub fn bound(&self, want: f64) -> f64 {
         self.abs + self.rel * want.abs()
+    }
+
+    /// Whether `got` is within [`bound`](Self::bound)`(want)` of `want`: the
+    /// per-element rule (see the module docs). NaN and infinite `got` fail.
+    pub fn accepts(&self, got: f64, want: f64) -> bool {
+        got.is_finite() && got.abs_diff_eq(&want, self.bound(want))
     }
 
     /// Below this magnitude the absolute part dominates the bound, so
@@ -114,7 +142,7 @@ pub fn compare(got: &[f32], want: &[f64], tol: Tolerance) -> Result<Comparison> 
             } else {
                 f64::INFINITY
             };
-            (err <= bound, ratio)
+            (tol.accepts(g, w), ratio)
         } else {
             c.non_finite += 1;
             (false, f64::INFINITY)
@@ -159,6 +187,30 @@ mod tests {
         assert_eq!(c.worst, f64::INFINITY);
         assert!(c.max_abs > 9e-4 && c.max_abs < 1.1e-3, "{c:?}");
         assert!(compare(&[1.0], &[1.0, 2.0], Tolerance::SPEC).is_err());
+    }
+
+    #[test]
+    fn the_bound_is_a_sum_against_the_reference_only() {
+        let t = Tolerance::SPEC;
+        // At ref = 1e6 the bound is 100.00001: an error of 100 passes, one
+        // of 100.005 does not, though approx's relative_eq (measuring
+        // against the larger of the two values) would let it through.
+        assert!(t.accepts(1_000_100.0, 1e6));
+        assert!(!t.accepts(1_000_100.005, 1e6));
+        assert!(approx::relative_eq!(
+            1_000_100.005,
+            1e6,
+            epsilon = t.abs,
+            max_relative = t.rel
+        ));
+        // On a zero reference only the absolute part counts.
+        assert!(t.accepts(1e-5, 0.0) && !t.accepts(1.1e-5, 0.0));
+        assert!(t.accepts(-1e-5, 0.0) && !t.accepts(-1.1e-5, 0.0));
+        // A small probability: at 1e-3 the bound is 1.01e-5.
+        assert!(t.accepts(1e-3 + 1.005e-5, 1e-3) && !t.accepts(1e-3 + 1.02e-5, 1e-3));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(!t.accepts(bad, 0.5), "{bad}");
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Reference of [`crate::kernels::matmul`].
 
+use super::{expect_len, numel};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::MatmulOptions;
 
 /// `alpha · op(A) · op(B)` in f64, with the shape rules of
 /// [`crate::kernels::matmul::matmul`]. Returns the values of `C` (row-major).
+/// Shapes that do not fit, or data lengths that do not match them, are a
+/// shape error.
 pub fn matmul(
     a: &[f32],
     a_shape: &[usize],
@@ -15,10 +18,8 @@ pub fn matmul(
     if a_shape.len() < 2 || b_shape.len() < 2 {
         return Err(Error::shape("matmul operands need rank >= 2"));
     }
-    if a.len() != a_shape.iter().product::<usize>() || b.len() != b_shape.iter().product::<usize>()
-    {
-        return Err(Error::shape("matmul data length does not match its shape"));
-    }
+    expect_len("reference matmul: a", a.len(), a_shape)?;
+    expect_len("reference matmul: b", b.len(), b_shape)?;
     let (a_lead, a_mat) = a_shape.split_at(a_shape.len() - 2);
     let (b_lead, b_mat) = b_shape.split_at(b_shape.len() - 2);
     let (m, k) = if opts.trans_a {
@@ -36,9 +37,11 @@ pub fn matmul(
             "matmul shapes {a_shape:?} and {b_shape:?} do not fit"
         )));
     }
-    let batch: usize = if a_lead.is_empty() { b_lead } else { a_lead }
-        .iter()
-        .product();
+    let batch = numel(
+        "reference matmul: batch",
+        if a_lead.is_empty() { b_lead } else { a_lead },
+    )?;
+    numel("reference matmul: C", &[batch, m, n])?;
     let a_stride = if a_lead.is_empty() { 0 } else { m * k };
     let b_stride = if b_lead.is_empty() { 0 } else { k * n };
     let mut c = vec![0.0f64; batch * m * n];

@@ -1,11 +1,14 @@
 //! Reference of [`crate::kernels::metrics`].
 
+use super::expect_len;
+use crate::error::{Error, Result};
 use crate::kernels::metrics::METRIC_COUNT;
 
 /// Per-row metrics of `p` (`[B, H, N, N]`, `shape = [B, H, N]`) in
 /// [`crate::METRIC_NAMES`] order: entropy, normalized entropy, sparsity, peak,
 /// distance, `m`, GTD, weight. `lambda` per head gives GTD at λ_h; `None`
-/// means λ = 1. `n_i` counts the keys the masks allow.
+/// means λ = 1. `n_i` counts the keys the masks allow. `mass` is `[B, H, N]`,
+/// `lambda` `[H]` and `key_mask` `[B, N]`; other lengths are a shape error.
 pub fn row_metrics(
     p: &[f64],
     mass: &[f64],
@@ -13,8 +16,16 @@ pub fn row_metrics(
     shape: [usize; 3],
     causal: bool,
     key_mask: Option<&[f32]>,
-) -> Vec<[f64; METRIC_COUNT]> {
+) -> Result<Vec<[f64; METRIC_COUNT]>> {
     let [bs, hs, n] = shape;
+    expect_len("reference metrics: p", p.len(), &[bs, hs, n, n])?;
+    expect_len("reference metrics: mass", mass.len(), &shape)?;
+    if let Some(l) = lambda {
+        expect_len("reference metrics: lambda", l.len(), &[hs])?;
+    }
+    if let Some(m) = key_mask {
+        expect_len("reference metrics: key_mask", m.len(), &[bs, n])?;
+    }
     let kept = |b: usize, j: usize| key_mask.is_none_or(|m| m[b * n + j] != 0.0);
     let mut out = Vec::with_capacity(bs * hs * n);
     for b in 0..bs {
@@ -62,13 +73,21 @@ pub fn row_metrics(
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// Per-head means of `rows` (from [`row_metrics`]) over rows of weight 1;
-/// the last entry is the number of such rows.
-pub fn summarize(rows: &[[f64; METRIC_COUNT]], n: usize) -> Vec<[f64; METRIC_COUNT]> {
-    rows.chunks(n)
+/// Per-head means of `rows` (from [`row_metrics`], `n` rows per head) over
+/// rows of weight 1; the last entry is the number of such rows. `n = 0`, or
+/// a number of rows that is not a multiple of `n`, is a shape error.
+pub fn summarize(rows: &[[f64; METRIC_COUNT]], n: usize) -> Result<Vec<[f64; METRIC_COUNT]>> {
+    if n == 0 || !rows.len().is_multiple_of(n) {
+        return Err(Error::shape(format!(
+            "reference summarize: {} rows are not whole heads of n = {n} rows",
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .chunks(n)
         .map(|head| {
             let counted: Vec<_> = head.iter().filter(|r| r[METRIC_COUNT - 1] == 1.0).collect();
             let mut s = [0.0; METRIC_COUNT];
@@ -84,5 +103,5 @@ pub fn summarize(rows: &[[f64; METRIC_COUNT]], n: usize) -> Vec<[f64; METRIC_COU
             s[METRIC_COUNT - 1] = c;
             s
         })
-        .collect()
+        .collect())
 }

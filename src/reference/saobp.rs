@@ -3,9 +3,24 @@
 //! O(N²D) form, so it checks the fused kernels rather than restating them.
 
 use super::attention::{attention, RefOptions};
+use super::{blocks, expect_len};
+use crate::error::{Error, Result};
+
+/// Fails with a shape error unless `lambda` has one entry per head of `maps`
+/// maps (`maps = B·heads`; with no maps, λ is not used).
+fn check_heads(what: &str, lambda: &[f64], maps: usize) -> Result<()> {
+    if maps > 0 && (lambda.is_empty() || !maps.is_multiple_of(lambda.len())) {
+        return Err(Error::shape(format!(
+            "{what}: {} λ values do not divide {maps} maps into B·heads",
+            lambda.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Two-hop messages of `a` (`[G, n, n]`): `M_ij = Σ_{k∉{i,j}} A_ik A_kj`, `M_ii = 0`.
-pub fn messages(a: &[f64], n: usize) -> Vec<f64> {
+pub fn messages(a: &[f64], n: usize) -> Result<Vec<f64>> {
+    blocks("reference messages: A", a.len(), n)?;
     let mut m = vec![0.0; a.len()];
     for (g, block) in m.chunks_mut(n * n).enumerate() {
         let a = &a[g * n * n..][..n * n];
@@ -18,17 +33,29 @@ pub fn messages(a: &[f64], n: usize) -> Vec<f64> {
             }
         }
     }
-    m
+    Ok(m)
 }
 
-/// Row sums of `M`: the multi-hop mass `m`, `[G, n]`.
-pub fn multi_hop_mass(messages: &[f64], n: usize) -> Vec<f64> {
-    messages.chunks(n).map(|row| row.iter().sum()).collect()
+/// Row sums of `M` (`[G, n, n]`): the multi-hop mass `m`, `[G, n]`.
+pub fn multi_hop_mass(messages: &[f64], n: usize) -> Result<Vec<f64>> {
+    blocks("reference multi-hop mass: M", messages.len(), n)?;
+    Ok(messages.chunks(n).map(|row| row.iter().sum()).collect())
 }
 
-/// `R_ij = (A_ij + λ_h M_ij) / (1 + λ_h m_i)`, with `lambda[h]` per head and
+/// `R_ij = (A_ij + λ_h M_ij) / (1 + λ_h m_i)` for `a` and `messages`
+/// `[G, n, n]` and `mass` `[G, n]`, with `lambda[h]` per head and
 /// `G = B·heads` maps.
-pub fn refine(a: &[f64], messages: &[f64], mass: &[f64], lambda: &[f64], n: usize) -> Vec<f64> {
+pub fn refine(
+    a: &[f64],
+    messages: &[f64],
+    mass: &[f64],
+    lambda: &[f64],
+    n: usize,
+) -> Result<Vec<f64>> {
+    let maps = blocks("reference refine: A", a.len(), n)?;
+    expect_len("reference refine: M", messages.len(), &[maps, n, n])?;
+    expect_len("reference refine: m", mass.len(), &[maps, n])?;
+    check_heads("reference refine", lambda, maps)?;
     let heads = lambda.len();
     let mut r = vec![0.0; a.len()];
     for (row, out) in r.chunks_mut(n).enumerate() {
@@ -37,24 +64,34 @@ pub fn refine(a: &[f64], messages: &[f64], mass: &[f64], lambda: &[f64], n: usiz
             *x = (a[row * n + j] + l * messages[row * n + j]) / (1.0 + l * mass[row]);
         }
     }
-    r
+    Ok(r)
 }
 
-/// `GTD_i = λ_h m_i / (1 + λ_h m_i)`.
-pub fn gtd(mass: &[f64], lambda: &[f64], n: usize) -> Vec<f64> {
+/// `GTD_i = λ_h m_i / (1 + λ_h m_i)` for `mass` `[G, n]`, `lambda[h]` per
+/// head and `G = B·heads` maps.
+pub fn gtd(mass: &[f64], lambda: &[f64], n: usize) -> Result<Vec<f64>> {
+    if n == 0 || !mass.len().is_multiple_of(n) {
+        return Err(Error::shape(format!(
+            "reference GTD: {} values of m are not whole rows of n = {n}",
+            mass.len()
+        )));
+    }
+    check_heads("reference GTD", lambda, mass.len() / n)?;
     let heads = lambda.len();
-    mass.iter()
+    Ok(mass
+        .iter()
         .enumerate()
         .map(|(row, m)| {
             let l = lambda[(row / n) % heads];
             l * m / (1.0 + l * m)
         })
-        .collect()
+        .collect())
 }
 
 /// `P·V` for `p` `[G, n, n]` and `v` `[G, n, dv]`.
-pub fn apply(p: &[f64], v: &[f32], n: usize, dv: usize) -> Vec<f64> {
-    let groups = p.len() / (n * n);
+pub fn apply(p: &[f64], v: &[f32], n: usize, dv: usize) -> Result<Vec<f64>> {
+    let groups = blocks("reference P·V: P", p.len(), n)?;
+    expect_len("reference P·V: V", v.len(), &[groups, n, dv])?;
     let mut out = vec![0.0; groups * n * dv];
     for g in 0..groups {
         for i in 0..n {
@@ -66,7 +103,7 @@ pub fn apply(p: &[f64], v: &[f32], n: usize, dv: usize) -> Vec<f64> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Every intermediate of one SAOBP run, in f64.
@@ -86,7 +123,9 @@ pub struct SaobpRef {
     pub plain_output: Vec<f64>,
 }
 
-/// Attention then SAOBP with `lambda[h]` per head, all in f64.
+/// Attention then SAOBP with `lambda[h]` per head (`[H]`), all in f64;
+/// arguments otherwise as in [`attention`], and lengths that do not match
+/// the shapes are a shape error.
 pub fn saobp(
     q: &[f32],
     k: &[f32],
@@ -95,20 +134,32 @@ pub fn saobp(
     dv: usize,
     opts: &RefOptions,
     lambda: &[f64],
-) -> SaobpRef {
+) -> Result<SaobpRef> {
+    expect_len("reference SAOBP: lambda", lambda.len(), &[shape[1]])?;
     let n = shape[2];
-    let plain = attention(q, k, v, shape, dv, opts);
+    let plain = attention(q, k, v, shape, dv, opts)?;
     let a = plain.attention;
-    let messages = messages(&a, n);
-    let mass = multi_hop_mass(&messages, n);
-    let refined = refine(&a, &messages, &mass, lambda, n);
-    let output = apply(&refined, v, n, dv);
-    SaobpRef {
+    // With N = 0 there are no rows and nothing to refine.
+    if n == 0 {
+        return Ok(SaobpRef {
+            attention: a,
+            messages: Vec::new(),
+            mass: Vec::new(),
+            refined: Vec::new(),
+            output: plain.output.clone(),
+            plain_output: plain.output,
+        });
+    }
+    let messages = messages(&a, n)?;
+    let mass = multi_hop_mass(&messages, n)?;
+    let refined = refine(&a, &messages, &mass, lambda, n)?;
+    let output = apply(&refined, v, n, dv)?;
+    Ok(SaobpRef {
         attention: a,
         messages,
         mass,
         refined,
         output,
         plain_output: plain.output,
-    }
+    })
 }

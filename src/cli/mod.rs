@@ -70,8 +70,10 @@ pub fn adapter_json(a: &AdapterSummary) -> Value {
 pub struct HeadReport {
     /// Head index within its layer or batch item.
     pub head: usize,
+    /// Summary of the attention map `A`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attn: Option<HeadSummary>,
+    /// Summary of the refined map `R`, when its metrics were computed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refined: Option<HeadSummary>,
 }

@@ -1070,6 +1070,17 @@ impl Gpu {
 
     /// Copies the first `len` f32 values of `buffer` back to the host.
     pub(crate) async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        self.read_f32_at(buffer, 0, len).await
+    }
+
+    /// Copies `len` f32 values of `buffer`, from element `offset` on, back to
+    /// the host. The caller keeps the range inside the buffer.
+    pub(crate) async fn read_f32_at(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -1086,7 +1097,7 @@ impl Gpu {
                 let mut encoder = self
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, bytes);
+                encoder.copy_buffer_to_buffer(buffer, offset as u64 * 4, staging, 0, bytes);
                 self.queue.submit([encoder.finish()]);
                 staging.map_async(wgpu::MapMode::Read, .., move |r| {
                     let _ = sender.send(r);

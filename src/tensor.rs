@@ -1,5 +1,6 @@
 //! [`Tensor`]: an f32 buffer on the GPU with a row-major shape.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -223,6 +224,39 @@ impl Tensor {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec_blocking(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         pollster::block_on(self.to_vec(gpu))
+    }
+
+    /// Downloads the elements `range` of the row-major data (e.g. one head's
+    /// `N×N` block of an attention map), waiting for all queued work first.
+    /// Only those elements are copied off the GPU.
+    ///
+    /// Fails with [`Error::InvalidArgument`] when the range is reversed or
+    /// reaches past the tensor's end. An empty range gives an empty vector.
+    ///
+    /// ```no_run
+    /// # fn main() -> saobp::Result<()> {
+    /// use saobp::{Gpu, Tensor};
+    /// let gpu = Gpu::from_env_blocking()?;
+    /// let x = Tensor::from_slice(&gpu, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// assert_eq!(x.to_vec_range_blocking(&gpu, 3..6)?, vec![4.0, 5.0, 6.0]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn to_vec_range(&self, gpu: &Gpu, range: Range<usize>) -> Result<Vec<f32>> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::invalid(format!(
+                "range {range:?} is outside a tensor of shape {:?} ({} values)",
+                self.shape,
+                self.len()
+            )));
+        }
+        gpu.read_f32_at(self.buffer(), range.start, range.len())
+            .await
+    }
+
+    /// Blocking form of [`Tensor::to_vec_range`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec_range_blocking(&self, gpu: &Gpu, range: Range<usize>) -> Result<Vec<f32>> {
+        pollster::block_on(self.to_vec_range(gpu, range))
     }
 }
 

@@ -1,6 +1,9 @@
 //! The browser and native builds agree: the per-head summaries the demo
 //! page's self-test computed on WebGPU (its `window.saobpReport`) match the
-//! same workload run here, on every adapter, within the spec's tolerance.
+//! same workload run here, on every adapter, within the spec's tolerance
+//! (the library's one rule, `saobp::reference::compare`, which the page's
+//! self-test judges by too). Both sides write a summary as `HeadSummary`
+//! serializes, so the field names must match exactly as well.
 //!
 //! The report is `web/selftest-report.json`, written by `bash web/test.sh`
 //! (which then runs this test with `SAOBP_WEB_REPORT` pointing at it, so a
@@ -13,13 +16,34 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_close, on_every_gpu};
+use saobp::reference::Tolerance;
 use saobp::workload::{synthetic, Pattern};
 use saobp::{attention_blocking, AttentionOptions, Lambda, Mode, Tensor};
 use serde_json::Value;
 
-/// The spec's tolerance, as in the page's self-test (`web/src/selftest.rs`).
-const REL: f64 = 1e-4;
-const ABS: f64 = 1e-5;
+/// A summary's JSON fields, in the order `HeadSummary` declares them.
+const SUMMARY_FIELDS: [&str; 8] = [
+    "entropy",
+    "normalized_entropy",
+    "sparsity",
+    "peak",
+    "distance",
+    "multi_hop_mass",
+    "gtd",
+    "rows",
+];
+
+/// The field names of a summary object, sorted.
+fn keys(summary: &Value, what: &str) -> Vec<String> {
+    let mut keys: Vec<String> = summary
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {summary}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
 
 fn report() -> Value {
     let (path, required) = match std::env::var("SAOBP_WEB_REPORT") {
@@ -108,6 +132,8 @@ fn browser_summaries_match_native() {
     assert_eq!(b, 1, "report: one batch item expected");
     let cases = report["cases"].as_array().expect("report: cases");
     assert!(!cases.is_empty(), "report: no cases");
+    let mut want_keys: Vec<String> = SUMMARY_FIELDS.iter().map(|s| s.to_string()).collect();
+    want_keys.sort();
 
     on_every_gpu("web parity", |gpu| {
         let q = Tensor::from_slice(gpu, &shape, &work.q).unwrap();
@@ -132,22 +158,31 @@ fn browser_summaries_match_native() {
                     ("attention", metrics.attention.head(0, h).unwrap()),
                     ("refined", refined.head(0, h).unwrap()),
                 ] {
+                    // One JSON shape: the derive's fields, on both sides.
+                    let native_json = serde_json::to_value(native).unwrap();
+                    assert_eq!(keys(&native_json, "a native summary"), want_keys);
+                    assert_eq!(
+                        keys(&browser[map], &format!("report: head {h} {map}")),
+                        want_keys,
+                        "report: head {h} {map} fields"
+                    );
                     for (name, value) in native.fields() {
+                        assert_eq!(native_json[name].as_f64(), Some(value), "{name}");
                         let want = browser[map][name]
                             .as_f64()
                             .unwrap_or_else(|| panic!("report: head {h} {map} has no {name}"));
                         // `distance` sums N positions of up to N − 1: its
                         // absolute error grows with N (as in tests/metrics.rs).
-                        let abs = if name == "distance" {
-                            ABS * n as f64
+                        let tol = if name == "distance" {
+                            Tolerance::scaled_by(n)
                         } else {
-                            ABS
+                            Tolerance::SPEC
                         };
                         let what = format!(
                             "{} head {h} {map} {name}",
                             if causal { "causal" } else { "full" }
                         );
-                        assert_close(&what, &[value as f32], &[want], REL, abs);
+                        assert_close(&what, &[value as f32], &[want], tol.rel, tol.abs);
                     }
                     assert_eq!(
                         Some(u64::from(native.rows)),

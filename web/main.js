@@ -1,10 +1,12 @@
 // The demo page: loads the WebAssembly module (web/pkg, built by
-// `bash web/test.sh` or the commands in web/README-section.md), opens WebGPU,
-// then either runs the interactive demo or, with ?selftest=1, the self-test.
+// `bash web/test.sh` or the steps under "Build it and open it locally" in the
+// README's "Browser demo" section), opens WebGPU, then either runs the
+// interactive demo or, with ?selftest=1, the self-test.
 //
 // Responsiveness: sliders only update their labels while dragged; a run
 // starts when a control's value is committed (`change`), at most one run is in
-// flight, and only the latest settings wait behind it.
+// flight, and only the latest settings wait behind it. Changing only the head
+// shown runs nothing: that head's maps are read back from the last run.
 
 const SELFTEST = new URLSearchParams(location.search).get('selftest') === '1';
 const HEAD_WIDTH = 64; // D of the synthetic heads
@@ -61,8 +63,10 @@ async function main() {
     wasm = await import('./pkg/saobp_web.js');
     await wasm.default();
   } catch (e) {
-    throw new Error(`could not load the WebAssembly module web/pkg/saobp_web.js (build it first, ` +
-      `see web/README-section.md): ${describe(e)}`);
+    throw new Error(`could not load the WebAssembly module web/pkg/saobp_web.js: ${describe(e)}\n` +
+      'It is built, not checked in. Build it with `bash web/test.sh` (which also runs the browser test), ' +
+      'or by the steps under "Build it and open it locally" in the README\'s "Browser demo" section, ' +
+      'then serve web/ over http://127.0.0.1 and reload this page.');
   }
   const info = await adapterInfo();
   const demo = await wasm.Demo.create();
@@ -129,6 +133,10 @@ function interactive(demo) {
   let pending = null;
   let running = false;
   let timer = 0;
+  // The workload of the last finished run (everything but the head shown):
+  // while it is unchanged, showing another head only reads maps back.
+  let computed = null;
+  let summaries = null;
 
   const settings = () => ({
     n: Number($('n').value),
@@ -147,8 +155,14 @@ function interactive(demo) {
     while (pending) {
       const s = pending;
       pending = null;
+      const key = workloadKey(s);
       try {
-        await runOnce(demo, s);
+        if (key !== computed) {
+          computed = null;
+          summaries = await runWorkload(demo, s);
+          computed = key;
+        }
+        await showHead(demo, s, summaries);
       } catch (e) {
         const message = describe(e);
         // A lost device does not come back: only a new context (a reload) helps.
@@ -181,35 +195,56 @@ function interactive(demo) {
   pump();
 }
 
-async function runOnce(demo, s) {
+// Every setting but the head shown: a change of any of them needs a new run.
+function workloadKey(s) {
+  return JSON.stringify([s.n, s.heads, s.temperature, s.lambda, s.causal, s.pattern]);
+}
+
+// Runs the workload (the GPU keeps every head's maps) and draws the per-head
+// charts; resolves to the summaries.
+async function runWorkload(demo, s) {
   $('error').hidden = true;
   $('error').textContent = '';
+  document.body.dataset.state = 'running';
   const start = performance.now();
-  const result = await demo.run(s.n, s.heads, HEAD_WIDTH, s.temperature, s.lambda, s.causal, s.pattern, s.show, SEED);
+  const result = await demo.run(s.n, s.heads, HEAD_WIDTH, s.temperature, s.lambda, s.causal, s.pattern, SEED);
+  let summaries;
   try {
-    const summaries = JSON.parse(result.summaries);
-    const a = result.attention;
-    const r = result.refined;
-    drawMaps(a, r, result.n);
-    const pattern = summaries.heads[result.head]?.pattern ?? '';
-    const before = summaries.heads[result.head]?.attention;
-    const after = summaries.heads[result.head]?.refined;
-    $('a-caption').textContent = `head ${result.head} (${pattern}), entropy ${before.entropy.toFixed(3)}, GTD(λ=1) ${before.gtd.toFixed(3)}`;
-    $('r-caption').textContent = `λ = ${s.lambda}, entropy ${after.entropy.toFixed(3)}, GTD ${after.gtd.toFixed(3)}`;
+    summaries = JSON.parse(result.summaries);
     drawCharts(summaries.heads);
     const total = performance.now() - start;
     $('timing').innerHTML = '';
     $('timing').append(
       'last run: ', bold(`${total.toFixed(0)} ms`),
       ` (inputs ${result.workloadMs.toFixed(0)} ms, attention + SAOBP + metrics on the GPU ` +
-      `${result.gpuMs.toFixed(0)} ms, maps read back ${result.readbackMs.toFixed(0)} ms) · ` +
+      `${result.gpuMs.toFixed(0)} ms) · ` +
       `N = ${s.n}, ${s.heads} heads, D = ${HEAD_WIDTH}${s.causal ? ', causal' : ''}`,
     );
+    $('readback').textContent = '';
     window.saobpRuns = (window.saobpRuns ?? 0) + 1;
     window.saobpLastRun = { settings: s, ms: total, summaries };
-    document.body.dataset.state = 'ready';
   } finally {
     result.free();
+  }
+  return summaries;
+}
+
+// Draws head `s.show` of the last run from its maps, read back without
+// computing anything again.
+async function showHead(demo, s, summaries) {
+  const maps = await demo.head(s.show);
+  try {
+    drawMaps(maps.attention, maps.refined, maps.n);
+    const head = summaries.heads[maps.head];
+    const before = head.attention;
+    const after = head.refined;
+    $('a-caption').textContent = `head ${maps.head} (${head.pattern}), entropy ${before.entropy.toFixed(3)}, GTD(λ=1) ${before.gtd.toFixed(3)}`;
+    $('r-caption').textContent = `λ = ${s.lambda}, entropy ${after.entropy.toFixed(3)}, GTD ${after.gtd.toFixed(3)}`;
+    $('readback').textContent = ` · head ${maps.head}'s maps read back in ${maps.readbackMs.toFixed(0)} ms`;
+    window.saobpShown = maps.head;
+    document.body.dataset.state = 'ready';
+  } finally {
+    maps.free();
   }
 }
 

@@ -1,11 +1,13 @@
 // Serves web/ on 127.0.0.1 and drives headless Chromium (the system's
 // /usr/bin/chromium; no browser is downloaded) through the demo page's
-// self-test, then screenshots the interactive page.
+// self-test, then screenshots the interactive page and checks that showing
+// another head redraws from the last run's maps without running again.
 //
 //   node web/selftest.mjs [report.json] [screenshot.png]
 //
 // Prints the report, writes it to report.json, and exits 0 only when the
-// page's title starts with PASS (and the interactive page drew). Every wait
+// page's title starts with PASS (and the interactive page drew, and changing
+// the head shown redrew without a new run). Every wait
 // has a timeout, so a page that hangs fails instead of blocking.
 
 import fs from 'node:fs';
@@ -115,6 +117,13 @@ try {
       });
       await page.screenshot({ path: screenshotPath, fullPage: true });
       console.log(`screenshot: ${screenshotPath}`);
+      const problem = await checkHeadChange(page);
+      if (problem) {
+        console.log(`FAIL changing the head shown: ${problem}`);
+        code = 1;
+      } else {
+        console.log('head shown changed: redrawn from the last run, no new run');
+      }
     } catch (e) {
       const error = await page.evaluate(() => document.getElementById('error')?.textContent ?? '').catch(() => '');
       console.log(`FAIL the interactive page did not draw: ${error || e.message.split('\n')[0]}`);
@@ -130,3 +139,40 @@ try {
   server.close();
 }
 process.exit(code);
+
+// Moves the "head shown" slider to another head as a user would (a committed
+// `change`), waits for that head to be drawn, and returns what went wrong, or
+// null: the workload must not run again, and the caption and map must change.
+async function checkHeadChange(page) {
+  const before = await page.evaluate(() => ({
+    runs: window.saobpRuns,
+    shown: window.saobpShown,
+    map: document.getElementById('map-a').toDataURL(),
+  }));
+  const target = await page.evaluate(() => {
+    const slider = document.getElementById('show');
+    const head = (Number(slider.value) + 1) % (Number(slider.max) + 1);
+    slider.value = String(head);
+    slider.dispatchEvent(new Event('change'));
+    return head;
+  });
+  if (target === before.shown) return `the page has one head only (head ${target})`;
+  try {
+    await page.waitForFunction((h) => window.saobpShown === h && document.body.dataset.state === 'ready', target, {
+      timeout: selftestTimeout,
+      polling: 100,
+    });
+  } catch (e) {
+    const error = await page.evaluate(() => document.getElementById('error')?.textContent ?? '').catch(() => '');
+    return `head ${target} was not drawn: ${error || e.message.split('\n')[0]}`;
+  }
+  const after = await page.evaluate(() => ({
+    runs: window.saobpRuns,
+    caption: document.getElementById('a-caption').textContent,
+    map: document.getElementById('map-a').toDataURL(),
+  }));
+  if (after.runs !== before.runs) return `the workload ran again (${before.runs} runs before, ${after.runs} after)`;
+  if (!after.caption.startsWith(`head ${target} `)) return `the caption reads "${after.caption}"`;
+  if (after.map === before.map) return `the map of head ${target} looks exactly like head ${before.shown}'s`;
+  return null;
+}

@@ -5,15 +5,18 @@
 //! - [`Demo::create`] opens the browser's WebGPU adapter (async, like every
 //!   GPU call on the web: nothing here blocks);
 //! - [`Demo::run`] builds a synthetic workload, runs attention and SAOBP with
-//!   metrics, and returns one head's `A` and `R` plus every head's summaries
-//!   before and after, with timings;
+//!   metrics, and returns every head's summaries before and after, with
+//!   timings; it keeps every head's `A` and `R` on the GPU;
+//! - [`Demo::head`] reads one head's `A` and `R` of the last run back (only
+//!   that head's block), so showing another head recomputes nothing;
 //! - [`Demo::selftest`] runs a fixed workload and checks it against the
 //!   float64 CPU reference compiled into the same module ([`selftest`]).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use saobp::workload::{synthetic, Pattern};
-use saobp::{attention, AttentionOptions, Gpu, GpuOptions, HeadSummary, Lambda, Mode, Tensor};
+use saobp::{attention, AttentionOptions, Gpu, GpuOptions, Lambda, Mode, Tensor};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
@@ -77,77 +80,21 @@ pub(crate) fn patterns(choice: &str) -> Result<Vec<Pattern>, String> {
         })
 }
 
-/// A head summary as a JSON object, field names as in [`saobp::METRIC_NAMES`].
-pub(crate) fn summary_json(s: &HeadSummary) -> Value {
-    let mut map = serde_json::Map::new();
-    for (name, value) in s.fields() {
-        map.insert(name.to_string(), json!(value));
-    }
-    map.insert("rows".to_string(), json!(s.rows));
-    Value::Object(map)
-}
-
-/// Copies `len` f32 values starting at element `offset` of `tensor` back to
-/// the host, without downloading the rest (one head of an N×N×heads map).
-pub(crate) async fn read_range(
-    gpu: &Gpu,
-    tensor: &Tensor,
-    offset: usize,
-    len: usize,
-) -> Result<Vec<f32>, String> {
-    if offset.checked_add(len).is_none_or(|end| end > tensor.len()) {
-        return Err(format!(
-            "range {offset}..{} is outside a tensor of {} values",
-            offset.saturating_add(len),
-            tensor.len()
-        ));
-    }
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let bytes = (len * 4) as u64;
-    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("head readback"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = gpu
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-    encoder.copy_buffer_to_buffer(tensor.buffer(), (offset * 4) as u64, &staging, 0, bytes);
-    gpu.queue().submit([encoder.finish()]);
-    let (sender, receiver) = futures_channel::oneshot::channel();
-    // On the web the browser resolves the map itself; no polling is needed.
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        let _ = sender.send(r);
-    });
-    receiver
-        .await
-        .map_err(|_| "the map callback was dropped".to_string())?
-        .map_err(|e| format!("could not read a GPU buffer back: {e}"))?;
-    let out = {
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| format!("could not read a GPU buffer back: {e}"))?;
-        f32_from_le_bytes(&view)
-    };
-    staging.unmap();
-    Ok(out)
-}
-
-/// Little-endian bytes to f32 (WebAssembly is little-endian, as is WebGPU).
-fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// A WebGPU context for the page.
 #[wasm_bindgen]
 pub struct Demo {
     gpu: Rc<Gpu>,
+    /// `A` and `R` of the last run, kept on the GPU: showing another head
+    /// reads that head's block back and recomputes nothing.
+    last: Rc<RefCell<Option<Maps>>>,
+}
+
+/// Every head's `A` and `R` from one run, `[1, heads, n, n]` each.
+struct Maps {
+    n: usize,
+    heads: usize,
+    attention: Tensor,
+    refined: Tensor,
 }
 
 #[wasm_bindgen]
@@ -156,7 +103,10 @@ impl Demo {
     /// the browser has no WebGPU (`navigator.gpu` missing or no adapter).
     pub async fn create() -> Result<Demo, JsValue> {
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_error)?;
-        Ok(Demo { gpu: Rc::new(gpu) })
+        Ok(Demo {
+            gpu: Rc::new(gpu),
+            last: Rc::new(RefCell::new(None)),
+        })
     }
 
     /// The adapter's name as WebGPU reports it (often empty in browsers,
@@ -176,7 +126,8 @@ impl Demo {
     /// Runs one workload: `heads` synthetic heads of `n` tokens and width
     /// `d`, pattern `pattern` (`mixed`, `diffuse`, `local`, `sink`,
     /// `collapsed`), scores sharpened by `temperature`, SAOBP with strength
-    /// `lambda`. Resolves to a [`RunResult`] holding head `show`'s maps.
+    /// `lambda`. Resolves to a [`RunResult`] with every head's summaries; the
+    /// maps stay on the GPU for [`Demo::head`] until the next run.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -187,10 +138,10 @@ impl Demo {
         lambda: f32,
         causal: bool,
         pattern: String,
-        show: usize,
         seed: u32,
     ) -> js_sys::Promise {
         let gpu = self.gpu.clone();
+        let last = self.last.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let settings = RunSettings {
                 n,
@@ -200,10 +151,23 @@ impl Demo {
                 lambda,
                 causal,
                 pattern,
-                show,
                 seed: u64::from(seed),
             };
-            run_workload(&gpu, &settings)
+            run_workload(&gpu, &last, &settings)
+                .await
+                .map(JsValue::from)
+                .map_err(js_error)
+        })
+    }
+
+    /// Reads head `head`'s `A` and `R` of the last run back, without
+    /// computing anything again. Resolves to a [`HeadMaps`]; fails when no
+    /// run has finished or the head does not exist.
+    pub fn head(&self, head: usize) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        let last = self.last.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            read_head(&gpu, &last, head)
                 .await
                 .map(JsValue::from)
                 .map_err(js_error)
@@ -232,7 +196,6 @@ struct RunSettings {
     lambda: f32,
     causal: bool,
     pattern: String,
-    show: usize,
     seed: u64,
 }
 
@@ -240,13 +203,10 @@ struct RunSettings {
 #[wasm_bindgen]
 pub struct RunResult {
     n: usize,
-    show: usize,
-    attention: Vec<f32>,
-    refined: Vec<f32>,
+    heads: usize,
     summaries: String,
     workload_ms: f64,
     gpu_ms: f64,
-    readback_ms: f64,
 }
 
 #[wasm_bindgen]
@@ -257,25 +217,14 @@ impl RunResult {
         self.n
     }
 
-    /// The head whose maps are returned.
+    /// Number of heads.
     #[wasm_bindgen(getter)]
-    pub fn head(&self) -> usize {
-        self.show
+    pub fn heads(&self) -> usize {
+        self.heads
     }
 
-    /// `A` of the shown head, N×N row-major (a copy, as a `Float32Array`).
-    #[wasm_bindgen(getter)]
-    pub fn attention(&self) -> Vec<f32> {
-        self.attention.clone()
-    }
-
-    /// `R` of the shown head, N×N row-major.
-    #[wasm_bindgen(getter)]
-    pub fn refined(&self) -> Vec<f32> {
-        self.refined.clone()
-    }
-
-    /// Per-head summaries of `A` and `R` and their means, as JSON.
+    /// Per-head summaries of `A` and `R` and their means, as JSON (each
+    /// summary as [`HeadSummary`] serializes).
     #[wasm_bindgen(getter)]
     pub fn summaries(&self) -> String {
         self.summaries.clone()
@@ -292,15 +241,56 @@ impl RunResult {
     pub fn gpu_ms(&self) -> f64 {
         self.gpu_ms
     }
+}
 
-    /// Time to read the shown head's `A` and `R` back (ms).
+/// One head's maps from [`Demo::head`].
+#[wasm_bindgen]
+pub struct HeadMaps {
+    n: usize,
+    head: usize,
+    attention: Vec<f32>,
+    refined: Vec<f32>,
+    readback_ms: f64,
+}
+
+#[wasm_bindgen]
+impl HeadMaps {
+    /// Tokens per head.
+    #[wasm_bindgen(getter)]
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The head these maps belong to.
+    #[wasm_bindgen(getter)]
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    /// `A` of the head, N×N row-major (a copy, as a `Float32Array`).
+    #[wasm_bindgen(getter)]
+    pub fn attention(&self) -> Vec<f32> {
+        self.attention.clone()
+    }
+
+    /// `R` of the head, N×N row-major.
+    #[wasm_bindgen(getter)]
+    pub fn refined(&self) -> Vec<f32> {
+        self.refined.clone()
+    }
+
+    /// Time to read the two maps back (ms).
     #[wasm_bindgen(getter, js_name = readbackMs)]
     pub fn readback_ms(&self) -> f64 {
         self.readback_ms
     }
 }
 
-async fn run_workload(gpu: &Gpu, s: &RunSettings) -> Result<RunResult, String> {
+async fn run_workload(
+    gpu: &Gpu,
+    last: &RefCell<Option<Maps>>,
+    s: &RunSettings,
+) -> Result<RunResult, String> {
     if !(1..=MAX_N).contains(&s.n) || !(1..=MAX_HEADS).contains(&s.heads) {
         return Err(format!(
             "N must be in 1..={MAX_N} and heads in 1..={MAX_HEADS}, got N = {} and {} heads",
@@ -316,14 +306,10 @@ async fn run_workload(gpu: &Gpu, s: &RunSettings) -> Result<RunResult, String> {
             s.temperature
         ));
     }
-    if s.show >= s.heads {
-        return Err(format!(
-            "head {} does not exist: there are {} heads",
-            s.show, s.heads
-        ));
-    }
     let patterns = patterns(&s.pattern)?;
     let err = |e: saobp::Error| e.to_string();
+    // The previous maps go back to the pool before the new ones are made.
+    *last.borrow_mut() = None;
 
     let start = now_ms();
     let shape = [1, s.heads, s.n, s.d];
@@ -345,44 +331,69 @@ async fn run_workload(gpu: &Gpu, s: &RunSettings) -> Result<RunResult, String> {
     let out = attention(gpu, &q, &k, &v, &opts).await.map_err(err)?;
     let computed = now_ms();
 
-    let (Some(a), Some(r), Some(metrics)) = (&out.attention, &out.refined, &out.metrics) else {
+    let (Some(a), Some(r), Some(metrics)) = (out.attention, out.refined, &out.metrics) else {
         return Err("the attention call returned no maps or metrics".to_string());
     };
     let Some(refined_metrics) = &metrics.refined else {
         return Err("the attention call returned no metrics of R".to_string());
     };
-    let offset = s.show * s.n * s.n;
-    let attention_map = read_range(gpu, a, offset, s.n * s.n).await?;
-    let refined_map = read_range(gpu, r, offset, s.n * s.n).await?;
-    let read = now_ms();
-
     let heads: Vec<Value> = (0..s.heads)
         .map(|h| {
-            let before = metrics.attention.head(0, h).copied().unwrap_or_default();
-            let after = refined_metrics.head(0, h).copied().unwrap_or_default();
             json!({
                 "head": h,
                 "pattern": w.patterns.get(h).map_or("?", |p| p.name()),
-                "attention": summary_json(&before),
-                "refined": summary_json(&after),
+                "attention": metrics.attention.head(0, h).copied().unwrap_or_default(),
+                "refined": refined_metrics.head(0, h).copied().unwrap_or_default(),
             })
         })
         .collect();
     let summaries = json!({
         "heads": heads,
         "overall": {
-            "attention": summary_json(&metrics.attention.overall()),
-            "refined": summary_json(&refined_metrics.overall()),
+            "attention": metrics.attention.overall(),
+            "refined": refined_metrics.overall(),
         },
+    });
+    *last.borrow_mut() = Some(Maps {
+        n: s.n,
+        heads: s.heads,
+        attention: a,
+        refined: r,
     });
     Ok(RunResult {
         n: s.n,
-        show: s.show,
-        attention: attention_map,
-        refined: refined_map,
+        heads: s.heads,
         summaries: summaries.to_string(),
         workload_ms: uploaded - start,
         gpu_ms: computed - uploaded,
-        readback_ms: read - computed,
+    })
+}
+
+async fn read_head(
+    gpu: &Gpu,
+    last: &RefCell<Option<Maps>>,
+    head: usize,
+) -> Result<HeadMaps, String> {
+    // Clones share the buffers; the borrow ends before the first await.
+    let (n, heads, a, r) = match &*last.borrow() {
+        Some(m) => (m.n, m.heads, m.attention.clone(), m.refined.clone()),
+        None => return Err("no run has finished yet: there are no maps to show".to_string()),
+    };
+    if head >= heads {
+        return Err(format!(
+            "head {head} does not exist: the last run had {heads} heads"
+        ));
+    }
+    let err = |e: saobp::Error| e.to_string();
+    let start = now_ms();
+    let block = head * n * n..(head + 1) * n * n;
+    let attention = a.to_vec_range(gpu, block.clone()).await.map_err(err)?;
+    let refined = r.to_vec_range(gpu, block).await.map_err(err)?;
+    Ok(HeadMaps {
+        n,
+        head,
+        attention,
+        refined,
+        readback_ms: now_ms() - start,
     })
 }

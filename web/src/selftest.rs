@@ -9,12 +9,10 @@
 //! `tests/web_parity.rs` reruns the same workload natively and compares its
 //! summaries with the report's.
 
-use saobp::reference::{self, RefOptions};
+use saobp::reference::{self, Comparison, RefOptions, Tolerance};
 use saobp::workload::{synthetic, Pattern};
-use saobp::{attention, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor, METRIC_NAMES};
+use saobp::{attention, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor};
 use serde_json::{json, Value};
-
-use crate::summary_json;
 
 /// `[B, H, N, D]` of the fixed workload: the four patterns, one head each.
 pub const SHAPE: [usize; 4] = [1, 4, 128, 32];
@@ -24,12 +22,6 @@ pub const TEMPERATURE: f32 = 1.0;
 pub const SEED: u64 = 7;
 /// λ per head: distinct values, so a head/λ mix-up shows.
 pub const LAMBDA: [f32; 4] = [0.25, 0.5, 1.0, 2.0];
-
-/// The spec's tolerance, GPU f32 against the f64 reference:
-/// `|got − want| <= ABS` or `<= REL · max(|got|, |want|)` (as `approx` does
-/// in the native tests). SwiftShader meets it; no looser bound is needed.
-pub const REL: f64 = 1e-4;
-pub const ABS: f64 = 1e-5;
 
 /// The workload's patterns, in head order.
 pub fn patterns() -> [Pattern; 4] {
@@ -55,62 +47,49 @@ pub fn checksum(q: &[f32], k: &[f32], v: &[f32]) -> String {
     format!("{h:016x}")
 }
 
-/// One comparison of GPU values with reference values.
+/// One comparison of GPU values with reference values, judged by the
+/// library's rule ([`reference::compare`]), as the native tests judge.
 struct Check {
     what: String,
-    values: usize,
-    max_error: f64,
-    /// Largest `error / allowed`; the check passes when it is at most 1.
-    worst_ratio: f64,
-    worst_index: usize,
-    non_finite: usize,
+    tolerance: Tolerance,
+    result: Comparison,
 }
 
 impl Check {
-    fn new(what: impl Into<String>, got: &[f32], want: &[f64], rel: f64, abs: f64) -> Check {
-        let mut c = Check {
-            what: what.into(),
-            values: got.len(),
-            max_error: 0.0,
-            worst_ratio: 0.0,
-            worst_index: 0,
-            non_finite: 0,
-        };
-        if got.len() != want.len() {
-            c.worst_ratio = f64::INFINITY;
-            return c;
-        }
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let g = f64::from(g);
-            if !g.is_finite() {
-                c.non_finite += 1;
-                c.worst_ratio = f64::INFINITY;
-                continue;
-            }
-            let err = (g - w).abs();
-            let allowed = abs.max(rel * g.abs().max(w.abs()));
-            let ratio = err / allowed;
-            c.max_error = c.max_error.max(err);
-            if ratio > c.worst_ratio {
-                c.worst_ratio = ratio;
-                c.worst_index = i;
-            }
-        }
-        c
+    /// Compares `got` with `want` under `tolerance`; fails when their lengths differ.
+    fn new(
+        what: impl Into<String>,
+        got: &[f32],
+        want: &[f64],
+        tolerance: Tolerance,
+    ) -> Result<Check, String> {
+        let what = what.into();
+        let result =
+            reference::compare(got, want, tolerance).map_err(|e| format!("{what}: {e}"))?;
+        Ok(Check {
+            what,
+            tolerance,
+            result,
+        })
     }
 
     fn pass(&self) -> bool {
-        self.worst_ratio <= 1.0
+        self.result.passed()
     }
 
     fn json(&self) -> Value {
+        let c = &self.result;
         json!({
             "what": self.what,
-            "values": self.values,
-            "max_error": self.max_error,
-            "worst_ratio": if self.worst_ratio.is_finite() { json!(self.worst_ratio) } else { json!("inf") },
-            "worst_index": self.worst_index,
-            "non_finite": self.non_finite,
+            "values": c.len,
+            "tolerance": { "relative": self.tolerance.rel, "absolute": self.tolerance.abs },
+            "max_error": c.max_abs,
+            "max_relative_error": c.max_rel,
+            // The largest error as a fraction of its element's bound.
+            "worst_ratio": if c.worst.is_finite() { json!(c.worst) } else { json!("inf") },
+            "worst_index": c.worst_index,
+            "failures": c.failures,
+            "non_finite": c.non_finite,
             "pass": self.pass(),
         })
     }
@@ -132,31 +111,39 @@ fn reference_summary(row: &[f64]) -> HeadSummary {
     }
 }
 
-/// Compares every field of GPU summaries with reference summaries. The
-/// absolute bound of `distance` is `ABS · N`: it sums N positions of up to
-/// N − 1 weighted by probabilities, so its error grows with N (the bound
-/// `tests/metrics.rs` uses too). `rows` must match exactly.
-fn summary_checks(map: &str, got: &[HeadSummary], want: &[HeadSummary], n: usize) -> Vec<Check> {
-    let mut checks: Vec<Check> = METRIC_NAMES
-        .iter()
-        .filter(|name| **name != "weight")
-        .enumerate()
-        .map(|(field, name)| {
-            let pick = |s: &HeadSummary| s.fields()[field].1;
-            let g: Vec<f32> = got.iter().map(|s| pick(s) as f32).collect();
-            let w: Vec<f64> = want.iter().map(pick).collect();
-            let abs = if *name == "distance" {
-                ABS * n as f64
-            } else {
-                ABS
-            };
-            Check::new(format!("{map} summary {name}"), &g, &w, REL, abs)
-        })
-        .collect();
+/// Compares every field of GPU summaries with reference summaries at the
+/// spec's tolerance, except `distance`, whose absolute bound scales with N
+/// ([`Tolerance::scaled_by`]: it sums N positions of up to N − 1 weighted by
+/// probabilities, the bound the native metric tests use). `rows` must match
+/// exactly.
+fn summary_checks(
+    map: &str,
+    got: &[HeadSummary],
+    want: &[HeadSummary],
+    n: usize,
+) -> Result<Vec<Check>, String> {
+    let mut checks = Vec::new();
+    for (field, (name, _)) in HeadSummary::default().fields().into_iter().enumerate() {
+        let pick = |s: &HeadSummary| s.fields()[field].1;
+        let g: Vec<f32> = got.iter().map(|s| pick(s) as f32).collect();
+        let w: Vec<f64> = want.iter().map(pick).collect();
+        let tolerance = if name == "distance" {
+            Tolerance::scaled_by(n)
+        } else {
+            Tolerance::SPEC
+        };
+        checks.push(Check::new(
+            format!("{map} summary {name}"),
+            &g,
+            &w,
+            tolerance,
+        )?);
+    }
     let g: Vec<f32> = got.iter().map(|s| s.rows as f32).collect();
     let w: Vec<f64> = want.iter().map(|s| f64::from(s.rows)).collect();
-    checks.push(Check::new(format!("{map} summary rows"), &g, &w, 0.0, 0.0));
-    checks
+    let exact = Tolerance { abs: 0.0, rel: 0.0 };
+    checks.push(Check::new(format!("{map} summary rows"), &g, &w, exact)?);
+    Ok(checks)
 }
 
 /// Runs the fixed workload causal and not, in fused and materialized mode,
@@ -256,55 +243,44 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
             .map(|r| reference_summary(r))
             .collect();
 
+        let spec = Tolerance::SPEC;
         let mut checks = vec![
             Check::new(
                 "A",
                 &a.to_vec(gpu).await.map_err(err)?,
                 &want.attention,
-                REL,
-                ABS,
-            ),
-            Check::new(
-                "R",
-                &r.to_vec(gpu).await.map_err(err)?,
-                &want.refined,
-                REL,
-                ABS,
-            ),
-            Check::new(
-                "m",
-                &mass.to_vec(gpu).await.map_err(err)?,
-                &want.mass,
-                REL,
-                ABS,
-            ),
+                spec,
+            )?,
+            Check::new("R", &r.to_vec(gpu).await.map_err(err)?, &want.refined, spec)?,
+            Check::new("m", &mass.to_vec(gpu).await.map_err(err)?, &want.mass, spec)?,
             Check::new(
                 "O fused",
                 &fused.output.to_vec(gpu).await.map_err(err)?,
                 &want.output,
-                REL,
-                ABS,
-            ),
+                spec,
+            )?,
             Check::new(
                 "O materialized",
                 &materialized.output.to_vec(gpu).await.map_err(err)?,
                 &want.output,
-                REL,
-                ABS,
-            ),
+                spec,
+            )?,
         ];
-        checks.extend(summary_checks("A", &metrics.attention.heads, &want_a, n));
-        checks.extend(summary_checks("R", &refined_metrics.heads, &want_r, n));
+        checks.extend(summary_checks("A", &metrics.attention.heads, &want_a, n)?);
+        checks.extend(summary_checks("R", &refined_metrics.heads, &want_r, n)?);
         for c in checks.iter().filter(|c| !c.pass()) {
+            let r = &c.result;
             failures.push(format!(
-                "{} {}: error {:.3e} at [{}] ({}x the bound{})",
+                "{} {}: {} of {} values over the bound, error {:.3e}, worst at [{}] ({}x the bound{})",
                 if causal { "causal" } else { "full" },
                 c.what,
-                c.max_error,
-                c.worst_index,
-                c.worst_ratio,
-                if c.non_finite > 0 {
-                    format!(", {} values not finite", c.non_finite)
+                r.failures,
+                r.len,
+                r.max_abs,
+                r.worst_index.unwrap_or(0),
+                r.worst,
+                if r.non_finite > 0 {
+                    format!(", {} values not finite", r.non_finite)
                 } else {
                     String::new()
                 }
@@ -313,7 +289,8 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
 
         let heads: Vec<Value> = (0..h)
             .map(|i| {
-                let pick = |v: &[HeadSummary]| v.get(i).map(summary_json).unwrap_or(Value::Null);
+                // Each summary as `HeadSummary` serializes; null if missing.
+                let pick = |v: &[HeadSummary]| json!(v.get(i));
                 json!({
                     "head": i,
                     "pattern": w.patterns.get(i).map_or("?", |p| p.name()),
@@ -351,9 +328,9 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
             "device_type": format!("{:?}", adapter.device_type),
         },
         "tolerance": {
-            "relative": REL,
-            "absolute": ABS,
-            "distance_absolute": ABS * n as f64,
+            "relative": Tolerance::SPEC.rel,
+            "absolute": Tolerance::SPEC.abs,
+            "distance_absolute": Tolerance::scaled_by(n).abs,
         },
         "workload": {
             "shape": SHAPE,

@@ -217,7 +217,8 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
                 scale: None,
             },
             &lambda64,
-        );
+        )
+        .map_err(err)?;
         let rows_a = reference::metrics::row_metrics(
             &want.attention,
             &want.mass,
@@ -225,7 +226,8 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
             [b, h, n],
             causal,
             None,
-        );
+        )
+        .map_err(err)?;
         let rows_r = reference::metrics::row_metrics(
             &want.refined,
             &want.mass,
@@ -233,12 +235,15 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
             [b, h, n],
             causal,
             None,
-        );
+        )
+        .map_err(err)?;
         let want_a: Vec<HeadSummary> = reference::metrics::summarize(&rows_a, n)
+            .map_err(err)?
             .iter()
             .map(|r| reference_summary(r))
             .collect();
         let want_r: Vec<HeadSummary> = reference::metrics::summarize(&rows_r, n)
+            .map_err(err)?
             .iter()
             .map(|r| reference_summary(r))
             .collect();

@@ -209,6 +209,25 @@ fn triggers() -> BTreeMap<&'static str, Trigger> {
         }),
     );
     t.insert(
+        "kernel-over-limit",
+        Box::new(|g| {
+            // The same adapter with four storage buffers per shader stage:
+            // the fused output binds six.
+            let small = Gpu::new_blocking(&GpuOptions {
+                limits: Some(wgpu::Limits::downlevel_defaults()),
+                ..common::same_adapter(g)
+            })
+            .unwrap();
+            let x = Tensor::from_slice(&small, &[1, 1, 4, 2], &[0.5; 8]).unwrap();
+            let opts = AttentionOptions {
+                mode: Mode::Fused,
+                lambda: Lambda::Scalar(1.0),
+                ..Default::default()
+            };
+            attention_blocking(&small, &x, &x, &x, &opts).unwrap_err()
+        }),
+    );
+    t.insert(
         "not-safetensors",
         Box::new(|_| parse_refine_input(b"this is not a tensor file").unwrap_err()),
     );

@@ -271,9 +271,11 @@ fn waits_time_out_instead_of_hanging() {
             ..same_adapter(gpu)
         };
         let impatient = Gpu::new_blocking(&opts).unwrap();
-        let a = Tensor::from_slice(&impatient, &[384, 384], &vec![0.5; 384 * 384]).unwrap();
+        // About a billion multiply-adds a product (tens of milliseconds on
+        // lavapipe), so that even on a loaded machine the read starts before
+        // the work ends and must wait for it.
+        let a = Tensor::from_slice(&impatient, &[1024, 1024], &vec![0.5; 1024 * 1024]).unwrap();
         let mut timed_out = false;
-        // Queue a few hundred million multiply-adds; reading the result must wait for them.
         for _ in 0..4 {
             let c = matmul_blocking(&impatient, &a, &a, &MatmulOptions::default()).unwrap();
             match c.to_vec_blocking(&impatient) {
@@ -282,7 +284,7 @@ fn waits_time_out_instead_of_hanging() {
                     timed_out = true;
                     break;
                 }
-                Ok(v) => assert_within("384 × 0.25", &v, &vec![96.0; v.len()], absolute(1e-3)),
+                Ok(v) => assert_within("1024 × 0.25", &v, &vec![256.0; v.len()], absolute(1e-3)),
                 Err(e) => panic!("{e}"),
             }
         }

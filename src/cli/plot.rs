@@ -65,8 +65,9 @@ pub fn heatmaps(
     let n = tokens.len();
     let pick = |t: Option<&saobp::Tensor>| -> saobp::Result<Option<Vec<f32>>> {
         match t {
+            // Only this head's block comes back.
             Some(t) => Ok(Some(
-                t.to_vec_blocking(gpu)?[head * n * n..][..n * n].to_vec(),
+                t.to_vec_range_blocking(gpu, head * n * n..(head + 1) * n * n)?,
             )),
             None => Ok(None),
         }

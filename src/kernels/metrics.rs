@@ -216,9 +216,9 @@ impl MapMetrics {
     /// The per-row values of `metric`, `[B, H, N]` flattened, downloaded
     /// from [`MapMetrics::rows`].
     pub async fn row(&self, gpu: &Gpu, metric: Metric) -> Result<Vec<f32>> {
-        let values = self.rows.to_vec(gpu).await?;
-        let per = values.len() / METRIC_COUNT;
-        Ok(values[metric.range(per)].to_vec())
+        // Only that metric's rows come back, not all eight.
+        let per = self.rows.len() / METRIC_COUNT;
+        self.rows.to_vec_range(gpu, metric.range(per)).await
     }
 
     /// Blocking form of [`MapMetrics::row`].

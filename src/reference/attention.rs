@@ -176,7 +176,7 @@ pub struct AttentionGrads {
 /// Backward of [`attention`] (scores → softmax → `O = A·V`) in f64: from
 /// `grad_output = G = ∂L/∂O` (`[B, H, N, Dv]`), `∂L/∂v = Aᵀ·G`, then
 /// `∂L/∂A = G·Vᵀ` through the softmax's backward
-/// ([`softmax_backward`](super::softmax::softmax_backward)) to `∂L/∂S`, and
+/// ([`softmax_backward`]) to `∂L/∂S`, and
 /// `∂L/∂q = scale · (∂L/∂S)·K`, `∂L/∂k = scale · (∂L/∂S)ᵀ·Q`. Inputs may be
 /// f32 (what the GPU sees) or f64 (a model's reference); other arguments are
 /// as in [`attention`], and lengths that do not match the shapes are a shape

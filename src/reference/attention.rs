@@ -1,7 +1,8 @@
 //! Reference of [`crate::kernels::attention`]: the spec's attention, written
 //! out loop by loop (it does not call the other reference functions, so the
-//! two paths check each other).
+//! two paths check each other), and its backward.
 
+use super::softmax::softmax_backward;
 use super::{expect_len, numel};
 use crate::error::Result;
 
@@ -27,7 +28,12 @@ pub struct RefOptions<'a> {
 
 /// Fails with a shape error unless `q` and `k` are `[B, H, N, D]` (`shape`),
 /// the key mask, if any, is `[B, N]` and a `[B, H, N, N]` map is addressable.
-fn check_inputs(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> Result<()> {
+pub(super) fn check_inputs<T, U>(
+    q: &[T],
+    k: &[U],
+    shape: [usize; 4],
+    opts: &RefOptions,
+) -> Result<()> {
     let [bs, hs, n, _] = shape;
     numel("reference attention: A", &[bs, hs, n, n])?;
     expect_len("reference attention: q", q.len(), &shape)?;
@@ -48,9 +54,25 @@ pub fn attention(
     dv: usize,
     opts: &RefOptions,
 ) -> Result<AttentionRef> {
-    let [bs, hs, n, d] = shape;
     check_inputs(q, k, shape, opts)?;
-    expect_len("reference attention: v", v.len(), &[bs, hs, n, dv])?;
+    expect_len(
+        "reference attention: v",
+        v.len(),
+        &[shape[0], shape[1], shape[2], dv],
+    )?;
+    Ok(forward(q, k, v, shape, dv, opts))
+}
+
+/// [`attention`] on inputs of checked lengths, f32 or f64.
+pub(super) fn forward(
+    q: &[impl Copy + Into<f64>],
+    k: &[impl Copy + Into<f64>],
+    v: &[impl Copy + Into<f64>],
+    shape: [usize; 4],
+    dv: usize,
+    opts: &RefOptions,
+) -> AttentionRef {
+    let [bs, hs, n, d] = shape;
     let RefOptions {
         causal,
         key_mask,
@@ -72,10 +94,7 @@ pub fn attention(
                     .iter()
                     .map(|&j| {
                         let dot: f64 = (0..d)
-                            .map(|c| {
-                                f64::from(q[(g * n + i) * d + c])
-                                    * f64::from(k[(g * n + j) * d + c])
-                            })
+                            .map(|c| q[(g * n + i) * d + c].into() * k[(g * n + j) * d + c].into())
                             .sum();
                         scale * dot
                     })
@@ -86,13 +105,13 @@ pub fn attention(
                     let p = (s - max).exp() / sum;
                     attention[(g * n + i) * n + j] = p;
                     for c in 0..dv {
-                        output[(g * n + i) * dv + c] += p * f64::from(v[(g * n + j) * dv + c]);
+                        output[(g * n + i) * dv + c] += p * v[(g * n + j) * dv + c].into();
                     }
                 }
             }
         }
     }
-    Ok(AttentionRef { attention, output })
+    AttentionRef { attention, output }
 }
 
 /// Statistics of each row of `A`, `[B, H, N, 3]`: the largest valid score
@@ -141,4 +160,93 @@ pub fn row_stats(q: &[f32], k: &[f32], shape: [usize; 4], opts: &RefOptions) -> 
         }
     }
     Ok(out)
+}
+
+/// Gradients of the loss with respect to attention's inputs, in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionGrads {
+    /// `∂L/∂q`, `[B, H, N, D]`.
+    pub grad_q: Vec<f64>,
+    /// `∂L/∂k`, `[B, H, N, D]`.
+    pub grad_k: Vec<f64>,
+    /// `∂L/∂v`, `[B, H, N, Dv]`.
+    pub grad_v: Vec<f64>,
+}
+
+/// Backward of [`attention`] (scores → softmax → `O = A·V`) in f64: from
+/// `grad_output = G = ∂L/∂O` (`[B, H, N, Dv]`), `∂L/∂v = Aᵀ·G`, then
+/// `∂L/∂A = G·Vᵀ` through the softmax's backward
+/// ([`softmax_backward`]) to `∂L/∂S`, and
+/// `∂L/∂q = scale · (∂L/∂S)·K`, `∂L/∂k = scale · (∂L/∂S)ᵀ·Q`. Inputs may be
+/// f32 (what the GPU sees) or f64 (a model's reference); other arguments are
+/// as in [`attention`], and lengths that do not match the shapes are a shape
+/// error.
+pub fn attention_backward(
+    q: &[impl Copy + Into<f64>],
+    k: &[impl Copy + Into<f64>],
+    v: &[impl Copy + Into<f64>],
+    shape: [usize; 4],
+    dv: usize,
+    opts: &RefOptions,
+    grad_output: &[impl Copy + Into<f64>],
+) -> Result<AttentionGrads> {
+    let [bs, hs, n, _] = shape;
+    check_inputs(q, k, shape, opts)?;
+    expect_len("reference attention backward: v", v.len(), &[bs, hs, n, dv])?;
+    expect_len(
+        "reference attention backward: ∂L/∂O",
+        grad_output.len(),
+        &[bs, hs, n, dv],
+    )?;
+    let a = forward(q, k, v, shape, dv, opts).attention;
+    let mut grad_a = vec![0.0; a.len()];
+    let mut grad_v = vec![0.0; v.len()];
+    for g in 0..bs * hs {
+        for i in 0..n {
+            for j in 0..n {
+                let p = a[(g * n + i) * n + j];
+                let mut dot = 0.0;
+                for c in 0..dv {
+                    let go: f64 = grad_output[(g * n + i) * dv + c].into();
+                    dot += go * v[(g * n + j) * dv + c].into();
+                    grad_v[(g * n + j) * dv + c] += p * go;
+                }
+                grad_a[(g * n + i) * n + j] = dot;
+            }
+        }
+    }
+    let grad_scores = softmax_backward(&a, &grad_a, &[bs, hs, n, n], opts.causal, opts.key_mask)?;
+    let (grad_q, grad_k) = scores_backward(&grad_scores, q, k, shape, opts);
+    Ok(AttentionGrads {
+        grad_q,
+        grad_k,
+        grad_v,
+    })
+}
+
+/// Backward of the scores `S = scale · Q·Kᵀ` (`[B, H, N, N]` from `q`, `k`
+/// of checked lengths `shape`): `(scale · (∂L/∂S)·K, scale · (∂L/∂S)ᵀ·Q)`.
+pub(super) fn scores_backward(
+    grad_scores: &[f64],
+    q: &[impl Copy + Into<f64>],
+    k: &[impl Copy + Into<f64>],
+    shape: [usize; 4],
+    opts: &RefOptions,
+) -> (Vec<f64>, Vec<f64>) {
+    let [bs, hs, n, d] = shape;
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut grad_q = vec![0.0; q.len()];
+    let mut grad_k = vec![0.0; k.len()];
+    for g in 0..bs * hs {
+        for i in 0..n {
+            for j in 0..n {
+                let ds = scale * grad_scores[(g * n + i) * n + j];
+                for c in 0..d {
+                    grad_q[(g * n + i) * d + c] += ds * k[(g * n + j) * d + c].into();
+                    grad_k[(g * n + j) * d + c] += ds * q[(g * n + i) * d + c].into();
+                }
+            }
+        }
+    }
+    (grad_q, grad_k)
 }

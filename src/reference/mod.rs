@@ -17,11 +17,11 @@ pub mod metrics;
 pub mod saobp;
 pub mod softmax;
 
-pub use attention::{attention, AttentionRef, RefOptions};
+pub use attention::{attention, attention_backward, AttentionGrads, AttentionRef, RefOptions};
 pub use compare::{compare, Comparison, Tolerance};
 pub use matmul::matmul;
-pub use saobp::{saobp, SaobpRef};
-pub use softmax::softmax;
+pub use saobp::{saobp, saobp_backward, SaobpGrads, SaobpRef};
+pub use softmax::{softmax, softmax_backward};
 
 use crate::error::{Error, Result};
 

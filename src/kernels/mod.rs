@@ -88,6 +88,7 @@ pub mod attention;
 #[cfg_attr(not(feature = "model"), allow(dead_code))]
 pub mod bert;
 pub mod flash;
+pub mod gpt;
 pub mod matmul;
 pub mod metrics;
 pub mod registry;

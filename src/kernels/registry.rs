@@ -4,12 +4,13 @@
 
 use crate::shader::{self, Kernel};
 
-use super::{bert, flash, matmul, metrics, saobp, softmax};
+use super::{bert, flash, gpt, matmul, metrics, saobp, softmax};
 
 /// Each family module's declarations.
 const FAMILIES: &[&[&Kernel]] = &[
     bert::KERNELS,
     flash::KERNELS,
+    gpt::KERNELS,
     matmul::KERNELS,
     metrics::KERNELS,
     saobp::KERNELS,

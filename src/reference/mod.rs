@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod bert;
 pub mod compare;
+pub mod gpt;
 pub mod matmul;
 pub mod metrics;
 pub mod saobp;

@@ -1,0 +1,376 @@
+// Per-token layer ops of a GPT (GPT-2 layout): the forward where it differs
+// from BERT's (bert.wgsl), and the backward of each. Rows are tokens: x is
+// [rows, width], rows = B*T. No kernel here uses float atomics: every sum
+// runs in a fixed order, so each result is bit-identical run to run.
+//
+//   embed                     x[t] = wte[id_t] + wpe[t mod n]; elementwise.
+//                             Ids travel as f32: exact below 2^24 (the host checks).
+//   embed_backward_tokens     dwte[v, c] (+)= sum of dx[t, c] over the tokens t with
+//                             id v. The host sorts the tokens by id (order, with
+//                             offsets[v]..offsets[v+1] the segment of id v): one
+//                             invocation per (v, c) walks its segment in token order.
+//   embed_backward_positions  dwpe[p, c] (+)= sum over sequences b of dx[b*n + p, c],
+//                             in batch order; rows p >= n get 0.
+//   layer_norm_forward        v1: one workgroup per row, two passes (mean, then the
+//                             variance of the centred values), as bert's layer_norm;
+//                             also stores (mean, 1/sigma) per row for the backward.
+//   layer_norm_backward       dx, one workgroup per row: with g = dy*gamma and
+//                             xh = (x - mean)/sigma, dx = (g - mean(g) - xh*mean(g*xh))/sigma.
+//   layer_norm_params         dgamma = sum over rows of dy*xh, dbeta = sum of dy;
+//                             one workgroup per column.
+//   bias_gelu                 y = gelu(x + b), tanh form (gelu_new); elementwise.
+//   gelu_backward             dx = dy * gelu'(x + b); elementwise.
+//   column_sum                out[c] = sum over rows of x[r, c] (the bias gradient);
+//                             one workgroup per column, fixed-order tree.
+//   cross_entropy             one workgroup per row of logits: max-subtracted softmax,
+//                             loss = (max - l[target]) + ln sum exp(l - max),
+//                             dlogits = (softmax - onehot) / rows.
+//   mean_loss                 one workgroup: the mean of the row losses.
+
+struct Params {
+    rows: u32,
+    // Columns: C for the embeddings and LayerNorm, V for cross_entropy.
+    width: u32,
+    // Tokens per sequence.
+    n: u32,
+    // Rows of wte.
+    vocab: u32,
+    // Rows of wpe.
+    positions: u32,
+    // Embedding backward: add to the gradient already there instead of
+    // overwriting it (the tied output head also contributes to dwte).
+    accumulate: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// ---- embed ------------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ef_ids: array<f32>;
+@group(0) @binding(2) var<storage, read> ef_wte: array<f32>;
+@group(0) @binding(3) var<storage, read> ef_wpe: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ef_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn embed(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * p.width) {
+        return;
+    }
+    let t = idx / p.width;
+    let c = idx % p.width;
+    let id = u32(ef_ids[t]);
+    ef_out[idx] = ef_wte[id * p.width + c] + ef_wpe[(t % p.n) * p.width + c];
+}
+
+// ---- embed_backward_tokens --------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> et_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> et_order: array<f32>;
+@group(0) @binding(3) var<storage, read> et_offsets: array<f32>;
+@group(0) @binding(4) var<storage, read_write> et_dwte: array<f32>;
+
+@compute @workgroup_size(64)
+fn embed_backward_tokens(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.vocab * p.width) {
+        return;
+    }
+    let v = idx / p.width;
+    let c = idx % p.width;
+    let end = u32(et_offsets[v + 1u]);
+    var s = 0.0;
+    for (var k = u32(et_offsets[v]); k < end; k = k + 1u) {
+        s = s + et_dx[u32(et_order[k]) * p.width + c];
+    }
+    et_dwte[idx] = select(0.0, et_dwte[idx], p.accumulate != 0u) + s;
+}
+
+// ---- embed_backward_positions -----------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ep_dx: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ep_dwpe: array<f32>;
+
+@compute @workgroup_size(64)
+fn embed_backward_positions(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.positions * p.width) {
+        return;
+    }
+    let pos = idx / p.width;
+    let c = idx % p.width;
+    var s = 0.0;
+    if (pos < p.n) {
+        for (var t = pos; t < p.rows; t = t + p.n) {
+            s = s + ep_dx[t * p.width + c];
+        }
+    }
+    ep_dwpe[idx] = select(0.0, ep_dwpe[idx], p.accumulate != 0u) + s;
+}
+
+// ---- layer_norm_forward -----------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> lf_x: array<f32>;
+@group(0) @binding(2) var<storage, read> lf_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> lf_beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lf_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> lf_stats: array<f32>;
+
+@compute @workgroup_size(64)
+fn layer_norm_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    let w = f32(p.width);
+    var s = 0.0;
+    for (var c = lid; c < p.width; c = c + WG) {
+        s = s + lf_x[base + c];
+    }
+    let mean = reduce_sum(lid, s) / w;
+    var q = 0.0;
+    for (var c = lid; c < p.width; c = c + WG) {
+        let d = lf_x[base + c] - mean;
+        q = q + d * d;
+    }
+    let rstd = inverseSqrt(reduce_sum(lid, q) / w + p.eps);
+    for (var c = lid; c < p.width; c = c + WG) {
+        lf_out[base + c] = (lf_x[base + c] - mean) * rstd * lf_gamma[c] + lf_beta[c];
+    }
+    if (lid == 0u) {
+        lf_stats[2u * row] = mean;
+        lf_stats[2u * row + 1u] = rstd;
+    }
+}
+
+// ---- layer_norm_backward ----------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> lb_x: array<f32>;
+@group(0) @binding(2) var<storage, read> lb_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> lb_stats: array<f32>;
+@group(0) @binding(4) var<storage, read> lb_dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> lb_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn layer_norm_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    let w = f32(p.width);
+    let mean = lb_stats[2u * row];
+    let rstd = lb_stats[2u * row + 1u];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = lid; c < p.width; c = c + WG) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        sg = sg + g;
+        sgx = sgx + g * (lb_x[base + c] - mean) * rstd;
+    }
+    let mean_g = reduce_sum(lid, sg) / w;
+    let mean_gx = reduce_sum(lid, sgx) / w;
+    for (var c = lid; c < p.width; c = c + WG) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        let xh = (lb_x[base + c] - mean) * rstd;
+        lb_dx[base + c] = rstd * (g - mean_g - xh * mean_gx);
+    }
+}
+
+// ---- layer_norm_params ------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> lp_x: array<f32>;
+@group(0) @binding(2) var<storage, read> lp_stats: array<f32>;
+@group(0) @binding(3) var<storage, read> lp_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lp_dgamma: array<f32>;
+@group(0) @binding(5) var<storage, read_write> lp_dbeta: array<f32>;
+
+@compute @workgroup_size(64)
+fn layer_norm_params(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = linear_id(wid, nwg);
+    if (col >= p.width) {
+        return;
+    }
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var r = lid; r < p.rows; r = r + WG) {
+        let i = r * p.width + col;
+        let xh = (lp_x[i] - lp_stats[2u * r]) * lp_stats[2u * r + 1u];
+        sg = sg + lp_dy[i] * xh;
+        sb = sb + lp_dy[i];
+    }
+    let dgamma = reduce_sum(lid, sg);
+    let dbeta = reduce_sum(lid, sb);
+    if (lid == 0u) {
+        lp_dgamma[col] = dgamma;
+        lp_dbeta[col] = dbeta;
+    }
+}
+
+// ---- bias_gelu / gelu_backward ----------------------------------------------
+
+// gelu(x) = 0.5x(1 + tanh(u)) with u = sqrt(2/pi)(x + 0.044715x^3), written as
+// x*sigmoid(2u) with e = exp(-2|u|) <= 1: the textbook (e^2u - 1)/(e^2u + 1)
+// is inf/inf beyond |u| ~ 44, and 1 + tanh(u) cancels for negative u.
+const GELU_K: f32 = 0.7978845608028654;
+const GELU_C: f32 = 0.044715;
+
+// (sigmoid(2u), sigmoid(2u)*(1 - sigmoid(2u))) of the x above.
+fn gelu_parts(x: f32) -> vec2<f32> {
+    // Beyond |x| = 20, e is 0 in f32; the clamp keeps x^3 finite.
+    let xc = clamp(x, -20.0, 20.0);
+    let u = GELU_K * (xc + GELU_C * xc * xc * xc);
+    let e = exp(-2.0 * abs(u));
+    let s = select(1.0 / (1.0 + e), e / (1.0 + e), u < 0.0);
+    return vec2<f32>(s, e / ((1.0 + e) * (1.0 + e)));
+}
+
+@group(0) @binding(1) var<storage, read> bg_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bg_bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bg_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn bias_gelu(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * p.width) {
+        return;
+    }
+    let h = bg_x[idx] + bg_bias[idx % p.width];
+    bg_out[idx] = h * gelu_parts(h).x;
+}
+
+@group(0) @binding(1) var<storage, read> gb_x: array<f32>;
+@group(0) @binding(2) var<storage, read> gb_bias: array<f32>;
+@group(0) @binding(3) var<storage, read> gb_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gb_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn gelu_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * p.width) {
+        return;
+    }
+    let h = gb_x[idx] + gb_bias[idx % p.width];
+    let parts = gelu_parts(h);
+    let hc = clamp(h, -20.0, 20.0);
+    // d/dh [h sigmoid(2u)] = sigmoid(2u) + h * 2 sigmoid(1 - sigmoid) * du/dh.
+    let du = GELU_K * (1.0 + 3.0 * GELU_C * hc * hc);
+    gb_dx[idx] = gb_dy[idx] * (parts.x + 2.0 * hc * parts.y * du);
+}
+
+// ---- column_sum -------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> cs_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cs_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn column_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = linear_id(wid, nwg);
+    if (col >= p.width) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = lid; r < p.rows; r = r + WG) {
+        s = s + cs_x[r * p.width + col];
+    }
+    let total = reduce_sum(lid, s);
+    if (lid == 0u) {
+        cs_out[col] = total;
+    }
+}
+
+// ---- cross_entropy ----------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ce_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> ce_targets: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ce_losses: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ce_dlogits: array<f32>;
+
+@compute @workgroup_size(64)
+fn cross_entropy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    var m = -3.40282347e38;
+    for (var c = lid; c < p.width; c = c + WG) {
+        m = max(m, ce_logits[base + c]);
+    }
+    let top = reduce_max(lid, m);
+    var s = 0.0;
+    for (var c = lid; c < p.width; c = c + WG) {
+        s = s + exp(ce_logits[base + c] - top);
+    }
+    // s >= 1: the maximum contributes exp(0).
+    let sum = reduce_sum(lid, s);
+    let label = u32(ce_targets[row]);
+    if (lid == 0u) {
+        ce_losses[row] = (top - ce_logits[base + label]) + log(sum);
+    }
+    let rows = f32(p.rows);
+    for (var c = lid; c < p.width; c = c + WG) {
+        let prob = exp(ce_logits[base + c] - top) / sum;
+        ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
+    }
+}
+
+// ---- mean_loss --------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ml_losses: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ml_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn mean_loss(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var r = lid; r < p.rows; r = r + WG) {
+        s = s + ml_losses[r];
+    }
+    let total = reduce_sum(lid, s);
+    if (lid == 0u) {
+        ml_out[0] = total / f32(p.rows);
+    }
+}

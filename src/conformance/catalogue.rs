@@ -286,7 +286,7 @@ impl Case {
     /// tensor over the buffer limits. `None` when it may run; a kernel over
     /// the device's limits (storage buffers, workgroup memory or size) is
     /// refused by the library itself when the case runs, with
-    /// [`Error::Limit`], which the runner reports as a skip.
+    /// [`crate::Error::Limit`], which the runner reports as a skip.
     pub fn skip_reason(
         &self,
         limits: &wgpu::Limits,

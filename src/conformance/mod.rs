@@ -15,9 +15,9 @@
 //! buffers or workgroup memory than it offers, no compute shaders at all) is
 //! a skip that names the limit; nothing is left out silently.
 //!
-//! By job: [`catalogue`] (the cases), [`runners`](self) (each case through
-//! the public API and its reference), [`report`] (rows and counts),
-//! [`limits`] (the adapter facts a report prints), and here the subjects and
+//! By job, one file each: `catalogue` (the cases), `runners` (each case
+//! through the public API and its reference), `report` (rows and counts),
+//! `limits` (the adapter facts a report prints), and here the subjects and
 //! the judging.
 //!
 //! `saobp conformance` prints this for every adapter; `tests/conformance.rs`
@@ -49,31 +49,31 @@ pub enum Subject {
     /// [`crate::matmul()`], with transposes and broadcast batches: the
     /// variant it chooses for the adapter and size.
     Matmul,
-    /// [`crate::matmul_variant()`] with [`MatmulVariant::Buffer`], on the
+    /// [`crate::matmul_variant()`] with [`crate::MatmulVariant::Buffer`], on the
     /// [`Subject::Matmul`] sizes.
     MatmulBuffer,
-    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Tiled`] tile.
+    /// [`crate::matmul_variant()`] with each [`crate::MatmulVariant::Tiled`] tile.
     MatmulTiled,
-    /// [`crate::matmul_variant()`] with each [`MatmulVariant::Texture`]
+    /// [`crate::matmul_variant()`] with each [`crate::MatmulVariant::Texture`]
     /// layout, with and without subgroups.
     MatmulTexture,
     /// [`crate::softmax()`], causal and key-masked.
     Softmax,
-    /// [`crate::attention()`] in [`Mode::Plain`]: the map `A` and `O = A·V`.
+    /// [`crate::attention()`] in [`crate::Mode::Plain`]: the map `A` and `O = A·V`.
     Attention,
-    /// [`crate::attention()`] in [`Mode::Flash`]: `O = A·V` and the row
+    /// [`crate::attention()`] in [`crate::Mode::Flash`]: `O = A·V` and the row
     /// statistics, nothing N×N.
     Flash,
     /// The two-hop messages `M` of [`crate::refine_map`].
     Messages,
     /// The multi-hop mass `m` and refined map `R` of [`crate::refine_map`].
     Refine,
-    /// [`crate::attention()`] in [`Mode::Fused`]: `O` and `m` in O(N²D).
+    /// [`crate::attention()`] in [`crate::Mode::Fused`]: `O` and `m` in O(N²D).
     FusedOutput,
-    /// [`crate::attention()`] in [`Mode::Streaming`]: `O`, `m` and the row
+    /// [`crate::attention()`] in [`crate::Mode::Streaming`]: `O`, `m` and the row
     /// statistics in O(N²D) time and O(N·D) memory.
     Streaming,
-    /// [`crate::attention()`] in [`Mode::Materialized`]: `O` and `R` with `M` explicit.
+    /// [`crate::attention()`] in [`crate::Mode::Materialized`]: `O` and `R` with `M` explicit.
     MaterializedOutput,
     /// [`crate::metrics()`]: every row metric and the per-head summaries.
     Metrics,

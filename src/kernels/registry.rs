@@ -1,6 +1,6 @@
 //! Every kernel of every family, from each module's one `kernels!`
 //! declaration. A new kernel needs no entry here; a new family adds its
-//! module's `KERNELS` to [`FAMILIES`].
+//! module's `KERNELS` to `FAMILIES`.
 
 use crate::shader::{self, Kernel};
 

@@ -1,4 +1,4 @@
-// Row softmax with causal and key-padding masks, in place.
+// Row softmax with causal and key-padding masks, in place, and its backward.
 //
 // x is [matrices, rows, cols]; row i of matrix g becomes
 //   softmax over the valid keys j: (!causal || j <= i) && mask[g / heads][j] != 0,
@@ -12,6 +12,12 @@
 //                 (one read of the row instead of two; v1 read it for the max,
 //                 then again for the sum), then max and sum are reduced in
 //                 workgroup memory (reduce_max / reduce_sum of common.wgsl).
+//   softmax_backward  v1: the backward, in place of dA: one workgroup of 64 per
+//                 row reduces rowdot_i = sum over valid j of A_ij dA_ij, then
+//                 writes dS_ij = A_ij (dA_ij - rowdot_i) on valid keys and 0
+//                 elsewhere (so a row with no valid key is all zeros, whatever
+//                 dA held). It shares Params, valid() and key_mask (binding 2)
+//                 with the forward.
 
 struct Params {
     matrices: u32,
@@ -86,5 +92,44 @@ fn softmax_rows(
             out = exp(x[base + j] - row_max) * inv;
         }
         x[base + j] = out;
+    }
+}
+
+// ---- softmax_backward -------------------------------------------------------
+
+// dA in, dS out.
+@group(0) @binding(1) var<storage, read_write> sb_grad: array<f32>;
+@group(0) @binding(3) var<storage, read> sb_a: array<f32>;
+
+@compute @workgroup_size(64)
+fn softmax_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    // The whole workgroup leaves together, so the barriers below stay uniform.
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+
+    var dot = 0.0;
+    for (var j = lid; j < p.cols; j = j + WG) {
+        if (valid(g, i, j)) {
+            dot = dot + sb_a[base + j] * sb_grad[base + j];
+        }
+    }
+    let row_dot = reduce_sum(lid, dot);
+
+    // Each invocation rewrites only the columns it read above.
+    for (var j = lid; j < p.cols; j = j + WG) {
+        var out = 0.0;
+        if (valid(g, i, j)) {
+            out = sb_a[base + j] * (sb_grad[base + j] - row_dot);
+        }
+        sb_grad[base + j] = out;
     }
 }

@@ -57,10 +57,12 @@ pub use gpu::list_adapters_blocking;
 pub use gpu::{
     choose_adapter, list_adapters, AdapterSummary, BackendChoice, Gpu, GpuOptions, SizeClass, Work,
 };
-pub use kernels::attention::AttentionShape;
+pub use kernels::attention::{
+    attention_backward, AttentionBackwardOptions, AttentionGrads, AttentionShape,
+};
 pub use kernels::matmul::{
-    matmul, matmul_choice, matmul_variant, set_matmul_family, MatmulFamily, MatmulOptions,
-    MatmulVariant, TiledTile, TunedClass, Tuning,
+    matmul, matmul_backward, matmul_choice, matmul_variant, set_matmul_family, MatmulFamily,
+    MatmulOptions, MatmulVariant, TiledTile, TunedClass, Tuning,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use kernels::matmul::{tune_matmul, tune_matmul_blocking};
@@ -68,10 +70,11 @@ pub use kernels::metrics::{
     metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats, METRIC_NAMES,
 };
 pub use kernels::saobp::{refine_map, Lambda, Refined};
-pub use kernels::softmax::{softmax, SoftmaxOptions};
+pub use kernels::softmax::{softmax, softmax_backward, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use kernels::{
+    attention::attention_backward_blocking, matmul::matmul_backward_blocking,
     matmul::matmul_blocking, matmul::matmul_variant_blocking, metrics::metrics_blocking,
-    saobp::refine_map_blocking, softmax::softmax_blocking,
+    saobp::refine_map_blocking, softmax::softmax_backward_blocking, softmax::softmax_blocking,
 };
 pub use tensor::Tensor;

@@ -1,7 +1,8 @@
-//! The attention map: `A = softmax(scale · Q Kᵀ)` with causal and key masks.
+//! The attention map: `A = softmax(scale · Q Kᵀ)` with causal and key masks,
+//! and the backward of plain attention `O = A·V` ([`attention_backward`]).
 //!
 //! Composed from [`super::matmul`] (scores, with `alpha = scale`) and
-//! [`super::softmax`] (in place). Reference: [`crate::reference::attention`](mod@crate::reference::attention).
+//! [`super::softmax`] (in place), both directions. Reference: [`crate::reference::attention`](mod@crate::reference::attention).
 //! The full pipeline, with SAOBP and metrics, is [`crate::attention`](mod@crate::attention).
 
 use crate::error::{Error, Result};
@@ -119,4 +120,151 @@ pub(crate) fn map_steps<'a>(
     let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
     steps.push(softmax::step(gpu, &softmax, a, key_mask));
     Ok(steps)
+}
+
+/// Options of [`attention_backward`]: those of the forward, and optionally
+/// its attention map.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionBackwardOptions<'a> {
+    /// Query `i` only sees keys `j <= i`.
+    pub causal: bool,
+    /// `[B, N]`: 1 keeps a key, 0 masks it.
+    pub key_mask: Option<&'a Tensor>,
+    /// Score scale; `1/sqrt(D)` when `None`.
+    pub scale: Option<f32>,
+    /// The forward's `A` (`[B, H, N, N]`), if the caller kept it. It must be
+    /// the map of these `q`, `k` and options; it is not checked against them.
+    /// When `None`, `A` is recomputed from `q` and `k` in the same submission
+    /// (one `N×N×D` product and a softmax), so nothing `N×N` need be kept
+    /// between the forward and the backward.
+    pub attention: Option<&'a Tensor>,
+}
+
+/// Gradients of plain attention's inputs, from [`attention_backward`].
+#[derive(Debug)]
+pub struct AttentionGrads {
+    /// `∂L/∂q`, `[B, H, N, D]`.
+    pub grad_q: Tensor,
+    /// `∂L/∂k`, `[B, H, N, D]`.
+    pub grad_k: Tensor,
+    /// `∂L/∂v`, `[B, H, N, Dv]`.
+    pub grad_v: Tensor,
+}
+
+/// The backward of plain attention (scores → masked softmax → `O = A·V`):
+/// from `grad_output = G = ∂L/∂O` (`[B, H, N, Dv]`),
+///
+/// - `∂L/∂v = Aᵀ·G`,
+/// - `∂L/∂A = G·Vᵀ`, through the softmax backward to `∂L/∂S`,
+/// - `∂L/∂q = scale · (∂L/∂S)·K` and `∂L/∂k = scale · (∂L/∂S)ᵀ·Q`,
+///
+/// four products and the softmax backward kernel (after recomputing `A`,
+/// unless [`AttentionBackwardOptions::attention`] gives it), in one
+/// submission. Queries with no valid key get zero gradients.
+///
+/// Fails with [`Error::Shape`] when `q`, `k`, `v` or the mask do not fit (as
+/// the forward checks them), `grad_output` is not `[B, H, N, Dv]` or a given
+/// `A` is not `[B, H, N, N]`; with [`Error::InvalidArgument`] on empty
+/// tensors or a scale that is not finite and positive; with
+/// [`Error::NonFinite`] when an input holds NaN or ±Inf.
+pub async fn attention_backward(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grad_output: &Tensor,
+    opts: &AttentionBackwardOptions<'_>,
+) -> Result<AttentionGrads> {
+    let shape = AttentionShape::check(
+        q.shape(),
+        k.shape(),
+        v.shape(),
+        opts.key_mask.map(Tensor::shape),
+        opts.scale,
+    )?;
+    if grad_output.shape() != shape.output_shape() {
+        return Err(Error::shape(format!(
+            "attention backward: ∂L/∂O has shape {:?}, expected [B, H, N, Dv] = {:?}",
+            grad_output.shape(),
+            shape.output_shape()
+        )));
+    }
+    if let Some(a) = opts.attention {
+        if a.shape() != shape.map_shape() {
+            return Err(Error::shape(format!(
+                "attention backward: A has shape {:?}, expected [B, H, N, N] = {:?}",
+                a.shape(),
+                shape.map_shape()
+            )));
+        }
+        a.check_finite("attention")?;
+    }
+    q.check_finite("q")?;
+    k.check_finite("k")?;
+    v.check_finite("v")?;
+    grad_output.check_finite("grad_output")?;
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
+
+    let plain = |trans_a, trans_b, alpha| matmul::MatmulOptions {
+        trans_a,
+        trans_b,
+        alpha,
+    };
+    let map = shape.map_shape();
+    let grad_v_plan = matmul::plan(&map, v.shape(), &plain(true, false, 1.0))?;
+    let grad_a_plan = matmul::plan(grad_output.shape(), v.shape(), &plain(false, true, 1.0))?;
+    let softmax = softmax::plan(&map, opts.causal, opts.key_mask.map(Tensor::shape))?;
+    let grad_q_plan = matmul::plan(&map, k.shape(), &plain(false, false, shape.scale))?;
+    let grad_k_plan = matmul::plan(&map, q.shape(), &plain(true, false, shape.scale))?;
+
+    let recomputed;
+    let a = match opts.attention {
+        Some(a) => a,
+        None => {
+            recomputed = Tensor::scratch(gpu, &map)?;
+            &recomputed
+        }
+    };
+    let grad_s = Tensor::scratch(gpu, &map)?;
+    let grad_q = Tensor::scratch(gpu, q.shape())?;
+    let grad_k = Tensor::scratch(gpu, k.shape())?;
+    let grad_v = Tensor::scratch(gpu, v.shape())?;
+
+    let mut steps = Vec::new();
+    if opts.attention.is_none() {
+        steps.extend(map_steps(gpu, &shape, q, k, opts.causal, opts.key_mask, a)?);
+    }
+    steps.extend(matmul::steps(gpu, &grad_v_plan, a, grad_output, &grad_v)?);
+    steps.extend(matmul::steps(gpu, &grad_a_plan, grad_output, v, &grad_s)?);
+    // ∂L/∂A becomes ∂L/∂S in place.
+    steps.push(softmax::backward_step(
+        gpu,
+        &softmax,
+        a,
+        &grad_s,
+        opts.key_mask,
+    ));
+    steps.extend(matmul::steps(gpu, &grad_q_plan, &grad_s, k, &grad_q)?);
+    steps.extend(matmul::steps(gpu, &grad_k_plan, &grad_s, q, &grad_k)?);
+    gpu.run(&steps).await?;
+    Ok(AttentionGrads {
+        grad_q,
+        grad_k,
+        grad_v,
+    })
+}
+
+/// Blocking form of [`attention_backward`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn attention_backward_blocking(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grad_output: &Tensor,
+    opts: &AttentionBackwardOptions<'_>,
+) -> Result<AttentionGrads> {
+    pollster::block_on(attention_backward(gpu, q, k, v, grad_output, opts))
 }

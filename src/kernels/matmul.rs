@@ -1024,3 +1024,140 @@ pub async fn tune_matmul(gpu: &Gpu) -> Result<Tuning> {
 pub fn tune_matmul_blocking(gpu: &Gpu) -> Result<Tuning> {
     pollster::block_on(tune_matmul(gpu))
 }
+
+/// The two products of [`matmul_backward`]: for each stored operand, the
+/// operands, shapes and options of the forward product that gives its
+/// gradient.
+struct BackwardProducts<'a> {
+    grad_a: (&'a Tensor, &'a Tensor, MatmulOptions),
+    grad_b: (&'a Tensor, &'a Tensor, MatmulOptions),
+}
+
+/// For `C = alpha · op(A) · op(B)`: `∂op(A) = alpha · ∂C · op(B)ᵀ` and
+/// `∂op(B) = alpha · op(A)ᵀ · ∂C`, each written as one forward product of
+/// the stored tensors, transposed back where the operand was stored
+/// transposed, so each runs through the same fast variants as the forward.
+/// `a` and `grad_c` may be flattened views (see [`matmul_backward`]).
+fn backward_products<'a>(
+    b: &'a Tensor,
+    grad_c: &'a Tensor,
+    a_flat: &'a Tensor,
+    grad_c_flat: &'a Tensor,
+    opts: &MatmulOptions,
+) -> BackwardProducts<'a> {
+    let (ta, tb, alpha) = (opts.trans_a, opts.trans_b, opts.alpha);
+    let o = |trans_a, trans_b| MatmulOptions {
+        trans_a,
+        trans_b,
+        alpha,
+    };
+    let grad_a = if ta {
+        // A is [K, M]: ∂A = alpha · op(B) · ∂Cᵀ.
+        (b, grad_c, o(tb, true))
+    } else {
+        // ∂A = alpha · ∂C · op(B)ᵀ.
+        (grad_c, b, o(false, !tb))
+    };
+    let grad_b = if tb {
+        // B is [N, K]: ∂B = alpha · ∂Cᵀ · op(A).
+        (grad_c_flat, a_flat, o(true, ta))
+    } else {
+        // ∂B = alpha · op(A)ᵀ · ∂C.
+        (a_flat, grad_c_flat, o(!ta, false))
+    };
+    BackwardProducts { grad_a, grad_b }
+}
+
+/// The backward of [`matmul`]: from `grad_c = ∂L/∂C` (shaped as `C`), the
+/// gradients `(∂L/∂A, ∂L/∂B)` of the operands as stored (a transposed
+/// operand's gradient is transposed too), for any `trans_a`, `trans_b` and
+/// `alpha`. Both are products through the matmul kernels, in one submission.
+///
+/// Operands with the same leading (batch) dimensions, or both of rank 2,
+/// are supported. A shared rank-2 `B` under a batch of `A` (e.g. a linear
+/// layer `x·W`) is supported when `trans_a` is false: its gradient is the
+/// sum over the batch, one product of the flattened batch. A shared `A`,
+/// or a shared `B` with `trans_a`, would need a separate sum over the batch
+/// and is refused with [`Error::InvalidArgument`]; pass the shared operand
+/// with the batch dimensions instead.
+///
+/// Fails as [`matmul`] does for the operands, and with [`Error::Shape`] when
+/// `grad_c` is not shaped as `C`.
+pub async fn matmul_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    grad_c: &Tensor,
+    opts: &MatmulOptions,
+) -> Result<(Tensor, Tensor)> {
+    let forward = plan(a.shape(), b.shape(), opts)?;
+    if grad_c.shape() != forward.out_shape {
+        return Err(Error::shape(format!(
+            "matmul backward: ∂L/∂C has shape {:?}, C = op(A {:?})·op(B {:?}) has {:?}",
+            grad_c.shape(),
+            a.shape(),
+            b.shape(),
+            forward.out_shape
+        )));
+    }
+    let (a_rank, b_rank) = (a.shape().len(), b.shape().len());
+    let b_shared = b_rank == 2 && a_rank > 2;
+    if a_rank == 2 && b_rank > 2 {
+        return Err(Error::invalid(format!(
+            "matmul backward: A {:?} is shared by the batch of B {:?}; the sum of its \
+             gradient over the batch is not supported (give A the batch dimensions)",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    if b_shared && opts.trans_a {
+        return Err(Error::invalid(format!(
+            "matmul backward: B {:?} is shared by the batch of Aᵀ {:?}; the sum of its \
+             gradient over the batch is supported only without trans_a",
+            b.shape(),
+            a.shape()
+        )));
+    }
+    a.check_finite("a")?;
+    b.check_finite("b")?;
+    grad_c.check_finite("grad_c")?;
+    // A shared B sums over every row of the batch: with A [.., M, K] and
+    // ∂C [.., M, N] flattened to [G·M, K] and [G·M, N], that sum is the
+    // inner dimension of one product.
+    let flat = |t: &Tensor| -> Result<Tensor> {
+        let s = t.shape();
+        if b_shared {
+            t.reshape(&[s[..s.len() - 1].iter().product(), s[s.len() - 1]])
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let (a_flat, grad_c_flat) = (flat(a)?, flat(grad_c)?);
+    let products = backward_products(b, grad_c, &a_flat, &grad_c_flat, opts);
+    let plan_of = |(x, y, o): (&Tensor, &Tensor, MatmulOptions)| plan(x.shape(), y.shape(), &o);
+    let (plan_a, plan_b) = (plan_of(products.grad_a)?, plan_of(products.grad_b)?);
+    let grad_a = Tensor::zeros(gpu, a.shape())?;
+    let grad_b = Tensor::zeros(gpu, b.shape())?;
+    let mut all = steps(gpu, &plan_a, products.grad_a.0, products.grad_a.1, &grad_a)?;
+    all.extend(steps(
+        gpu,
+        &plan_b,
+        products.grad_b.0,
+        products.grad_b.1,
+        &grad_b,
+    )?);
+    gpu.run(&all).await?;
+    Ok((grad_a, grad_b))
+}
+
+/// Blocking form of [`matmul_backward`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn matmul_backward_blocking(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    grad_c: &Tensor,
+    opts: &MatmulOptions,
+) -> Result<(Tensor, Tensor)> {
+    pollster::block_on(matmul_backward(gpu, a, b, grad_c, opts))
+}

@@ -1,4 +1,4 @@
-//! Row softmax with causal and key-padding masks.
+//! Row softmax with causal and key-padding masks, and its backward.
 //!
 //! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`](mod@crate::reference::softmax).
 
@@ -13,6 +13,9 @@ kernels! {
     "softmax" in SOURCE, params SoftmaxParams, workgroup 64 {
         /// Masked softmax of each row in place, one workgroup per row.
         SOFTMAX_ROWS = "softmax_rows" (x, key_mask);
+        /// `dS = A ⊙ (dA − rowdot(A, dA))` over the valid keys, in place of
+        /// `dA`, one workgroup per row.
+        SOFTMAX_BACKWARD = "softmax_backward" (sb_grad, key_mask, sb_a);
     }
 }
 
@@ -84,6 +87,23 @@ pub(crate) fn step<'a>(
         .step()
 }
 
+/// The in-place backward: `grad` holds `∂L/∂A` and becomes `∂L/∂S`, from
+/// the probabilities `a` (both shaped as `params` planned).
+pub(crate) fn backward_step<'a>(
+    gpu: &'a Gpu,
+    params: &SoftmaxParams,
+    a: &'a Tensor,
+    grad: &'a Tensor,
+    mask: Option<&'a Tensor>,
+) -> Step<'a> {
+    let rows = u64::from(params.matrices) * u64::from(params.rows);
+    Dispatch::new(&SOFTMAX_BACKWARD, params, rows)
+        .bind("sb_grad", grad)
+        .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
+        .bind("sb_a", a)
+        .step()
+}
+
 /// Softmax over the last dimension of `x` (`[.., R, C]`), with masked entries
 /// set to 0 and fully masked rows all zeros. Returns a new tensor.
 pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
@@ -105,4 +125,53 @@ pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result
 #[cfg(not(target_arch = "wasm32"))]
 pub fn softmax_blocking(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
     pollster::block_on(softmax(gpu, x, opts))
+}
+
+/// The backward of [`softmax`]: from the probabilities `a` (its output,
+/// `[.., R, C]`) and `grad_a = ∂L/∂A` (shaped as `a`), the score gradient
+/// `∂L/∂S_ij = A_ij (∂L/∂A_ij − Σ_l A_il ∂L/∂A_il)`, the sum over the valid
+/// keys `l` of row `i`. `opts` must be those of the forward: masked entries
+/// and rows with no valid key are exactly 0, whatever `grad_a` holds there.
+/// Returns a new tensor shaped as `a`.
+///
+/// Fails with [`Error::Shape`] when `grad_a` is not shaped as `a` or the
+/// mask does not fit (as in [`softmax`]), and with [`Error::NonFinite`] when
+/// an input holds NaN or ±Inf.
+pub async fn softmax_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    grad_a: &Tensor,
+    opts: &SoftmaxOptions<'_>,
+) -> Result<Tensor> {
+    let params = plan(a.shape(), opts.causal, opts.key_mask.map(Tensor::shape))?;
+    if grad_a.shape() != a.shape() {
+        return Err(Error::shape(format!(
+            "softmax backward: ∂L/∂A has shape {:?}, A has {:?}; they must match",
+            grad_a.shape(),
+            a.shape()
+        )));
+    }
+    a.check_finite("a")?;
+    grad_a.check_finite("grad_a")?;
+    if let Some(m) = opts.key_mask {
+        m.check_finite("key_mask")?;
+    }
+    let grad_s = Tensor::scratch(gpu, a.shape())?;
+    gpu.run(&[
+        grad_a.copy_to(0, &grad_s, 0, grad_a.len()),
+        backward_step(gpu, &params, a, &grad_s, opts.key_mask),
+    ])
+    .await?;
+    Ok(grad_s)
+}
+
+/// Blocking form of [`softmax_backward`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn softmax_backward_blocking(
+    gpu: &Gpu,
+    a: &Tensor,
+    grad_a: &Tensor,
+    opts: &SoftmaxOptions<'_>,
+) -> Result<Tensor> {
+    pollster::block_on(softmax_backward(gpu, a, grad_a, opts))
 }

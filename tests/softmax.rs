@@ -1,9 +1,10 @@
-//! Masked row softmax against the float64 reference on every adapter.
+//! Masked row softmax and its backward against the float64 reference on
+//! every adapter.
 
 mod common;
 
 use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
-use saobp::{reference, softmax_blocking, SoftmaxOptions, Tensor};
+use saobp::{reference, softmax_backward_blocking, softmax_blocking, SoftmaxOptions, Tensor};
 
 fn check(
     gpu: &saobp::Gpu,
@@ -98,6 +99,135 @@ fn mask_of_wrong_shape_is_a_shape_error() {
     let e = softmax_blocking(
         gpu,
         &x,
+        &SoftmaxOptions {
+            causal: false,
+            key_mask: Some(&mask),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
+}
+
+/// Runs the softmax backward of `a` and `grad_a` (`shape`) on the GPU and
+/// checks it against the reference. `SPEC` holds: each `∂L/∂S_ij` is
+/// `A_ij (∂L/∂A_ij − rowdot)` with `|∂L/∂A| ≤ 1` and the row of `A` summing
+/// to 1, so the f32 rowdot and difference are off by a few 1e-7 at most.
+fn check_backward(
+    gpu: &saobp::Gpu,
+    a: &[f32],
+    grad_a: &[f32],
+    shape: &[usize],
+    causal: bool,
+    mask: Option<&[f32]>,
+) -> Vec<f32> {
+    let ta = Tensor::from_slice(gpu, shape, a).unwrap();
+    let tg = Tensor::from_slice(gpu, shape, grad_a).unwrap();
+    let tm = mask.map(|m| {
+        let mask_shape = if shape.len() == 2 {
+            vec![shape[1]]
+        } else {
+            vec![shape[0], shape[shape.len() - 1]]
+        };
+        Tensor::from_slice(gpu, &mask_shape, m).unwrap()
+    });
+    let opts = SoftmaxOptions {
+        causal,
+        key_mask: tm.as_ref(),
+    };
+    let got = softmax_backward_blocking(gpu, &ta, &tg, &opts)
+        .unwrap()
+        .to_vec_blocking(gpu)
+        .unwrap();
+    let want = reference::softmax_backward(a, grad_a, shape, causal, mask).unwrap();
+    let what = format!(
+        "softmax backward {shape:?} causal={causal} mask={}",
+        mask.is_some()
+    );
+    assert_within(&what, &got, &want, Tolerance::SPEC);
+    got
+}
+
+#[test]
+fn backward_of_random_rows_with_masks_matches_reference() {
+    on_every_gpu("softmax backward random", |gpu| {
+        let mut rng = Rng::new(31);
+        for case in 0..12 {
+            let (b, h, n) = (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(150));
+            let shape = [b, h, n, n];
+            let causal = case % 2 == 0;
+            // Logits of |S| up to 30: most rows are nearly one-hot, where the
+            // difference dA − rowdot cancels.
+            let x = rng.vec(b * h * n * n, -30.0, 30.0);
+            let mut mask = key_mask(b, n, |_, _| rng.below(4) != 0);
+            if case % 3 == 1 {
+                // The last batch item has no valid key: its rows are empty.
+                mask[(b - 1) * n..].fill(0.0);
+            }
+            let mask = (case % 3 != 0).then_some(&mask[..]);
+            let a = softmax_blocking(
+                gpu,
+                &Tensor::from_slice(gpu, &shape, &x).unwrap(),
+                &SoftmaxOptions {
+                    causal,
+                    key_mask: mask
+                        .map(|m| Tensor::from_slice(gpu, &[b, n], m).unwrap())
+                        .as_ref(),
+                },
+            )
+            .unwrap()
+            .to_vec_blocking(gpu)
+            .unwrap();
+            let grad_a = rng.vec(a.len(), -1.0, 1.0);
+            let got = check_backward(gpu, &a, &grad_a, &shape, causal, mask);
+            // Masked entries (and so empty rows) are exactly 0.
+            for (idx, &g) in got.iter().enumerate() {
+                let (item, i, j) = (idx / (h * n * n), (idx / n) % n, idx % n);
+                let masked = (causal && j > i) || mask.is_some_and(|m| m[item * n + j] == 0.0);
+                if masked {
+                    assert_eq!(g, 0.0, "{shape:?} causal={causal}: masked entry {idx}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn backward_ignores_masked_entries_of_its_inputs() {
+    on_every_gpu("softmax backward masked inputs", |gpu| {
+        // Rank 2 with a [C] mask, rows of odd length. A holds nonzero values
+        // at masked keys and dA holds gradients there: neither may leak into
+        // the row's sum or the output.
+        let (r, c) = (5, 37);
+        let mut rng = Rng::new(32);
+        let a = rng.vec(r * c, 0.0, 0.05);
+        let grad_a = rng.vec(r * c, -1.0, 1.0);
+        let mask = key_mask(1, c, |_, j| j % 3 != 0);
+        let got = check_backward(gpu, &a, &grad_a, &[r, c], true, Some(&mask));
+        for i in 0..r {
+            for j in 0..c {
+                if j > i || j % 3 == 0 {
+                    assert_eq!(got[i * c + j], 0.0, "row {i}, key {j}");
+                }
+            }
+        }
+        // Row 0 sees key 0 only, which is masked: the row is empty.
+        assert!(got[..c].iter().all(|&g| g == 0.0));
+    });
+}
+
+#[test]
+fn backward_of_mismatched_shapes_is_a_shape_error() {
+    let gpu = &common::gpus()[0];
+    let a = Tensor::zeros(gpu, &[2, 3, 4, 4]).unwrap();
+    let grad = Tensor::zeros(gpu, &[2, 3, 4, 5]).unwrap();
+    let e = softmax_backward_blocking(gpu, &a, &grad, &SoftmaxOptions::default()).unwrap_err();
+    assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
+    let grad = Tensor::zeros(gpu, &[2, 3, 4, 4]).unwrap();
+    let mask = Tensor::zeros(gpu, &[3, 4]).unwrap();
+    let e = softmax_backward_blocking(
+        gpu,
+        &a,
+        &grad,
         &SoftmaxOptions {
             causal: false,
             key_mask: Some(&mask),

@@ -328,6 +328,29 @@ fn check_backward(a: &[usize], v: &[usize], grad_output: &[usize]) -> Result<[us
 /// reduced on the GPU in a fixed order, so a repeated call gives the same
 /// bits. Shapes, λ and the inputs' finiteness are checked before any GPU
 /// work ([`Error::Shape`], [`Error::InvalidArgument`], [`Error::NonFinite`]).
+///
+/// ```no_run
+/// # fn main() -> saobp::Result<()> {
+/// use saobp::{saobp_output_backward_blocking, Gpu, Lambda, Tensor};
+/// let gpu = Gpu::from_env_blocking()?;
+/// let (b, h, n, dv) = (1, 2, 4, 3);
+/// // A causal map: row i spreads its attention evenly over keys 0..=i.
+/// let a: Vec<f32> = (0..b * h * n * n)
+///     .map(|x| {
+///         let (i, j) = (x / n % n, x % n);
+///         if j <= i { 1.0 / (i + 1) as f32 } else { 0.0 }
+///     })
+///     .collect();
+/// let a = Tensor::from_slice(&gpu, &[b, h, n, n], &a)?;
+/// let v: Vec<f32> = (0..b * h * n * dv).map(|x| (x as f32 * 0.7).sin()).collect();
+/// let v = Tensor::from_slice(&gpu, &[b, h, n, dv], &v)?;
+/// let grad_output = Tensor::from_slice(&gpu, &[b, h, n, dv], &vec![1.0; b * h * n * dv])?;
+/// let lambda = Lambda::PerHead(vec![0.0, 0.5]);
+/// let grads = saobp_output_backward_blocking(&gpu, &a, &v, &lambda, &grad_output)?;
+/// let d_lambda = grads.grad_lambda.to_vec_blocking(&gpu)?; // one per head
+/// assert_eq!(d_lambda.len(), h);
+/// # Ok(()) }
+/// ```
 pub async fn saobp_output_backward(
     gpu: &Gpu,
     a: &Tensor,

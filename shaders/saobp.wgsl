@@ -21,6 +21,23 @@
 //                 (M V)_i = (A U)_i - a_i Y_i - (c_i - a_i^2) V_i   (A U' from matmul.wgsl).
 //                 v2: m folded into the A U' product (v1 had a separate pass over A).
 // m and M V are clamped at 0 only where rounding could push a true 0 below it.
+//
+// Backward of the fused path (O(N^2 D), never forms M; the spec's "Gradients"):
+// the forward's a, r, c (diag_stats), Y = A V, U' and A U' are recomputed
+// first, then with s = 1/(1 + lambda m) and W = [dMV | dm]:
+//   output_adjoints  per row: W = [lambda s G | -lambda s (G . O)], and the
+//                 rowdots t = dMV . V, q = dMV . Y, s and the row's share of
+//                 d lambda, s (G . MV - m G . O). v1.
+//   row_adjoints  per row, from P = A^T W = [dU | w] (matmul.wgsl):
+//                 dY = s G - a dMV + dU, and (da, dr, dc). v1.
+//   attention_grad dA_ij = (dY V^T)_ij + (W U'^T)_ij + dr_i
+//                 + [i != j] (dc_i + dc_j) A_ji + [i == j] da_i; both products
+//                 come from matmul.wgsl, this pass adds the terms read off A
+//                 (A read transposed). v1: one element per invocation.
+//   value_grad    dV = A^T dY - (c - a^2) dMV - a dU. v1.
+//   lambda_grad   d lambda_h = sum over the batch and rows of the row shares,
+//                 one workgroup per head in a fixed order (no atomics), so the
+//                 sum is the same run to run. v1.
 
 struct Params {
     matrices: u32,
@@ -227,4 +244,196 @@ fn fused_output(
     }
     let mv = fo_au[row * width + col] - a * fo_y[idx] - (c - a * a) * fo_v[idx];
     fo_out[idx] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * mass);
+}
+
+// ---- output_adjoints --------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> oa_grad: array<f32>;
+@group(0) @binding(2) var<storage, read> oa_y: array<f32>;
+@group(0) @binding(3) var<storage, read> oa_v: array<f32>;
+// A U' with U' = [U | r - a], [matrices * n, d + 1].
+@group(0) @binding(4) var<storage, read> oa_au: array<f32>;
+@group(0) @binding(5) var<storage, read> oa_stats: array<f32>;
+@group(0) @binding(6) var<storage, read> oa_lambda: array<f32>;
+// W = [dMV | dm], [matrices * n, d + 1]: one product with U'^T gives both
+// dMV U^T and dm (r - a)^T.
+@group(0) @binding(7) var<storage, read_write> oa_w: array<f32>;
+// [matrices * n, 4]: t = dMV . V, q = dMV . Y, s, s (G . MV - m G . O).
+@group(0) @binding(8) var<storage, read_write> oa_row: array<f32>;
+
+@compute @workgroup_size(64)
+fn output_adjoints(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let width = p.d + 1u;
+    let lambda = oa_lambda[(row / p.n) % p.heads];
+    let a = oa_stats[3u * row];
+    let r = oa_stats[3u * row + 1u];
+    let c = oa_stats[3u * row + 2u];
+    // m and M V exactly as fused_output forms them.
+    let mass = max(oa_au[row * width + p.d] - a * (r - a) - c, 0.0);
+    let s = 1.0 / (1.0 + lambda * mass);
+    var g_o = 0.0;
+    var g_mv = 0.0;
+    var g_v = 0.0;
+    var g_y = 0.0;
+    for (var x = lid; x < p.d; x = x + WG) {
+        let i = row * p.d + x;
+        let g = oa_grad[i];
+        let y = oa_y[i];
+        let v = oa_v[i];
+        let mv = oa_au[row * width + x] - a * y - (c - a * a) * v;
+        g_o = g_o + g * (s * (y + lambda * mv));
+        g_mv = g_mv + g * mv;
+        g_v = g_v + g * v;
+        g_y = g_y + g * y;
+        oa_w[row * width + x] = lambda * s * g;
+    }
+    g_o = reduce_sum(lid, g_o);
+    g_mv = reduce_sum(lid, g_mv);
+    g_v = reduce_sum(lid, g_v);
+    g_y = reduce_sum(lid, g_y);
+    if (lid == 0u) {
+        oa_w[row * width + p.d] = -lambda * s * g_o;
+        oa_row[4u * row] = lambda * s * g_v;
+        oa_row[4u * row + 1u] = lambda * s * g_y;
+        oa_row[4u * row + 2u] = s;
+        oa_row[4u * row + 3u] = s * (g_mv - mass * g_o);
+    }
+}
+
+// ---- row_adjoints -----------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ra_grad: array<f32>;
+@group(0) @binding(2) var<storage, read> ra_w: array<f32>;
+// P = A^T W = [dU | w], [matrices * n, d + 1].
+@group(0) @binding(3) var<storage, read> ra_p: array<f32>;
+@group(0) @binding(4) var<storage, read> ra_v: array<f32>;
+@group(0) @binding(5) var<storage, read> ra_stats: array<f32>;
+@group(0) @binding(6) var<storage, read> ra_row: array<f32>;
+@group(0) @binding(7) var<storage, read_write> ra_dy: array<f32>;
+// [matrices * n, 3]: da, dr, dc.
+@group(0) @binding(8) var<storage, read_write> ra_diag: array<f32>;
+
+@compute @workgroup_size(64)
+fn row_adjoints(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_id(wid, nwg);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let width = p.d + 1u;
+    let a = ra_stats[3u * row];
+    let r = ra_stats[3u * row + 1u];
+    let s = ra_row[4u * row + 2u];
+    var u_v = 0.0;
+    for (var x = lid; x < p.d; x = x + WG) {
+        let i = row * p.d + x;
+        let du = ra_p[row * width + x];
+        ra_dy[i] = s * ra_grad[i] - a * ra_w[row * width + x] + du;
+        u_v = u_v + du * ra_v[i];
+    }
+    u_v = reduce_sum(lid, u_v);
+    if (lid == 0u) {
+        let dm = ra_w[row * width + p.d];
+        let w = ra_p[row * width + p.d];
+        let t = ra_row[4u * row];
+        let q = ra_row[4u * row + 1u];
+        ra_diag[3u * row] = -q + 2.0 * a * t - w - dm * (r - 2.0 * a) - u_v;
+        ra_diag[3u * row + 1u] = w - dm * a;
+        ra_diag[3u * row + 2u] = -t - dm;
+    }
+}
+
+// ---- attention_grad ---------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ag_a: array<f32>;
+// W U'^T = dMV U^T + dm (r - a)^T.
+@group(0) @binding(2) var<storage, read> ag_wu: array<f32>;
+@group(0) @binding(3) var<storage, read> ag_diag: array<f32>;
+// In: dY V^T (from matmul.wgsl). Out: dA.
+@group(0) @binding(4) var<storage, read_write> ag_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn attention_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    let nn = p.n * p.n;
+    if (idx >= p.matrices * nn) {
+        return;
+    }
+    let map = idx / nn;
+    let i = (idx % nn) / p.n;
+    let j = idx % p.n;
+    let ri = map * p.n + i;
+    let rj = map * p.n + j;
+    let g = ag_out[idx] + ag_wu[idx] + ag_diag[3u * ri + 1u];
+    // c_p = sum_{k != p} A_pk A_kp, so A_pq (p != q) also enters c_q through A_qp.
+    let pair = (ag_diag[3u * ri + 2u] + ag_diag[3u * rj + 2u]) * ag_a[map * nn + j * p.n + i];
+    ag_out[idx] = g + select(pair, ag_diag[3u * ri], i == j);
+}
+
+// ---- value_grad -------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> vg_w: array<f32>;
+@group(0) @binding(2) var<storage, read> vg_p: array<f32>;
+@group(0) @binding(3) var<storage, read> vg_stats: array<f32>;
+// In: A^T dY (from matmul.wgsl). Out: dV.
+@group(0) @binding(4) var<storage, read_write> vg_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn value_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.matrices * p.n * p.d) {
+        return;
+    }
+    let row = idx / p.d;
+    let at = row * (p.d + 1u) + idx % p.d;
+    let a = vg_stats[3u * row];
+    let c = vg_stats[3u * row + 2u];
+    vg_out[idx] = vg_out[idx] - (c - a * a) * vg_w[at] - a * vg_p[at];
+}
+
+// ---- lambda_grad ------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> lg_row: array<f32>;
+// [heads].
+@group(0) @binding(2) var<storage, read_write> lg_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn lambda_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let h = linear_id(wid, nwg);
+    if (h >= p.heads) {
+        return;
+    }
+    let rows = (p.matrices / p.heads) * p.n;
+    var s = 0.0;
+    for (var k = lid; k < rows; k = k + WG) {
+        let row = ((k / p.n) * p.heads + h) * p.n + k % p.n;
+        s = s + lg_row[4u * row + 3u];
+    }
+    s = reduce_sum(lid, s);
+    if (lid == 0u) {
+        lg_out[h] = s;
+    }
 }

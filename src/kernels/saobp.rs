@@ -1,4 +1,5 @@
-//! SAOBP kernels: two-hop messages, refinement, and the O(N²D) fused output.
+//! SAOBP kernels: two-hop messages, refinement, the O(N²D) fused output and
+//! its O(N²D) backward ([`saobp_output_backward`]).
 //!
 //! Shader: `shaders/saobp.wgsl`. Reference: [`crate::reference::saobp`](mod@crate::reference::saobp).
 //! The pipeline that strings them together is [`crate::attention`](mod@crate::attention).
@@ -24,6 +25,16 @@ kernels! {
         TWO_HOP_VALUES = "two_hop_values" (tv_y, tv_v, tv_stats, tv_u);
         /// The refined output in O(N²D).
         FUSED_OUTPUT = "fused_output" (fo_y, fo_v, fo_au, fo_stats, fo_mass, fo_lambda, fo_out);
+        /// Backward, per row: `W = [dMV | dm]` and the row's rowdots and share of dλ.
+        OUTPUT_ADJOINTS = "output_adjoints" (oa_grad, oa_y, oa_v, oa_au, oa_stats, oa_lambda, oa_w, oa_row);
+        /// Backward, per row: `dY` and `(da, dr, dc)` from `Aᵀ·W`.
+        ROW_ADJOINTS = "row_adjoints" (ra_grad, ra_w, ra_p, ra_v, ra_stats, ra_row, ra_dy, ra_diag);
+        /// Backward: adds the terms of `W·U'ᵀ`, `r`, `c` and `a` to `dY·Vᵀ`, giving `dA`.
+        ATTENTION_GRAD = "attention_grad" (ag_a, ag_wu, ag_diag, ag_out);
+        /// Backward: adds the diagonal terms to `Aᵀ·dY`, giving `dV`.
+        VALUE_GRAD = "value_grad" (vg_w, vg_p, vg_stats, vg_out);
+        /// Backward: dλ per head, summed in a fixed order.
+        LAMBDA_GRAD = "lambda_grad" (lg_row, lg_out);
     }
 }
 
@@ -269,4 +280,240 @@ pub async fn refine_map(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refine
 #[cfg(not(target_arch = "wasm32"))]
 pub fn refine_map_blocking(gpu: &Gpu, a: &Tensor, lambda: &Lambda) -> Result<Refined> {
     pollster::block_on(refine_map(gpu, a, lambda))
+}
+
+/// Gradients of SAOBP's refined output, from [`saobp_output_backward`].
+#[derive(Debug, Clone)]
+pub struct OutputGradients {
+    /// `∂L/∂A` `[B, H, N, N]`, with `A` taken as a free matrix: masked
+    /// entries get a gradient too (the softmax's backward zeroes them).
+    pub grad_attention: Tensor,
+    /// `∂L/∂V` `[B, H, N, Dv]`.
+    pub grad_v: Tensor,
+    /// `∂L/∂λ_h` `[H]`, summed over the batch.
+    pub grad_lambda: Tensor,
+}
+
+/// Checks the backward's shapes: `a` `[B, H, N, N]`, `v` and `grad_output`
+/// `[B, H, N, Dv]` with `Dv > 0`; returns `(B, H, N, Dv)`.
+fn check_backward(a: &[usize], v: &[usize], grad_output: &[usize]) -> Result<[usize; 4]> {
+    let (b, h, n) = check_map(a)?;
+    match *v {
+        [vb, vh, vn, dv] if [vb, vh, vn] == [b, h, n] && dv > 0 => {
+            if grad_output != v {
+                return Err(Error::shape(format!(
+                    "the output gradient must have V's shape {v:?}, got {grad_output:?}"
+                )));
+            }
+            Ok([b, h, n, dv])
+        }
+        _ => Err(Error::shape(format!(
+            "V must be [B, H, N, Dv] = [{b}, {h}, {n}, Dv] with Dv > 0 for an attention map \
+             {a:?}, got {v:?}"
+        ))),
+    }
+}
+
+/// Backward of SAOBP's refined output `O = (Y + λ·M·V) / (1 + λm)` (the
+/// fused mode's `O = R·V`) in O(N²D), never forming `M`: from the attention
+/// map `a` (`[B, H, N, N]`, rows stochastic or zero), `v` (`[B, H, N, Dv]`),
+/// λ and `grad_output = ∂L/∂O` (`[B, H, N, Dv]`), the gradients with respect
+/// to `A`, `V` and each head's λ, as the spec's "Gradients" section writes
+/// them.
+///
+/// The forward's row statistics, `Y = A·V` and `A·U'` are recomputed; the
+/// other products are `Aᵀ·[dMV | dm]`, `dY·Vᵀ`, `[dMV | dm]·U'ᵀ` and
+/// `Aᵀ·dY`, so the work is six products of N×N by N×(Dv or Dv + 1) per map,
+/// plus passes over rows. Everything runs in one submission, and dλ is
+/// reduced on the GPU in a fixed order, so a repeated call gives the same
+/// bits. Shapes, λ and the inputs' finiteness are checked before any GPU
+/// work ([`Error::Shape`], [`Error::InvalidArgument`], [`Error::NonFinite`]).
+///
+/// ```no_run
+/// # fn main() -> saobp::Result<()> {
+/// use saobp::{saobp_output_backward_blocking, Gpu, Lambda, Tensor};
+/// let gpu = Gpu::from_env_blocking()?;
+/// let (b, h, n, dv) = (1, 2, 4, 3);
+/// // A causal map: row i spreads its attention evenly over keys 0..=i.
+/// let a: Vec<f32> = (0..b * h * n * n)
+///     .map(|x| {
+///         let (i, j) = (x / n % n, x % n);
+///         if j <= i { 1.0 / (i + 1) as f32 } else { 0.0 }
+///     })
+///     .collect();
+/// let a = Tensor::from_slice(&gpu, &[b, h, n, n], &a)?;
+/// let v: Vec<f32> = (0..b * h * n * dv).map(|x| (x as f32 * 0.7).sin()).collect();
+/// let v = Tensor::from_slice(&gpu, &[b, h, n, dv], &v)?;
+/// let grad_output = Tensor::from_slice(&gpu, &[b, h, n, dv], &vec![1.0; b * h * n * dv])?;
+/// let lambda = Lambda::PerHead(vec![0.0, 0.5]);
+/// let grads = saobp_output_backward_blocking(&gpu, &a, &v, &lambda, &grad_output)?;
+/// let d_lambda = grads.grad_lambda.to_vec_blocking(&gpu)?; // one per head
+/// assert_eq!(d_lambda.len(), h);
+/// # Ok(()) }
+/// ```
+pub async fn saobp_output_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    v: &Tensor,
+    lambda: &Lambda,
+    grad_output: &Tensor,
+) -> Result<OutputGradients> {
+    let [b, h, n, dv] = check_backward(a.shape(), v.shape(), grad_output.shape())?;
+    let lambda = lambda.per_head(h)?;
+    for (name, t) in [("a", a), ("v", v), ("grad_output", grad_output)] {
+        t.check_finite(name)?;
+    }
+    let plan = plan(b * h, h, n, dv)?;
+    let rows = b * h * n;
+    let wide = [b, h, n, dv + 1];
+    let plain = matmul::MatmulOptions::default();
+    let trans_a = matmul::MatmulOptions {
+        trans_a: true,
+        ..plain
+    };
+    let trans_b = matmul::MatmulOptions {
+        trans_b: true,
+        ..plain
+    };
+    // Plans first: a shape the products refuse fails before any allocation.
+    let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
+    let au_plan = matmul::plan(a.shape(), &wide, &plain)?;
+    let p_plan = matmul::plan(a.shape(), &wide, &trans_a)?;
+    let dyv_plan = matmul::plan(v.shape(), v.shape(), &trans_b)?;
+    let wu_plan = matmul::plan(&wide, &wide, &trans_b)?;
+    let dv_plan = matmul::plan(a.shape(), v.shape(), &trans_a)?;
+
+    // Allocate everything first: the steps borrow it.
+    let lambda = Tensor::from_slice(gpu, &[h], &lambda)?;
+    let stats = Tensor::scratch(gpu, &[rows, 3])?;
+    let y = Tensor::scratch(gpu, v.shape())?;
+    let u = Tensor::scratch(gpu, &wide)?;
+    let au = Tensor::scratch(gpu, &wide)?;
+    let w = Tensor::scratch(gpu, &wide)?;
+    let row_terms = Tensor::scratch(gpu, &[rows, 4])?;
+    let p = Tensor::scratch(gpu, &wide)?;
+    let dy = Tensor::scratch(gpu, v.shape())?;
+    let diag = Tensor::scratch(gpu, &[rows, 3])?;
+    let wu = Tensor::scratch(gpu, a.shape())?;
+    let out = OutputGradients {
+        grad_attention: Tensor::scratch(gpu, a.shape())?,
+        grad_v: Tensor::scratch(gpu, v.shape())?,
+        grad_lambda: Tensor::scratch(gpu, &[h])?,
+    };
+
+    // The forward's intermediates, as the fused output forms them.
+    let mut steps = vec![diag_stats(&plan, a, &stats)];
+    let mut shared = matmul::SharedA::default();
+    steps.extend(matmul::steps_sharing_a(
+        gpu,
+        &y_plan,
+        a,
+        v,
+        &y,
+        &mut shared,
+    )?);
+    steps.push(two_hop_values(&plan, &y, v, &stats, &u));
+    steps.extend(matmul::steps_sharing_a(
+        gpu,
+        &au_plan,
+        a,
+        &u,
+        &au,
+        &mut shared,
+    )?);
+
+    // Through O, then through M·V and m: dU and w = Aᵀ·dm in one product.
+    steps.push(
+        Dispatch::new(&OUTPUT_ADJOINTS, &plan.params, plan.rows)
+            .bind("oa_grad", grad_output)
+            .bind("oa_y", &y)
+            .bind("oa_v", v)
+            .bind("oa_au", &au)
+            .bind("oa_stats", &stats)
+            .bind("oa_lambda", &lambda)
+            .bind("oa_w", &w)
+            .bind("oa_row", &row_terms)
+            .step(),
+    );
+    let mut shared_t = matmul::SharedA::default();
+    steps.extend(matmul::steps_sharing_a(
+        gpu,
+        &p_plan,
+        a,
+        &w,
+        &p,
+        &mut shared_t,
+    )?);
+    steps.push(
+        Dispatch::new(&ROW_ADJOINTS, &plan.params, plan.rows)
+            .bind("ra_grad", grad_output)
+            .bind("ra_w", &w)
+            .bind("ra_p", &p)
+            .bind("ra_v", v)
+            .bind("ra_stats", &stats)
+            .bind("ra_row", &row_terms)
+            .bind("ra_dy", &dy)
+            .bind("ra_diag", &diag)
+            .step(),
+    );
+
+    // dA: dY·Vᵀ, plus [dMV | dm]·U'ᵀ, plus the terms read off A.
+    steps.extend(matmul::steps(gpu, &dyv_plan, &dy, v, &out.grad_attention)?);
+    steps.extend(matmul::steps(gpu, &wu_plan, &w, &u, &wu)?);
+    let elements = plan.params.matrices as usize * n * n;
+    steps.push(
+        Dispatch::new(
+            &ATTENTION_GRAD,
+            &plan.params,
+            ATTENTION_GRAD.groups_for(elements),
+        )
+        .bind("ag_a", a)
+        .bind("ag_wu", &wu)
+        .bind("ag_diag", &diag)
+        .bind("ag_out", &out.grad_attention)
+        .step(),
+    );
+
+    // dV: Aᵀ·dY plus the diagonal terms; dλ per head.
+    steps.extend(matmul::steps_sharing_a(
+        gpu,
+        &dv_plan,
+        a,
+        &dy,
+        &out.grad_v,
+        &mut shared_t,
+    )?);
+    steps.push(
+        Dispatch::new(
+            &VALUE_GRAD,
+            &plan.params,
+            VALUE_GRAD.groups_for(plan.elements),
+        )
+        .bind("vg_w", &w)
+        .bind("vg_p", &p)
+        .bind("vg_stats", &stats)
+        .bind("vg_out", &out.grad_v)
+        .step(),
+    );
+    steps.push(
+        Dispatch::new(&LAMBDA_GRAD, &plan.params, h as u64)
+            .bind("lg_row", &row_terms)
+            .bind("lg_out", &out.grad_lambda)
+            .step(),
+    );
+    gpu.run(&steps).await?;
+    drop(steps);
+    Ok(out)
+}
+
+/// Blocking form of [`saobp_output_backward`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn saobp_output_backward_blocking(
+    gpu: &Gpu,
+    a: &Tensor,
+    v: &Tensor,
+    lambda: &Lambda,
+    grad_output: &Tensor,
+) -> Result<OutputGradients> {
+    pollster::block_on(saobp_output_backward(gpu, a, v, lambda, grad_output))
 }

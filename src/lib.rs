@@ -69,6 +69,7 @@ pub use kernels::matmul::{tune_matmul, tune_matmul_blocking};
 pub use kernels::metrics::{
     metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats, METRIC_NAMES,
 };
+pub use kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
 pub use kernels::saobp::{refine_map, saobp_output_backward, Lambda, OutputGradients, Refined};
 pub use kernels::softmax::{softmax, softmax_backward, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]

@@ -91,6 +91,7 @@ pub mod flash;
 pub mod gpt;
 pub mod matmul;
 pub mod metrics;
+pub mod optim;
 pub mod registry;
 pub mod saobp;
 pub mod softmax;

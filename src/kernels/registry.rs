@@ -4,7 +4,7 @@
 
 use crate::shader::{self, Kernel};
 
-use super::{bert, flash, gpt, matmul, metrics, saobp, softmax};
+use super::{bert, flash, gpt, matmul, metrics, optim, saobp, softmax};
 
 /// Each family module's declarations.
 const FAMILIES: &[&[&Kernel]] = &[
@@ -13,6 +13,7 @@ const FAMILIES: &[&[&Kernel]] = &[
     gpt::KERNELS,
     matmul::KERNELS,
     metrics::KERNELS,
+    optim::KERNELS,
     saobp::KERNELS,
     softmax::KERNELS,
 ];

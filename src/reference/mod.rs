@@ -15,6 +15,7 @@ pub mod compare;
 pub mod gpt;
 pub mod matmul;
 pub mod metrics;
+pub mod optim;
 pub mod saobp;
 pub mod softmax;
 

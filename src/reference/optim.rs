@@ -37,8 +37,14 @@ impl AdamWRef {
     /// `grads`; returns the global L2 norm of `grads` before clipping.
     ///
     /// Fails with [`Error::Shape`] when counts or lengths differ from those
-    /// given to [`AdamWRef::new`].
+    /// given to [`AdamWRef::new`], and with [`Error::InvalidArgument`] when
+    /// `lr` is not finite and ≥ 0.
     pub fn step(&mut self, params: &mut [Vec<f64>], grads: &[&[f32]], lr: f64) -> Result<f64> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::invalid(format!(
+                "AdamW reference: learning rate {lr} must be finite and >= 0"
+            )));
+        }
         if params.len() != self.m.len() || grads.len() != self.m.len() {
             return Err(Error::shape(format!(
                 "AdamW reference has {} tensors, got {} parameters and {} gradients",
@@ -87,5 +93,58 @@ impl AdamWRef {
             }
         }
         Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step by hand: at t = 1, `m̂ / √v̂ = sign(g)` (up to ε), so each
+    /// value moves by `lr` after its decay, whatever the clip scale.
+    #[test]
+    fn one_step_by_hand() {
+        let groups = [
+            (1, ParamGroup::Decayed),
+            (1, ParamGroup::NotDecayed),
+            (2, ParamGroup::Lambda),
+        ];
+        let mut opt = AdamWRef::new(&groups, AdamWOptions::default()).unwrap();
+        let mut p = vec![vec![1.0], vec![1.0], vec![0.005, 0.5]];
+        let g: [&[f32]; 3] = [&[2.0], &[-1.0], &[1.0, 1.0]];
+        let norm = opt.step(&mut p, &g, 0.01).unwrap();
+        assert_eq!(norm, 7f64.sqrt());
+        let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        close(p[0][0], 1.0 - 0.001 - 0.01);
+        close(p[1][0], 1.0 + 0.01);
+        assert_eq!(p[2][0], 0.0);
+        close(p[2][1], 0.49);
+        // The moments hold the clipped gradient g / √7 (β as the f32 options hold them).
+        let (b1, b2) = (f64::from(0.9f32), f64::from(0.99f32));
+        close(opt.m[0][0], (1.0 - b1) * 2.0 / 7f64.sqrt());
+        close(opt.v[0][0], (1.0 - b2) * 4.0 / 7.0);
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let mut opt = AdamWRef::new(&[(2, ParamGroup::Decayed)], AdamWOptions::default()).unwrap();
+        let mut p = vec![vec![0.0; 2]];
+        assert!(matches!(
+            opt.step(&mut p, &[&[1.0]], 0.1),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(opt.step(&mut p, &[], 0.1), Err(Error::Shape(_))));
+        assert!(matches!(
+            opt.step(&mut p, &[&[1.0, 1.0]], f64::NAN),
+            Err(Error::InvalidArgument(_))
+        ));
+        let bad = AdamWOptions {
+            eps: -1.0,
+            ..AdamWOptions::default()
+        };
+        assert!(matches!(
+            AdamWRef::new(&[(2, ParamGroup::Decayed)], bad),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

@@ -30,7 +30,7 @@ pub struct BertConfig {
 /// anything else (kept apart so that the error can name the key).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Entry<T> {
+pub(super) enum Entry<T> {
     Valid(T),
     Invalid(IgnoredAny),
 }
@@ -54,7 +54,7 @@ struct RawConfig {
 
 /// The size `key`: present, a positive integer, and bounded so that a
 /// hostile config cannot drive huge allocations.
-fn size(key: &str, entry: Option<Entry<u64>>) -> Result<usize> {
+pub(super) fn size(key: &str, entry: Option<Entry<u64>>) -> Result<usize> {
     let n = match entry {
         Some(Entry::Valid(n)) => n,
         _ => {
@@ -72,7 +72,7 @@ fn size(key: &str, entry: Option<Entry<u64>>) -> Result<usize> {
 }
 
 /// The optional string `key`, which must be a string when present.
-fn text(key: &str, entry: Option<Entry<String>>) -> Result<Option<String>> {
+pub(super) fn text(key: &str, entry: Option<Entry<String>>) -> Result<Option<String>> {
     match entry {
         None => Ok(None),
         Some(Entry::Valid(s)) => Ok(Some(s)),

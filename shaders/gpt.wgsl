@@ -14,8 +14,9 @@
 //   layer_norm_forward        v1: one workgroup per row, two passes (mean, then the
 //                             variance of the centred values), as bert's layer_norm;
 //                             also stores (mean, 1/sigma) per row for the backward.
-//   layer_norm_backward       dx, one workgroup per row: with g = dy*gamma and
+//   layer_norm_backward       dx (+)=, one workgroup per row: with g = dy*gamma and
 //                             xh = (x - mean)/sigma, dx = (g - mean(g) - xh*mean(g*xh))/sigma.
+//                             Accumulating adds the residual stream's gradient in the same pass.
 //   layer_norm_params         dgamma = sum over rows of dy*xh, dbeta = sum of dy;
 //                             one workgroup per column.
 //   bias_gelu                 y = gelu(x + b), tanh form (gelu_new); elementwise.
@@ -26,6 +27,10 @@
 //                             loss = (max - l[target]) + ln sum exp(l - max),
 //                             dlogits = (softmax - onehot) / rows.
 //   mean_loss                 one workgroup: the mean of the row losses.
+//   bias_residual             out = x + y + b: a projection's bias and the residual add.
+//   split_qkv                 c_attn's [B*T, 3C] product plus its bias into q, k, v
+//                             [B, H, T, C/H].
+//   merge_qkv                 dq, dk, dv [B, H, T, C/H] back into [B*T, 3C].
 
 struct Params {
     rows: u32,
@@ -37,11 +42,13 @@ struct Params {
     vocab: u32,
     // Rows of wpe.
     positions: u32,
-    // Embedding backward: add to the gradient already there instead of
-    // overwriting it (the tied output head also contributes to dwte).
+    // Embedding and LayerNorm backward: add to the gradient already there
+    // instead of overwriting it (the tied output head also contributes to
+    // dwte; the residual stream's gradient passes around each LayerNorm).
     accumulate: u32,
     eps: f32,
-    _pad: u32,
+    // Heads, for split_qkv and merge_qkv.
+    heads: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -196,7 +203,8 @@ fn layer_norm_backward(
     for (var c = lid; c < p.width; c = c + WG) {
         let g = lb_dy[base + c] * lb_gamma[c];
         let xh = (lb_x[base + c] - mean) * rstd;
-        lb_dx[base + c] = rstd * (g - mean_g - xh * mean_gx);
+        let prior = select(0.0, lb_dx[base + c], p.accumulate != 0u);
+        lb_dx[base + c] = prior + rstd * (g - mean_g - xh * mean_gx);
     }
 }
 
@@ -373,4 +381,93 @@ fn mean_loss(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         ml_out[0] = total / f32(p.rows);
     }
+}
+
+// ---- bias_residual ----------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> br_x: array<f32>;
+@group(0) @binding(2) var<storage, read> br_y: array<f32>;
+@group(0) @binding(3) var<storage, read> br_bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> br_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn bias_residual(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * p.width) {
+        return;
+    }
+    br_out[idx] = br_x[idx] + (br_y[idx] + br_bias[idx % p.width]);
+}
+
+// ---- split_qkv / merge_qkv --------------------------------------------------
+
+// Element idx of the [B*T, 3C] tensor: which of q, k, v (0, 1, 2) and its
+// index in that [B, H, T, C/H] tensor.
+fn qkv_place(idx: u32) -> vec2<u32> {
+    let c = p.width;
+    let hd = c / p.heads;
+    let row = idx / (3u * c);
+    let col = idx % (3u * c);
+    let part = col / c;
+    let h = (col % c) / hd;
+    let d = col % hd;
+    let b = row / p.n;
+    let t = row % p.n;
+    return vec2<u32>(part, ((b * p.heads + h) * p.n + t) * hd + d);
+}
+
+@group(0) @binding(1) var<storage, read> sq_qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> sq_bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sq_q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sq_k: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sq_v: array<f32>;
+
+@compute @workgroup_size(64)
+fn split_qkv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * 3u * p.width) {
+        return;
+    }
+    let at = qkv_place(idx);
+    let x = sq_qkv[idx] + sq_bias[idx % (3u * p.width)];
+    if (at.x == 0u) {
+        sq_q[at.y] = x;
+    } else if (at.x == 1u) {
+        sq_k[at.y] = x;
+    } else {
+        sq_v[at.y] = x;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> mq_dq: array<f32>;
+@group(0) @binding(2) var<storage, read> mq_dk: array<f32>;
+@group(0) @binding(3) var<storage, read> mq_dv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mq_dqkv: array<f32>;
+
+@compute @workgroup_size(64)
+fn merge_qkv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.rows * 3u * p.width) {
+        return;
+    }
+    let at = qkv_place(idx);
+    var x = mq_dv[at.y];
+    if (at.x == 0u) {
+        x = mq_dq[at.y];
+    } else if (at.x == 1u) {
+        x = mq_dk[at.y];
+    }
+    mq_dqkv[idx] = x;
 }

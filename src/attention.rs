@@ -391,8 +391,8 @@ async fn attention_whole(
     // R is formed in materialized mode, and on the side when asked for.
     let form_r = opts.mode == Mode::Materialized
         || (refined_mode && (opts.return_refined || full_metrics_r));
-    // The fused formula's m and its row stats serve the fused output and plain metrics.
-    let need_stats = opts.mode == Mode::Fused || (opts.mode == Mode::Plain && opts.metrics);
+    // The fused output keeps its own row stats; plain metrics need them for m.
+    let need_stats = opts.mode == Mode::Plain && opts.metrics;
 
     // Allocate everything first: the steps borrow it.
     let a = Tensor::scratch(gpu, &shape.map_shape())?;
@@ -415,16 +415,9 @@ async fn attention_whole(
     } else {
         (None, None)
     };
-    let fused_tmp = if opts.mode == Mode::Fused {
-        let wide = [shape.batch, shape.heads, shape.n, shape.dv + 1];
-        Some([
-            Tensor::scratch(gpu, &shape.output_shape())?,
-            Tensor::scratch(gpu, &wide)?,
-            Tensor::scratch(gpu, &wide)?,
-        ])
-    } else {
-        None
-    };
+    let fused = (opts.mode == Mode::Fused)
+        .then(|| saobp::FusedIntermediates::new(gpu, shape.output_shape()))
+        .transpose()?;
     let has_mask = opts.key_mask.is_some();
     let metrics_a = opts
         .metrics
@@ -446,10 +439,7 @@ async fn attention_whole(
     steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
     if let Some(stats) = &stats {
         steps.push(saobp::diag_stats(&plan, &a, stats));
-        // The fused output computes m itself, from one more column of A·U.
-        if opts.mode == Mode::Plain {
-            steps.push(saobp::mass(&plan, &a, stats, &mass));
-        }
+        steps.push(saobp::mass(&plan, &a, stats, &mass));
     }
     if let (Some(messages), Some(refined)) = (&messages, &refined) {
         let m_out = side_mass.as_ref().unwrap_or(&mass);
@@ -470,17 +460,9 @@ async fn attention_whole(
             steps.extend(matmul::steps(gpu, &p, r, v, &output)?);
         }
         Mode::Fused => {
-            if let (Some([y, u, au]), Some(stats)) = (&fused_tmp, &stats) {
-                // Both products read A: packed once where the matmul packs operands.
-                let mut shared = matmul::SharedA::default();
-                let p = matmul::plan(a.shape(), v.shape(), &plain)?;
-                steps.extend(matmul::steps_sharing_a(gpu, &p, &a, v, y, &mut shared)?);
-                steps.push(saobp::two_hop_values(&plan, y, v, stats, u));
-                let p = matmul::plan(a.shape(), u.shape(), &plain)?;
-                steps.extend(matmul::steps_sharing_a(gpu, &p, &a, u, au, &mut shared)?);
-                steps.push(saobp::fused_output(
-                    &plan, y, v, au, stats, &mass, &lambda, &output,
-                ));
+            // The fused output computes m itself, from one more column of A·U.
+            if let Some(fused) = &fused {
+                steps.extend(fused.output_steps(gpu, &plan, &a, v, &lambda, &mass, &output)?);
             }
         }
     }

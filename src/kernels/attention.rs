@@ -207,17 +207,24 @@ pub async fn attention_backward(
         m.check_finite("key_mask")?;
     }
 
-    let plain = |trans_a, trans_b, alpha| matmul::MatmulOptions {
-        trans_a,
-        trans_b,
-        alpha,
-    };
+    let plain = matmul::MatmulOptions::default();
     let map = shape.map_shape();
-    let grad_v_plan = matmul::plan(&map, v.shape(), &plain(true, false, 1.0))?;
-    let grad_a_plan = matmul::plan(grad_output.shape(), v.shape(), &plain(false, true, 1.0))?;
-    let softmax = softmax::plan(&map, opts.causal, opts.key_mask.map(Tensor::shape))?;
-    let grad_q_plan = matmul::plan(&map, k.shape(), &plain(false, false, shape.scale))?;
-    let grad_k_plan = matmul::plan(&map, q.shape(), &plain(true, false, shape.scale))?;
+    let grad_v_plan = matmul::plan(
+        &map,
+        v.shape(),
+        &matmul::MatmulOptions {
+            trans_a: true,
+            ..plain
+        },
+    )?;
+    let grad_a_plan = matmul::plan(
+        grad_output.shape(),
+        v.shape(),
+        &matmul::MatmulOptions {
+            trans_b: true,
+            ..plain
+        },
+    )?;
 
     let recomputed;
     let a = match opts.attention {
@@ -238,22 +245,55 @@ pub async fn attention_backward(
     }
     steps.extend(matmul::steps(gpu, &grad_v_plan, a, grad_output, &grad_v)?);
     steps.extend(matmul::steps(gpu, &grad_a_plan, grad_output, v, &grad_s)?);
-    // ∂L/∂A becomes ∂L/∂S in place.
-    steps.push(softmax::backward_step(
+    steps.extend(scores_backward_steps(
         gpu,
-        &softmax,
+        &shape,
+        q,
+        k,
         a,
-        &grad_s,
+        opts.causal,
         opts.key_mask,
-    ));
-    steps.extend(matmul::steps(gpu, &grad_q_plan, &grad_s, k, &grad_q)?);
-    steps.extend(matmul::steps(gpu, &grad_k_plan, &grad_s, q, &grad_k)?);
+        &grad_s,
+        &grad_q,
+        &grad_k,
+    )?);
     gpu.run(&steps).await?;
     Ok(AttentionGrads {
         grad_q,
         grad_k,
         grad_v,
     })
+}
+
+/// From `grad = ∂L/∂A` (`[B, H, N, N]`, turned into `∂L/∂S` in place by the
+/// softmax's backward), `∂L/∂q = scale · (∂L/∂S)·K` and
+/// `∂L/∂k = scale · (∂L/∂S)ᵀ·Q` into `grad_q` and `grad_k`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scores_backward_steps<'a>(
+    gpu: &'a Gpu,
+    shape: &AttentionShape,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    a: &'a Tensor,
+    causal: bool,
+    key_mask: Option<&'a Tensor>,
+    grad: &'a Tensor,
+    grad_q: &'a Tensor,
+    grad_k: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    let map = shape.map_shape();
+    let scaled = |trans_a| matmul::MatmulOptions {
+        trans_a,
+        trans_b: false,
+        alpha: shape.scale,
+    };
+    let softmax = softmax::plan(&map, causal, key_mask.map(Tensor::shape))?;
+    let grad_q_plan = matmul::plan(&map, k.shape(), &scaled(false))?;
+    let grad_k_plan = matmul::plan(&map, q.shape(), &scaled(true))?;
+    let mut steps = vec![softmax::backward_step(gpu, &softmax, a, grad, key_mask)];
+    steps.extend(matmul::steps(gpu, &grad_q_plan, grad, k, grad_q)?);
+    steps.extend(matmul::steps(gpu, &grad_k_plan, grad, q, grad_k)?);
+    Ok(steps)
 }
 
 /// Blocking form of [`attention_backward`].

@@ -46,6 +46,12 @@ kernels! {
         CROSS_ENTROPY = "cross_entropy" (ce_logits, ce_targets, ce_losses, ce_dlogits);
         /// The mean of the per-row losses.
         MEAN_LOSS = "mean_loss" (ml_losses, ml_out);
+        /// `out = x + y + bias`: a projection's bias and the residual add.
+        BIAS_RESIDUAL = "bias_residual" (br_x, br_y, br_bias, br_out);
+        /// `c_attn`'s `[B·T, 3C]` product plus its bias into `q`, `k`, `v` `[B, H, T, C/H]`.
+        SPLIT_QKV = "split_qkv" (sq_qkv, sq_bias, sq_q, sq_k, sq_v);
+        /// `dq`, `dk`, `dv` `[B, H, T, C/H]` back into `[B·T, 3C]`.
+        MERGE_QKV = "merge_qkv" (mq_dq, mq_dk, mq_dv, mq_dqkv);
     }
 }
 
@@ -60,7 +66,7 @@ pub(crate) struct GptParams {
     positions: u32,
     accumulate: u32,
     eps: f32,
-    _pad: u32,
+    heads: u32,
 }
 
 impl GptParams {
@@ -396,16 +402,23 @@ pub(crate) fn layer_norm_step<'a>(
         .step()
 }
 
-/// LayerNorm's `dx` from the forward's `x` and `stats`.
+/// LayerNorm's `dx` from the forward's `x` and `stats`, overwritten or,
+/// with `accumulate`, added to.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm_backward_step<'a>(
     p: &GptParams,
+    accumulate: bool,
     x: &'a Tensor,
     gamma: &'a Tensor,
     stats: &'a Tensor,
     dy: &'a Tensor,
     dx: &'a Tensor,
 ) -> Step<'a> {
-    Dispatch::new(&LAYER_NORM_BACKWARD, p, u64::from(p.rows))
+    let p = GptParams {
+        accumulate: accumulate.into(),
+        ..*p
+    };
+    Dispatch::new(&LAYER_NORM_BACKWARD, &p, u64::from(p.rows))
         .bind("lb_x", x)
         .bind("lb_gamma", gamma)
         .bind("lb_stats", stats)
@@ -512,7 +525,7 @@ pub async fn layer_norm_backward(
     let dgamma = Tensor::scratch(gpu, gamma.shape())?;
     let dbeta = Tensor::scratch(gpu, gamma.shape())?;
     gpu.run(&[
-        layer_norm_backward_step(&p, x, gamma, stats, dy, &dx),
+        layer_norm_backward_step(&p, false, x, gamma, stats, dy, &dx),
         layer_norm_params_step(&p, x, stats, dy, &dgamma, &dbeta),
     ])
     .await?;
@@ -535,7 +548,7 @@ pub fn layer_norm_backward_blocking(
 
 /// Checks the tables `wte` (`[vocab, C]`) and `wpe` (`[positions, C]`, at
 /// least `n` rows) against `ids`.
-fn plan_embed(ids: &TokenIds, wte: &[usize], wpe: &[usize]) -> Result<GptParams> {
+pub(crate) fn plan_embed(ids: &TokenIds, wte: &[usize], wpe: &[usize]) -> Result<GptParams> {
     let (vocab, width) = match *wte {
         [v, c] if c > 0 => (v, c),
         ref s => {
@@ -585,16 +598,16 @@ pub(crate) fn embed_step<'a>(
 }
 
 /// The embedding's backward: `dwte` and `dwpe` from `dx` (`[rows, C]`),
-/// overwritten or, with `accumulate`, added to.
+/// each overwritten or, with its `accumulate` flag, added to.
 pub(crate) fn embed_backward_steps<'a>(
     p: &GptParams,
-    accumulate: bool,
+    [accumulate_wte, accumulate_wpe]: [bool; 2],
     ids: &'a TokenIds,
     dx: &'a Tensor,
     dwte: &'a Tensor,
     dwpe: &'a Tensor,
 ) -> [Step<'a>; 2] {
-    let p = GptParams {
+    let with = |accumulate: bool| GptParams {
         accumulate: accumulate.into(),
         ..*p
     };
@@ -602,13 +615,13 @@ pub(crate) fn embed_backward_steps<'a>(
     let tokens = EMBED_BACKWARD_TOKENS.groups_for(p.vocab as usize * width);
     let positions = EMBED_BACKWARD_POSITIONS.groups_for(p.positions as usize * width);
     [
-        Dispatch::new(&EMBED_BACKWARD_TOKENS, &p, tokens)
+        Dispatch::new(&EMBED_BACKWARD_TOKENS, &with(accumulate_wte), tokens)
             .bind("et_dx", dx)
             .bind("et_order", &ids.order)
             .bind("et_offsets", &ids.offsets)
             .bind("et_dwte", dwte)
             .step(),
-        Dispatch::new(&EMBED_BACKWARD_POSITIONS, &p, positions)
+        Dispatch::new(&EMBED_BACKWARD_POSITIONS, &with(accumulate_wpe), positions)
             .bind("ep_dx", dx)
             .bind("ep_dwpe", dwpe)
             .step(),
@@ -695,7 +708,7 @@ pub async fn embed_backward(
     dx.check_finite("dx")?;
     let dwte = Tensor::scratch(gpu, &wte_shape)?;
     let dwpe = Tensor::scratch(gpu, &wpe_shape)?;
-    gpu.run(&embed_backward_steps(&p, false, ids, dx, &dwte, &dwpe))
+    gpu.run(&embed_backward_steps(&p, [false; 2], ids, dx, &dwte, &dwpe))
         .await?;
     Ok(EmbedGrads { dwte, dwpe })
 }
@@ -726,7 +739,7 @@ pub async fn embed_backward_add(
 ) -> Result<()> {
     let p = plan_embed_backward(ids, dx, dwte.shape(), dwpe.shape())?;
     dx.check_finite("dx")?;
-    gpu.run(&embed_backward_steps(&p, true, ids, dx, dwte, dwpe))
+    gpu.run(&embed_backward_steps(&p, [true; 2], ids, dx, dwte, dwpe))
         .await
 }
 
@@ -740,6 +753,86 @@ pub fn embed_backward_add_blocking(
     dwpe: &Tensor,
 ) -> Result<()> {
     pollster::block_on(embed_backward_add(gpu, ids, dx, dwte, dwpe))
+}
+
+// ---- the attention block's plumbing -------------------------------------------
+
+/// `[rows, width]` elementwise ops of a model: `rows` tokens, `n` per sequence,
+/// `heads` heads over `width`.
+pub(crate) fn block_params(rows: usize, n: usize, width: usize, heads: usize) -> Result<GptParams> {
+    Ok(GptParams {
+        n: to_u32("n", n)?,
+        heads: to_u32("heads", heads)?,
+        ..GptParams::rows(rows, width)?
+    })
+}
+
+impl GptParams {
+    /// The same rows, `width` columns wide.
+    pub(crate) fn with_width(self, width: usize) -> Result<GptParams> {
+        Ok(GptParams {
+            width: to_u32("width", width)?,
+            ..self
+        })
+    }
+
+    /// The same shape, with LayerNorm's ε.
+    pub(crate) fn with_eps(self, eps: f32) -> GptParams {
+        GptParams { eps, ..self }
+    }
+}
+
+/// `out = x + y + bias` over `[rows, width]`, `bias` `[width]`.
+pub(crate) fn bias_residual_step<'a>(
+    p: &GptParams,
+    x: &'a Tensor,
+    y: &'a Tensor,
+    bias: &'a Tensor,
+    out: &'a Tensor,
+) -> Step<'a> {
+    let elements = p.rows as usize * p.width as usize;
+    Dispatch::new(&BIAS_RESIDUAL, p, BIAS_RESIDUAL.groups_for(elements))
+        .bind("br_x", x)
+        .bind("br_y", y)
+        .bind("br_bias", bias)
+        .bind("br_out", out)
+        .step()
+}
+
+/// `qkv + bias` (`[B·T, 3C]`, `width` = C) into `q`, `k`, `v` (`[B, H, T, C/H]`).
+pub(crate) fn split_qkv_step<'a>(
+    p: &GptParams,
+    qkv: &'a Tensor,
+    bias: &'a Tensor,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+) -> Step<'a> {
+    let elements = 3 * p.rows as usize * p.width as usize;
+    Dispatch::new(&SPLIT_QKV, p, SPLIT_QKV.groups_for(elements))
+        .bind("sq_qkv", qkv)
+        .bind("sq_bias", bias)
+        .bind("sq_q", q)
+        .bind("sq_k", k)
+        .bind("sq_v", v)
+        .step()
+}
+
+/// The backward of [`split_qkv_step`]: `dq`, `dk`, `dv` into `dqkv`.
+pub(crate) fn merge_qkv_step<'a>(
+    p: &GptParams,
+    dq: &'a Tensor,
+    dk: &'a Tensor,
+    dv: &'a Tensor,
+    dqkv: &'a Tensor,
+) -> Step<'a> {
+    let elements = 3 * p.rows as usize * p.width as usize;
+    Dispatch::new(&MERGE_QKV, p, MERGE_QKV.groups_for(elements))
+        .bind("mq_dq", dq)
+        .bind("mq_dk", dk)
+        .bind("mq_dv", dv)
+        .bind("mq_dqkv", dqkv)
+        .step()
 }
 
 // ---- cross-entropy ----------------------------------------------------------

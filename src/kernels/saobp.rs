@@ -229,6 +229,91 @@ pub(crate) fn fused_output<'a>(
     .step()
 }
 
+/// The fused form's intermediates of `B·H` maps `N`×`N` with values `Dv`
+/// wide: the row statistics `(a, r, c)`, `Y = A·V`, `U' = [Y − a ⊙ V | r − a]`
+/// and `A·U'`. The forward writes them; the backward reads them, so a model
+/// that keeps them skips recomputing two products per layer.
+pub(crate) struct FusedIntermediates {
+    pub stats: Tensor,
+    pub y: Tensor,
+    pub u: Tensor,
+    pub au: Tensor,
+}
+
+impl FusedIntermediates {
+    /// Scratch for `[b, h, n, dv]` values.
+    pub fn new(gpu: &Gpu, [b, h, n, dv]: [usize; 4]) -> Result<FusedIntermediates> {
+        let wide = [b, h, n, dv + 1];
+        Ok(FusedIntermediates {
+            stats: Tensor::scratch(gpu, &[b * h * n, 3])?,
+            y: Tensor::scratch(gpu, &[b, h, n, dv])?,
+            u: Tensor::scratch(gpu, &wide)?,
+            au: Tensor::scratch(gpu, &wide)?,
+        })
+    }
+
+    /// The steps writing them from `a` and `v`. Both products read `A`:
+    /// packed once where the matmul packs operands.
+    pub fn steps<'a>(
+        &'a self,
+        gpu: &Gpu,
+        plan: &Plan,
+        a: &'a Tensor,
+        v: &'a Tensor,
+    ) -> Result<Vec<Step<'a>>> {
+        let plain = matmul::MatmulOptions::default();
+        let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
+        let au_plan = matmul::plan(a.shape(), self.u.shape(), &plain)?;
+        let mut shared = matmul::SharedA::default();
+        let mut steps = vec![diag_stats(plan, a, &self.stats)];
+        steps.extend(matmul::steps_sharing_a(
+            gpu,
+            &y_plan,
+            a,
+            v,
+            &self.y,
+            &mut shared,
+        )?);
+        steps.push(two_hop_values(plan, &self.y, v, &self.stats, &self.u));
+        steps.extend(matmul::steps_sharing_a(
+            gpu,
+            &au_plan,
+            a,
+            &self.u,
+            &self.au,
+            &mut shared,
+        )?);
+        Ok(steps)
+    }
+
+    /// [`FusedIntermediates::steps`], then the refined output `out` and `m`
+    /// into `mass`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn output_steps<'a>(
+        &'a self,
+        gpu: &Gpu,
+        plan: &Plan,
+        a: &'a Tensor,
+        v: &'a Tensor,
+        lambda: &'a Tensor,
+        mass: &'a Tensor,
+        out: &'a Tensor,
+    ) -> Result<Vec<Step<'a>>> {
+        let mut steps = self.steps(gpu, plan, a, v)?;
+        steps.push(fused_output(
+            plan,
+            &self.y,
+            v,
+            &self.au,
+            &self.stats,
+            mass,
+            lambda,
+            out,
+        ));
+        Ok(steps)
+    }
+}
+
 /// The materialized refinement of an attention map, from [`refine_map`].
 #[derive(Debug, Clone)]
 pub struct Refined {
@@ -364,8 +449,81 @@ pub async fn saobp_output_backward(
         t.check_finite(name)?;
     }
     let plan = plan(b * h, h, n, dv)?;
-    let rows = b * h * n;
-    let wide = [b, h, n, dv + 1];
+    let lambda = Tensor::from_slice(gpu, &[h], &lambda)?;
+    let fwd = FusedIntermediates::new(gpu, [b, h, n, dv])?;
+    let scratch = BackwardScratch::new(gpu, [b, h, n, dv])?;
+    let out = OutputGradients {
+        grad_attention: Tensor::scratch(gpu, a.shape())?,
+        grad_v: Tensor::scratch(gpu, v.shape())?,
+        grad_lambda: Tensor::scratch(gpu, &[h])?,
+    };
+    // The forward's intermediates, as the fused output forms them.
+    let mut steps = fwd.steps(gpu, &plan, a, v)?;
+    steps.extend(output_backward_steps(
+        gpu,
+        &plan,
+        a,
+        v,
+        &lambda,
+        grad_output,
+        &fwd,
+        &scratch,
+        Grads {
+            attention: &out.grad_attention,
+            v: &out.grad_v,
+            lambda: &out.grad_lambda,
+        },
+    )?);
+    gpu.run(&steps).await?;
+    drop(steps);
+    Ok(out)
+}
+
+/// Scratch of [`output_backward_steps`] for `[b, h, n, dv]` values.
+pub(crate) struct BackwardScratch {
+    w: Tensor,
+    row_terms: Tensor,
+    p: Tensor,
+    dy: Tensor,
+    diag: Tensor,
+    wu: Tensor,
+}
+
+impl BackwardScratch {
+    pub fn new(gpu: &Gpu, [b, h, n, dv]: [usize; 4]) -> Result<BackwardScratch> {
+        let (rows, wide) = (b * h * n, [b, h, n, dv + 1]);
+        Ok(BackwardScratch {
+            w: Tensor::scratch(gpu, &wide)?,
+            row_terms: Tensor::scratch(gpu, &[rows, 4])?,
+            p: Tensor::scratch(gpu, &wide)?,
+            dy: Tensor::scratch(gpu, &[b, h, n, dv])?,
+            diag: Tensor::scratch(gpu, &[rows, 3])?,
+            wu: Tensor::scratch(gpu, &[b, h, n, n])?,
+        })
+    }
+}
+
+/// Where [`output_backward_steps`] writes `∂L/∂A`, `∂L/∂V` and `∂L/∂λ`.
+pub(crate) struct Grads<'a> {
+    pub attention: &'a Tensor,
+    pub v: &'a Tensor,
+    pub lambda: &'a Tensor,
+}
+
+/// The steps of SAOBP's output backward ([`saobp_output_backward`]) into
+/// `out`, from the forward's intermediates `fwd` of the same `a` and `v`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_backward_steps<'a>(
+    gpu: &Gpu,
+    plan: &Plan,
+    a: &'a Tensor,
+    v: &'a Tensor,
+    lambda: &'a Tensor,
+    grad_output: &'a Tensor,
+    fwd: &'a FusedIntermediates,
+    scratch: &'a BackwardScratch,
+    out: Grads<'a>,
+) -> Result<Vec<Step<'a>>> {
     let plain = matmul::MatmulOptions::default();
     let trans_a = matmul::MatmulOptions {
         trans_a: true,
@@ -375,91 +533,50 @@ pub async fn saobp_output_backward(
         trans_b: true,
         ..plain
     };
-    // Plans first: a shape the products refuse fails before any allocation.
-    let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
-    let au_plan = matmul::plan(a.shape(), &wide, &plain)?;
-    let p_plan = matmul::plan(a.shape(), &wide, &trans_a)?;
+    let wide = fwd.u.shape();
+    let p_plan = matmul::plan(a.shape(), wide, &trans_a)?;
     let dyv_plan = matmul::plan(v.shape(), v.shape(), &trans_b)?;
-    let wu_plan = matmul::plan(&wide, &wide, &trans_b)?;
+    let wu_plan = matmul::plan(wide, wide, &trans_b)?;
     let dv_plan = matmul::plan(a.shape(), v.shape(), &trans_a)?;
-
-    // Allocate everything first: the steps borrow it.
-    let lambda = Tensor::from_slice(gpu, &[h], &lambda)?;
-    let stats = Tensor::scratch(gpu, &[rows, 3])?;
-    let y = Tensor::scratch(gpu, v.shape())?;
-    let u = Tensor::scratch(gpu, &wide)?;
-    let au = Tensor::scratch(gpu, &wide)?;
-    let w = Tensor::scratch(gpu, &wide)?;
-    let row_terms = Tensor::scratch(gpu, &[rows, 4])?;
-    let p = Tensor::scratch(gpu, &wide)?;
-    let dy = Tensor::scratch(gpu, v.shape())?;
-    let diag = Tensor::scratch(gpu, &[rows, 3])?;
-    let wu = Tensor::scratch(gpu, a.shape())?;
-    let out = OutputGradients {
-        grad_attention: Tensor::scratch(gpu, a.shape())?,
-        grad_v: Tensor::scratch(gpu, v.shape())?,
-        grad_lambda: Tensor::scratch(gpu, &[h])?,
-    };
-
-    // The forward's intermediates, as the fused output forms them.
-    let mut steps = vec![diag_stats(&plan, a, &stats)];
-    let mut shared = matmul::SharedA::default();
-    steps.extend(matmul::steps_sharing_a(
-        gpu,
-        &y_plan,
-        a,
-        v,
-        &y,
-        &mut shared,
-    )?);
-    steps.push(two_hop_values(&plan, &y, v, &stats, &u));
-    steps.extend(matmul::steps_sharing_a(
-        gpu,
-        &au_plan,
-        a,
-        &u,
-        &au,
-        &mut shared,
-    )?);
+    let n = plan.params.n as usize;
+    let s = scratch;
 
     // Through O, then through M·V and m: dU and w = Aᵀ·dm in one product.
-    steps.push(
-        Dispatch::new(&OUTPUT_ADJOINTS, &plan.params, plan.rows)
-            .bind("oa_grad", grad_output)
-            .bind("oa_y", &y)
-            .bind("oa_v", v)
-            .bind("oa_au", &au)
-            .bind("oa_stats", &stats)
-            .bind("oa_lambda", &lambda)
-            .bind("oa_w", &w)
-            .bind("oa_row", &row_terms)
-            .step(),
-    );
+    let mut steps = vec![Dispatch::new(&OUTPUT_ADJOINTS, &plan.params, plan.rows)
+        .bind("oa_grad", grad_output)
+        .bind("oa_y", &fwd.y)
+        .bind("oa_v", v)
+        .bind("oa_au", &fwd.au)
+        .bind("oa_stats", &fwd.stats)
+        .bind("oa_lambda", lambda)
+        .bind("oa_w", &s.w)
+        .bind("oa_row", &s.row_terms)
+        .step()];
     let mut shared_t = matmul::SharedA::default();
     steps.extend(matmul::steps_sharing_a(
         gpu,
         &p_plan,
         a,
-        &w,
-        &p,
+        &s.w,
+        &s.p,
         &mut shared_t,
     )?);
     steps.push(
         Dispatch::new(&ROW_ADJOINTS, &plan.params, plan.rows)
             .bind("ra_grad", grad_output)
-            .bind("ra_w", &w)
-            .bind("ra_p", &p)
+            .bind("ra_w", &s.w)
+            .bind("ra_p", &s.p)
             .bind("ra_v", v)
-            .bind("ra_stats", &stats)
-            .bind("ra_row", &row_terms)
-            .bind("ra_dy", &dy)
-            .bind("ra_diag", &diag)
+            .bind("ra_stats", &fwd.stats)
+            .bind("ra_row", &s.row_terms)
+            .bind("ra_dy", &s.dy)
+            .bind("ra_diag", &s.diag)
             .step(),
     );
 
     // dA: dY·Vᵀ, plus [dMV | dm]·U'ᵀ, plus the terms read off A.
-    steps.extend(matmul::steps(gpu, &dyv_plan, &dy, v, &out.grad_attention)?);
-    steps.extend(matmul::steps(gpu, &wu_plan, &w, &u, &wu)?);
+    steps.extend(matmul::steps(gpu, &dyv_plan, &s.dy, v, out.attention)?);
+    steps.extend(matmul::steps(gpu, &wu_plan, &s.w, &fwd.u, &s.wu)?);
     let elements = plan.params.matrices as usize * n * n;
     steps.push(
         Dispatch::new(
@@ -468,9 +585,9 @@ pub async fn saobp_output_backward(
             ATTENTION_GRAD.groups_for(elements),
         )
         .bind("ag_a", a)
-        .bind("ag_wu", &wu)
-        .bind("ag_diag", &diag)
-        .bind("ag_out", &out.grad_attention)
+        .bind("ag_wu", &s.wu)
+        .bind("ag_diag", &s.diag)
+        .bind("ag_out", out.attention)
         .step(),
     );
 
@@ -479,8 +596,8 @@ pub async fn saobp_output_backward(
         gpu,
         &dv_plan,
         a,
-        &dy,
-        &out.grad_v,
+        &s.dy,
+        out.v,
         &mut shared_t,
     )?);
     steps.push(
@@ -489,21 +606,19 @@ pub async fn saobp_output_backward(
             &plan.params,
             VALUE_GRAD.groups_for(plan.elements),
         )
-        .bind("vg_w", &w)
-        .bind("vg_p", &p)
-        .bind("vg_stats", &stats)
-        .bind("vg_out", &out.grad_v)
+        .bind("vg_w", &s.w)
+        .bind("vg_p", &s.p)
+        .bind("vg_stats", &fwd.stats)
+        .bind("vg_out", out.v)
         .step(),
     );
     steps.push(
-        Dispatch::new(&LAMBDA_GRAD, &plan.params, h as u64)
-            .bind("lg_row", &row_terms)
-            .bind("lg_out", &out.grad_lambda)
+        Dispatch::new(&LAMBDA_GRAD, &plan.params, u64::from(plan.params.heads))
+            .bind("lg_row", &s.row_terms)
+            .bind("lg_out", out.lambda)
             .step(),
     );
-    gpu.run(&steps).await?;
-    drop(steps);
-    Ok(out)
+    Ok(steps)
 }
 
 /// Blocking form of [`saobp_output_backward`].

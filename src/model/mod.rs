@@ -19,6 +19,7 @@
 
 mod config;
 mod encoder;
+mod gpt;
 mod gpt_config;
 mod tokenizer;
 mod weights;
@@ -27,5 +28,6 @@ pub use config::BertConfig;
 pub use encoder::{
     check_weights, sentence_embedding, BertModel, ForwardOptions, ForwardOutput, LayerOutput,
 };
+pub use gpt::{init_values, Gpt, GptWorkspace};
 pub use gpt_config::{GptConfig, ParamSpec};
 pub use tokenizer::{Encoded, TextTokenizer};

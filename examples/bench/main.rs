@@ -1,10 +1,10 @@
 //! Benchmark: attention (plain and flash), SAOBP (fused, streaming and
-//! materialized) and matmul on the default adapter, beside a CPU sgemm on the
-//! same machine.
+//! materialized), matmul and a GPT training step on the default adapter,
+//! beside a CPU sgemm on the same machine.
 //!
 //! `cargo run --release --example bench -- [--sizes 128,512,1024] [--matmul-sizes 512,1024,2048]
-//! [--only attention|matmul] [--all-variants] [--no-tune] [--repeat N]
-//! [--max-materialized N] [--long N] [--json FILE] [--markdown FILE]`
+//! [--only attention|matmul|training] [--all-variants] [--no-tune] [--repeat N]
+//! [--max-materialized N] [--long N] [--small-batch B] [--json FILE] [--markdown FILE]`
 //!
 //! `--max-materialized` (default 4096) is the largest N for the N³
 //! materialized mode; `--long` (default 16384, 0 skips) runs streaming SAOBP
@@ -15,9 +15,14 @@
 //! autotuning skips), then the default choice before and after
 //! `tune_matmul`.
 //!
+//! The training section ([`train`]) times the forward, backward and AdamW
+//! of a step at the `tiny` and `small` presets, with and without λ.
+//!
 //! Every figure is the median of several runs inside this one process, so the
 //! ratios compare like with like on a shared, noisy machine. Each timed run
 //! includes the readback of `O` (a few floats' worth of latency beside the work).
+
+mod train;
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +69,9 @@ struct Args {
     /// N of the one-head streaming run (0 skips it).
     #[arg(long = "long", default_value_t = 16384)]
     long_n: usize,
+    /// Batch of the `small` training preset (its own is 64; 0 skips it).
+    #[arg(long, default_value_t = 64)]
+    small_batch: usize,
 }
 
 /// A section of the benchmark.
@@ -71,14 +79,18 @@ struct Args {
 enum Section {
     Attention,
     Matmul,
+    Training,
 }
 
 impl Args {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_none_or(|s| s == section)
+    }
     fn attention(&self) -> bool {
-        self.only != Some(Section::Matmul)
+        self.runs(Section::Attention)
     }
     fn matmul(&self) -> bool {
-        self.only != Some(Section::Attention)
+        self.runs(Section::Matmul)
     }
     fn tune(&self) -> bool {
         !self.no_tune
@@ -377,6 +389,22 @@ fn run() -> Result<(), String> {
     } else {
         MatmulSection::default()
     };
+    let mut presets = train::presets(args.small_batch);
+    presets.retain(|p| p.batch > 0 && args.runs(Section::Training));
+    let mut training = Vec::new();
+    for preset in &presets {
+        for lambda in [false, true] {
+            let row = train::measure(&gpu, preset, lambda, args.repeat).map_err(|e| e.to_string())?;
+            println!(
+                "training {} λ {}: step {:.1} ms ({} dispatches)",
+                preset.name,
+                if lambda { "> 0" } else { "0" },
+                row.step().as_secs_f64() * 1e3,
+                row.dispatches
+            );
+            training.push(row);
+        }
+    }
 
     let mut md = format!("Adapter: {}\n", gpu.adapter());
     if !rows.is_empty() {
@@ -407,6 +435,9 @@ fn run() -> Result<(), String> {
     if args.matmul() {
         md += &mm.markdown(cpus);
     }
+    if !training.is_empty() {
+        md += &train::markdown(&presets, &training, args.repeat);
+    }
     println!("\n{md}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, &md).map_err(|e| format!("cannot write {path}: {e}"))?;
@@ -425,6 +456,7 @@ fn run() -> Result<(), String> {
             "attention": attn,
             "long_sequence": long,
             "matmul": mms,
+            "training": train::json(&training),
         });
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))?;

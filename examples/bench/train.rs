@@ -1,0 +1,195 @@
+//! The training-step section: forward, backward and AdamW time per step of
+//! the GPT at the `tiny` and `small` presets, plain (no λ) and with a
+//! learned λ > 0 in every head, and the SAOBP step's cost relative to the
+//! plain one.
+//!
+//! Beside it, what a naive autograd through `M = A·A` would add: its N³
+//! products (`M` forward, `∂A` from `∂M` backward: 6·T³ FLOP per head and
+//! layer), in FLOP and in seconds at the rate the plain step itself reached.
+
+use std::time::Duration;
+
+use saobp::kernels::gpt::TokenIds;
+use saobp::kernels::optim::{AdamW, AdamWOptions};
+use saobp::model::{Gpt, GptConfig};
+use saobp::workload::SplitMix64;
+use saobp::{Error, Gpu};
+
+use super::median;
+
+/// A model and batch shape to time.
+pub struct Preset {
+    pub name: &'static str,
+    pub config: GptConfig,
+    pub batch: usize,
+}
+
+/// The training presets: `tiny` (L = 4, H = 4, C = 128, T = 64, batch 12)
+/// and `small` (L = 6, H = 6, C = 384, T = 256, batch `small_batch`; the
+/// preset's own is 64), on an 84-character vocabulary.
+pub fn presets(small_batch: usize) -> Vec<Preset> {
+    let config = |n_layer, n_head, n_embd, n_positions| GptConfig {
+        vocab_size: 84,
+        n_positions,
+        n_embd,
+        n_layer,
+        n_head,
+        layer_norm_epsilon: 1e-5,
+    };
+    vec![
+        Preset {
+            name: "tiny",
+            config: config(4, 4, 128, 64),
+            batch: 12,
+        },
+        Preset {
+            name: "small",
+            config: config(6, 6, 384, 256),
+            batch: small_batch,
+        },
+    ]
+}
+
+/// One timed configuration.
+pub struct TrainRow {
+    pub preset: &'static str,
+    pub t: usize,
+    pub batch: usize,
+    pub lambda: bool,
+    pub forward: Duration,
+    pub backward: Duration,
+    pub optimizer: Duration,
+    pub dispatches: u64,
+    pub submissions: u64,
+    /// FLOP of the step's products (forward and backward), as counted by the library.
+    pub product_flops: u64,
+}
+
+impl TrainRow {
+    pub fn step(&self) -> Duration {
+        self.forward + self.backward + self.optimizer
+    }
+}
+
+/// Times a step of `preset`, with λ = 0.5 learned in every head when `lambda`.
+pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Result<TrainRow, Error> {
+    let c = &preset.config;
+    let (b, t) = (preset.batch, c.n_positions);
+    let lambdas = lambda.then(|| vec![vec![0.5; c.n_head]; c.n_layer]);
+    let model = Gpt::init(gpu, c.clone(), 1, lambdas.as_deref())?;
+    let ws = model.workspace(gpu, b, t)?;
+    let mut rng = SplitMix64::new(2);
+    let mut draw = || -> Vec<u32> { (0..b * t).map(|_| rng.below(c.vocab_size) as u32).collect() };
+    let ids = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    let targets = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    let specs: Vec<_> = model.parameters().map(|(s, _)| (s.shape.as_slice(), s.group)).collect();
+    let mut adamw = AdamW::new(gpu, &specs, AdamWOptions::default())?;
+    let params: Vec<_> = model.parameters().map(|(_, p)| p).collect();
+    let grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
+
+    // Reading the loss (or the gradient norm) back waits for the submission.
+    let forward = median(repeat, || {
+        model.forward_blocking(gpu, &ws, &ids, Some(&targets))?;
+        ws.loss_blocking(gpu).map(drop)
+    })?;
+    let before = gpu.work();
+    model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
+    let work = gpu.work().since(&before);
+    let both = median(repeat, || {
+        model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
+        ws.loss_blocking(gpu).map(drop)
+    })?;
+    let before = gpu.work();
+    adamw.step_blocking(gpu, &params, &grads, 1e-3)?;
+    let opt_work = gpu.work().since(&before);
+    let optimizer = median(repeat, || {
+        adamw.step_blocking(gpu, &params, &grads, 1e-3)?;
+        adamw.last_grad_norm_blocking(gpu).map(drop)
+    })?;
+    Ok(TrainRow {
+        preset: preset.name,
+        t,
+        batch: b,
+        lambda,
+        forward,
+        backward: both.saturating_sub(forward),
+        optimizer,
+        dispatches: work.dispatches + opt_work.dispatches,
+        submissions: work.submissions + opt_work.submissions,
+        product_flops: work.product_flops,
+    })
+}
+
+/// FLOP a naive autograd through `M = A·A` adds per step: 6·T³ per head and layer.
+fn naive_flops(preset: &Preset) -> f64 {
+    let c = &preset.config;
+    6.0 * (preset.batch * c.n_head * c.n_layer) as f64 * (c.n_positions as f64).powi(3)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The section's Markdown: one row per preset and λ, then per preset the
+/// SAOBP step relative to the plain one and the naive N³ cost.
+pub fn markdown(presets: &[Preset], rows: &[TrainRow], repeat: usize) -> String {
+    let mut md = format!(
+        "\nTraining step, GPT (vocabulary 84), λ = 0.5 learned in every head for \"λ > 0\" \
+         (median of {repeat} runs; each phase waits for its results):\n\n\
+         | preset | T | batch | λ | forward | backward | AdamW | step | dispatches | submissions | product GFLOP |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |\n",
+            r.preset,
+            r.t,
+            r.batch,
+            if r.lambda { "> 0" } else { "0" },
+            ms(r.forward),
+            ms(r.backward),
+            ms(r.optimizer),
+            ms(r.step()),
+            r.dispatches,
+            r.submissions,
+            r.product_flops as f64 / 1e9,
+        );
+    }
+    md += "\n| preset | T | SAOBP step / plain step | naive A·A autograd: extra GFLOP | at the plain step's rate |\n|---|---|---|---|---|\n";
+    for p in presets {
+        let find = |lambda| rows.iter().find(|r| r.preset == p.name && r.lambda == lambda);
+        if let (Some(plain), Some(saobp)) = (find(false), find(true)) {
+            let rate = plain.product_flops as f64 / plain.step().as_secs_f64();
+            let naive = naive_flops(p);
+            md += &format!(
+                "| {} | {} | {:.2}× | {:.1} | +{:.2} s |\n",
+                p.name,
+                p.config.n_positions,
+                saobp.step().as_secs_f64() / plain.step().as_secs_f64(),
+                naive / 1e9,
+                naive / rate,
+            );
+        }
+    }
+    md
+}
+
+/// The section as JSON values.
+pub fn json(rows: &[TrainRow]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "preset": r.preset,
+                "t": r.t,
+                "batch": r.batch,
+                "lambda": r.lambda,
+                "forward_s": r.forward.as_secs_f64(),
+                "backward_s": r.backward.as_secs_f64(),
+                "optimizer_s": r.optimizer.as_secs_f64(),
+                "dispatches": r.dispatches,
+                "submissions": r.submissions,
+                "product_flops": r.product_flops,
+            })
+        })
+        .collect()
+}

@@ -96,6 +96,19 @@ impl SplitMix64 {
         (0..len).map(|_| self.uniform(lo, hi)).collect()
     }
 
+    /// A standard normal draw, `N(0, 1)`, by the Box–Muller transform of two
+    /// uniform draws: `√(−2 ln u₁) · cos(2π u₂)`, `u₁` in `(0, 1]` (so the
+    /// logarithm is finite) and `u₂` in `[0, 1)`, each from the top 53 bits
+    /// of one draw. The sine partner is dropped, so every call takes exactly
+    /// two draws; `ln` and `cos` are `libm`'s, so a seed gives the same bits
+    /// on every platform.
+    pub fn normal(&mut self) -> f64 {
+        let unit = |bits: u64| (bits >> 11) as f64 / (1u64 << 53) as f64;
+        let u1 = 1.0 - unit(self.next_u64());
+        let u2 = unit(self.next_u64());
+        libm::sqrt(-2.0 * libm::log(u1)) * libm::cos(std::f64::consts::TAU * u2)
+    }
+
     /// Uniform in `[0, n)` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
         if n == 0 {
@@ -233,6 +246,30 @@ mod tests {
             let old = (b.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
             assert_eq!(a.uniform(-1.0, 1.0).to_bits(), old.to_bits());
         }
+    }
+
+    /// Normal draws have the moments of `N(0, 1)`: over 200,000 draws the
+    /// standard errors are 0.0022 (mean), 0.0032 (variance) and 0.011
+    /// (kurtosis), so the bounds sit at about 5 of them. A uniform draw
+    /// scaled to variance 1 (kurtosis 1.8) or a wrong scale fails.
+    #[test]
+    fn normal_draws_have_mean_0_variance_1_and_kurtosis_3() {
+        let mut rng = SplitMix64::new(11);
+        let xs: Vec<f64> = (0..200_000).map(|_| rng.normal()).collect();
+        let len = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / len;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / len;
+        let kurtosis = xs.iter().map(|x| (x - mean).powi(4)).sum::<f64>() / len / (var * var);
+        assert!(mean.abs() < 0.011, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.016, "variance {var}");
+        assert!((kurtosis - 3.0).abs() < 0.055, "kurtosis {kurtosis}");
+        assert!(xs.iter().all(|x| x.is_finite()));
+        // One in 2,000 beyond 3.29σ on each side (100 ± 10 expected).
+        let tail = |f: fn(f64) -> bool| xs.iter().filter(|&&x| f(x)).count();
+        assert!((60..140).contains(&tail(|x| x > 3.29)));
+        assert!((60..140).contains(&tail(|x| x < -3.29)));
+        let mut again = SplitMix64::new(11);
+        assert_eq!(again.normal().to_bits(), xs[0].to_bits());
     }
 
     #[test]

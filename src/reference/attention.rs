@@ -45,11 +45,12 @@ pub(super) fn check_inputs<T, U>(
 }
 
 /// Attention in f64. `q`, `k` are `[B, H, N, D]` (`shape`), `v` is
-/// `[B, H, N, dv]`; other lengths are a shape error.
+/// `[B, H, N, dv]`; other lengths are a shape error. Inputs may be f32 (what
+/// the GPU sees) or f64 (a model's reference, chained without rounding).
 pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: &[impl Copy + Into<f64>],
+    k: &[impl Copy + Into<f64>],
+    v: &[impl Copy + Into<f64>],
     shape: [usize; 4],
     dv: usize,
     opts: &RefOptions,

@@ -7,11 +7,12 @@ use crate::kernels::matmul::MatmulOptions;
 /// `alpha · op(A) · op(B)` in f64, with the shape rules of
 /// [`crate::kernels::matmul::matmul`]. Returns the values of `C` (row-major).
 /// Shapes that do not fit, or data lengths that do not match them, are a
-/// shape error.
+/// shape error. Operands may be f32 (what the GPU sees) or f64 (a model's
+/// reference, chained without rounding).
 pub fn matmul(
-    a: &[f32],
+    a: &[impl Copy + Into<f64>],
     a_shape: &[usize],
-    b: &[f32],
+    b: &[impl Copy + Into<f64>],
     b_shape: &[usize],
     opts: &MatmulOptions,
 ) -> Result<Vec<f64>> {
@@ -52,17 +53,17 @@ pub fn matmul(
             for j in 0..n {
                 let mut sum = 0.0f64;
                 for l in 0..k {
-                    let x = if opts.trans_a {
-                        a[l * m + i]
+                    let x: f64 = if opts.trans_a {
+                        a[l * m + i].into()
                     } else {
-                        a[i * k + l]
+                        a[i * k + l].into()
                     };
-                    let y = if opts.trans_b {
-                        b[j * k + l]
+                    let y: f64 = if opts.trans_b {
+                        b[j * k + l].into()
                     } else {
-                        b[l * n + j]
+                        b[l * n + j].into()
                     };
-                    sum += f64::from(x) * f64::from(y);
+                    sum += x * y;
                 }
                 c[(g * m + i) * n + j] = f64::from(opts.alpha) * sum;
             }

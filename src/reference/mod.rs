@@ -13,6 +13,8 @@ pub mod attention;
 pub mod bert;
 pub mod compare;
 pub mod gpt;
+#[cfg(feature = "model")]
+pub mod gpt_model;
 pub mod matmul;
 pub mod metrics;
 pub mod optim;

@@ -95,8 +95,8 @@ pub fn gtd(mass: &[f64], lambda: &[f64], n: usize) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// `P·V` for `p` `[G, n, n]` and `v` `[G, n, dv]`.
-pub fn apply(p: &[f64], v: &[f32], n: usize, dv: usize) -> Result<Vec<f64>> {
+/// `P·V` for `p` `[G, n, n]` and `v` `[G, n, dv]` (f32 or f64).
+pub fn apply(p: &[f64], v: &[impl Copy + Into<f64>], n: usize, dv: usize) -> Result<Vec<f64>> {
     let groups = blocks("reference P·V: P", p.len(), n)?;
     expect_len("reference P·V: V", v.len(), &[groups, n, dv])?;
     let mut out = vec![0.0; groups * n * dv];
@@ -105,7 +105,7 @@ pub fn apply(p: &[f64], v: &[f32], n: usize, dv: usize) -> Result<Vec<f64>> {
             for j in 0..n {
                 let w = p[(g * n + i) * n + j];
                 for c in 0..dv {
-                    out[(g * n + i) * dv + c] += w * f64::from(v[(g * n + j) * dv + c]);
+                    out[(g * n + i) * dv + c] += w * v[(g * n + j) * dv + c].into();
                 }
             }
         }
@@ -131,12 +131,12 @@ pub struct SaobpRef {
 }
 
 /// Attention then SAOBP with `lambda[h]` per head (`[H]`), all in f64;
-/// arguments otherwise as in [`attention`], and lengths that do not match
-/// the shapes are a shape error.
+/// arguments otherwise as in [`attention`] (f32 or f64 inputs), and lengths
+/// that do not match the shapes are a shape error.
 pub fn saobp(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: &[impl Copy + Into<f64>],
+    k: &[impl Copy + Into<f64>],
+    v: &[impl Copy + Into<f64>],
     shape: [usize; 4],
     dv: usize,
     opts: &RefOptions,

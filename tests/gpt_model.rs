@@ -5,14 +5,15 @@
 //! the same bits; checkpoints round-trip; bad checkpoints and batches are
 //! typed errors.
 //!
-//! Bounds. The loss takes the spec's relative 1e-4. A gradient is compared
-//! within relative 2e-3 plus an absolute floor of 2e-3 × the largest
-//! reference gradient of its tensor: each is a chain of f32 products and
-//! row sums through two layers (48 rows, widths up to 128), and the softmax
-//! and LayerNorm backwards subtract nearly equal terms (`A(g − Σ Ag)`,
-//! `g − mean(g) − x̂·mean(g·x̂)`), so entries near zero carry the rounding of
-//! their tensor's large ones. A wrong term moves entries by the size of the
-//! gradient itself, far above these bounds.
+//! Bounds. The loss and logits take the spec's. A gradient is compared
+//! within the spec's relative 1e-4, with an absolute floor of 1e-4 × the
+//! largest reference gradient of its tensor (instead of the spec's fixed
+//! 1e-5): each is a chain of f32 products and row sums through two layers,
+//! and the softmax and LayerNorm backwards subtract nearly equal terms
+//! (`A(g − Σ Ag)`, `g − mean(g) − x̂·mean(g·x̂)`), so entries near zero carry
+//! the rounding of their tensor's large ones. Measured on both software
+//! adapters, the worst entry uses under a tenth of this bound; a wrong or
+//! missing term moves entries by the size of the gradient itself.
 
 mod common;
 
@@ -67,8 +68,8 @@ fn named(values: &[(String, Vec<f32>)]) -> gpt_model::Named {
 fn grad_tolerance(want: &[f64]) -> Tolerance {
     let top = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     Tolerance {
-        abs: 2e-3 * top,
-        rel: 2e-3,
+        abs: 1e-4 * top,
+        rel: 1e-4,
     }
 }
 
@@ -77,7 +78,10 @@ fn grad_tolerance(want: &[f64]) -> Tolerance {
 fn check_against_reference(gpu: &Gpu, what: &str, values: &[(String, Vec<f32>)], seed: u64) {
     let c = config();
     let mut rng = Rng::new(seed);
-    let (ids, targets) = (tokens(&mut rng, c.vocab_size), tokens(&mut rng, c.vocab_size));
+    let (ids, targets) = (
+        tokens(&mut rng, c.vocab_size),
+        tokens(&mut rng, c.vocab_size),
+    );
     let (want, want_grads) =
         gpt_model::backward(&c, &named(values), &ids, &targets, BATCH, N).unwrap();
     let model = Gpt::from_values(gpu, c.clone(), values).unwrap();
@@ -88,14 +92,33 @@ fn check_against_reference(gpu: &Gpu, what: &str, values: &[(String, Vec<f32>)],
         .forward_backward_blocking(gpu, &ws, &gpu_ids, &gpu_targets)
         .unwrap();
     let loss = ws.loss_blocking(gpu).unwrap();
-    assert_near(&format!("{what}: loss"), f64::from(loss), want.loss, Tolerance::SPEC);
+    assert_near(
+        &format!("{what}: loss"),
+        f64::from(loss),
+        want.loss,
+        Tolerance::SPEC,
+    );
     let logits = ws.logits().to_vec_blocking(gpu).unwrap();
-    assert_within(&format!("{what}: logits"), &logits, &want.logits, Tolerance::SPEC);
-    assert_eq!(ws.grads().count(), want_grads.len(), "{what}: gradient count");
+    assert_within(
+        &format!("{what}: logits"),
+        &logits,
+        &want.logits,
+        Tolerance::SPEC,
+    );
+    assert_eq!(
+        ws.grads().count(),
+        want_grads.len(),
+        "{what}: gradient count"
+    );
     for (spec, grad) in ws.grads() {
         let want = &want_grads[&spec.name];
         let got = grad.to_vec_blocking(gpu).unwrap();
-        assert_within(&format!("{what}: ∂{}", spec.name), &got, want, grad_tolerance(want));
+        assert_within(
+            &format!("{what}: ∂{}", spec.name),
+            &got,
+            want,
+            grad_tolerance(want),
+        );
     }
 }
 
@@ -128,13 +151,18 @@ fn lambda_zero_trains_as_plain_gpt2() {
         let plain = values(&c, 8, None);
         let zero = values(&c, 8, Some(&[vec![0.0; 2], vec![0.0; 2]]));
         let mut rng = Rng::new(80);
-        let (ids, targets) = (tokens(&mut rng, c.vocab_size), tokens(&mut rng, c.vocab_size));
+        let (ids, targets) = (
+            tokens(&mut rng, c.vocab_size),
+            tokens(&mut rng, c.vocab_size),
+        );
         let ids = TokenIds::new(gpu, &ids, BATCH, N, c.vocab_size).unwrap();
         let targets = TokenIds::new(gpu, &targets, BATCH, N, c.vocab_size).unwrap();
         let run = |values: &[(String, Vec<f32>)]| {
             let model = Gpt::from_values(gpu, c.clone(), values).unwrap();
             let ws = model.workspace(gpu, BATCH, N).unwrap();
-            model.forward_backward_blocking(gpu, &ws, &ids, &targets).unwrap();
+            model
+                .forward_backward_blocking(gpu, &ws, &ids, &targets)
+                .unwrap();
             let grads: BTreeMap<String, Vec<f32>> = ws
                 .grads()
                 .map(|(s, g)| (s.name.clone(), g.to_vec_blocking(gpu).unwrap()))
@@ -143,10 +171,20 @@ fn lambda_zero_trains_as_plain_gpt2() {
         };
         let (loss_plain, grads_plain) = run(&plain);
         let (loss_zero, grads_zero) = run(&zero);
-        assert_near("loss", f64::from(loss_zero), f64::from(loss_plain), Tolerance::SPEC);
+        assert_near(
+            "loss",
+            f64::from(loss_zero),
+            f64::from(loss_plain),
+            Tolerance::SPEC,
+        );
         for (name, want) in &grads_plain {
             let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
-            assert_within(&format!("∂{name}"), &grads_zero[name], &want, grad_tolerance(&want));
+            assert_within(
+                &format!("∂{name}"),
+                &grads_zero[name],
+                &want,
+                grad_tolerance(&want),
+            );
         }
         assert_eq!(grads_zero.len(), grads_plain.len() + 2, "one dλ per layer");
     });
@@ -154,12 +192,15 @@ fn lambda_zero_trains_as_plain_gpt2() {
 
 #[test]
 fn a_repeated_step_creates_no_buffer_and_gives_the_same_bits() {
-    on_every_gpu("GPT repeated step", |gpu| {
+    on_every_gpu("GPT repeated step", |shared| {
+        // A context of its own: other tests allocate on the shared one.
+        let gpu = &Gpu::new_blocking(&common::same_adapter(shared)).unwrap();
         let c = config();
         let model = Gpt::init(gpu, c.clone(), 9, Some(&[vec![0.5, 0.0], vec![1.0, 2.0]])).unwrap();
         let ws = model.workspace(gpu, BATCH, N).unwrap();
         let mut rng = Rng::new(90);
-        let ids = TokenIds::new(gpu, &tokens(&mut rng, c.vocab_size), BATCH, N, c.vocab_size).unwrap();
+        let ids =
+            TokenIds::new(gpu, &tokens(&mut rng, c.vocab_size), BATCH, N, c.vocab_size).unwrap();
         let targets =
             TokenIds::new(gpu, &tokens(&mut rng, c.vocab_size), BATCH, N, c.vocab_size).unwrap();
         let snapshot = || -> Vec<u32> {
@@ -169,14 +210,26 @@ fn a_repeated_step_creates_no_buffer_and_gives_the_same_bits() {
             }
             bits
         };
-        model.forward_backward_blocking(gpu, &ws, &ids, &targets).unwrap();
+        model
+            .forward_backward_blocking(gpu, &ws, &ids, &targets)
+            .unwrap();
         let first = snapshot();
         let (buffers, work) = (gpu.allocations(), gpu.work());
         for _ in 0..3 {
-            model.forward_backward_blocking(gpu, &ws, &ids, &targets).unwrap();
+            model
+                .forward_backward_blocking(gpu, &ws, &ids, &targets)
+                .unwrap();
         }
-        assert_eq!(gpu.allocations(), buffers, "a repeated step created buffers");
-        assert_eq!(gpu.work().since(&work).submissions, 3, "one submission per step");
+        assert_eq!(
+            gpu.allocations(),
+            buffers,
+            "a repeated step created buffers"
+        );
+        assert_eq!(
+            gpu.work().since(&work).submissions,
+            3,
+            "one submission per step"
+        );
         assert_eq!(snapshot(), first, "a repeated step changed bits");
     });
 }
@@ -188,15 +241,23 @@ fn checkpoints_round_trip_through_safetensors_and_config_json() {
     let model = Gpt::init(gpu, c.clone(), 3, Some(&[vec![0.25, 0.0], vec![1.5, 0.75]])).unwrap();
     let bytes = model.to_safetensors_blocking(gpu).unwrap();
     let dir = common::TempDir::new("gpt-checkpoint");
-    std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
-    std::fs::write(dir.path().join("config.json"), c.to_json()).unwrap();
-    let loaded = Gpt::load(gpu, dir.path()).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    std::fs::write(dir.join("config.json"), c.to_json()).unwrap();
+    let loaded = Gpt::load(gpu, &dir).unwrap();
     assert!(loaded.has_lambda());
     assert_eq!(loaded.config(), &c);
-    assert_eq!(loaded.values_blocking(gpu).unwrap(), model.values_blocking(gpu).unwrap());
-    let lambda = loaded.parameter("transformer.h.1.attn.saobp_lambda").unwrap();
+    assert_eq!(
+        loaded.values_blocking(gpu).unwrap(),
+        model.values_blocking(gpu).unwrap()
+    );
+    let lambda = loaded
+        .parameter("transformer.h.1.attn.saobp_lambda")
+        .unwrap();
     assert_eq!(lambda.to_vec_blocking(gpu).unwrap(), vec![1.5, 0.75]);
 }
+
+/// Named parameter values, as `Gpt::from_values` takes them.
+type Values = Vec<(String, Vec<f32>)>;
 
 fn model_error(gpu: &Gpu, values: &[(String, Vec<f32>)]) -> String {
     match Gpt::from_values(gpu, config(), values) {
@@ -210,7 +271,7 @@ fn bad_checkpoints_and_batches_are_typed_errors() {
     let gpu = &common::gpus()[0];
     let c = config();
     let good = init_values(&c, 1, Some(&[vec![0.5; 2], vec![0.5; 2]])).unwrap();
-    let edit = |f: &dyn Fn(&mut Vec<(String, Vec<f32>)>)| {
+    let edit = |f: &dyn Fn(&mut Values)| {
         let mut v = good.clone();
         f(&mut v);
         v
@@ -222,7 +283,10 @@ fn bad_checkpoints_and_batches_are_typed_errors() {
     });
     assert!(model_error(gpu, &short).contains(&short[4].0));
     let negative = edit(&|v| {
-        let l = v.iter_mut().find(|(n, _)| n.ends_with("h.1.attn.saobp_lambda")).unwrap();
+        let l = v
+            .iter_mut()
+            .find(|(n, _)| n.ends_with("h.1.attn.saobp_lambda"))
+            .unwrap();
         l.1[0] = -0.1;
     });
     assert!(model_error(gpu, &negative).contains("λ"));
@@ -238,8 +302,14 @@ fn bad_checkpoints_and_batches_are_typed_errors() {
     ));
 
     let model = Gpt::from_values(gpu, c.clone(), &good).unwrap();
-    assert!(matches!(model.workspace(gpu, 2, 21), Err(Error::InvalidArgument(_))));
-    assert!(matches!(model.workspace(gpu, 0, 4), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        model.workspace(gpu, 2, 21),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        model.workspace(gpu, 0, 4),
+        Err(Error::InvalidArgument(_))
+    ));
     let ws = model.workspace(gpu, 2, 4).unwrap();
     let ids = TokenIds::new(gpu, &[1; 8], 2, 4, 11).unwrap();
     let other_vocab = TokenIds::new(gpu, &[1; 8], 2, 4, 12).unwrap();
@@ -250,5 +320,8 @@ fn bad_checkpoints_and_batches_are_typed_errors() {
     }
     let plain = Gpt::init(gpu, c, 1, None).unwrap();
     let r = plain.forward_blocking(gpu, &ws, &ids, None);
-    assert!(matches!(r, Err(Error::Shape(_))), "a workspace of another model: {r:?}");
+    assert!(
+        matches!(r, Err(Error::Shape(_))),
+        "a workspace of another model: {r:?}"
+    );
 }

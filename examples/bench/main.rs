@@ -394,7 +394,8 @@ fn run() -> Result<(), String> {
     let mut training = Vec::new();
     for preset in &presets {
         for lambda in [false, true] {
-            let row = train::measure(&gpu, preset, lambda, args.repeat).map_err(|e| e.to_string())?;
+            let row =
+                train::measure(&gpu, preset, lambda, args.repeat).map_err(|e| e.to_string())?;
             println!(
                 "training {} λ {}: step {:.1} ms ({} dispatches)",
                 preset.name,

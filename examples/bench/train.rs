@@ -82,7 +82,10 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     let mut draw = || -> Vec<u32> { (0..b * t).map(|_| rng.below(c.vocab_size) as u32).collect() };
     let ids = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
     let targets = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
-    let specs: Vec<_> = model.parameters().map(|(s, _)| (s.shape.as_slice(), s.group)).collect();
+    let specs: Vec<_> = model
+        .parameters()
+        .map(|(s, _)| (s.shape.as_slice(), s.group))
+        .collect();
     let mut adamw = AdamW::new(gpu, &specs, AdamWOptions::default())?;
     let params: Vec<_> = model.parameters().map(|(_, p)| p).collect();
     let grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
@@ -157,7 +160,10 @@ pub fn markdown(presets: &[Preset], rows: &[TrainRow], repeat: usize) -> String 
     }
     md += "\n| preset | T | SAOBP step / plain step | naive A·A autograd: extra GFLOP | at the plain step's rate |\n|---|---|---|---|---|\n";
     for p in presets {
-        let find = |lambda| rows.iter().find(|r| r.preset == p.name && r.lambda == lambda);
+        let find = |lambda| {
+            rows.iter()
+                .find(|r| r.preset == p.name && r.lambda == lambda)
+        };
         if let (Some(plain), Some(saobp)) = (find(false), find(true)) {
             let rate = plain.product_flops as f64 / plain.step().as_secs_f64();
             let naive = naive_flops(p);

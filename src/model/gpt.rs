@@ -106,21 +106,14 @@ pub struct Gpt {
     has_lambda: bool,
 }
 
-/// A standard normal draw (Box–Muller over two uniform draws in (0, 1]).
-fn normal(rng: &mut SplitMix64) -> f64 {
-    let unit = |r: &mut SplitMix64| ((r.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let (u1, u2) = (unit(rng), unit(rng));
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 /// The spec's initial values of every parameter, in [`GptConfig::parameters`]
 /// order, from `seed`: weights `N(0, 0.02)`, the two `c_proj` weights of each
 /// layer `N(0, 0.02/√(2L))`, biases 0, LayerNorm weights 1 and biases 0, and
 /// λ from `lambda[layer][head]` when given.
 ///
-/// Fails with [`Error::InvalidArgument`] when `lambda` does not hold one
-/// finite, non-negative value per layer and head, and with
-/// [`Error::Model`] when the config is invalid.
+/// Fails with [`Error::Shape`] when `lambda` does not hold one value per
+/// layer and head, with [`Error::InvalidArgument`] when one is negative or
+/// not finite, and with [`Error::Model`] when the config is invalid.
 pub fn init_values(
     config: &GptConfig,
     seed: u64,
@@ -151,7 +144,7 @@ pub fn init_values(
                 } else {
                     0.02
                 };
-                (0..len).map(|_| (std * normal(&mut rng)) as f32).collect()
+                (0..len).map(|_| (std * rng.normal()) as f32).collect()
             };
             (spec.name, values)
         })
@@ -161,7 +154,7 @@ pub fn init_values(
 /// Checks one finite, non-negative λ per layer and head.
 fn check_lambda(config: &GptConfig, lambda: &[Vec<f32>]) -> Result<()> {
     if lambda.len() != config.n_layer || lambda.iter().any(|l| l.len() != config.n_head) {
-        return Err(Error::invalid(format!(
+        return Err(Error::shape(format!(
             "λ needs {} values for each of {} layers",
             config.n_head, config.n_layer
         )));
@@ -644,12 +637,12 @@ impl Gpt {
         // `y = x·W + b` with ∂L/∂y in `dy`: ∂W = xᵀ·dy, ∂b = column sums of
         // dy, and ∂x = dy·Wᵀ into `dx`.
         let linear = |steps: &mut Vec<Step<'a>>,
-                          x: &'a Tensor,
-                          weight: (&'a Tensor, &'a Tensor),
-                          grad: (&'a Tensor, &'a Tensor),
-                          dy: &'a Tensor,
-                          dx: &'a Tensor,
-                          p: &GptParams|
+                      x: &'a Tensor,
+                      weight: (&'a Tensor, &'a Tensor),
+                      grad: (&'a Tensor, &'a Tensor),
+                      dy: &'a Tensor,
+                      dx: &'a Tensor,
+                      p: &GptParams|
          -> Result<()> {
             let pw = matmul::plan(x.shape(), dy.shape(), &ta)?;
             steps.extend(matmul::steps(gpu, &pw, x, dy, grad.0)?);

@@ -30,7 +30,6 @@ use crate::error::{Error, Result};
 use crate::kernels::matmul::MatmulOptions;
 use crate::kernels::optim::ParamGroup;
 use crate::model::GptConfig;
-use crate::workload::SplitMix64;
 
 /// Named f64 tensors, keyed by the Hugging Face names of
 /// [`GptConfig::parameters`].
@@ -114,60 +113,17 @@ pub fn backward(
 /// biases 0, LayerNorm weight 1 and bias 0; with `lambda`, each layer's
 /// `attn.saobp_lambda` set to `lambda[layer]` (one value per head).
 ///
-/// The weights are drawn from one [`SplitMix64::normal`] stream in the
-/// order of [`GptConfig::parameters`], each rounded to f32, so a GPU model
+/// These are [`crate::model::init_values`] in f64 (one
+/// [`SplitMix64::normal`](crate::workload::SplitMix64::normal) stream in the
+/// order of [`GptConfig::parameters`], each rounded to f32), so a GPU model
 /// starts from exactly these numbers. `lambda` with other than `n_layer`
 /// rows of `n_head` values is [`Error::Shape`]; a negative or non-finite λ
 /// is [`Error::InvalidArgument`].
 pub fn init(config: &GptConfig, seed: u64, lambda: Option<&[Vec<f32>]>) -> Result<Named> {
-    config.validate()?;
-    if let Some(rows) = lambda {
-        expect_len("GPT init: λ rows", rows.len(), &[config.n_layer])?;
-        for (i, row) in rows.iter().enumerate() {
-            expect_len(
-                &format!("GPT init: λ of layer {i}"),
-                row.len(),
-                &[config.n_head],
-            )?;
-            if let Some(l) = row.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
-                return Err(Error::invalid(format!(
-                    "GPT init: λ = {l} in layer {i}; λ must be finite and >= 0"
-                )));
-            }
-        }
-    }
-    let mut rng = SplitMix64::new(seed);
-    let residual_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
-    let mut lambdas = lambda.unwrap_or_default().iter();
-    let mut params = Named::new();
-    for spec in config.parameters(lambda.is_some()) {
-        let len = spec.shape.iter().product();
-        let values = match spec.group {
-            ParamGroup::Decayed => {
-                // The projections into the residual stream are scaled down
-                // so that its variance does not grow with depth.
-                let std = if spec.name.ends_with("c_proj.weight") {
-                    residual_std
-                } else {
-                    0.02
-                };
-                (0..len)
-                    .map(|_| f64::from((std * rng.normal()) as f32))
-                    .collect()
-            }
-            // The undecayed `weight`s are the LayerNorm gains.
-            ParamGroup::NotDecayed if spec.name.ends_with(".weight") => vec![1.0; len],
-            ParamGroup::NotDecayed => vec![0.0; len],
-            ParamGroup::Lambda => lambdas
-                .next()
-                .ok_or_else(|| Error::shape(format!("GPT init: no λ for `{}`", spec.name)))?
-                .iter()
-                .map(|&l| f64::from(l))
-                .collect(),
-        };
-        params.insert(spec.name, values);
-    }
-    Ok(params)
+    Ok(crate::model::init_values(config, seed, lambda)?
+        .into_iter()
+        .map(|(name, values)| (name, values.into_iter().map(f64::from).collect()))
+        .collect())
 }
 
 const WTE: &str = "transformer.wte.weight";
@@ -708,6 +664,7 @@ mod tests {
     //! the initialization's distribution.
 
     use super::*;
+    use crate::workload::SplitMix64;
 
     /// V = 7, T = 6, C = 8, H = 2, L = 2: every path with few entries.
     fn tiny() -> GptConfig {

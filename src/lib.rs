@@ -35,6 +35,7 @@
 pub mod attention;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod conformance;
+pub mod data;
 pub mod error;
 pub mod gpu;
 #[cfg(feature = "io")]

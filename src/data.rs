@@ -1,0 +1,1 @@
+//! Character-level text corpora for training (the spec's "Characters").

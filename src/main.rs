@@ -31,6 +31,8 @@ enum Command {
     /// Every kernel at a fixed set of sizes on every adapter, against the float64
     /// reference; exits non-zero if any fails.
     Conformance(cli::conformance::ConformanceArgs),
+    /// Train a character-level GPT on a text file, with or without SAOBP.
+    Train(cli::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Refine(a) => cli::refine::run(&a),
         Command::Analyze(a) => cli::analyze::run(&a),
         Command::Conformance(a) => cli::conformance::run(&a),
+        Command::Train(a) => cli::train::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

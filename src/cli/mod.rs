@@ -6,6 +6,9 @@ pub mod demo;
 pub mod info;
 pub mod plot;
 pub mod refine;
+pub mod run_dir;
+pub mod train;
+pub mod train_plot;
 
 use std::io::Write;
 use std::path::Path;

@@ -93,9 +93,14 @@ const SIZE: (u32, u32) = (1400, 1050);
 pub fn render(curves: &LayerCurves, maps: &Heatmaps, refined: bool) -> CliResult<Vec<u8>> {
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     draw(&mut rgb, curves, maps, refined).map_err(|e| format!("cannot draw the plot: {e}"))?;
+    encode_png(&rgb, SIZE)
+}
+
+/// An RGB image of `size` as PNG bytes.
+pub fn encode_png(rgb: &[u8], size: (u32, u32)) -> CliResult<Vec<u8>> {
     let mut png = Vec::new();
     {
-        let mut encoder = png::Encoder::new(&mut png, SIZE.0, SIZE.1);
+        let mut encoder = png::Encoder::new(&mut png, size.0, size.1);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         encoder.set_compression(png::Compression::Best);
@@ -103,7 +108,7 @@ pub fn render(curves: &LayerCurves, maps: &Heatmaps, refined: bool) -> CliResult
             .write_header()
             .map_err(|e| format!("cannot encode PNG: {e}"))?;
         writer
-            .write_image_data(&rgb)
+            .write_image_data(rgb)
             .map_err(|e| format!("cannot encode PNG: {e}"))?;
     }
     Ok(png)

@@ -236,6 +236,45 @@ impl AdamW {
         Some((self.m.get(i)?, self.v.get(i)?))
     }
 
+    /// Restores a saved state: `t` steps taken, and each tensor's first and
+    /// second moments (`moments[i] = (m, v)`, as [`AdamW::moments`] gives
+    /// them, read back), so that a resumed run continues bit for bit.
+    ///
+    /// Fails with [`Error::Shape`] when the count or a length differs from
+    /// the tensors this optimizer was made for, and with
+    /// [`Error::InvalidArgument`] when a value is not finite or a second
+    /// moment is negative.
+    pub fn set_state(&mut self, gpu: &Gpu, t: u64, moments: &[(&[f32], &[f32])]) -> Result<()> {
+        if moments.len() != self.shapes.len() {
+            return Err(Error::shape(format!(
+                "AdamW state holds {} tensors, the optimizer has {}",
+                moments.len(),
+                self.shapes.len()
+            )));
+        }
+        for (i, ((m, v), shape)) in moments.iter().zip(&self.shapes).enumerate() {
+            let len: usize = shape.iter().product();
+            if m.len() != len || v.len() != len {
+                return Err(Error::shape(format!(
+                    "AdamW state of tensor {i}: {} and {} values for shape {shape:?}",
+                    m.len(),
+                    v.len()
+                )));
+            }
+            if m.iter().chain(v.iter()).any(|x| !x.is_finite()) || v.iter().any(|&x| x < 0.0) {
+                return Err(Error::invalid(format!(
+                    "AdamW state of tensor {i} holds a non-finite value or a negative second moment"
+                )));
+            }
+        }
+        for (i, (m, v)) in moments.iter().enumerate() {
+            self.m[i] = Tensor::from_slice(gpu, &self.shapes[i], m)?;
+            self.v[i] = Tensor::from_slice(gpu, &self.shapes[i], v)?;
+        }
+        self.t = t;
+        Ok(())
+    }
+
     /// Checks `params` and `grads` against the tensors this optimizer was made for.
     fn check(&self, params: &[&Tensor], grads: &[&Tensor]) -> Result<()> {
         if params.len() != self.shapes.len() || grads.len() != self.shapes.len() {

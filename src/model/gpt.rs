@@ -42,13 +42,14 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::gpt_config::{GptConfig, ParamSpec};
+use crate::attention::{attention, AttentionOptions, Metrics, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{map_steps, scores_backward_steps, AttentionShape};
 use crate::kernels::bert::{self, Dims};
 use crate::kernels::gpt::{self as ops, GptParams, TokenIds};
 use crate::kernels::matmul::{self, MatmulOptions};
-use crate::kernels::saobp::{self, BackwardScratch, FusedIntermediates};
+use crate::kernels::saobp::{self, BackwardScratch, FusedIntermediates, Lambda};
 use crate::tensor::Tensor;
 use crate::workload::SplitMix64;
 
@@ -189,9 +190,10 @@ impl Gpt {
     /// unexpected or of the wrong length.
     pub fn from_values(gpu: &Gpu, config: GptConfig, values: &[(String, Vec<f32>)]) -> Result<Gpt> {
         let find = |name: &str| values.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-        Gpt::build(gpu, config, values.len(), |name| {
+        let checked = check(&config, values.len(), |name| {
             Ok(find(name).map(|v| Cow::Borrowed(v.as_slice())))
-        })
+        })?;
+        Gpt::upload(gpu, config, checked)
     }
 
     /// Reads `config.json` and `model.safetensors` from `dir`.
@@ -210,98 +212,32 @@ impl Gpt {
     /// spec's layout (f32 tensors under Hugging Face names; λ optional).
     /// Every tensor is checked before the first upload.
     pub fn from_safetensors(gpu: &Gpu, config: GptConfig, bytes: &[u8]) -> Result<Gpt> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| {
-            Error::model(format!(
-                "model.safetensors is not a valid safetensors file: {e}"
-            ))
-        })?;
-        let values = |name: &str| -> Result<Option<Cow<'_, [f32]>>> {
-            let Ok(t) = st.tensor(name) else {
-                return Ok(None);
-            };
-            if t.dtype() != Dtype::F32 {
-                return Err(Error::model(format!(
-                    "tensor `{name}` has dtype {:?}, expected F32",
-                    t.dtype()
-                )));
-            }
-            // Safetensors data is little-endian, as every target wgpu runs on.
-            Ok(Some(match bytemuck::try_cast_slice(t.data()) {
-                Ok(v) => Cow::Borrowed(v),
-                Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(t.data())),
-            }))
-        };
-        Gpt::build(gpu, config, st.len(), values)
+        let st = parse_safetensors(bytes)?;
+        let checked = check(&config, st.len(), |name| safetensors_values(&st, name))?;
+        Gpt::upload(gpu, config, checked)
     }
 
-    /// Checks every tensor `get` gives against `config` (presence, length,
-    /// λ in range, nothing left over out of `count`), then uploads them.
-    fn build<'v>(
-        gpu: &Gpu,
-        config: GptConfig,
-        count: usize,
-        get: impl Fn(&str) -> Result<Option<Cow<'v, [f32]>>>,
-    ) -> Result<Gpt> {
-        config.validate()?;
-        let has_lambda = get(&config.parameters(true)[2 + PER_LAYER].name)?.is_some();
-        let specs = config.parameters(has_lambda);
-        let mut host = Vec::with_capacity(specs.len());
-        for spec in &specs {
-            let values = get(&spec.name)?.ok_or_else(|| {
-                Error::model(format!(
-                    "tensor `{}` is missing{}",
-                    spec.name,
-                    if has_lambda {
-                        " (layer 0 has a λ, so every layer needs one)"
-                    } else {
-                        ""
-                    }
-                ))
-            })?;
-            let len: usize = spec.shape.iter().product();
-            if values.len() != len {
-                return Err(Error::model(format!(
-                    "tensor `{}` holds {} values, the config implies shape {:?}",
-                    spec.name,
-                    values.len(),
-                    spec.shape
-                )));
-            }
-            if spec.name.ends_with("saobp_lambda") {
-                if let Some(x) = values.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
-                    return Err(Error::model(format!(
-                        "tensor `{}` holds λ = {x}; λ must be finite and >= 0",
-                        spec.name
-                    )));
-                }
-            }
-            host.push(values);
-        }
-        if count != specs.len() {
-            let lambda_elsewhere = !has_lambda
-                && (1..config.n_layer).any(|i| {
-                    get(&format!("transformer.h.{i}.attn.saobp_lambda")).is_ok_and(|v| v.is_some())
-                });
-            return Err(Error::model(if lambda_elsewhere {
-                "some layers have a λ (`attn.saobp_lambda`) and layer 0 has none: all or none must"
-                    .to_string()
-            } else {
-                format!(
-                    "{count} tensors given, the config implies {}; the extra ones are not GPT-2 parameters",
-                    specs.len()
-                )
-            }));
-        }
-        let params = specs
+    /// Checks, on the host and without a GPU, that a safetensors file holds
+    /// exactly the tensors `config` implies (as [`Gpt::from_safetensors`]
+    /// would find them), and returns whether it has λ.
+    pub fn check_safetensors(config: &GptConfig, bytes: &[u8]) -> Result<bool> {
+        let st = parse_safetensors(bytes)?;
+        Ok(check(config, st.len(), |name| safetensors_values(&st, name))?.has_lambda)
+    }
+
+    /// Uploads checked values.
+    fn upload(gpu: &Gpu, config: GptConfig, checked: Checked<'_>) -> Result<Gpt> {
+        let params = checked
+            .specs
             .iter()
-            .zip(&host)
+            .zip(&checked.host)
             .map(|(spec, v)| Tensor::from_slice(gpu, &spec.shape, v))
             .collect::<Result<Vec<_>>>()?;
         Ok(Gpt {
             config,
-            specs,
+            specs: checked.specs,
             params,
-            has_lambda,
+            has_lambda: checked.has_lambda,
         })
     }
 
@@ -367,6 +303,48 @@ impl Gpt {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn to_safetensors_blocking(&self, gpu: &Gpu) -> Result<Vec<u8>> {
         pollster::block_on(self.to_safetensors(gpu))
+    }
+
+    /// Each layer's λ per head, read back (zeros when the model has no λ).
+    pub async fn lambda_values(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(self.config.n_layer);
+        for layer in &self.layout().layers {
+            out.push(match layer.lambda {
+                Some(t) => t.to_vec(gpu).await?,
+                None => vec![0.0; self.config.n_head],
+            });
+        }
+        Ok(out)
+    }
+
+    /// Metrics of every layer's attention in the last forward recorded in
+    /// `ws`: of `A` (its GTD at λ = 1, as the spec reports a plain map) and
+    /// of `R` at the layer's λ (`R = A` at λ = 0), as [`crate::attention`]
+    /// reports them, from the `q`, `k` and `v` the forward kept.
+    pub async fn attention_metrics(&self, gpu: &Gpu, ws: &GptWorkspace) -> Result<Vec<Metrics>> {
+        let lambdas = self.lambda_values(gpu).await?;
+        let mut out = Vec::with_capacity(ws.layers.len());
+        for (acts, lambda) in ws.layers.iter().zip(lambdas) {
+            let opts = AttentionOptions {
+                causal: true,
+                lambda: Lambda::PerHead(lambda),
+                mode: Mode::Fused,
+                metrics: true,
+                ..Default::default()
+            };
+            let o = attention(gpu, &acts.q, &acts.k, &acts.v, &opts).await?;
+            out.push(
+                o.metrics
+                    .ok_or_else(|| Error::invalid("attention gave no metrics"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Blocking form of [`Gpt::attention_metrics`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn attention_metrics_blocking(&self, gpu: &Gpu, ws: &GptWorkspace) -> Result<Vec<Metrics>> {
+        pollster::block_on(self.attention_metrics(gpu, ws))
     }
 
     /// The buffers of a forward and backward over `batch` sequences of `n`
@@ -798,6 +776,104 @@ impl Gpt {
         ));
         Ok(steps)
     }
+}
+
+/// Parameter values checked against a config, still on the host.
+struct Checked<'v> {
+    specs: Vec<ParamSpec>,
+    host: Vec<Cow<'v, [f32]>>,
+    has_lambda: bool,
+}
+
+/// Checks every tensor `get` gives against `config` (presence, length, λ in
+/// range, nothing left over out of `count`).
+fn check<'v>(
+    config: &GptConfig,
+    count: usize,
+    get: impl Fn(&str) -> Result<Option<Cow<'v, [f32]>>>,
+) -> Result<Checked<'v>> {
+    config.validate()?;
+    let has_lambda = get(&config.parameters(true)[2 + PER_LAYER].name)?.is_some();
+    let specs = config.parameters(has_lambda);
+    let mut host = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let values = get(&spec.name)?.ok_or_else(|| {
+            Error::model(format!(
+                "tensor `{}` is missing{}",
+                spec.name,
+                if has_lambda {
+                    " (layer 0 has a λ, so every layer needs one)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        let len: usize = spec.shape.iter().product();
+        if values.len() != len {
+            return Err(Error::model(format!(
+                "tensor `{}` holds {} values, the config implies shape {:?}",
+                spec.name,
+                values.len(),
+                spec.shape
+            )));
+        }
+        if spec.name.ends_with("saobp_lambda") {
+            if let Some(x) = values.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                return Err(Error::model(format!(
+                    "tensor `{}` holds λ = {x}; λ must be finite and >= 0",
+                    spec.name
+                )));
+            }
+        }
+        host.push(values);
+    }
+    if count != specs.len() {
+        let lambda_elsewhere = !has_lambda
+            && (1..config.n_layer).any(|i| {
+                get(&format!("transformer.h.{i}.attn.saobp_lambda")).is_ok_and(|v| v.is_some())
+            });
+        return Err(Error::model(if lambda_elsewhere {
+            "some layers have a λ (`attn.saobp_lambda`) and layer 0 has none: all or none must"
+                .to_string()
+        } else {
+            format!(
+                "{count} tensors given, the config implies {}; the extra ones are not GPT-2 parameters",
+                specs.len()
+            )
+        }));
+    }
+    Ok(Checked {
+        specs,
+        host,
+        has_lambda,
+    })
+}
+
+fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::model(format!(
+            "model.safetensors is not a valid safetensors file: {e}"
+        ))
+    })
+}
+
+/// Tensor `name` of a safetensors file as f32 values, `None` when absent.
+fn safetensors_values<'a>(st: &SafeTensors<'a>, name: &str) -> Result<Option<Cow<'a, [f32]>>> {
+    let Ok(t) = st.tensor(name) else {
+        return Ok(None);
+    };
+    if t.dtype() != Dtype::F32 {
+        return Err(Error::model(format!(
+            "tensor `{name}` has dtype {:?}, expected F32",
+            t.dtype()
+        )));
+    }
+    // Safetensors data is little-endian, as every target wgpu runs on.
+    let data: &'a [u8] = t.data();
+    Ok(Some(match bytemuck::try_cast_slice(data) {
+        Ok(v) => Cow::Borrowed(v),
+        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(data)),
+    }))
 }
 
 /// Shapes and kernel parameters of one batch shape.

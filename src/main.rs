@@ -1,5 +1,7 @@
 //! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job,
-//! `refine` runs on your tensors, `conformance` checks every kernel on every adapter.
+//! `refine` runs on your tensors, `analyze` a model's attention, `conformance`
+//! checks every kernel on every adapter; `train`, `eval` and `generate` train
+//! and use a character-level GPT.
 
 use std::process::ExitCode;
 
@@ -33,6 +35,10 @@ enum Command {
     Conformance(cli::conformance::ConformanceArgs),
     /// Train a character-level GPT on a text file, with or without SAOBP.
     Train(cli::train::TrainArgs),
+    /// A trained GPT's loss and perplexity on a text (and its gradients).
+    Eval(cli::eval::EvalArgs),
+    /// Text sampled from a trained GPT.
+    Generate(cli::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
         Command::Analyze(a) => cli::analyze::run(&a),
         Command::Conformance(a) => cli::conformance::run(&a),
         Command::Train(a) => cli::train::run(&a),
+        Command::Eval(a) => cli::eval::run(&a),
+        Command::Generate(a) => cli::generate::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -362,8 +362,10 @@ fn variant(e: &Error) -> &'static str {
 fn every_documented_error_is_returned_as_documented() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ERRORS.md")).unwrap();
+    // The library's table: the CLI's training table below it has its own test.
     let rows: Vec<Vec<String>> = doc
         .lines()
+        .take_while(|l| !l.starts_with("## "))
         .filter(|l| l.starts_with("| ") && !l.starts_with("| id ") && !l.starts_with("|---"))
         .map(|l| {
             l.trim_matches('|')

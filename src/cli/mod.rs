@@ -3,6 +3,8 @@
 pub mod analyze;
 pub mod conformance;
 pub mod demo;
+pub mod eval;
+pub mod generate;
 pub mod info;
 pub mod plot;
 pub mod refine;

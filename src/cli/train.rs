@@ -269,6 +269,8 @@ fn read_records(dir: &Path) -> CliResult<Vec<Record>> {
 fn check_corpus(corpus: &Corpus, t: usize, windows: usize) -> CliResult {
     for split in [Split::Train, Split::Val] {
         corpus.check_len(split, t).map_err(|e| e.to_string())?;
+    }
+    for split in [Split::Train, Split::Val] {
         let fit = corpus.max_windows(split, t);
         if windows > fit {
             return Err(format!(

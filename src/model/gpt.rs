@@ -817,6 +817,12 @@ fn check<'v>(
                 spec.shape
             )));
         }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(Error::model(format!(
+                "tensor `{}` holds {} at index {i}; parameters must be finite",
+                spec.name, values[i]
+            )));
+        }
         if spec.name.ends_with("saobp_lambda") {
             if let Some(x) = values.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
                 return Err(Error::model(format!(

@@ -759,6 +759,7 @@ pub fn embed_backward_add_blocking(
 
 /// `[rows, width]` elementwise ops of a model: `rows` tokens, `n` per sequence,
 /// `heads` heads over `width`.
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 pub(crate) fn block_params(rows: usize, n: usize, width: usize, heads: usize) -> Result<GptParams> {
     Ok(GptParams {
         n: to_u32("n", n)?,
@@ -767,6 +768,7 @@ pub(crate) fn block_params(rows: usize, n: usize, width: usize, heads: usize) ->
     })
 }
 
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 impl GptParams {
     /// The same rows, `width` columns wide.
     pub(crate) fn with_width(self, width: usize) -> Result<GptParams> {
@@ -783,6 +785,7 @@ impl GptParams {
 }
 
 /// `out = x + y + bias` over `[rows, width]`, `bias` `[width]`.
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 pub(crate) fn bias_residual_step<'a>(
     p: &GptParams,
     x: &'a Tensor,
@@ -800,6 +803,7 @@ pub(crate) fn bias_residual_step<'a>(
 }
 
 /// `qkv + bias` (`[B·T, 3C]`, `width` = C) into `q`, `k`, `v` (`[B, H, T, C/H]`).
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 pub(crate) fn split_qkv_step<'a>(
     p: &GptParams,
     qkv: &'a Tensor,
@@ -819,6 +823,7 @@ pub(crate) fn split_qkv_step<'a>(
 }
 
 /// The backward of [`split_qkv_step`]: `dq`, `dk`, `dv` into `dqkv`.
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 pub(crate) fn merge_qkv_step<'a>(
     p: &GptParams,
     dq: &'a Tensor,

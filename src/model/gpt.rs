@@ -319,7 +319,7 @@ impl Gpt {
 
     /// Metrics of every layer's attention in the last forward recorded in
     /// `ws`: of `A` (its GTD at λ = 1, as the spec reports a plain map) and
-    /// of `R` at the layer's λ (`R = A` at λ = 0), as [`crate::attention`]
+    /// of `R` at the layer's λ (`R = A` at λ = 0), as [`crate::attention()`]
     /// reports them, from the `q`, `k` and `v` the forward kept.
     pub async fn attention_metrics(&self, gpu: &Gpu, ws: &GptWorkspace) -> Result<Vec<Metrics>> {
         let lambdas = self.lambda_values(gpu).await?;

@@ -12,7 +12,7 @@ use common::{gpus, on_every_gpu, TempDir};
 use saobp::conformance::{self, Case, Fault, Options, Status, Subject};
 
 /// The kernels whose matrix has a case over the per-dimension workgroup cap.
-const AT_CAP: [Subject; 9] = [
+const AT_CAP: [Subject; 21] = [
     Subject::Matmul,
     Subject::MatmulBuffer,
     Subject::MatmulTiled,
@@ -22,7 +22,47 @@ const AT_CAP: [Subject; 9] = [
     Subject::Refine,
     Subject::FusedOutput,
     Subject::Metrics,
+    Subject::SoftmaxBackward,
+    Subject::MatmulBackward,
+    Subject::AttentionBackward,
+    Subject::SaobpOutputBackward,
+    Subject::LayerNorm,
+    Subject::LayerNormBackward,
+    Subject::BiasGelu,
+    Subject::BiasGeluBackward,
+    Subject::Embed,
+    Subject::EmbedBackward,
+    Subject::CrossEntropy,
+    Subject::AdamW,
 ];
+
+/// The outputs each row of a training kernel compares, in order (AdamW's
+/// depend on its tensors: see `adamw_outputs`).
+fn training_outputs(subject: Subject) -> Option<&'static [&'static str]> {
+    Some(match subject {
+        Subject::SoftmaxBackward => &["dS"],
+        Subject::MatmulBackward => &["dA", "dB"],
+        Subject::AttentionBackward => &["dQ", "dK", "dV"],
+        Subject::SaobpOutputBackward => &["dA", "dV", "dλ"],
+        Subject::LayerNorm => &["y", "mean", "1/σ"],
+        Subject::LayerNormBackward => &["dx", "dγ", "dβ"],
+        Subject::BiasGelu => &["y"],
+        Subject::BiasGeluBackward => &["dx", "dbias"],
+        Subject::Embed => &["x"],
+        Subject::EmbedBackward => &["dwte", "dwpe"],
+        Subject::CrossEntropy => &["loss", "losses", "dlogits"],
+        _ => return None,
+    })
+}
+
+/// AdamW's outputs for `tensors` tensors: each one's values and both
+/// moments, then the last step's gradient norm.
+fn adamw_outputs(tensors: usize) -> Vec<String> {
+    (0..tensors)
+        .flat_map(|i| [format!("p{i}"), format!("m{i}"), format!("v{i}")])
+        .chain(["|g|".to_string()])
+        .collect()
+}
 
 #[test]
 fn every_kernel_passes_on_every_adapter() {
@@ -97,6 +137,26 @@ fn every_kernel_passes_on_every_adapter() {
                 "{adapter}: {kernel} has no long row"
             );
         }
+        // The training kernels run everywhere with compute shaders, and
+        // each compares every output it promises: the gradient of every
+        // input, the forward's statistics, AdamW's values and moments.
+        let training = |r: &&conformance::Row| {
+            training_outputs(r.subject).is_some() || r.subject == Subject::AdamW
+        };
+        for row in report.rows.iter().filter(training) {
+            let what = format!("{adapter}: {} {}", row.subject, row.size);
+            assert_eq!(row.status, Status::Pass, "{what}");
+            let names: Vec<_> = row.checks.iter().map(|c| c.name.clone()).collect();
+            match training_outputs(row.subject) {
+                Some(want) => assert_eq!(names, want, "{what}"),
+                // One tensor per shape in the label (`W[7,13] b[13] λ[3]`).
+                None => assert_eq!(
+                    names,
+                    adamw_outputs(row.size.matches('[').count()),
+                    "{what}"
+                ),
+            }
+        }
         // Every variant the adapter offers has rows that run; the default
         // rows list the entry points of what the choice picked.
         let variants = saobp::MatmulVariant::available(
@@ -163,6 +223,84 @@ fn every_kernel_passes_on_every_adapter() {
                 Subject::MatmulBuffer => {
                     assert_eq!(row.shaders, ["matmul::matmul_blocked"], "{what}")
                 }
+                // Each backward runs its own entry points and nothing of a
+                // forward it was not asked for.
+                Subject::SoftmaxBackward => {
+                    assert_eq!(row.shaders, ["softmax::softmax_backward"], "{what}")
+                }
+                Subject::MatmulBackward => assert!(
+                    row.shaders.iter().all(|s| s.starts_with("matmul")),
+                    "{what}: {:?}",
+                    row.shaders
+                ),
+                // The map is recomputed (matmul and softmax) unless given.
+                Subject::AttentionBackward => {
+                    assert!(
+                        ran("softmax::softmax_backward"),
+                        "{what}: {:?}",
+                        row.shaders
+                    );
+                    assert_eq!(
+                        ran("softmax::softmax_rows"),
+                        !row.size.ends_with("A given"),
+                        "{what}: {:?}",
+                        row.shaders
+                    );
+                }
+                // O(N²D): never the messages M.
+                Subject::SaobpOutputBackward => {
+                    for entry in [
+                        "saobp::output_adjoints",
+                        "saobp::row_adjoints",
+                        "saobp::attention_grad",
+                        "saobp::value_grad",
+                        "saobp::lambda_grad",
+                    ] {
+                        assert!(ran(entry), "{what}: no {entry} in {:?}", row.shaders);
+                    }
+                    assert!(
+                        !ran("saobp::remove_echoes") && !ran("saobp::refine"),
+                        "{what}: {:?}",
+                        row.shaders
+                    );
+                }
+                Subject::LayerNorm => {
+                    assert_eq!(row.shaders, ["gpt::layer_norm_forward"], "{what}")
+                }
+                Subject::LayerNormBackward => assert_eq!(
+                    row.shaders,
+                    ["gpt::layer_norm_backward", "gpt::layer_norm_params"],
+                    "{what}"
+                ),
+                Subject::BiasGelu => assert_eq!(row.shaders, ["gpt::bias_gelu"], "{what}"),
+                Subject::BiasGeluBackward => assert_eq!(
+                    row.shaders,
+                    ["gpt::gelu_backward", "gpt::column_sum"],
+                    "{what}"
+                ),
+                Subject::Embed => assert_eq!(row.shaders, ["gpt::embed"], "{what}"),
+                Subject::EmbedBackward => assert_eq!(
+                    row.shaders,
+                    [
+                        "gpt::embed_backward_tokens",
+                        "gpt::embed_backward_positions"
+                    ],
+                    "{what}"
+                ),
+                Subject::CrossEntropy => assert_eq!(
+                    row.shaders,
+                    ["gpt::cross_entropy", "gpt::mean_loss"],
+                    "{what}"
+                ),
+                Subject::AdamW => assert_eq!(
+                    row.shaders,
+                    [
+                        "optim::optim_sumsq",
+                        "optim::optim_norm",
+                        "optim::optim_adamw"
+                    ],
+                    "{what}"
+                ),
                 _ => {}
             }
         }
@@ -479,7 +617,15 @@ fn kernels_over_the_device_limits_skip_naming_them() {
                 | Subject::MatmulTiled
                 | Subject::MatmulTexture
                 | Subject::Softmax
-                | Subject::Attention => {
+                | Subject::Attention
+                | Subject::SoftmaxBackward
+                | Subject::MatmulBackward
+                | Subject::AttentionBackward
+                | Subject::BiasGelu
+                | Subject::BiasGeluBackward
+                | Subject::Embed
+                | Subject::EmbedBackward
+                | Subject::CrossEntropy => {
                     assert_eq!(row.status, Status::Pass, "{what}: {row:?}")
                 }
                 _ => {

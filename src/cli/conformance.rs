@@ -26,7 +26,10 @@ pub struct ConformanceArgs {
     adapter: Option<String>,
     /// Only these kernels: matmul, matmul_buffer, matmul_tiled, matmul_texture, softmax,
     /// attention, flash, messages, refine, fused_output, streaming, materialized_output,
-    /// metrics. Repeat or comma-separate. Default: all.
+    /// metrics, softmax_backward, matmul_backward, attention_backward,
+    /// saobp_output_backward, layer_norm, layer_norm_backward, bias_gelu,
+    /// bias_gelu_backward, embed, embed_backward, cross_entropy, adamw. Repeat or
+    /// comma-separate. Default: all.
     #[arg(long, value_delimiter = ',')]
     kernel: Vec<String>,
     /// Run a deliberately wrong variant of a kernel (`matmul`) to see the report fail.
@@ -79,6 +82,15 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The width of the kernel column: the longest kernel name.
+fn kernel_width() -> usize {
+    Subject::ALL
+        .iter()
+        .map(|k| k.name().chars().count())
+        .max()
+        .unwrap_or(6)
+}
+
 /// `s` padded with spaces to `width` characters.
 fn pad(s: &str, width: usize) -> String {
     let len = s.chars().count();
@@ -93,9 +105,9 @@ struct Table {
 impl Table {
     fn header(&self) -> String {
         format!(
-            "{:<7}  {:<19}  {}  {:>8}  {:>8}  {:>7}  {:<6}  {:>9}  note",
+            "{:<7}  {}  {}  {:>8}  {:>8}  {:>7}  {:<6}  {:>9}  note",
             "adapter",
-            "kernel",
+            pad("kernel", kernel_width()),
             pad("size", self.size_width),
             "max abs",
             "max rel",
@@ -128,9 +140,9 @@ impl Table {
             .or_else(|| row.note.clone())
             .unwrap_or_default();
         format!(
-            "{:<7}  {:<19}  {}  {abs:>8}  {rel:>8}  {worst:>7}  {result:<6}  {time:>9}  {note}",
+            "{:<7}  {}  {}  {abs:>8}  {rel:>8}  {worst:>7}  {result:<6}  {time:>9}  {note}",
             format!("#{id}"),
-            row.subject.name(),
+            pad(row.subject.name(), kernel_width()),
             pad(&row.size, self.size_width),
         )
         .trim_end()
@@ -288,7 +300,11 @@ fn print_adapters(gpus: &[Gpu], open_errors: &[String]) {
 /// Each kernel's shader entry points on each adapter, over its rows: the
 /// matmul variant the default choice picks depends on the adapter and size.
 fn print_shaders(reports: &[AdapterReport], opts: &Options) {
-    println!("\n{:<7}  {:<19}  shader entry points", "adapter", "kernel");
+    println!(
+        "\n{:<7}  {}  shader entry points",
+        "adapter",
+        pad("kernel", kernel_width())
+    );
     for (i, report) in reports.iter().enumerate() {
         for kernel in Subject::ALL.into_iter().filter(|k| opts.selects(*k)) {
             let mut shaders: Vec<&str> = Vec::new();
@@ -303,9 +319,9 @@ fn print_shaders(reports: &[AdapterReport], opts: &Options) {
                 }
             }
             println!(
-                "{:<7}  {:<19}  {}",
+                "{:<7}  {}  {}",
                 format!("#{i}"),
-                kernel.name(),
+                pad(kernel.name(), kernel_width()),
                 shaders.join(", ")
             );
         }

@@ -2,10 +2,12 @@
 //! what of it an adapter cannot run before any GPU work.
 
 use crate::kernels::flash as flash_kernel;
+use crate::kernels::gpt as gpt_kernel;
 use crate::kernels::matmul::{
     self as matmul_kernel, MatmulFamily, MatmulOptions, MatmulVariant, TiledTile,
 };
 use crate::kernels::metrics::METRIC_COUNT;
+use crate::kernels::optim::{ParamGroup, OPTIM_ADAMW};
 use crate::kernels::saobp as saobp_kernel;
 use crate::tensor::numel;
 
@@ -46,6 +48,58 @@ pub(super) enum Input {
         causal: bool,
         masked: bool,
         with_lambda: bool,
+    },
+    /// Plain attention's backward: `q`, `k` (`shape`) uniform in [-2, 2),
+    /// `v` and `∂L/∂O` (`[B, H, N, dv]`) in [-1, 1); the map recomputed from
+    /// `q` and `k`, or, when `given_a`, given: the reference's, rounded to f32.
+    AttentionBackward {
+        shape: [usize; 4],
+        dv: usize,
+        causal: bool,
+        masked: bool,
+        given_a: bool,
+    },
+    /// SAOBP's output backward: a map `[B, H, N, N]` made as [`Input::Map`]
+    /// makes it, `v` and `∂L/∂O` (`[B, H, N, dv]`) uniform in [-1, 1); λ per
+    /// head from [`lambdas`] when `with_lambda`, else 0 for every head.
+    OutputBackward {
+        shape: [usize; 3],
+        dv: usize,
+        causal: bool,
+        masked: bool,
+        with_lambda: bool,
+    },
+    /// Token activations of `shape` (`[.., width]`) uniform in [lo, hi),
+    /// for the GPT's per-token ops; their parameters and `∂L/∂y` are drawn
+    /// by the runner.
+    Activations { shape: Vec<usize>, lo: f32, hi: f32 },
+    /// Token ids `[batch, n]` uniform below `vocab`, the tables `wte`
+    /// (`[vocab, width]`) and `wpe` (`[positions, width]`) uniform in
+    /// [-1, 1), and `∂L/∂x` (`[batch, n, width]`) in [-1, 1).
+    Embed {
+        batch: usize,
+        n: usize,
+        vocab: usize,
+        positions: usize,
+        width: usize,
+    },
+    /// Logits `[batch, n, vocab]` uniform in [-range, range), targets
+    /// uniform below `vocab`.
+    CrossEntropy {
+        batch: usize,
+        n: usize,
+        vocab: usize,
+        range: f32,
+    },
+    /// `steps` AdamW steps over `tensors` (parameters uniform in [-1, 1),
+    /// λ's starting at 0.001, 0 and 0.5 in turn), gradients uniform in
+    /// [-amp, amp) (λ's all +amp, pushing them under 0), clipped at norm 1
+    /// when `clip`.
+    AdamW {
+        tensors: Vec<(Vec<usize>, ParamGroup)>,
+        steps: usize,
+        amp: f32,
+        clip: bool,
     },
     /// A size at the adapter's limits that would be unreasonable to build
     /// and check here; the reason.
@@ -242,6 +296,79 @@ impl Case {
                 dims(&[*b, *h, *n, *n]),
                 flags(*causal, *masked, with_lambda.then_some(*h))
             ),
+            Input::AttentionBackward {
+                shape,
+                dv,
+                causal,
+                masked,
+                given_a,
+            } => format!(
+                "{} dv={dv}{}{}",
+                dims(shape),
+                flags(*causal, *masked, None),
+                if *given_a { " A given" } else { "" }
+            ),
+            Input::OutputBackward {
+                shape: [b, h, n],
+                dv,
+                causal,
+                masked,
+                with_lambda,
+            } => {
+                let lambda = if *with_lambda {
+                    flags(false, false, Some(*h))
+                } else {
+                    " λ=0".to_string()
+                };
+                format!(
+                    "A{} dv={dv}{}{lambda}",
+                    dims(&[*b, *h, *n, *n]),
+                    flags(*causal, *masked, None)
+                )
+            }
+            Input::Activations { shape, lo, hi } => format!("{} x∈[{lo},{hi})", dims(shape)),
+            Input::Embed {
+                batch,
+                n,
+                vocab,
+                positions,
+                width,
+            } => format!(
+                "ids{} wte{} wpe{}",
+                dims(&[*batch, *n]),
+                dims(&[*vocab, *width]),
+                dims(&[*positions, *width])
+            ),
+            Input::CrossEntropy {
+                batch,
+                n,
+                vocab,
+                range,
+            } => format!("logits{} |x|<{range}", dims(&[*batch, *n, *vocab])),
+            Input::AdamW {
+                tensors,
+                steps,
+                amp,
+                clip,
+            } => {
+                let tensors: Vec<String> = tensors
+                    .iter()
+                    .map(|(shape, group)| {
+                        let name = match group {
+                            ParamGroup::Decayed => "W",
+                            ParamGroup::NotDecayed => "b",
+                            ParamGroup::Lambda => "λ",
+                        };
+                        format!("{name}{}", dims(shape))
+                    })
+                    .collect();
+                let plural = if *steps == 1 { "" } else { "s" };
+                let clip = if *clip { "clip 1" } else { "no clip" };
+                format!(
+                    "{steps} step{plural}: {} |g|<{amp} {clip}",
+                    tensors.join(" ")
+                )
+            }
             Input::TooLarge(_) => String::new(),
         };
         Case {
@@ -277,6 +404,31 @@ impl Case {
             } => {
                 vec![vec![*b, *h, *n, *n], vec![METRIC_COUNT, *b, *h, *n]]
             }
+            Input::AttentionBackward { shape, dv, .. } => {
+                let [b, h, n, _] = *shape;
+                vec![shape.to_vec(), vec![b, h, n, *dv], vec![b, h, n, n]]
+            }
+            Input::OutputBackward {
+                shape: [b, h, n],
+                dv,
+                ..
+            } => vec![vec![*b, *h, *n, *n], vec![*b, *h, *n, dv + 1]],
+            Input::Activations { shape, .. } => vec![shape.clone()],
+            Input::Embed {
+                batch,
+                n,
+                vocab,
+                positions,
+                width,
+            } => vec![
+                vec![*batch, *n, *width],
+                vec![*vocab, *width],
+                vec![*positions, *width],
+            ],
+            Input::CrossEntropy {
+                batch, n, vocab, ..
+            } => vec![vec![*batch, *n, *vocab]],
+            Input::AdamW { tensors, .. } => tensors.iter().map(|(s, _)| s.clone()).collect(),
             Input::TooLarge(_) => Vec::new(),
         }
     }
@@ -659,6 +811,318 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         cap,
         "one workgroup per row",
         16 * heads as u64,
+    ));
+    out.extend(training_cases(cap));
+    out
+}
+
+/// The training kernels' share of the matrix: the backward of each forward
+/// above, the GPT's per-token ops both ways, and AdamW. Each goes over the
+/// workgroup cap once, in the entry point whose grid grows with the data.
+fn training_cases(cap: u64) -> Vec<Case> {
+    let cap_usize = usize::try_from(cap).unwrap_or(usize::MAX);
+    let over = |unit: usize| (cap_usize / unit).saturating_add(1);
+    let mut out = Vec::new();
+
+    // The softmax's backward on the softmax's sizes.
+    let sm = |shape: &[usize], causal, masked, range| Input::Softmax {
+        shape: shape.to_vec(),
+        causal,
+        masked,
+        range,
+    };
+    for input in [
+        sm(&[1, 1], false, false, 8.0),
+        sm(&[2, 3, 7, 33], true, true, 8.0),
+        sm(&[1, 2, 65, 65], true, true, 8.0),
+        sm(&[1, 1, 33, 257], false, false, 50.0),
+        sm(&[1, 2, 256, 256], false, true, 8.0),
+    ] {
+        out.push(Case::new(Subject::SoftmaxBackward, input, None));
+    }
+    let rows = over(2);
+    out.push(at_cap(
+        Subject::SoftmaxBackward,
+        sm(&[2, 1, rows, 5], true, true, 8.0),
+        cap,
+        "one workgroup per row",
+        2 * rows as u64,
+    ));
+
+    // The matmul's backward: each transpose, K = 1, a B shared by a batch
+    // (a linear layer, whose gradient sums over the batch), the score
+    // product at N = 256, and both products over the cap. A shared A is
+    // refused by the backward, so it has no case. Over the cap, both
+    // operands have the batch (a shared B's gradient would sum more terms
+    // than llvmpipe lets one invocation loop over) and the matrices are
+    // 1x1, which the default choice gives the buffer kernel everywhere (the
+    // texture family's packing of 65,536 maps takes seconds on software
+    // adapters).
+    let mm = |a: &[usize], b: &[usize], trans_a, trans_b, alpha| Input::Matmul {
+        a: a.to_vec(),
+        b: b.to_vec(),
+        opts: MatmulOptions {
+            trans_a,
+            trans_b,
+            alpha,
+        },
+        variant: None,
+    };
+    for input in [
+        mm(&[1, 1], &[1, 1], false, false, 1.0),
+        mm(&[65, 7], &[65, 33], true, false, 1.0),
+        mm(&[3, 33, 1], &[3, 7, 1], false, true, 1.0),
+        mm(&[2, 3, 65, 33], &[33, 31], false, false, 1.0),
+        mm(&[3, 5, 9], &[3, 7, 5], true, true, -0.5),
+        mm(&[2, 256, 64], &[2, 256, 64], false, true, 0.125),
+    ] {
+        out.push(Case::new(Subject::MatmulBackward, input, None));
+    }
+    let batch = over(1);
+    out.push(at_cap(
+        Subject::MatmulBackward,
+        mm(&[batch, 1, 1], &[batch, 1, 1], false, false, 1.0),
+        cap,
+        "one tile per matrix",
+        batch as u64,
+    ));
+
+    // Attention's backward on the attention shapes, one of them with the
+    // map given; over the cap, the softmax backward's rows.
+    let att = |shape: [usize; 4], dv, causal, masked, given_a| Input::AttentionBackward {
+        shape,
+        dv,
+        causal,
+        masked,
+        given_a,
+    };
+    for input in [
+        att([1, 1, 1, 1], 1, false, false, false),
+        att([2, 3, 7, 5], 3, true, true, false),
+        att([2, 2, 33, 1], 7, false, true, true),
+        att([1, 2, 65, 16], 16, true, true, false),
+        att([1, 1, 256, 64], 64, false, false, false),
+    ] {
+        out.push(Case::new(Subject::AttentionBackward, input, None));
+    }
+    let heads = over(16);
+    out.push(at_cap(
+        Subject::AttentionBackward,
+        att([1, heads, 16, 1], 1, true, true, false),
+        cap,
+        "one softmax workgroup per row",
+        16 * heads as u64,
+    ));
+
+    // SAOBP's output backward: λ per head (0 among them) or 0 everywhere,
+    // Dv above the workgroup width, empty rows (causal and masked); over
+    // the cap, the row passes.
+    let ob = |shape: [usize; 3], dv, causal, masked, with_lambda| Input::OutputBackward {
+        shape,
+        dv,
+        causal,
+        masked,
+        with_lambda,
+    };
+    for input in [
+        ob([1, 1, 1], 1, false, false, true),
+        ob([2, 3, 7], 5, true, true, true),
+        ob([2, 2, 33], 9, false, true, false),
+        ob([1, 2, 9], 67, false, false, true),
+        ob([1, 3, 65], 16, true, false, true),
+        ob([1, 1, 256], 64, false, false, true),
+    ] {
+        out.push(Case::new(Subject::SaobpOutputBackward, input, None));
+    }
+    let heads = over(16);
+    out.push(at_cap(
+        Subject::SaobpOutputBackward,
+        ob([1, heads, 16], 1, true, true, true),
+        cap,
+        "one workgroup per row",
+        16 * heads as u64,
+    ));
+
+    // The GPT's per-token ops: one value, odd widths, rows off centre (the
+    // LayerNorm's mean matters) or in GELU's tails, GPT-2's width 768, and
+    // over the cap one workgroup per row (LayerNorm) or per 64 values
+    // (GELU). The LayerNorm rows over the cap are 16 wide: among 65,536 rows
+    // of 3, some are nearly constant, and there 1/σ magnifies the f32
+    // rounding of the mean past any fixed bound (the input's conditioning,
+    // not the kernel's error).
+    let act = |shape: &[usize], lo, hi| Input::Activations {
+        shape: shape.to_vec(),
+        lo,
+        hi,
+    };
+    let rows = over(1);
+    for subject in [Subject::LayerNorm, Subject::LayerNormBackward] {
+        for input in [
+            act(&[1, 1], -2.0, 2.0),
+            act(&[3, 67], 1.0, 5.0),
+            act(&[2, 33, 65], -2.0, 2.0),
+            act(&[1000, 33], 1.0, 5.0),
+            act(&[4, 64, 768], -2.0, 2.0),
+        ] {
+            out.push(Case::new(subject, input, None));
+        }
+        out.push(at_cap(
+            subject,
+            act(&[rows, 16], 1.0, 5.0),
+            cap,
+            "one workgroup per row",
+            rows as u64,
+        ));
+    }
+    let width = gpt_kernel::BIAS_GELU.workgroup_size as usize;
+    let values = rows as u64 * width as u64;
+    for subject in [Subject::BiasGelu, Subject::BiasGeluBackward] {
+        for input in [
+            act(&[1, 1], -6.0, 6.0),
+            act(&[3, 67], -6.0, 6.0),
+            act(&[2, 33, 65], -6.0, 6.0),
+            act(&[7, 10], -30.0, 30.0),
+            act(&[4, 64, 768], -6.0, 6.0),
+        ] {
+            out.push(Case::new(subject, input, None));
+        }
+        out.push(at_cap(
+            subject,
+            act(&[rows, width], -6.0, 6.0),
+            cap,
+            &format!("{} values, {width} per workgroup", grouped(values)),
+            gpt_kernel::BIAS_GELU.groups_for(values as usize),
+        ));
+    }
+
+    // Embeddings: one token, positions beyond the sequence, ids repeated
+    // across long runs (a vocabulary of 3) and mostly unused (one of
+    // 4,096); over the cap, the output (forward) or ∂wte (backward).
+    let emb = |batch, n, vocab, positions, width| Input::Embed {
+        batch,
+        n,
+        vocab,
+        positions,
+        width,
+    };
+    let embeds = [
+        emb(1, 1, 1, 1, 1),
+        emb(3, 7, 5, 9, 33),
+        emb(2, 65, 84, 65, 67),
+        emb(1, 1024, 3, 1024, 8),
+        emb(8, 256, 4096, 256, 256),
+    ];
+    for subject in [Subject::Embed, Subject::EmbedBackward] {
+        for input in embeds.iter().cloned() {
+            out.push(Case::new(subject, input, None));
+        }
+    }
+    let per_group = gpt_kernel::EMBED.workgroup_size as usize;
+    let batch = over(per_group);
+    let values = (batch * 64 * per_group) as u64;
+    let embed_at_cap = at_cap(
+        Subject::Embed,
+        emb(batch, 64, 50, 64, per_group),
+        cap,
+        &format!(
+            "{} output values, {per_group} per workgroup",
+            grouped(values)
+        ),
+        gpt_kernel::EMBED.groups_for(values as usize),
+    );
+    let per_group = gpt_kernel::EMBED_BACKWARD_TOKENS.workgroup_size as usize;
+    let vocab = over(1);
+    let values = (vocab * per_group) as u64;
+    out.push(at_cap(
+        Subject::EmbedBackward,
+        emb(4, 64, vocab, 64, per_group),
+        cap,
+        &format!("{} ∂wte values, {per_group} per workgroup", grouped(values)),
+        gpt_kernel::EMBED_BACKWARD_TOKENS.groups_for(values as usize),
+    ));
+    let backward_at = out
+        .iter()
+        .position(|c| c.subject == Subject::EmbedBackward)
+        .unwrap_or(out.len());
+    out.insert(backward_at, embed_at_cap);
+
+    // Cross-entropy: a vocabulary of one (loss 0), the corpus's 84
+    // characters, logits of ±1e4 (the max-subtraction), and one row per
+    // workgroup over the cap.
+    let ce = |batch, n, vocab, range| Input::CrossEntropy {
+        batch,
+        n,
+        vocab,
+        range,
+    };
+    for input in [
+        ce(1, 1, 1, 4.0),
+        ce(3, 7, 5, 4.0),
+        ce(2, 65, 84, 8.0),
+        ce(2, 33, 257, 1e4),
+        ce(4, 256, 1000, 8.0),
+    ] {
+        out.push(Case::new(Subject::CrossEntropy, input, None));
+    }
+    let rows = over(1);
+    out.push(at_cap(
+        Subject::CrossEntropy,
+        ce(1, rows, 5, 4.0),
+        cap,
+        "one workgroup per row",
+        rows as u64,
+    ));
+
+    // AdamW: one value, every group with the clip engaged and not, more
+    // steps, GPT-2's 768² weight, and one update invocation per value over
+    // the cap.
+    let adamw = |tensors: &[(&[usize], ParamGroup)], steps, amp, clip| Input::AdamW {
+        tensors: tensors.iter().map(|(s, g)| (s.to_vec(), *g)).collect(),
+        steps,
+        amp,
+        clip,
+    };
+    let groups: &[(&[usize], ParamGroup)] = &[
+        (&[7, 13], ParamGroup::Decayed),
+        (&[13], ParamGroup::NotDecayed),
+        (&[3], ParamGroup::Lambda),
+    ];
+    for input in [
+        adamw(&[(&[1], ParamGroup::Decayed)], 1, 1.0, true),
+        // Norms about 30·|g|: clipped at |g| < 2, not at |g| < 0.01.
+        adamw(groups, 3, 2.0, true),
+        adamw(groups, 3, 0.01, true),
+        adamw(
+            &[
+                (&[300, 11], ParamGroup::Decayed),
+                (&[5], ParamGroup::NotDecayed),
+                (&[3], ParamGroup::Lambda),
+            ],
+            5,
+            1.0,
+            false,
+        ),
+        adamw(
+            &[
+                (&[768, 768], ParamGroup::Decayed),
+                (&[768], ParamGroup::NotDecayed),
+            ],
+            2,
+            1.0,
+            true,
+        ),
+    ] {
+        out.push(Case::new(Subject::AdamW, input, None));
+    }
+    let per_group = OPTIM_ADAMW.workgroup_size as usize;
+    let rows = over(1);
+    let values = (rows * per_group) as u64;
+    out.push(at_cap(
+        Subject::AdamW,
+        adamw(&[(&[rows, per_group], ParamGroup::Decayed)], 2, 1.0, true),
+        cap,
+        &format!("{} values, {per_group} per workgroup", grouped(values)),
+        OPTIM_ADAMW.groups_for(values as usize),
     ));
     out
 }

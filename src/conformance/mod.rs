@@ -2,10 +2,13 @@
 //! against the float64 reference.
 //!
 //! The matrix ([`cases`]) covers each public call — matmul (each variant),
-//! softmax, attention in every mode, SAOBP messages and refinement, metrics —
-//! at small odd sizes (N = 1, 7, 33, 65; D = 1; several batch items and
-//! heads; causal and key-padded), a mid size (N = 256, D = 64), and sizes at
-//! the adapter's dispatch limit: grids of more workgroups than
+//! softmax, attention in every mode, SAOBP messages and refinement, metrics,
+//! and for training the backward of the softmax, the matmul, plain attention
+//! and SAOBP's output, the GPT's per-token ops (LayerNorm, bias + GELU,
+//! embeddings, cross-entropy) both ways, and AdamW — at small odd sizes
+//! (N = 1, 7, 33, 65; D = 1; several batch items and heads; causal and
+//! key-padded), a mid size (N = 256, D = 64; GPT-2's width 768), and sizes
+//! at the adapter's dispatch limit: grids of more workgroups than
 //! `max_compute_workgroups_per_dimension`, which the library splits over x
 //! and y. Each case runs through the public API, is compared element by
 //! element with [`crate::reference`](mod@crate::reference) under the spec's
@@ -16,9 +19,9 @@
 //! a skip that names the limit; nothing is left out silently.
 //!
 //! By job, one file each: `catalogue` (the cases), `runners` (each case
-//! through the public API and its reference), `report` (rows and counts),
-//! `limits` (the adapter facts a report prints), and here the subjects and
-//! the judging.
+//! through the public API and its reference; the training kernels' in
+//! `training`), `report` (rows and counts), `limits` (the adapter facts a
+//! report prints), and here the subjects and the judging.
 //!
 //! `saobp conformance` prints this for every adapter; `tests/conformance.rs`
 //! runs the same matrix on the adapters present.
@@ -27,6 +30,7 @@ mod catalogue;
 mod limits;
 mod report;
 mod runners;
+mod training;
 
 pub use catalogue::{cases, Case};
 pub use limits::{downlevel_names, feature_names, relevant_limits};
@@ -77,11 +81,42 @@ pub enum Subject {
     MaterializedOutput,
     /// [`crate::metrics()`]: every row metric and the per-head summaries.
     Metrics,
+    /// [`crate::softmax_backward()`], causal and key-masked: `∂L/∂S` from `A`
+    /// and `∂L/∂A`.
+    SoftmaxBackward,
+    /// [`crate::matmul_backward()`], with transposes and a `B` shared by a
+    /// batch (a linear layer): `∂L/∂A` and `∂L/∂B`.
+    MatmulBackward,
+    /// [`crate::attention_backward()`], causal and key-masked, the map
+    /// recomputed or given: `∂L/∂q`, `∂L/∂k` and `∂L/∂v`.
+    AttentionBackward,
+    /// [`crate::saobp_output_backward()`]: `∂L/∂A`, `∂L/∂V` and `∂L/∂λ`, with
+    /// λ = 0 and λ > 0.
+    SaobpOutputBackward,
+    /// [`crate::kernels::gpt::layer_norm()`]: the output and each row's mean and `1/σ`.
+    LayerNorm,
+    /// [`crate::kernels::gpt::layer_norm_backward()`]: `∂L/∂x`, `∂L/∂γ` and `∂L/∂β`.
+    LayerNormBackward,
+    /// [`crate::kernels::gpt::bias_gelu()`]: `gelu(x + b)`, tanh form.
+    BiasGelu,
+    /// [`crate::kernels::gpt::bias_gelu_backward()`]: `∂L/∂x` and `∂L/∂b`.
+    BiasGeluBackward,
+    /// [`crate::kernels::gpt::embed()`]: token plus position embeddings.
+    Embed,
+    /// [`crate::kernels::gpt::embed_backward()`]: the scatter-add into
+    /// `∂L/∂wte` and `∂L/∂wpe`.
+    EmbedBackward,
+    /// [`crate::kernels::gpt::cross_entropy()`]: the mean loss, each row's
+    /// loss and `∂loss/∂logits`.
+    CrossEntropy,
+    /// [`crate::AdamW`]: a few steps over tensors of every group, with and
+    /// without clipping: the parameters, both moments and the gradient norm.
+    AdamW,
 }
 
 impl Subject {
     /// Every kernel, in report order.
-    pub const ALL: [Subject; 13] = [
+    pub const ALL: [Subject; 25] = [
         Subject::Matmul,
         Subject::MatmulBuffer,
         Subject::MatmulTiled,
@@ -95,6 +130,18 @@ impl Subject {
         Subject::Streaming,
         Subject::MaterializedOutput,
         Subject::Metrics,
+        Subject::SoftmaxBackward,
+        Subject::MatmulBackward,
+        Subject::AttentionBackward,
+        Subject::SaobpOutputBackward,
+        Subject::LayerNorm,
+        Subject::LayerNormBackward,
+        Subject::BiasGelu,
+        Subject::BiasGeluBackward,
+        Subject::Embed,
+        Subject::EmbedBackward,
+        Subject::CrossEntropy,
+        Subject::AdamW,
     ];
 
     /// The name in reports and on the command line.
@@ -113,6 +160,18 @@ impl Subject {
             Subject::FusedOutput => "fused_output",
             Subject::MaterializedOutput => "materialized_output",
             Subject::Metrics => "metrics",
+            Subject::SoftmaxBackward => "softmax_backward",
+            Subject::MatmulBackward => "matmul_backward",
+            Subject::AttentionBackward => "attention_backward",
+            Subject::SaobpOutputBackward => "saobp_output_backward",
+            Subject::LayerNorm => "layer_norm",
+            Subject::LayerNormBackward => "layer_norm_backward",
+            Subject::BiasGelu => "bias_gelu",
+            Subject::BiasGeluBackward => "bias_gelu_backward",
+            Subject::Embed => "embed",
+            Subject::EmbedBackward => "embed_backward",
+            Subject::CrossEntropy => "cross_entropy",
+            Subject::AdamW => "adamw",
         }
     }
 }

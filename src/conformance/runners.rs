@@ -18,6 +18,7 @@ use crate::workload::SplitMix64;
 
 use super::catalogue::{key_mask, lambdas, Input};
 use super::report::Check;
+use super::training;
 use super::{Case, Fault, Options, Subject};
 
 /// One output of a run, before it is compared.
@@ -30,7 +31,7 @@ pub(super) struct Output {
 }
 
 impl Output {
-    fn new(
+    pub(super) fn new(
         name: &str,
         shape: &[usize],
         got: Vec<f32>,
@@ -83,13 +84,13 @@ pub(super) struct Measured {
 }
 
 /// `len` values uniform in `[lo, hi)`.
-fn uniform(rng: &mut SplitMix64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+pub(super) fn uniform(rng: &mut SplitMix64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..len)
         .map(|_| lo + (hi - lo) * (rng.uniform(-1.0, 1.0) + 1.0) / 2.0)
         .collect()
 }
 
-fn to_f64(x: &[f32]) -> Vec<f64> {
+pub(super) fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
 }
 
@@ -456,6 +457,9 @@ async fn run_map(
 pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measured> {
     let mut rng = SplitMix64::new(case.seed());
     match &case.input {
+        Input::Matmul { a, b, opts: m, .. } if case.subject == Subject::MatmulBackward => {
+            training::run_matmul_backward(gpu, &mut rng, a, b, m).await
+        }
         Input::Matmul {
             a,
             b,
@@ -464,6 +468,14 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
         } => {
             let fault = opts.fault.filter(|f| f.subject() == case.subject);
             run_matmul(gpu, &mut rng, a, b, m, *variant, fault).await
+        }
+        Input::Softmax {
+            shape,
+            causal,
+            masked,
+            range,
+        } if case.subject == Subject::SoftmaxBackward => {
+            training::run_softmax_backward(gpu, &mut rng, shape, *causal, *masked, *range).await
         }
         Input::Softmax {
             shape,
@@ -509,6 +521,73 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
             )
             .await
         }
+        Input::AttentionBackward {
+            shape,
+            dv,
+            causal,
+            masked,
+            given_a,
+        } => {
+            training::run_attention_backward(gpu, &mut rng, *shape, *dv, *causal, *masked, *given_a)
+                .await
+        }
+        Input::OutputBackward {
+            shape,
+            dv,
+            causal,
+            masked,
+            with_lambda,
+        } => {
+            // λ = 0 everywhere turns the refinement off.
+            let lambda = if *with_lambda {
+                lambdas(shape[1])
+            } else {
+                vec![0.0; shape[1]]
+            };
+            training::run_output_backward(gpu, &mut rng, *shape, *dv, *causal, *masked, &lambda)
+                .await
+        }
+        Input::Activations { shape, lo, hi } => {
+            if matches!(
+                case.subject,
+                Subject::LayerNorm | Subject::LayerNormBackward
+            ) {
+                training::run_layer_norm(gpu, &mut rng, case.subject, shape, *lo, *hi).await
+            } else {
+                training::run_bias_gelu(gpu, &mut rng, case.subject, shape, *lo, *hi).await
+            }
+        }
+        Input::Embed {
+            batch,
+            n,
+            vocab,
+            positions,
+            width,
+        } => {
+            training::run_embed(
+                gpu,
+                &mut rng,
+                case.subject,
+                *batch,
+                *n,
+                *vocab,
+                *positions,
+                *width,
+            )
+            .await
+        }
+        Input::CrossEntropy {
+            batch,
+            n,
+            vocab,
+            range,
+        } => training::run_cross_entropy(gpu, &mut rng, *batch, *n, *vocab, *range).await,
+        Input::AdamW {
+            tensors,
+            steps,
+            amp,
+            clip,
+        } => training::run_adamw(gpu, &mut rng, tensors, *steps, *amp, *clip).await,
         Input::TooLarge(reason) => Err(Error::invalid(reason)),
     }
 }

@@ -364,6 +364,9 @@ pub struct Work {
     pub product_flops: u64,
     /// Dispatches per kernel, as `name::entry`, in the order each first ran.
     pub kernels: Vec<(String, u64)>,
+    /// Wall time per kernel (and `copy` for buffer copies), measured only
+    /// while [`Gpu::set_profiling`] is on, in the order each first ran.
+    pub kernel_time: Vec<(String, Duration)>,
 }
 
 impl Work {
@@ -386,6 +389,19 @@ impl Work {
             dispatches: self.dispatches - earlier.dispatches.min(self.dispatches),
             product_flops: self.product_flops - earlier.product_flops.min(self.product_flops),
             kernels,
+            kernel_time: self
+                .kernel_time
+                .iter()
+                .filter_map(|(name, t)| {
+                    let before = earlier
+                        .kernel_time
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map_or(Duration::ZERO, |(_, t)| *t);
+                    let d = t.saturating_sub(before);
+                    (!d.is_zero()).then(|| (name.clone(), d))
+                })
+                .collect(),
         }
     }
 
@@ -395,6 +411,15 @@ impl Work {
             .iter()
             .find(|(k, _)| k == label)
             .map_or(0, |(_, n)| *n)
+    }
+
+    /// Adds `time` to `label`'s wall time.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn add_time(&mut self, label: String, time: Duration) {
+        match self.kernel_time.iter_mut().find(|(k, _)| *k == label) {
+            Some((_, t)) => *t += time,
+            None => self.kernel_time.push((label, time)),
+        }
     }
 
     fn add(&mut self, dispatches: &[&Dispatch<'_>]) {
@@ -488,6 +513,8 @@ pub struct Gpu {
     tuning: Mutex<TuningCache>,
     /// What has been submitted so far.
     work: Mutex<Work>,
+    /// Whether [`Gpu::run`] times each step on its own ([`Gpu::set_profiling`]).
+    profiling: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Gpu {
@@ -617,6 +644,7 @@ impl Gpu {
             subgroup_size,
             tuning: Mutex::new(HashMap::new()),
             work: Mutex::new(Work::default()),
+            profiling: std::sync::atomic::AtomicBool::new(false),
             adapter,
             device,
             queue,
@@ -866,9 +894,43 @@ impl Gpu {
         Ok((x as u32, y as u32))
     }
 
+    /// Profiling: while on, every recorded step is submitted alone and waited
+    /// for, and its wall time is added to its kernel's in
+    /// [`Work::kernel_time`]. Far slower than normal runs (one submission and
+    /// one wait per dispatch); for finding where time goes, not for timing
+    /// whole runs. Native targets only; the browser ignores it.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Records `steps` in order into one command buffer and submits it.
     /// Does not wait for the GPU; a later read does.
     pub(crate) async fn run(&self, steps: &[Step<'_>]) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            for i in 0..steps.len() {
+                let label = match &steps[i] {
+                    Step::Dispatch(d) => d.kernel.label(),
+                    Step::Copy { .. } => "copy".to_string(),
+                };
+                let start = std::time::Instant::now();
+                self.record(&steps[i..=i]).await?;
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Validation(e.to_string()))?;
+                self.work
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add_time(label, start.elapsed());
+            }
+            return Ok(());
+        }
+        self.record(steps).await
+    }
+
+    /// [`Gpu::run`]'s recording and submission.
+    async fn record(&self, steps: &[Step<'_>]) -> Result<()> {
         let dispatches: Vec<&Dispatch> = steps
             .iter()
             .filter_map(|s| match s {

@@ -72,6 +72,9 @@ struct Args {
     /// Batch of the `small` training preset (its own is 64; 0 skips it).
     #[arg(long, default_value_t = 64)]
     small_batch: usize,
+    /// Print where a training step's time goes, kernel by kernel.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// A section of the benchmark.
@@ -404,6 +407,14 @@ fn run() -> Result<(), String> {
                 row.dispatches
             );
             training.push(row);
+            if args.profile {
+                let times = train::profile(&gpu, preset, lambda).map_err(|e| e.to_string())?;
+                let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
+                println!("  profile (forward + backward, each dispatch alone): {:.1} ms", total * 1e3);
+                for (name, t) in times.iter().take(12) {
+                    println!("  {:>8.1} ms  {name}", t.as_secs_f64() * 1e3);
+                }
+            }
         }
     }
 

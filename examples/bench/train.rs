@@ -123,6 +123,31 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     })
 }
 
+/// Where one step's time goes: each kernel's wall time with every dispatch
+/// submitted and waited for on its own ([`Gpu::set_profiling`]), longest first.
+pub fn profile(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Vec<(String, Duration)>, Error> {
+    let c = &preset.config;
+    let (b, t) = (preset.batch, c.n_positions);
+    let lambdas = lambda.then(|| vec![vec![0.5; c.n_head]; c.n_layer]);
+    let model = Gpt::init(gpu, c.clone(), 1, lambdas.as_deref())?;
+    let ws = model.workspace(gpu, b, t)?;
+    let mut rng = SplitMix64::new(2);
+    let mut draw = || -> Vec<u32> { (0..b * t).map(|_| rng.below(c.vocab_size) as u32).collect() };
+    let ids = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    let targets = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    // Pipelines are built outside the profile.
+    model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
+    ws.loss_blocking(gpu)?;
+    let before = gpu.work();
+    gpu.set_profiling(true);
+    let run = model.forward_backward_blocking(gpu, &ws, &ids, &targets);
+    gpu.set_profiling(false);
+    run?;
+    let mut times = gpu.work().since(&before).kernel_time;
+    times.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(times)
+}
+
 /// FLOP a naive autograd through `M = A·A` adds per step: 6·T³ per head and layer.
 fn naive_flops(preset: &Preset) -> f64 {
     let c = &preset.config;

@@ -198,8 +198,9 @@ fn layer_norm_backward(
         sg = sg + g;
         sgx = sgx + g * (lb_x[base + c] - mean) * rstd;
     }
-    let mean_g = reduce_sum(lid, sg) / w;
-    let mean_gx = reduce_sum(lid, sgx) / w;
+    let sums = reduce_sum2(lid, vec2<f32>(sg, sgx));
+    let mean_g = sums.x / w;
+    let mean_gx = sums.y / w;
     for (var c = lid; c < p.width; c = c + WG) {
         let g = lb_dy[base + c] * lb_gamma[c];
         let xh = (lb_x[base + c] - mean) * rstd;
@@ -234,8 +235,9 @@ fn layer_norm_params(
         sg = sg + lp_dy[i] * xh;
         sb = sb + lp_dy[i];
     }
-    let dgamma = reduce_sum(lid, sg);
-    let dbeta = reduce_sum(lid, sb);
+    let sums = reduce_sum2(lid, vec2<f32>(sg, sb));
+    let dgamma = sums.x;
+    let dbeta = sums.y;
     if (lid == 0u) {
         lp_dgamma[col] = dgamma;
         lp_dbeta[col] = dbeta;

@@ -140,8 +140,9 @@ fn diag_stats(
             c = c + a_ik * ds_a[base + k * p.n + i];
         }
     }
-    r = reduce_sum(lid, r);
-    c = reduce_sum(lid, c);
+    let rc = reduce_sum2(lid, vec2<f32>(r, c));
+    r = rc.x;
+    c = rc.y;
     if (lid == 0u) {
         ds_stats[3u * row] = ds_a[base + i * p.n + i];
         ds_stats[3u * row + 1u] = r;
@@ -295,10 +296,11 @@ fn output_adjoints(
         g_y = g_y + g * y;
         oa_w[row * width + x] = lambda * s * g;
     }
-    g_o = reduce_sum(lid, g_o);
-    g_mv = reduce_sum(lid, g_mv);
-    g_v = reduce_sum(lid, g_v);
-    g_y = reduce_sum(lid, g_y);
+    let sums = reduce_sum4(lid, vec4<f32>(g_o, g_mv, g_v, g_y));
+    g_o = sums.x;
+    g_mv = sums.y;
+    g_v = sums.z;
+    g_y = sums.w;
     if (lid == 0u) {
         oa_w[row * width + p.d] = -lambda * s * g_o;
         oa_row[4u * row] = lambda * s * g_v;

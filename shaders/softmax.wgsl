@@ -80,8 +80,9 @@ fn softmax_rows(
             }
         }
     }
-    let row_max = reduce_max(lid, m);
-    let row_any = reduce_max(lid, found);
+    let maxima = reduce_max2(lid, vec2<f32>(m, found));
+    let row_max = maxima.x;
+    let row_any = maxima.y;
     // An invocation without valid keys adds nothing (its m is no score).
     sum = select(0.0, sum * exp(m - row_max), found > 0.0);
     let inv = 1.0 / reduce_sum(lid, sum);

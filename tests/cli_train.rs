@@ -474,3 +474,77 @@ fn every_documented_training_error_is_one_line() {
     }
     assert_eq!(seen.len(), rows.len());
 }
+
+#[test]
+fn analyze_reads_a_trained_gpt_with_its_own_lambda() {
+    let gpu = &common::gpus()[0];
+    let tmp = TempDir::new("analyze-gpt");
+    let data = write_text(&tmp);
+    let run = tmp.join("run");
+    let r = train(
+        Some(gpu),
+        &data,
+        &run,
+        &["--steps", "6", "--eval-every", "6", "--lambda", "0.4"],
+    );
+    assert_success("train", &r);
+    let json = tmp.join("analyze.json");
+    let plot = tmp.join("analyze.png");
+    let text = "summer's lease";
+    let r = run_cli(
+        Some(gpu),
+        [
+            "analyze",
+            "--model",
+            run.to_str().unwrap(),
+            "--text",
+            text,
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    assert_success("analyze", &r);
+    assert!(plot.metadata().unwrap().len() > 1000);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let layers = report["texts"][0]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(
+        report["texts"][0]["tokens"].as_array().unwrap().len(),
+        text.chars().count()
+    );
+
+    // The library's own metrics of the same forward.
+    let model = Gpt::load(gpu, &run).unwrap();
+    let vocab =
+        saobp::data::Vocab::from_json(&std::fs::read_to_string(run.join("vocab.json")).unwrap())
+            .unwrap();
+    let ids = vocab.encode(text).unwrap();
+    let ws = model.workspace(gpu, 1, ids.len()).unwrap();
+    let x = TokenIds::new(gpu, &ids, 1, ids.len(), vocab.len()).unwrap();
+    model.forward_blocking(gpu, &ws, &x, None).unwrap();
+    let metrics = model.attention_metrics_blocking(gpu, &ws).unwrap();
+    for (l, m) in metrics.iter().enumerate() {
+        for h in 0..2 {
+            let head = &layers[l]["heads"][h];
+            let a = m.attention.head(0, h).unwrap();
+            let r = m.refined.as_ref().unwrap().head(0, h).unwrap();
+            // Equal values; JSON's decimal form may move the last bit.
+            let same =
+                |got: &Value, want: f64| (got.as_f64().unwrap() - want).abs() <= 1e-15 * want.abs();
+            assert!(
+                same(&head["attn"]["normalized_entropy"], a.normalized_entropy),
+                "{head}"
+            );
+            assert!(same(&head["refined"]["gtd"], r.gtd), "{head}");
+            // λ = 0.4 refines: R's GTD is λm/(1 + λm), below A's at λ = 1.
+            assert!(
+                r.gtd > 0.0 && r.gtd < a.gtd,
+                "layer {l} head {h}: {} vs {}",
+                r.gtd,
+                a.gtd
+            );
+        }
+    }
+}

@@ -410,7 +410,10 @@ fn run() -> Result<(), String> {
             if args.profile {
                 let times = train::profile(&gpu, preset, lambda).map_err(|e| e.to_string())?;
                 let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
-                println!("  profile (forward + backward, each dispatch alone): {:.1} ms", total * 1e3);
+                println!(
+                    "  profile (forward + backward, each dispatch alone): {:.1} ms",
+                    total * 1e3
+                );
                 for (name, t) in times.iter().take(12) {
                     println!("  {:>8.1} ms  {name}", t.as_secs_f64() * 1e3);
                 }

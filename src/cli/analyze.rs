@@ -15,18 +15,24 @@ use saobp::{Gpu, HeadSummary, Lambda};
 use serde::Serialize;
 use serde_json::Value;
 
+use saobp::kernels::gpt::TokenIds;
+use saobp::model::Gpt;
+
 use super::plot::{self, LayerCurves};
+use super::run_dir;
 use super::{adapter_json, write_all_or_nothing, CliResult, HeadReport};
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
-    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json),
+    /// or a GPT run folder written by `train`.
     #[arg(long)]
     model: PathBuf,
     /// A text to analyse; repeat for several.
     #[arg(long = "text", required = true)]
     texts: Vec<String>,
     /// SAOBP strength for every layer, or one per layer separated by commas (finite, >= 0).
+    /// A GPT uses its checkpoint's own λ instead.
     #[arg(
         long,
         value_delimiter = ',',
@@ -76,7 +82,9 @@ struct Report<'a> {
 struct TextReport<'a> {
     text: &'a str,
     tokens: &'a [String],
-    embedding: Vec<f32>,
+    /// The sentence embedding (BERT-family models only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<Vec<f32>>,
     layers: Vec<LayerReport>,
 }
 
@@ -97,10 +105,21 @@ fn layer_mean(out: &ForwardOutput, layer: usize, refined: bool) -> Option<HeadSu
     Some(map.batch(0))
 }
 
+/// Whether `dir` holds a GPT (`model_type: "gpt2"` in its config.json).
+fn is_gpt(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v.get("model_type").and_then(Value::as_str) == Some("gpt2"))
+}
+
 pub fn run(args: &AnalyzeArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     if args.texts.iter().any(|t| t.trim().is_empty()) {
         return Err("--text must not be empty".into());
+    }
+    if is_gpt(&args.model) {
+        return run_gpt(args);
     }
     let gpu = Gpu::from_env_blocking().map_err(e)?;
     let model = BertModel::load(&gpu, &args.model).map_err(e)?;
@@ -184,7 +203,7 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
         texts_json.push(TextReport {
             text,
             tokens: &enc.tokens,
-            embedding,
+            embedding: Some(embedding),
             layers,
         });
         if let Some(b) = &bar {
@@ -245,4 +264,121 @@ fn print_table(curves: &LayerCurves, refined: bool, lambda: &[f32]) {
             println!("{l:>5}  {:>16.4}  {:>11.4}", a.normalized_entropy, a.gtd);
         }
     }
+}
+
+/// `analyze` of a GPT trained by `train`: causal attention with the
+/// checkpoint's own λ; the table and plot compare each layer's `A` with its
+/// `R`. Characters are the tokens.
+fn run_gpt(args: &AnalyzeArgs) -> CliResult {
+    let e = |e: saobp::Error| e.to_string();
+    let checkpoint = run_dir::read_checkpoint(&args.model)?;
+    let c = checkpoint.config.clone();
+    let heat_layer = args.layer.unwrap_or(c.n_layer - 1);
+    if heat_layer >= c.n_layer || args.head >= c.n_head {
+        return Err(format!(
+            "--layer {heat_layer} / --head {} out of range: the model has {} layers of {} heads",
+            args.head, c.n_layer, c.n_head
+        ));
+    }
+    let encoded = args
+        .texts
+        .iter()
+        .map(|t| {
+            let ids = checkpoint
+                .vocab
+                .encode(t)
+                .map_err(|err| format!("--text: {err}"))?;
+            if ids.len() > c.n_positions {
+                return Err(format!(
+                    "--text has {} characters; the model's context is {}",
+                    ids.len(),
+                    c.n_positions
+                ));
+            }
+            Ok(ids)
+        })
+        .collect::<CliResult<Vec<_>>>()?;
+    let gpu = Gpu::from_env_blocking().map_err(e)?;
+    let model = Gpt::from_safetensors(&gpu, c.clone(), &checkpoint.weights).map_err(e)?;
+    let lambdas = pollster::block_on(model.lambda_values(&gpu)).map_err(e)?;
+    let layer_lambda: Vec<f32> = lambdas
+        .iter()
+        .map(|l| l.iter().sum::<f32>() / l.len().max(1) as f32)
+        .collect();
+    let refined = model.has_lambda();
+    let mut curves = LayerCurves::new(c.n_layer);
+    let mut texts_json = Vec::new();
+    let mut heatmaps = None;
+    let token_lists: Vec<Vec<String>> = args
+        .texts
+        .iter()
+        .map(|t| t.chars().map(String::from).collect())
+        .collect();
+    for (ti, (text, ids)) in args.texts.iter().zip(&encoded).enumerate() {
+        let n = ids.len();
+        let ws = model.workspace(&gpu, 1, n).map_err(e)?;
+        let x = TokenIds::new(&gpu, ids, 1, n, c.vocab_size).map_err(e)?;
+        model.forward_blocking(&gpu, &ws, &x, None).map_err(e)?;
+        let metrics = model.attention_metrics_blocking(&gpu, &ws).map_err(e)?;
+        let mut layers = Vec::new();
+        for (l, m) in metrics.iter().enumerate() {
+            let heads = (0..c.n_head).map(|h| HeadReport::of(m, 0, h)).collect();
+            layers.push(LayerReport { layer: l, heads });
+            curves.add_plain(l, &m.attention.batch(0));
+            if let Some(r) = &m.refined {
+                curves.add_refined(l, &r.batch(0));
+            }
+        }
+        if ti == 0 && args.plot.is_some() {
+            let [q, k, v] = ws.qkv(heat_layer).ok_or("no such layer")?;
+            let opts = saobp::AttentionOptions {
+                causal: true,
+                lambda: Lambda::PerHead(lambdas[heat_layer].clone()),
+                mode: saobp::Mode::Fused,
+                return_attention: true,
+                return_refined: refined,
+                ..Default::default()
+            };
+            let out = saobp::attention_blocking(&gpu, q, k, v, &opts).map_err(e)?;
+            let head = args.head * n * n..(args.head + 1) * n * n;
+            let read = |t: Option<&saobp::Tensor>| -> CliResult<Option<Vec<f32>>> {
+                t.map(|t| t.to_vec_range_blocking(&gpu, head.clone()).map_err(e))
+                    .transpose()
+            };
+            let plain = read(out.attention.as_ref())?.ok_or("no attention map")?;
+            heatmaps = Some(plot::Heatmaps::new(
+                heat_layer,
+                args.head,
+                token_lists[ti].clone(),
+                plain,
+                read(out.refined.as_ref())?,
+            ));
+        }
+        texts_json.push(TextReport {
+            text,
+            tokens: &token_lists[ti],
+            embedding: None,
+            layers,
+        });
+    }
+    print_table(&curves, refined, &layer_lambda);
+    let mut files = Vec::new();
+    if let Some(path) = &args.json {
+        let report = Report {
+            adapter: adapter_json(gpu.adapter()),
+            model: args.model.display().to_string(),
+            lambda: &layer_lambda,
+            texts: texts_json,
+        };
+        files.push((
+            path.as_path(),
+            serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let (Some(path), Some(maps)) = (&args.plot, &heatmaps) {
+        files.push((path.as_path(), plot::render(&curves, maps, refined)?));
+    }
+    write_all_or_nothing(&files)?;
+    println!("adapter: {}", gpu.adapter());
+    Ok(())
 }

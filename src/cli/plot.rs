@@ -53,6 +53,26 @@ pub struct Heatmaps {
     refined: Option<Vec<f32>>,
 }
 
+impl Heatmaps {
+    /// Maps already read back: `plain` and `refined` are `[n, n]` for the
+    /// `n` tokens.
+    pub fn new(
+        layer: usize,
+        head: usize,
+        tokens: Vec<String>,
+        plain: Vec<f32>,
+        refined: Option<Vec<f32>>,
+    ) -> Heatmaps {
+        Heatmaps {
+            layer,
+            head,
+            tokens,
+            plain,
+            refined,
+        }
+    }
+}
+
 /// Downloads head `head` of `layer` from the kept maps of one text.
 pub fn heatmaps(
     gpu: &Gpu,

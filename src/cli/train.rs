@@ -410,10 +410,16 @@ pub fn run(args: &TrainArgs) -> CliResult {
                 r.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
                 r
             })?;
-            bar.println(format!(
+            let line = format!(
                 "step {step}: train {:.4}  val {:.4}  lr {:.2e}  {:.0} tok/s",
                 record.train_loss, record.val_loss, record.lr, record.tokens_per_s
-            ));
+            );
+            // Without a terminal the bar is hidden, and so is its println.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
             plan.records.push(record);
             since_eval = (Instant::now(), 0);
         }

@@ -1106,6 +1106,12 @@ impl GptWorkspace {
         self.layers.get(layer).map(|l| &l.a)
     }
 
+    /// `[B, H, T, C/H]` each: layer `layer`'s `q`, `k` and `v` of the last
+    /// forward, e.g. for [`crate::attention()`] with other options.
+    pub fn qkv(&self, layer: usize) -> Option<[&Tensor; 3]> {
+        self.layers.get(layer).map(|l| [&l.q, &l.k, &l.v])
+    }
+
     /// `[B, H, T]`: layer `layer`'s multi-hop mass `m` of the last forward,
     /// when the model has λ.
     pub fn multi_hop_mass(&self, layer: usize) -> Option<&Tensor> {

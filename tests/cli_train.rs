@@ -526,8 +526,9 @@ fn analyze_reads_a_trained_gpt_with_its_own_lambda() {
     model.forward_blocking(gpu, &ws, &x, None).unwrap();
     let metrics = model.attention_metrics_blocking(gpu, &ws).unwrap();
     for (l, m) in metrics.iter().enumerate() {
-        for h in 0..2 {
-            let head = &layers[l]["heads"][h];
+        let heads = layers[l]["heads"].as_array().unwrap();
+        assert_eq!(heads.len(), 2);
+        for (h, head) in heads.iter().enumerate() {
             let a = m.attention.head(0, h).unwrap();
             let r = m.refined.as_ref().unwrap().head(0, h).unwrap();
             // Equal values; JSON's decimal form may move the last bit.

@@ -144,7 +144,7 @@ pub fn profile(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Vec<(String, 
     gpu.set_profiling(false);
     run?;
     let mut times = gpu.work().since(&before).kernel_time;
-    times.sort_by(|a, b| b.1.cmp(&a.1));
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
     Ok(times)
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use saobp::kernels::gpt::TokenIds;
 use saobp::kernels::optim::{AdamW, AdamWOptions};
-use saobp::model::{Gpt, GptConfig};
+use saobp::model::{Gpt, GptConfig, GptWorkspace};
 use saobp::workload::SplitMix64;
 use saobp::{Error, Gpu};
 
@@ -71,8 +71,16 @@ impl TrainRow {
     }
 }
 
-/// Times a step of `preset`, with λ = 0.5 learned in every head when `lambda`.
-pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Result<TrainRow, Error> {
+/// A model of `preset` (λ = 0.5 in every head when `lambda`), its
+/// workspace and one batch of random tokens.
+struct Setup {
+    model: Gpt,
+    ws: GptWorkspace,
+    ids: TokenIds,
+    targets: TokenIds,
+}
+
+fn setup(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Setup, Error> {
     let c = &preset.config;
     let (b, t) = (preset.batch, c.n_positions);
     let lambdas = lambda.then(|| vec![vec![0.5; c.n_head]; c.n_layer]);
@@ -80,8 +88,22 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     let ws = model.workspace(gpu, b, t)?;
     let mut rng = SplitMix64::new(2);
     let mut draw = || -> Vec<u32> { (0..b * t).map(|_| rng.below(c.vocab_size) as u32).collect() };
-    let ids = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
-    let targets = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    Ok(Setup {
+        ids: TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?,
+        targets: TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?,
+        model,
+        ws,
+    })
+}
+
+/// Times a step of `preset`, with λ = 0.5 learned in every head when `lambda`.
+pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Result<TrainRow, Error> {
+    let Setup {
+        model,
+        ws,
+        ids,
+        targets,
+    } = setup(gpu, preset, lambda)?;
     let specs: Vec<_> = model
         .parameters()
         .map(|(s, _)| (s.shape.as_slice(), s.group))
@@ -111,8 +133,8 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     })?;
     Ok(TrainRow {
         preset: preset.name,
-        t,
-        batch: b,
+        t: preset.config.n_positions,
+        batch: preset.batch,
         lambda,
         forward,
         backward: both.saturating_sub(forward),
@@ -126,15 +148,12 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
 /// Where one step's time goes: each kernel's wall time with every dispatch
 /// submitted and waited for on its own ([`Gpu::set_profiling`]), longest first.
 pub fn profile(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Vec<(String, Duration)>, Error> {
-    let c = &preset.config;
-    let (b, t) = (preset.batch, c.n_positions);
-    let lambdas = lambda.then(|| vec![vec![0.5; c.n_head]; c.n_layer]);
-    let model = Gpt::init(gpu, c.clone(), 1, lambdas.as_deref())?;
-    let ws = model.workspace(gpu, b, t)?;
-    let mut rng = SplitMix64::new(2);
-    let mut draw = || -> Vec<u32> { (0..b * t).map(|_| rng.below(c.vocab_size) as u32).collect() };
-    let ids = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
-    let targets = TokenIds::new(gpu, &draw(), b, t, c.vocab_size)?;
+    let Setup {
+        model,
+        ws,
+        ids,
+        targets,
+    } = setup(gpu, preset, lambda)?;
     // Pipelines are built outside the profile.
     model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
     ws.loss_blocking(gpu)?;

@@ -214,26 +214,15 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
         b.finish_and_clear();
     }
 
-    print_table(&curves, refined, &lambda);
-    let mut files = Vec::new();
-    if let Some(path) = &args.json {
-        let report = Report {
-            adapter: adapter_json(gpu.adapter()),
-            model: args.model.display().to_string(),
-            lambda: &lambda,
-            texts: texts_json,
-        };
-        files.push((
-            path.as_path(),
-            serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
-        ));
-    }
-    if let (Some(path), Some(maps)) = (&args.plot, &heatmaps) {
-        files.push((path.as_path(), plot::render(&curves, maps, refined)?));
-    }
-    write_all_or_nothing(&files)?;
-    println!("adapter: {}", gpu.adapter());
-    Ok(())
+    finish(
+        args,
+        &gpu,
+        &curves,
+        refined,
+        &lambda,
+        texts_json,
+        heatmaps.as_ref(),
+    )
 }
 
 fn print_table(curves: &LayerCurves, refined: bool, lambda: &[f32]) {
@@ -361,22 +350,43 @@ fn run_gpt(args: &AnalyzeArgs) -> CliResult {
             layers,
         });
     }
-    print_table(&curves, refined, &layer_lambda);
+    finish(
+        args,
+        &gpu,
+        &curves,
+        refined,
+        &layer_lambda,
+        texts_json,
+        heatmaps.as_ref(),
+    )
+}
+
+/// Prints the table and writes the JSON and the plot, all or nothing.
+fn finish(
+    args: &AnalyzeArgs,
+    gpu: &Gpu,
+    curves: &LayerCurves,
+    refined: bool,
+    lambda: &[f32],
+    texts: Vec<TextReport<'_>>,
+    heatmaps: Option<&plot::Heatmaps>,
+) -> CliResult {
+    print_table(curves, refined, lambda);
     let mut files = Vec::new();
     if let Some(path) = &args.json {
         let report = Report {
             adapter: adapter_json(gpu.adapter()),
             model: args.model.display().to_string(),
-            lambda: &layer_lambda,
-            texts: texts_json,
+            lambda,
+            texts,
         };
         files.push((
             path.as_path(),
             serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
         ));
     }
-    if let (Some(path), Some(maps)) = (&args.plot, &heatmaps) {
-        files.push((path.as_path(), plot::render(&curves, maps, refined)?));
+    if let (Some(path), Some(maps)) = (&args.plot, heatmaps) {
+        files.push((path.as_path(), plot::render(curves, maps, refined)?));
     }
     write_all_or_nothing(&files)?;
     println!("adapter: {}", gpu.adapter());

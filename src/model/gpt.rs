@@ -483,8 +483,7 @@ impl Gpt {
                 &acts.ln1,
                 &acts.ln1_stats,
             ));
-            let p = matmul::plan(acts.ln1.shape(), layer.attn.0.shape(), &plain)?;
-            steps.extend(matmul::steps(gpu, &p, &acts.ln1, layer.attn.0, &ws.qkv)?);
+            steps.extend(product(gpu, &acts.ln1, layer.attn.0, &ws.qkv, &plain)?);
             steps.push(ops::split_qkv_step(
                 &s.block,
                 &ws.qkv,
@@ -510,19 +509,11 @@ impl Gpt {
                         )?);
                 }
                 _ => {
-                    let p = matmul::plan(acts.a.shape(), acts.v.shape(), &plain)?;
-                    steps.extend(matmul::steps(gpu, &p, &acts.a, &acts.v, &acts.o)?);
+                    steps.extend(product(gpu, &acts.a, &acts.v, &acts.o, &plain)?);
                 }
             }
             steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
-            let p = matmul::plan(acts.merged.shape(), layer.proj.0.shape(), &plain)?;
-            steps.extend(matmul::steps(
-                gpu,
-                &p,
-                &acts.merged,
-                layer.proj.0,
-                &ws.proj,
-            )?);
+            steps.extend(product(gpu, &acts.merged, layer.proj.0, &ws.proj, &plain)?);
             steps.push(ops::bias_residual_step(
                 &s.block,
                 x_in,
@@ -539,13 +530,11 @@ impl Gpt {
                 &acts.ln2,
                 &acts.ln2_stats,
             ));
-            let p = matmul::plan(acts.ln2.shape(), layer.fc.0.shape(), &plain)?;
-            steps.extend(matmul::steps(gpu, &p, &acts.ln2, layer.fc.0, &acts.fc)?);
+            steps.extend(product(gpu, &acts.ln2, layer.fc.0, &acts.fc, &plain)?);
             steps.push(ops::bias_gelu_step(
                 &s.wide, &acts.fc, layer.fc.1, &acts.gelu,
             ));
-            let p = matmul::plan(acts.gelu.shape(), layer.mproj.0.shape(), &plain)?;
-            steps.extend(matmul::steps(gpu, &p, &acts.gelu, layer.mproj.0, &ws.proj)?);
+            steps.extend(product(gpu, &acts.gelu, layer.mproj.0, &ws.proj, &plain)?);
             steps.push(ops::bias_residual_step(
                 &s.block,
                 x_mid,
@@ -564,15 +553,11 @@ impl Gpt {
             &ws.lnf_stats,
         ));
         // The output head is tied to wte: logits = ln_f(x)·wteᵀ.
-        let p = matmul::plan(
-            ws.lnf.shape(),
-            w.wte.shape(),
-            &MatmulOptions {
-                trans_b: true,
-                ..plain
-            },
-        )?;
-        steps.extend(matmul::steps(gpu, &p, &ws.lnf, w.wte, &ws.logits)?);
+        let tb = MatmulOptions {
+            trans_b: true,
+            ..plain
+        };
+        steps.extend(product(gpu, &ws.lnf, w.wte, &ws.logits, &tb)?);
         Ok(steps)
     }
 
@@ -622,20 +607,16 @@ impl Gpt {
                       dx: &'a Tensor,
                       p: &GptParams|
          -> Result<()> {
-            let pw = matmul::plan(x.shape(), dy.shape(), &ta)?;
-            steps.extend(matmul::steps(gpu, &pw, x, dy, grad.0)?);
+            steps.extend(product(gpu, x, dy, grad.0, &ta)?);
             steps.push(ops::column_sum_step(p, dy, grad.1));
-            let px = matmul::plan(dy.shape(), weight.0.shape(), &tb)?;
-            steps.extend(matmul::steps(gpu, &px, dy, weight.0, dx)?);
+            steps.extend(product(gpu, dy, weight.0, dx, &tb)?);
             Ok(())
         };
 
         // The head, tied to wte: ∂wte = dlogitsᵀ·ln_f(x) (the embedding's
         // share is added last), ∂ln_f(x) = dlogits·wte.
-        let p = matmul::plan(ws.dlogits.shape(), ws.lnf.shape(), &ta)?;
-        steps.extend(matmul::steps(gpu, &p, &ws.dlogits, &ws.lnf, g.wte)?);
-        let p = matmul::plan(ws.dlogits.shape(), w.wte.shape(), &plain)?;
-        steps.extend(matmul::steps(gpu, &p, &ws.dlogits, w.wte, &b.dc)?);
+        steps.extend(product(gpu, &ws.dlogits, &ws.lnf, g.wte, &ta)?);
+        steps.extend(product(gpu, &ws.dlogits, w.wte, &b.dc, &plain)?);
         let x_last = &ws.xs[ws.xs.len() - 1];
         steps.push(ops::layer_norm_params_step(
             &s.ln,
@@ -724,10 +705,8 @@ impl Gpt {
                     )?);
                 }
                 _ => {
-                    let p = matmul::plan(acts.a.shape(), b.d_o.shape(), &ta)?;
-                    steps.extend(matmul::steps(gpu, &p, &acts.a, &b.d_o, &b.dv)?);
-                    let p = matmul::plan(b.d_o.shape(), acts.v.shape(), &tb)?;
-                    steps.extend(matmul::steps(gpu, &p, &b.d_o, &acts.v, &b.da)?);
+                    steps.extend(product(gpu, &acts.a, &b.d_o, &b.dv, &ta)?);
+                    steps.extend(product(gpu, &b.d_o, &acts.v, &b.da, &tb)?);
                 }
             }
             steps.extend(scores_backward_steps(
@@ -776,6 +755,18 @@ impl Gpt {
         ));
         Ok(steps)
     }
+}
+
+/// The steps of `out = op(a)·op(b)` through the matmul kernels.
+fn product<'a>(
+    gpu: &Gpu,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    out: &'a Tensor,
+    opts: &MatmulOptions,
+) -> Result<Vec<Step<'a>>> {
+    let p = matmul::plan(a.shape(), b.shape(), opts)?;
+    matmul::steps(gpu, &p, a, b, out)
 }
 
 /// Parameter values checked against a config, still on the host.

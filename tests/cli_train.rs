@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{assert_one_error_line, assert_success, on_every_gpu, run_cli, TempDir};
 use saobp::data::{Corpus, Split};
@@ -160,16 +160,7 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
 #[test]
 fn checkpoints_evaluate_and_differentiate_as_the_library_does() {
     let gpu = &common::gpus()[0];
-    let tmp = TempDir::new("eval");
-    let data = write_text(&tmp);
-    let run = tmp.join("run");
-    let r = train(
-        Some(gpu),
-        &data,
-        &run,
-        &["--steps", "10", "--eval-every", "10", "--lambda", "0.2"],
-    );
-    assert_success("train", &r);
+    let (tmp, data, run) = trained_with(gpu, "eval", "10", "0.2");
     // The checkpoint reloads as it was written.
     let model = Gpt::load(gpu, &run).unwrap();
     let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
@@ -267,8 +258,24 @@ fn generation_is_deterministic_for_a_seed() {
     );
 }
 
+/// A fresh folder holding the text and a run trained on `gpu` for `steps`
+/// steps at λ = `lambda`, evaluated once at the end.
+fn trained_with(gpu: &Gpu, name: &str, steps: &str, lambda: &str) -> (TempDir, String, PathBuf) {
+    let tmp = TempDir::new(name);
+    let data = write_text(&tmp);
+    let run = tmp.join("run");
+    let r = train(
+        Some(gpu),
+        &data,
+        &run,
+        &["--steps", steps, "--eval-every", steps, "--lambda", lambda],
+    );
+    assert_success("train", &r);
+    (tmp, data, run)
+}
+
 /// A run folder trained for `steps` steps, for the rows that need one.
-fn trained(tmp: &Path, data: &str, steps: &str) -> std::path::PathBuf {
+fn trained(tmp: &Path, data: &str, steps: &str) -> PathBuf {
     let run = tmp.join(format!("run-{steps}"));
     let r = train(None, data, &run, &["--steps", steps, "--eval-every", "2"]);
     assert_success("train", &r);
@@ -478,16 +485,7 @@ fn every_documented_training_error_is_one_line() {
 #[test]
 fn analyze_reads_a_trained_gpt_with_its_own_lambda() {
     let gpu = &common::gpus()[0];
-    let tmp = TempDir::new("analyze-gpt");
-    let data = write_text(&tmp);
-    let run = tmp.join("run");
-    let r = train(
-        Some(gpu),
-        &data,
-        &run,
-        &["--steps", "6", "--eval-every", "6", "--lambda", "0.4"],
-    );
-    assert_success("train", &r);
+    let (tmp, _, run) = trained_with(gpu, "analyze-gpt", "6", "0.4");
     let json = tmp.join("analyze.json");
     let plot = tmp.join("analyze.png");
     let text = "summer's lease";

@@ -547,3 +547,60 @@ fn analyze_reads_a_trained_gpt_with_its_own_lambda() {
         }
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let tmp = TempDir::new("ctrl-c");
+    let data = write_text(&tmp);
+    let run = tmp.join("run");
+    let mut args = vec!["train", "--data", &data, "--out", run.to_str().unwrap()];
+    args.extend(SIZES);
+    args.extend([
+        "--steps",
+        "1000000",
+        "--eval-every",
+        "1000000",
+        "--eval-windows",
+        "4",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saobp"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line comes once Ctrl-C is handled.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("training 1000000 steps from step 0"),
+        "{line}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("interrupted at step"), "{rest}");
+    let settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
+    let step = settings["step"].as_u64().unwrap();
+    assert!(
+        rest.contains(&format!("interrupted at step {step} ")),
+        "{rest}"
+    );
+    // The checkpoint is whole: it loads and resumes.
+    let gpu = &common::gpus()[0];
+    Gpt::load(gpu, &run).unwrap();
+    assert!(run.join("optimizer.safetensors").exists());
+}

@@ -349,6 +349,19 @@ pub fn run(args: &TrainArgs) -> CliResult {
             .map_err(|err| err.to_string())?,
     );
     bar.set_position(s.step as u64);
+    // From here on Ctrl-C checkpoints; say where the run stands (the bar
+    // says it on a terminal).
+    let starting = format!(
+        "training {} steps from step {} on {}",
+        s.steps,
+        s.step,
+        gpu.adapter()
+    );
+    if bar.is_hidden() {
+        println!("{starting}");
+    } else {
+        bar.println(starting);
+    }
 
     let start_step = plan.settings.step;
     let mut since_eval = (Instant::now(), 0usize);
@@ -431,7 +444,8 @@ pub fn run(args: &TrainArgs) -> CliResult {
     };
     bar.finish_and_clear();
     let what = outcome?;
-    if plan.settings.step != step {
+    // A stop always leaves a checkpoint, even before the first step.
+    if plan.settings.step != step || what != "done" {
         plan.settings.step = step;
         plan.settings.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
         checkpoint(&gpu, &plan, &model, &adamw, &names)?;

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Summarizes `saobp train` run folders as the Markdown tables of docs/TRAINING.md.
 
-Usage: python3 scripts/summarize-runs.py RUN_DIR [RUN_DIR ...]
+Usage: python3 scripts/summarize-runs.py [--at STEP] RUN_DIR [RUN_DIR ...]
+
+With --at, every run is read up to that step only, so runs that got to
+different steps compare at the same one.
 
 Runs are grouped by their settings apart from the seed (train.json): per
 group, the final val loss (mean and spread over seeds), the first step whose
-evaluation reached val loss 2.0, and the last evaluation's per-layer
+evaluation reached val loss 2.0, the val loss by step, and the last evaluation's per-layer
 normalized entropy of A and R and GTD of A (at lambda = 1) and of R (at the
 layer's lambda, averaged over heads), with the final lambda per layer.
 Standard library only.
@@ -17,9 +20,11 @@ import sys
 from pathlib import Path
 
 
-def load(run):
+def load(run, at=None):
     settings = json.loads((run / "train.json").read_text())
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    if at is not None:
+        records = [r for r in records if r["step"] <= at]
     return settings, records
 
 
@@ -36,10 +41,13 @@ def mean(v):
     return sum(v) / len(v)
 
 
-def main(paths):
+def main(args):
+    at = None
+    if args[:1] == ["--at"]:
+        at, args = int(args[1]), args[2:]
     groups = {}
-    for p in paths:
-        s, r = load(Path(p))
+    for p in args:
+        s, r = load(Path(p), at)
         if not r:
             continue
         groups.setdefault(label(s), []).append((Path(p).name, s, r))
@@ -55,6 +63,22 @@ def main(paths):
         spread = f"{max(finals) - min(finals):.4f}" if len(finals) > 1 else "one seed"
         print(f"| {name} | {len(runs)} | {', '.join(map(str, sorted(steps)))} | "
               f"{mean(finals):.4f} | {spread} | {', '.join(reach)} |")
+    print()
+    names = list(groups)
+    print("Val loss by step (mean over seeds; every 200 steps and the last):")
+    print()
+    print("| step | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    steps = sorted({x["step"] for runs in groups.values() for _, _, r in runs for x in r})
+    last = steps[-1] if steps else 0
+    for step in steps:
+        if step % 200 and step != last:
+            continue
+        cells = []
+        for name in names:
+            v = [x["val_loss"] for _, _, r in groups[name] for x in r if x["step"] == step]
+            cells.append(f"{mean(v):.4f}" if v else "—")
+        print(f"| {step} | " + " | ".join(cells) + " |")
     print()
     print("Last evaluation, per layer (mean over seeds and heads):")
     print()

@@ -621,31 +621,7 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         }
     }
 
-    // Softmax: one element, short and long rows, logits at the spec's ±50,
-    // and one workgroup per row over the cap.
-    let sm = |shape: &[usize], causal, masked, range| Input::Softmax {
-        shape: shape.to_vec(),
-        causal,
-        masked,
-        range,
-    };
-    for input in [
-        sm(&[1, 1], false, false, 8.0),
-        sm(&[2, 3, 7, 33], true, true, 8.0),
-        sm(&[1, 2, 65, 65], true, true, 8.0),
-        sm(&[1, 1, 33, 257], false, false, 50.0),
-        sm(&[1, 2, 256, 256], false, true, 8.0),
-    ] {
-        out.push(Case::new(Subject::Softmax, input, None));
-    }
-    let rows = over(2);
-    out.push(at_cap(
-        Subject::Softmax,
-        sm(&[2, 1, rows, 5], true, true, 8.0),
-        cap,
-        "one workgroup per row",
-        2 * rows as u64,
-    ));
+    out.extend(softmax_cases(Subject::Softmax, cap));
 
     // Attention and the refined outputs share shapes: N = 1, odd N and D,
     // D = 1, Dv != D, several items and heads, masks, N = 256 D = 64 (one
@@ -819,35 +795,43 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
 /// The training kernels' share of the matrix: the backward of each forward
 /// above, the GPT's per-token ops both ways, and AdamW. Each goes over the
 /// workgroup cap once, in the entry point whose grid grows with the data.
-fn training_cases(cap: u64) -> Vec<Case> {
-    let cap_usize = usize::try_from(cap).unwrap_or(usize::MAX);
-    let over = |unit: usize| (cap_usize / unit).saturating_add(1);
-    let mut out = Vec::new();
-
-    // The softmax's backward on the softmax's sizes.
+/// The softmax's cases, forward or backward (`subject`): one element, short
+/// and long rows, logits at the spec's ±50, and one workgroup per row over
+/// the cap.
+fn softmax_cases(subject: Subject, cap: u64) -> Vec<Case> {
+    let rows = usize::try_from(cap).unwrap_or(usize::MAX) / 2 + 1;
     let sm = |shape: &[usize], causal, masked, range| Input::Softmax {
         shape: shape.to_vec(),
         causal,
         masked,
         range,
     };
-    for input in [
+    let mut out: Vec<Case> = [
         sm(&[1, 1], false, false, 8.0),
         sm(&[2, 3, 7, 33], true, true, 8.0),
         sm(&[1, 2, 65, 65], true, true, 8.0),
         sm(&[1, 1, 33, 257], false, false, 50.0),
         sm(&[1, 2, 256, 256], false, true, 8.0),
-    ] {
-        out.push(Case::new(Subject::SoftmaxBackward, input, None));
-    }
-    let rows = over(2);
+    ]
+    .into_iter()
+    .map(|input| Case::new(subject, input, None))
+    .collect();
     out.push(at_cap(
-        Subject::SoftmaxBackward,
+        subject,
         sm(&[2, 1, rows, 5], true, true, 8.0),
         cap,
         "one workgroup per row",
         2 * rows as u64,
     ));
+    out
+}
+
+fn training_cases(cap: u64) -> Vec<Case> {
+    let cap_usize = usize::try_from(cap).unwrap_or(usize::MAX);
+    let over = |unit: usize| (cap_usize / unit).saturating_add(1);
+
+    // The softmax's backward on the softmax's sizes.
+    let mut out = softmax_cases(Subject::SoftmaxBackward, cap);
 
     // The matmul's backward: each transpose, K = 1, a B shared by a batch
     // (a linear layer, whose gradient sums over the batch), the score

@@ -134,6 +134,14 @@ async fn run_matmul(
     })
 }
 
+/// The key mask of a softmax case over `shape` and its `[B, C]` shape: B
+/// the first dimension, C the last; a matrix has one row of it.
+pub(super) fn softmax_key_mask(shape: &[usize]) -> ([usize; 2], Vec<f32>) {
+    let batch = if shape.len() > 2 { shape[0] } else { 1 };
+    let cols = shape[shape.len() - 1];
+    ([batch, cols], key_mask(batch, cols))
+}
+
 async fn run_softmax(
     gpu: &Gpu,
     rng: &mut SplitMix64,
@@ -143,10 +151,7 @@ async fn run_softmax(
     range: f32,
 ) -> Result<Measured> {
     let x = uniform(rng, numel(shape)?, -range, range);
-    // The key mask is [B, C], B the first dimension; a matrix has one row of it.
-    let batch = if shape.len() > 2 { shape[0] } else { 1 };
-    let cols = shape[shape.len() - 1];
-    let mask = key_mask(batch, cols);
+    let ([batch, cols], mask) = softmax_key_mask(shape);
     let start = Instant::now();
     let tx = Tensor::from_slice(gpu, shape, &x)?;
     let tm = Tensor::from_slice(gpu, &[batch, cols], &mask)?;

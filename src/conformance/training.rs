@@ -22,7 +22,7 @@ use crate::tensor::{numel, Tensor};
 use crate::workload::SplitMix64;
 
 use super::catalogue::key_mask;
-use super::runners::{to_f64, uniform, Measured, Output};
+use super::runners::{softmax_key_mask, to_f64, uniform, Measured, Output};
 use super::Subject;
 
 /// The spec's LayerNorm epsilon for the GPT.
@@ -54,10 +54,7 @@ pub(super) async fn run_softmax_backward(
     range: f32,
 ) -> Result<Measured> {
     let scores = uniform(rng, numel(shape)?, -range, range);
-    // The key mask is [B, C], B the first dimension; a matrix has one row of it.
-    let batch = if shape.len() > 2 { shape[0] } else { 1 };
-    let cols = shape[shape.len() - 1];
-    let mask = key_mask(batch, cols);
+    let ([batch, cols], mask) = softmax_key_mask(shape);
     let mask_ref = masked.then_some(&mask[..]);
     let a = to_f32(&reference::softmax(&scores, shape, causal, mask_ref)?);
     let grad_a = uniform(rng, a.len(), -1.0, 1.0);

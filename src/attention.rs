@@ -17,7 +17,6 @@ use crate::tensor::Tensor;
 
 /// How the refined output is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Mode {
     /// No refinement: `O = A·V`.
     Plain,

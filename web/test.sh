@@ -11,7 +11,7 @@
 # playwright-core from web/package-lock.json. It never downloads a browser.
 #
 # Leaves web/selftest-report.json (the page's window.saobpReport) and
-# web/screenshot.png (the interactive page) behind.
+# docs/web-demo.png (the interactive page) behind.
 set -euo pipefail
 cd "$(dirname "$0")"
 web=$(pwd)
@@ -63,12 +63,12 @@ rm -rf pkg
 wasm-bindgen --target web --out-dir pkg "$target_dir/wasm32-unknown-unknown/release/saobp_web.wasm"
 
 step "browser: self-test and screenshot in headless Chromium"
-node selftest.mjs selftest-report.json screenshot.png
+node selftest.mjs selftest-report.json ../docs/web-demo.png
 
 step "native: the same workload on this machine's adapters"
 # Every compared value prints a "max error" line; the adapters and the verdict stay.
 (cd .. && SAOBP_WEB_REPORT="$web/selftest-report.json" \
-    cargo test --no-default-features --test web_parity -- --nocapture 2>&1) |
+    cargo test -p saobp --no-default-features --test web_parity -- --nocapture 2>&1) |
     grep -v ': max error '
 
-step "PASS: browser self-test, screenshot web/screenshot.png, native parity"
+step "PASS: browser self-test, screenshot docs/web-demo.png, native parity"

@@ -148,7 +148,9 @@ impl std::ops::Deref for TempDir {
 /// Runs the `saobp` binary with `args`, on `gpu`'s adapter when one is
 /// given (by `SAOBP_BACKEND` and `SAOBP_ADAPTER`), else on the default one.
 pub fn run_cli<S: AsRef<OsStr>>(gpu: Option<&Gpu>, args: impl IntoIterator<Item = S>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_saobp"));
+    // Only the CLI package (cli/) has the binary; its tests share this file.
+    let bin = option_env!("CARGO_BIN_EXE_saobp").expect("run_cli in a test of the CLI package");
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     if let Some(g) = gpu {
         cmd.env(
@@ -233,15 +235,22 @@ pub fn assert_map_metrics(
 pub fn model_dir() -> std::path::PathBuf {
     let dir = std::env::var_os("SAOBP_MODEL_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
-        });
+        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"));
     assert!(
         dir.join("model.safetensors").exists(),
         "no model in {}: run `bash scripts/fetch-model.sh` (or set SAOBP_MODEL_DIR)",
         dir.display()
     );
     dir
+}
+
+/// The repository's root, from the library's tests or the CLI's (`cli/`).
+pub fn repo_root() -> &'static Path {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("shaders").is_dir())
+        .unwrap_or(manifest)
 }
 
 /// Reference row metrics of `A` (GTD at λ = 1) and of `R` (GTD at `lambda`)

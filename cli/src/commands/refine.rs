@@ -49,8 +49,8 @@ pub struct RefineArgs {
     scale: Option<f32>,
     /// How the output is computed (costs below). The streaming modes write
     /// row_stats instead of metrics, and take no --json.
-    #[arg(long, value_enum, default_value_t = Mode::Fused)]
-    mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Fused)]
+    mode: ModeArg,
     /// Write per-head summaries of A and R as JSON to this file (implies
     /// --refined-metrics).
     #[arg(long)]
@@ -59,6 +59,34 @@ pub struct RefineArgs {
     /// O(N³) per head in fused mode (M is formed on the side).
     #[arg(long)]
     refined_metrics: bool,
+}
+
+/// [`Mode`] on the command line (the library itself depends on no argument
+/// parser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// No refinement: O = A·V.
+    Plain,
+    /// SAOBP in O(N²D): M is never formed.
+    Fused,
+    /// SAOBP with M explicit (N³ per head).
+    Materialized,
+    /// No refinement, streamed (flash attention): O(N·D) memory.
+    Flash,
+    /// SAOBP in O(N²D) time and O(N·D) memory, streamed in two passes.
+    Streaming,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Plain => Mode::Plain,
+            ModeArg::Fused => Mode::Fused,
+            ModeArg::Materialized => Mode::Materialized,
+            ModeArg::Flash => Mode::Flash,
+            ModeArg::Streaming => Mode::Streaming,
+        }
+    }
 }
 
 /// An f32 tensor to write.
@@ -93,7 +121,7 @@ impl View for &Out {
 
 /// Refuses option combinations the mode cannot serve, before any work.
 fn check_mode(args: &RefineArgs) -> CliResult {
-    let mode = args.mode;
+    let mode = Mode::from(args.mode);
     if mode.is_streaming() && args.json.is_some() {
         return Err(format!(
             "--json needs per-head metrics, which the {mode} mode does not compute; use plain or fused"
@@ -110,7 +138,7 @@ fn check_mode(args: &RefineArgs) -> CliResult {
 
 pub fn run(args: &RefineArgs) -> CliResult {
     check_mode(args)?;
-    let mode = args.mode;
+    let mode = Mode::from(args.mode);
     let bytes = std::fs::read(&args.input)
         .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
     let input = parse_refine_input(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;

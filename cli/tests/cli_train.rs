@@ -5,6 +5,7 @@
 //! and every bad input of `docs/ERRORS.md`'s training table gives its one
 //! error line.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -321,7 +322,7 @@ fn every_documented_training_error_is_one_line() {
     let tmp = TempDir::new("train-errors");
     let data = write_text(&tmp);
     let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ERRORS.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ERRORS.md")).unwrap();
     let table = doc
         .split("## Training, evaluation and generation")
         .nth(1)

@@ -2,6 +2,7 @@
 //! reference, the JSON report, and one clear error line (with no output file)
 //! for each kind of bad input.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+mod commands;
 
 #[derive(Parser)]
 #[command(
@@ -25,34 +25,34 @@ enum Command {
     /// List every adapter (backend, type, driver) and mark the one `auto` picks.
     Info,
     /// Run attention and SAOBP on a built-in workload, check against the float64 reference.
-    Demo(cli::demo::DemoArgs),
+    Demo(commands::demo::DemoArgs),
     /// Attention + SAOBP on q, k, v from a safetensors file; writes outputs and metrics.
-    Refine(cli::refine::RefineArgs),
+    Refine(commands::refine::RefineArgs),
     /// A BERT-family model's attention by layer and head, with and without SAOBP.
-    Analyze(cli::analyze::AnalyzeArgs),
+    Analyze(commands::analyze::AnalyzeArgs),
     /// Every kernel at a fixed set of sizes on every adapter, against the float64
     /// reference; exits non-zero if any fails.
-    Conformance(cli::conformance::ConformanceArgs),
+    Conformance(commands::conformance::ConformanceArgs),
     /// Train a character-level GPT on a text file, with or without SAOBP.
-    Train(cli::train::TrainArgs),
+    Train(commands::train::TrainArgs),
     /// A trained GPT's loss and perplexity on a text (and its gradients).
-    Eval(cli::eval::EvalArgs),
+    Eval(commands::eval::EvalArgs),
     /// Text sampled from a trained GPT.
-    Generate(cli::generate::GenerateArgs),
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
     quiet_wayland_probe();
     let args = Args::parse();
     let result = match args.command {
-        Command::Info => cli::info::run().map_err(|e| e.to_string()),
-        Command::Demo(a) => cli::demo::run(&a),
-        Command::Refine(a) => cli::refine::run(&a),
-        Command::Analyze(a) => cli::analyze::run(&a),
-        Command::Conformance(a) => cli::conformance::run(&a),
-        Command::Train(a) => cli::train::run(&a),
-        Command::Eval(a) => cli::eval::run(&a),
-        Command::Generate(a) => cli::generate::run(&a),
+        Command::Info => commands::info::run().map_err(|e| e.to_string()),
+        Command::Demo(a) => commands::demo::run(&a),
+        Command::Refine(a) => commands::refine::run(&a),
+        Command::Analyze(a) => commands::analyze::run(&a),
+        Command::Conformance(a) => commands::conformance::run(&a),
+        Command::Train(a) => commands::train::run(&a),
+        Command::Eval(a) => commands::eval::run(&a),
+        Command::Generate(a) => commands::generate::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

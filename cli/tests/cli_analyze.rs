@@ -1,6 +1,7 @@
 //! `saobp analyze` end to end on every adapter with all-MiniLM-L6-v2 (fetched
 //! by `bash scripts/fetch-model.sh`; without it this test fails and says so).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::ffi::OsString;

@@ -493,9 +493,11 @@ struct Health {
 /// A GPU context: one adapter, its device and queue, and the compiled pipelines.
 ///
 /// `Gpu` is `Send + Sync` on native targets; share it behind an `Arc` or a
-/// reference. Create one with [`Gpu::new`] (async) or [`Gpu::new_blocking`].
+/// reference. Create one with [`Gpu::new`] (async) or [`Gpu::new_blocking`],
+/// or wrap a device you already have with [`Gpu::from_device`].
 pub struct Gpu {
-    adapter: wgpu::Adapter,
+    /// `None` for a device the caller opened ([`Gpu::from_device`]).
+    adapter: Option<wgpu::Adapter>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     summary: AdapterSummary,
@@ -627,8 +629,70 @@ impl Gpu {
                 h.uncaptured.get_or_insert_with(|| e.to_string());
             }));
         }
+        Ok(Gpu::assemble(Some(adapter), device, queue, timeout, health))
+    }
+
+    /// Wraps a device and queue the caller already has (a game engine's, a
+    /// web page's, another library's), so the library's kernels run on it
+    /// beside the caller's own work and can read and write the caller's
+    /// buffers ([`Tensor::from_buffer`](crate::Tensor::from_buffer)).
+    ///
+    /// The library installs no callback on the device: the uncaptured-error
+    /// handler and the device-lost callback stay the caller's. Its own calls
+    /// still report their validation and out-of-memory errors as typed
+    /// errors, through error scopes. The adapter's name, backend and driver
+    /// come from [`wgpu::Device::adapter_info`]; its downlevel capabilities
+    /// are unknown without the adapter, so [`Gpu::wgpu_adapter`] is `None`
+    /// and the conformance report assumes a WebGPU-compliant device. The
+    /// kernels use the device's own limits and features (subgroups when it
+    /// was opened with them). Calls wait at most [`GpuOptions`]' default
+    /// timeout.
+    ///
+    /// ```no_run
+    /// # fn main() -> saobp::Result<()> {
+    /// # let adapter = pollster::block_on(wgpu::Instance::default()
+    /// #     .request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    /// let (device, queue) = pollster::block_on(adapter.request_device(&Default::default()))
+    ///     .expect("a device");
+    /// let gpu = saobp::Gpu::from_device(device.clone(), queue.clone())?;
+    /// let x = saobp::Tensor::from_slice(&gpu, &[2], &[1.0, 2.0])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`Error::Limit`] when the device cannot run compute
+    /// shaders (a WebGL2-class device).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
         let limits = device.limits();
-        let info = adapter.get_info();
+        if limits.max_compute_workgroups_per_dimension == 0
+            || limits.max_compute_invocations_per_workgroup == 0
+        {
+            return Err(Error::Limit {
+                what: "the library's compute shaders".to_string(),
+                needed: 1,
+                limit_name: "max_compute_workgroups_per_dimension",
+                limit: u64::from(limits.max_compute_workgroups_per_dimension),
+            });
+        }
+        Ok(Gpu::assemble(
+            None,
+            device,
+            queue,
+            GpuOptions::default().timeout,
+            Arc::default(),
+        ))
+    }
+
+    /// The context around an open device.
+    fn assemble(
+        adapter: Option<wgpu::Adapter>,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        timeout: Duration,
+        health: Arc<Mutex<Health>>,
+    ) -> Gpu {
+        let limits = device.limits();
+        let info = device.adapter_info();
+        let summary = AdapterSummary::from_info(&info);
         let subgroup_size = (device.features().contains(wgpu::Features::SUBGROUP)
             && info.subgroup_min_size == info.subgroup_max_size)
             .then_some(info.subgroup_min_size);
@@ -638,7 +702,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(Gpu {
+        Gpu {
             placeholder,
             pool: Arc::default(),
             subgroup_size,
@@ -653,7 +717,7 @@ impl Gpu {
             timeout,
             pipelines: Mutex::new(HashMap::new()),
             health,
-        })
+        }
     }
 
     /// The adapter this context runs on.
@@ -661,9 +725,19 @@ impl Gpu {
         &self.summary
     }
 
-    /// The underlying wgpu adapter, for callers who need more than the summary.
-    pub fn wgpu_adapter(&self) -> &wgpu::Adapter {
-        &self.adapter
+    /// The underlying wgpu adapter, for callers who need more than the
+    /// summary; `None` for a device the caller opened ([`Gpu::from_device`]).
+    pub fn wgpu_adapter(&self) -> Option<&wgpu::Adapter> {
+        self.adapter.as_ref()
+    }
+
+    /// The adapter's downlevel capabilities; for a caller's device
+    /// ([`Gpu::from_device`]) those of a WebGPU-compliant one.
+    pub fn downlevel(&self) -> wgpu::DownlevelCapabilities {
+        self.adapter
+            .as_ref()
+            .map(wgpu::Adapter::get_downlevel_capabilities)
+            .unwrap_or_default()
     }
 
     /// The device's limits (the adapter's real ones).

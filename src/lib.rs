@@ -32,6 +32,8 @@
 //! [`conformance`] (every kernel at a matrix of sizes against the reference,
 //! behind `saobp conformance`).
 
+#![warn(missing_docs)]
+
 pub mod attention;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod conformance;
@@ -81,3 +83,9 @@ pub use kernels::{
     softmax::softmax_backward_blocking, softmax::softmax_blocking,
 };
 pub use tensor::Tensor;
+
+/// The README's Rust examples, compiled (and the first run) as doctests so
+/// the README stays true to the API.
+#[cfg(all(doctest, feature = "model"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -177,6 +177,15 @@ pub(crate) struct Pooled {
 }
 
 impl Pooled {
+    /// A buffer the pool does not own (a caller's): dropping it returns
+    /// nothing to any pool.
+    pub fn foreign(buffer: wgpu::Buffer) -> Pooled {
+        Pooled {
+            buffer,
+            pool: Weak::new(),
+        }
+    }
+
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }

@@ -42,6 +42,21 @@ pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
         })
 }
 
+/// Number of elements of `shape`, or a limit error past what the kernels'
+/// 32-bit indices reach.
+fn indexable(shape: &[usize]) -> Result<usize> {
+    let len = numel(shape)?;
+    if len > u32::MAX as usize {
+        return Err(Error::Limit {
+            what: format!("a tensor of shape {shape:?}"),
+            needed: len as u64,
+            limit_name: "elements per tensor (32-bit indexing)",
+            limit: u64::from(u32::MAX),
+        });
+    }
+    Ok(len)
+}
+
 /// What a new tensor's buffer starts with.
 #[derive(Clone, Copy)]
 enum Init<'a> {
@@ -53,16 +68,7 @@ enum Init<'a> {
 
 impl Tensor {
     fn alloc(gpu: &Gpu, shape: &[usize], init: Init) -> Result<Tensor> {
-        let len = numel(shape)?;
-        // Kernels index elements with u32.
-        if len > u32::MAX as usize {
-            return Err(Error::Limit {
-                what: format!("a tensor of shape {shape:?}"),
-                needed: len as u64,
-                limit_name: "elements per tensor (32-bit indexing)",
-                limit: u64::from(u32::MAX),
-            });
-        }
+        let len = indexable(shape)?;
         let bytes = len as u64 * 4;
         gpu.check_buffer_size(&format!("a tensor of shape {shape:?}"), bytes)?;
         // wgpu cannot bind an empty buffer; keep one word so empty tensors stay usable.
@@ -128,6 +134,63 @@ impl Tensor {
             )));
         }
         Tensor::alloc(gpu, shape, Init::Data(data))
+    }
+
+    /// Wraps a storage buffer the caller already has (e.g. one their own
+    /// kernels wrote on a device shared through [`Gpu::from_device`]) as a
+    /// tensor of `shape`, without a copy. The buffer holds f32 values,
+    /// row-major, from offset 0; it may be larger than `shape` needs.
+    /// [`Tensor::buffer`] hands a tensor's buffer the other way.
+    ///
+    /// The buffer must belong to `gpu`'s device (wgpu reports any other as a
+    /// validation error when it is first used) and have `STORAGE` usage;
+    /// reading it back ([`Tensor::to_vec`]) also needs `COPY_SRC`. Its data is
+    /// not checked for NaN or ±Inf on the host; the library's outputs are
+    /// finite whenever their inputs are. When the last clone of the tensor
+    /// drops, the buffer is the caller's again and never enters the pool.
+    ///
+    /// ```no_run
+    /// # fn main() -> saobp::Result<()> {
+    /// use saobp::{Gpu, Tensor};
+    /// let gpu = Gpu::from_env_blocking()?;
+    /// let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("mine"),
+    ///     size: 6 * 4,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC
+    ///         | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// gpu.queue().write_buffer(&buffer, 0, bytemuck::cast_slice(&[1.0f32; 6]));
+    /// let x = Tensor::from_buffer(&gpu, buffer, &[2, 3])?;
+    /// assert_eq!(x.to_vec_blocking(&gpu)?, vec![1.0; 6]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`Error::Shape`] when the buffer is smaller than `shape`
+    /// needs, [`Error::InvalidArgument`] when it lacks `STORAGE` usage, and
+    /// [`Error::Limit`] when `shape` has more elements than 32-bit indexing
+    /// reaches.
+    pub fn from_buffer(gpu: &Gpu, buffer: wgpu::Buffer, shape: &[usize]) -> Result<Tensor> {
+        let len = indexable(shape)?;
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::invalid(format!(
+                "a buffer with usage {:?} cannot be a tensor: it needs STORAGE",
+                buffer.usage()
+            )));
+        }
+        let bytes = len as u64 * 4;
+        if buffer.size() < bytes {
+            return Err(Error::shape(format!(
+                "shape {shape:?} needs {bytes} bytes but the buffer has {}",
+                buffer.size()
+            )));
+        }
+        gpu.check_health()?;
+        Ok(Tensor {
+            buffer: Arc::new(Pooled::foreign(buffer)),
+            shape: shape.to_vec(),
+            non_finite: None,
+        })
     }
 
     /// A tensor of `shape` filled with zeros.

@@ -288,7 +288,7 @@ pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
         time: Duration::ZERO,
         reference_time: Duration::ZERO,
     };
-    let downlevel = gpu.wgpu_adapter().get_downlevel_capabilities().flags;
+    let downlevel = gpu.downlevel().flags;
     if let Some(reason) = case.skip_reason(gpu.limits(), downlevel) {
         row.status = Status::Skip(reason);
         return row;
@@ -363,12 +363,13 @@ pub async fn run(gpu: &Gpu, opts: &Options, mut on_row: impl FnMut(&Row)) -> Ada
         on_row(&row);
         rows.push(row);
     }
-    let adapter = gpu.wgpu_adapter();
     AdapterReport {
         adapter: gpu.adapter().clone(),
         limits: gpu.limits().clone(),
-        features: adapter.features(),
-        downlevel: adapter.get_downlevel_capabilities(),
+        features: gpu
+            .wgpu_adapter()
+            .map_or_else(|| gpu.device().features(), wgpu::Adapter::features),
+        downlevel: gpu.downlevel(),
         rows,
     }
 }

@@ -149,7 +149,9 @@ impl std::ops::Deref for TempDir {
 /// given (by `SAOBP_BACKEND` and `SAOBP_ADAPTER`), else on the default one.
 pub fn run_cli<S: AsRef<OsStr>>(gpu: Option<&Gpu>, args: impl IntoIterator<Item = S>) -> Output {
     // Only the CLI package (cli/) has the binary; its tests share this file.
-    let bin = option_env!("CARGO_BIN_EXE_saobp").expect("run_cli in a test of the CLI package");
+    let Some(bin) = option_env!("CARGO_BIN_EXE_saobp") else {
+        panic!("run_cli runs in the CLI package's tests only");
+    };
     let mut cmd = Command::new(bin);
     cmd.args(args);
     if let Some(g) = gpu {

@@ -2,7 +2,7 @@
 //! line of text with AdamW. Every step (forward, backward, optimizer) stays on
 //! the GPU; only the loss and λ are read back to print.
 //!
-//! `cargo run --release --example gradients`
+//! `cargo run --release --example train_tiny`
 
 use saobp::kernels::gpt::TokenIds;
 use saobp::kernels::optim::{lr_at, AdamW, AdamWOptions};

@@ -190,6 +190,12 @@ impl Pooled {
         &self.buffer
     }
 
+    /// The buffer, taken out of the pool's reach for good.
+    pub fn into_foreign(mut self) -> wgpu::Buffer {
+        self.pool = Weak::new();
+        self.buffer.clone()
+    }
+
     /// Drops the buffer instead of returning it, e.g. after a failed map that
     /// may leave it in a state the next owner cannot use.
     pub fn discard(mut self) {

@@ -239,9 +239,31 @@ impl Tensor {
         }
     }
 
-    /// The storage buffer, for callers who bind it in their own kernels.
+    /// The storage buffer, for callers who bind it in their own kernels
+    /// while the tensor lives. When the last clone of the tensor drops, the
+    /// buffer goes back to the pool and a later tensor may reuse it; to keep
+    /// it, take it with [`Tensor::into_buffer`].
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.buffer()
+    }
+
+    /// The storage buffer, handed over for good: unlike [`Tensor::buffer`]'s
+    /// borrow, it never returns to the [`Gpu`]'s pool, so no later tensor
+    /// reuses it while the caller holds it. Gives the tensor back while other
+    /// clones share the buffer.
+    pub fn into_buffer(self) -> std::result::Result<wgpu::Buffer, Tensor> {
+        let Tensor {
+            buffer,
+            shape,
+            non_finite,
+        } = self;
+        Arc::try_unwrap(buffer)
+            .map(Pooled::into_foreign)
+            .map_err(|buffer| Tensor {
+                buffer,
+                shape,
+                non_finite,
+            })
     }
 
     /// The same data seen with another shape of the same element count.

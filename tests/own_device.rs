@@ -95,6 +95,19 @@ fn attention_runs_on_the_callers_device_and_buffers() {
         let back = Tensor::from_buffer(&gpu, copy, &shape).unwrap();
         assert_eq!(back.to_vec_blocking(&gpu).unwrap(), got);
 
+        // Taken for good, the output's buffer is never handed to a later
+        // tensor of the library's, which would overwrite it.
+        let shared = out.output.clone();
+        let out_tensor = out.output.into_buffer().unwrap_err();
+        drop(shared);
+        let taken = out_tensor.into_buffer().unwrap();
+        for _ in 0..3 {
+            let scratch = Tensor::zeros(&gpu, &shape).unwrap();
+            assert_eq!(scratch.to_vec_blocking(&gpu).unwrap(), vec![0.0; 40]);
+        }
+        let kept = Tensor::from_buffer(&gpu, taken, &shape).unwrap();
+        assert_eq!(kept.to_vec_blocking(&gpu).unwrap(), got);
+
         // The library's own mistakes come back typed, not through the
         // caller's handler, which the library left in place.
         let unreadable = device.create_buffer(&wgpu::BufferDescriptor {

@@ -145,7 +145,7 @@ impl GptConfig {
 
     /// `config.json` text under GPT-2's keys, so that `transformers` loads
     /// the checkpoint as a `GPT2LMHeadModel` (λ aside). The model has no
-    /// dropout, and says so.
+    /// dropout and no special tokens, and says so.
     pub fn to_json(&self) -> String {
         let v = serde_json::json!({
             "model_type": "gpt2",
@@ -162,6 +162,9 @@ impl GptConfig {
             "embd_pdrop": 0.0,
             "attn_pdrop": 0.0,
             "tie_word_embeddings": true,
+            // A character vocabulary has no GPT-2 begin/end token (50256).
+            "bos_token_id": null,
+            "eos_token_id": null,
         });
         // A `Value` always serializes.
         serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"

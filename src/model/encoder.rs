@@ -71,16 +71,24 @@ pub struct ForwardOutput {
 }
 
 impl BertModel {
-    /// Loads `config.json` and `model.safetensors` from a Hugging Face model folder.
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face model
+    /// folder, as [`BertModel::from_bytes`] does from their contents.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<BertModel> {
         let read = |name: &str| {
             std::fs::read(dir.join(name))
                 .map_err(|e| Error::model(format!("cannot read {}: {e}", dir.join(name).display())))
         };
         let config = String::from_utf8(read("config.json")?)
-            .map_err(|_| Error::model("config.json is not UTF-8"))
-            .and_then(|t| BertConfig::from_json(&t))?;
-        BertModel::from_safetensors(gpu, config, &read("model.safetensors")?)
+            .map_err(|_| Error::model("config.json is not UTF-8"))?;
+        BertModel::from_bytes(gpu, &config, &read("model.safetensors")?)
+    }
+
+    /// Builds the model from the text of `config.json` and the bytes of
+    /// `model.safetensors` (as a browser fetches them). Fails with
+    /// [`Error::Model`] when the config is unsupported or the weights do not
+    /// fit it; nothing is uploaded then.
+    pub fn from_bytes(gpu: &Gpu, config_json: &str, weights: &[u8]) -> Result<BertModel> {
+        BertModel::from_safetensors(gpu, BertConfig::from_json(config_json)?, weights)
     }
 
     /// Builds the model from `config` and the bytes of a safetensors file.
@@ -98,16 +106,39 @@ impl BertModel {
 
     /// Loads the folder's `tokenizer.json`, truncating at the model's longest
     /// input (`max_seq_length` of `sentence_bert_config.json` when present,
-    /// else `max_position_embeddings`).
+    /// else `max_position_embeddings`), as
+    /// [`BertModel::tokenizer_from_bytes`] does from their contents.
     pub fn tokenizer(&self, dir: &Path) -> Result<TextTokenizer> {
-        let st_max = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        let sentence_config = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok();
+        TextTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            self.max_tokens(sentence_config.as_deref()),
+        )
+    }
+
+    /// The tokenizer from the bytes of `tokenizer.json`, truncating at the
+    /// model's longest input: `max_seq_length` of `sentence_config` (the text
+    /// of `sentence_bert_config.json`, when the model has one and it names
+    /// that key) capped at `max_position_embeddings`.
+    pub fn tokenizer_from_bytes(
+        &self,
+        tokenizer_json: &[u8],
+        sentence_config: Option<&str>,
+    ) -> Result<TextTokenizer> {
+        TextTokenizer::from_bytes(tokenizer_json, self.max_tokens(sentence_config))
+    }
+
+    /// The longest input: `max_seq_length` of `sentence_bert_config.json`'s
+    /// text when given, capped at `max_position_embeddings`.
+    fn max_tokens(&self, sentence_config: Option<&str>) -> usize {
+        let st_max = sentence_config
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             .and_then(|v| v.get("max_seq_length").and_then(serde_json::Value::as_u64));
-        let max = st_max.map_or(self.config.max_position_embeddings, |m| {
-            (m as usize).min(self.config.max_position_embeddings)
-        });
-        TextTokenizer::from_file(&dir.join("tokenizer.json"), max)
+        st_max.map_or(self.config.max_position_embeddings, |m| {
+            usize::try_from(m).map_or(self.config.max_position_embeddings, |m| {
+                m.min(self.config.max_position_embeddings)
+            })
+        })
     }
 
     /// Runs the encoder over `texts` (padded to the longest, with a key mask).

@@ -22,11 +22,31 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json`, turns its padding off, and truncates at
-    /// `max_len` tokens.
+    /// Loads `tokenizer.json` from `path`, as [`TextTokenizer::from_bytes`]
+    /// does from its bytes.
     pub fn from_file(path: &Path, max_len: usize) -> Result<TextTokenizer> {
-        let mut inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::model(format!("cannot load {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
+        TextTokenizer::parse(&bytes, max_len, &path.display().to_string())
+    }
+
+    /// Builds the tokenizer from the bytes of a `tokenizer.json` (as a
+    /// browser fetches it), turns its padding off, and truncates at
+    /// `max_len` tokens. Fails with [`Error::Model`] when the bytes are not a
+    /// tokenizer or `max_len` is 0.
+    pub fn from_bytes(bytes: &[u8], max_len: usize) -> Result<TextTokenizer> {
+        TextTokenizer::parse(bytes, max_len, "tokenizer.json")
+    }
+
+    /// [`TextTokenizer::from_bytes`], naming the file `source` in errors.
+    fn parse(bytes: &[u8], max_len: usize, source: &str) -> Result<TextTokenizer> {
+        if max_len == 0 {
+            return Err(Error::model(format!(
+                "cannot load {source}: a tokenizer must keep at least one token (max_len is 0)"
+            )));
+        }
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::model(format!("cannot load {source}: {e}")))?;
         // The file pads to a fixed length for batching; an analysis of one text must not pad.
         inner.with_padding(None);
         let truncation = tokenizers::TruncationParams {

@@ -1,14 +1,17 @@
 // Serves web/ on 127.0.0.1 and drives headless Chromium (the system's
 // /usr/bin/chromium; no browser is downloaded) through the demo page's
-// self-test, then screenshots the interactive page and checks that showing
-// another head redraws from the last run's maps without running again.
+// self-test, then screenshots the synthetic heads' view and checks that
+// showing another head redraws from the last run's maps without running
+// again, then uses the model view as a person would: types two sentences,
+// picks a layer and a head, moves λ, and screenshots it.
 //
-//   node web/selftest.mjs [report.json] [screenshot.png]
+//   node web/selftest.mjs [report.json] [synthetic.png] [model.png]
 //
 // Prints the report, writes it to report.json, and exits 0 only when the
-// page's title starts with PASS (and the interactive page drew, and changing
-// the head shown redrew without a new run). Every wait
-// has a timeout, so a page that hangs fails instead of blocking.
+// page's title starts with PASS (and both views drew, changing the head shown
+// redrew without a new run, and the model view's maps changed as asked with
+// no error on the page). Every wait has a timeout, so a page that hangs fails
+// instead of blocking.
 
 import fs from 'node:fs';
 import http from 'node:http';
@@ -17,7 +20,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const [reportPath, screenshotPath] = process.argv.slice(2);
+const [reportPath, screenshotPath, modelScreenshotPath] = process.argv.slice(2);
 const root = path.dirname(fileURLToPath(import.meta.url));
 
 // A static server for web/, on a free port of the loopback interface only
@@ -109,7 +112,7 @@ try {
 
   // 2. A screenshot of the interactive page once its first run is drawn.
   if (screenshotPath) {
-    await page.goto(new URL('index.html', base).href);
+    await page.goto(new URL('index.html?view=synthetic', base).href);
     try {
       await page.waitForFunction(() => document.body.dataset.state === 'ready', null, {
         timeout: selftestTimeout,
@@ -127,6 +130,15 @@ try {
     } catch (e) {
       const error = await page.evaluate(() => document.getElementById('error')?.textContent ?? '').catch(() => '');
       console.log(`FAIL the interactive page did not draw: ${error || e.message.split('\n')[0]}`);
+      code = 1;
+    }
+  }
+
+  // 3. The model view, driven as a person would.
+  if (modelScreenshotPath) {
+    const problem = await checkModelView(page, modelScreenshotPath).catch((e) => e.message.split('\n')[0]);
+    if (problem) {
+      console.log(`FAIL the model view: ${problem}`);
       code = 1;
     }
   }
@@ -174,5 +186,111 @@ async function checkHeadChange(page) {
   if (after.runs !== before.runs) return `the workload ran again (${before.runs} runs before, ${after.runs} after)`;
   if (!after.caption.startsWith(`head ${target} `)) return `the caption reads "${after.caption}"`;
   if (after.map === before.map) return `the map of head ${target} looks exactly like head ${before.shown}'s`;
+  return null;
+}
+
+// The page's error box, or ''.
+async function pageError(page) {
+  return page.evaluate(() => {
+    const box = document.getElementById('error');
+    return box && !box.hidden ? box.textContent : '';
+  });
+}
+
+// Waits until the model view is ready with `done` true of window.saobpModel;
+// returns what went wrong, or null.
+async function waitModel(page, what, done, arg) {
+  try {
+    await page.waitForFunction(
+      ([source, a]) => {
+        const m = window.saobpModel;
+        const state = document.body.dataset.modelState;
+        if (state === 'error') return true;
+        return state === 'ready' && m && new Function('m', 'a', `return (${source})(m, a)`)(m, a);
+      },
+      [done.toString(), arg],
+      { timeout: selftestTimeout, polling: 100 },
+    );
+  } catch (e) {
+    return `${what}: ${(await pageError(page).catch(() => '')) || e.message.split('\n')[0]}`;
+  }
+  const error = await pageError(page);
+  return error ? `${what}: the page shows an error: ${error}` : null;
+}
+
+// What the model view shows now: its two maps, its counters, the cosine.
+function maps(page) {
+  return page.evaluate(() => ({
+    a: document.getElementById('model-map-a').toDataURL(),
+    r: document.getElementById('model-map-r').toDataURL(),
+    model: { ...window.saobpModel },
+    cosine: document.getElementById('cosine').textContent,
+  }));
+}
+
+// Moves a range input with the keyboard, as a person would: focus, arrows.
+async function slide(page, id, steps) {
+  await page.focus(`#${id}`);
+  for (let i = 0; i < Math.abs(steps); i++) await page.keyboard.press(steps > 0 ? 'ArrowRight' : 'ArrowLeft');
+}
+
+// Loads the model view (the model's files beside the page), types two
+// sentences, picks a layer and a head, moves λ; each step must redraw the
+// maps it should, run on the GPU only what it should, and show no error.
+async function checkModelView(page, screenshot) {
+  const t0 = Date.now();
+  await page.goto(new URL('index.html?view=model', base).href);
+  let problem = await waitModel(page, 'the first analysis', (m) => m.analyses >= 1 && m.draws >= 1);
+  if (problem) return problem;
+  console.log(`model view: loaded and drew the default sentences in ${Date.now() - t0} ms`);
+
+  // Type two sentences and press Enter.
+  const before = await maps(page);
+  await page.fill('#text-1', 'The old dog chased the ball.');
+  await page.fill('#text-2', 'A puppy ran after a toy.');
+  await page.press('#text-1', 'Enter');
+  problem = await waitModel(page, 'typing two sentences', (m, n) => m.analyses > n, before.model.analyses);
+  if (problem) return problem;
+  const typed = await maps(page);
+  const tokens = typed.model.drawn.tokens.join(' ');
+  if (!tokens.includes('dog') || !tokens.includes('chased')) return `the tokens shown are "${tokens}"`;
+  if (typed.a === before.a) return 'A did not change after a new sentence';
+  if (!/plain model -?\d\.\d{4}, with SAOBP/.test(typed.cosine)) return `the cosine reads "${typed.cosine}"`;
+  console.log(`model view: typed sentences → ${tokens}; ${typed.cosine}`);
+
+  // Pick a layer and a head: a redraw only, nothing runs on the GPU.
+  await slide(page, 'layer', 2);
+  await slide(page, 'head', 3);
+  problem = await waitModel(page, 'picking a layer and a head', (m, d) => m.drawn.layer === d.layer + 2 && m.drawn.head === d.head + 3, typed.model.drawn);
+  if (problem) return problem;
+  const picked = await maps(page);
+  if (picked.a === typed.a || picked.r === typed.r) return 'the maps did not change with the layer and head';
+  if (picked.model.analyses !== typed.model.analyses || picked.model.refines !== typed.model.refines) {
+    return 'changing the layer or head ran the model or SAOBP again';
+  }
+  console.log(`model view: layer ${picked.model.drawn.layer}, head ${picked.model.drawn.head} redrawn without GPU work`);
+
+  // Move λ: SAOBP reruns on the kept maps, the model does not.
+  await slide(page, 'model-lambda', 20);
+  problem = await waitModel(page, 'moving λ', (m, l) => m.refines > 0 && m.drawn.lambda !== l, picked.model.drawn.lambda);
+  if (problem) return problem;
+  const moved = await maps(page);
+  if (moved.r === picked.r) return `R did not change when λ went from ${picked.model.drawn.lambda} to ${moved.model.drawn.lambda}`;
+  if (moved.model.analyses !== picked.model.analyses) return 'moving λ ran the model again';
+  console.log(`model view: λ ${picked.model.drawn.lambda} → ${moved.model.drawn.lambda}: R redrawn after ${moved.model.refines} SAOBP run(s), the model not rerun`);
+
+  // Hover a cell of A: its value shows.
+  const box = await page.locator('#model-map-a').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.6);
+  const tip = await page.evaluate(() => {
+    const t = document.getElementById('tooltip');
+    return t.hidden ? '' : t.textContent;
+  });
+  if (!/^A\[.+ → .+\] = \d\.\d{4}/.test(tip)) return `hovering A shows "${tip}"`;
+  console.log(`model view: hover → ${tip}`);
+  const timing = await page.evaluate(() => document.getElementById('model-timing').textContent);
+  console.log(`model view: ${timing}`);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`screenshot: ${screenshot}`);
   return null;
 }

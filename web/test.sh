@@ -10,8 +10,13 @@
 # the same version as the wasm-bindgen crate in web/Cargo.lock, and
 # playwright-core from web/package-lock.json. It never downloads a browser.
 #
-# Leaves web/selftest-report.json (the page's window.saobpReport) and
-# docs/web-demo.png (the interactive page) behind.
+# The page's model view and the self-test's model part load all-MiniLM-L6-v2
+# from models/all-MiniLM-L6-v2 (run `bash scripts/fetch-model.sh` first); the
+# test links ../models into web/ so the page finds it beside itself.
+#
+# Leaves web/selftest-report.json (the page's window.saobpReport),
+# docs/web-demo.png (the synthetic heads) and docs/web-model.png (the model
+# view after typing, picking a layer and head, and moving λ) behind.
 set -euo pipefail
 cd "$(dirname "$0")"
 web=$(pwd)
@@ -55,6 +60,19 @@ if [ ! -f node_modules/playwright-core/package.json ]; then
     npm ci --no-audit --no-fund --loglevel=error
 fi
 
+step "model: all-MiniLM-L6-v2 beside the page"
+model=../models/all-MiniLM-L6-v2
+for f in config.json model.safetensors tokenizer.json; do
+    if [ ! -f "$model/$f" ]; then
+        echo "no $f in models/all-MiniLM-L6-v2: run \`bash scripts/fetch-model.sh\` first" >&2
+        exit 1
+    fi
+done
+# The served folder is web/; the page fetches models/all-MiniLM-L6-v2/ from it.
+if [ ! -e models ]; then
+    ln -s ../models models
+fi
+
 step "build: wasm32 release and wasm-bindgen"
 cargo build --release --target wasm32-unknown-unknown
 target_dir=$(cargo metadata --format-version 1 --no-deps |
@@ -63,12 +81,12 @@ rm -rf pkg
 wasm-bindgen --target web --out-dir pkg "$target_dir/wasm32-unknown-unknown/release/saobp_web.wasm"
 
 step "browser: self-test and screenshot in headless Chromium"
-node selftest.mjs selftest-report.json ../docs/web-demo.png
+node selftest.mjs selftest-report.json ../docs/web-demo.png ../docs/web-model.png
 
 step "native: the same workload on this machine's adapters"
 # Every compared value prints a "max error" line; the adapters and the verdict stay.
 (cd .. && SAOBP_WEB_REPORT="$web/selftest-report.json" \
-    cargo test -p saobp --no-default-features --test web_parity -- --nocapture 2>&1) |
+    cargo test -p saobp --no-default-features --features model --test web_parity -- --nocapture 2>&1) |
     grep -v ': max error '
 
-step "PASS: browser self-test, screenshot docs/web-demo.png, native parity"
+step "PASS: browser self-test, screenshots docs/web-demo.png and docs/web-model.png, native parity"

@@ -9,17 +9,24 @@
 //!   timings; it keeps every head's `A` and `R` on the GPU;
 //! - [`Demo::head`] reads one head's `A` and `R` of the last run back (only
 //!   that head's block), so showing another head recomputes nothing;
+//! - [`Demo::load_model`] builds a BERT-family model (all-MiniLM-L6-v2) from
+//!   the files the page fetched; [`Demo::analyze`] runs it on typed text
+//!   and keeps every layer's `A` on the GPU, and [`Demo::refine`] reruns
+//!   only SAOBP on those maps for another λ ([`model`]);
 //! - [`Demo::selftest`] runs a fixed workload and checks it against the
-//!   float64 CPU reference compiled into the same module ([`selftest`]).
+//!   float64 CPU reference compiled into the same module, then runs the
+//!   model on fixed sentences ([`selftest`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use model::{Loaded, PlainRun};
 use saobp::workload::{synthetic, Pattern};
 use saobp::{attention, AttentionOptions, Gpu, GpuOptions, Lambda, Mode, Tensor};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
+pub mod model;
 pub mod selftest;
 
 /// Largest sizes the demo accepts: N = 1024 is what the page offers; the
@@ -87,6 +94,11 @@ pub struct Demo {
     /// `A` and `R` of the last run, kept on the GPU: showing another head
     /// reads that head's block back and recomputes nothing.
     last: Rc<RefCell<Option<Maps>>>,
+    /// The model, once [`Demo::load_model`] has built it.
+    model: Rc<RefCell<Option<Rc<Loaded>>>>,
+    /// The plain model's pass over each text of the last analysis, its `A`
+    /// maps kept on the GPU for [`Demo::refine`].
+    texts: Rc<RefCell<Vec<Rc<PlainRun>>>>,
 }
 
 /// Every head's `A` and `R` from one run, `[1, heads, n, n]` each.
@@ -106,6 +118,8 @@ impl Demo {
         Ok(Demo {
             gpu: Rc::new(gpu),
             last: Rc::new(RefCell::new(None)),
+            model: Rc::new(RefCell::new(None)),
+            texts: Rc::new(RefCell::new(Vec::new())),
         })
     }
 
@@ -174,17 +188,236 @@ impl Demo {
         })
     }
 
-    /// The self-test: a fixed workload against the float64 reference.
-    /// Resolves to the report as a JSON string (see [`selftest::run`]).
+    /// The self-test: a fixed workload against the float64 reference, then
+    /// the model on fixed sentences. Resolves to the report as a JSON string
+    /// (see [`selftest::run`]).
+    /// The model's part runs on the model [`Demo::load_model`] built; without
+    /// one the self-test fails.
     pub fn selftest(&self) -> js_sys::Promise {
         let gpu = self.gpu.clone();
+        let model = self.model.borrow().clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            selftest::run(&gpu)
+            selftest::run(&gpu, model.as_deref())
                 .await
                 .map(|report| JsValue::from_str(&report.to_string()))
                 .map_err(js_error)
         })
     }
+}
+
+#[wasm_bindgen]
+impl Demo {
+    /// Builds the model from the files the page fetched: the text of
+    /// `config.json`, the bytes of `model.safetensors` and `tokenizer.json`,
+    /// and the text of `sentence_bert_config.json` if the model has one.
+    /// Returns the model's shape as JSON (`layers`, `heads`, `hidden`,
+    /// `vocabulary`) with `upload_ms`, the time to check and upload the
+    /// weights. Replaces any model loaded before.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(
+        &self,
+        config_json: &str,
+        weights: &[u8],
+        tokenizer_json: &[u8],
+        sentence_config: Option<String>,
+    ) -> Result<String, JsValue> {
+        // The old model's buffers go back before the new ones are made.
+        *self.model.borrow_mut() = None;
+        self.texts.borrow_mut().clear();
+        let start = now_ms();
+        let loaded = Loaded::from_bytes(
+            &self.gpu,
+            config_json,
+            weights,
+            tokenizer_json,
+            sentence_config.as_deref(),
+        )
+        .map_err(js_error)?;
+        let mut info = loaded.describe();
+        info["upload_ms"] = json!(now_ms() - start);
+        *self.model.borrow_mut() = Some(Rc::new(loaded));
+        Ok(info.to_string())
+    }
+
+    /// Runs the model on one or two texts: tokens, the plain forward pass
+    /// keeping every layer's `A`, SAOBP of strength `lambda` on those maps,
+    /// and, for two texts, the cosine of their sentence embeddings without
+    /// and with SAOBP inside the model. Resolves to a [`ModelResult`] with
+    /// every map read back.
+    pub fn analyze(&self, texts: Vec<String>, lambda: f32) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        let model = self.model.borrow().clone();
+        let kept = self.texts.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(model) = model else {
+                return Err(js_error("the model is not loaded yet"));
+            };
+            analyze(&gpu, &model, &kept, &texts, lambda)
+                .await
+                .map(JsValue::from)
+                .map_err(js_error)
+        })
+    }
+
+    /// Reruns only SAOBP, with strength `lambda`, on the `A` maps the last
+    /// [`Demo::analyze`] kept (and the embeddings with SAOBP, for two
+    /// texts). Resolves to a [`ModelResult`] without `A` (unchanged).
+    pub fn refine(&self, lambda: f32) -> js_sys::Promise {
+        let gpu = self.gpu.clone();
+        let model = self.model.borrow().clone();
+        let runs = self.texts.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(model) = model else {
+                return Err(js_error("the model is not loaded yet"));
+            };
+            if runs.is_empty() {
+                return Err(js_error("no text has been analysed yet"));
+            }
+            refine_texts(&gpu, &model, &runs, lambda, None)
+                .await
+                .map(JsValue::from)
+                .map_err(js_error)
+        })
+    }
+}
+
+/// The outcome of [`Demo::analyze`] or [`Demo::refine`].
+#[wasm_bindgen]
+pub struct ModelResult {
+    summary: String,
+    attention: Vec<Vec<f32>>,
+    refined: Vec<Vec<f32>>,
+}
+
+#[wasm_bindgen]
+impl ModelResult {
+    /// As JSON: `lambda`; per text its `text`, `tokens`, `ids` and `layers`
+    /// (per layer the mean over heads of `A`'s and `R`'s summaries, and
+    /// each head's under `heads`); `cosine` (`plain` and `saobp`, or null
+    /// for one text); and `timings` in ms (`tokenize`, `forward`, `saobp`,
+    /// `readback`: the stages this call ran; `saobp` splits into
+    /// `saobp_maps`, SAOBP and metrics on the kept maps, and
+    /// `saobp_embeddings`, the model with SAOBP inside for two texts).
+    #[wasm_bindgen(getter)]
+    pub fn summary(&self) -> String {
+        self.summary.clone()
+    }
+
+    /// `A` of text `text`, every layer and head: `[L, H, N, N]` row-major
+    /// (empty after [`Demo::refine`], which leaves `A` as it was).
+    pub fn attention(&self, text: usize) -> Vec<f32> {
+        self.attention.get(text).cloned().unwrap_or_default()
+    }
+
+    /// `R` of text `text`, `[L, H, N, N]` row-major.
+    pub fn refined(&self, text: usize) -> Vec<f32> {
+        self.refined.get(text).cloned().unwrap_or_default()
+    }
+}
+
+async fn analyze(
+    gpu: &Gpu,
+    loaded: &Loaded,
+    kept: &RefCell<Vec<Rc<PlainRun>>>,
+    texts: &[String],
+    lambda: f32,
+) -> Result<ModelResult, String> {
+    if texts.is_empty() || texts.len() > 2 {
+        return Err(format!("one or two texts, not {}", texts.len()));
+    }
+    model::check_lambda(lambda)?;
+    kept.borrow_mut().clear();
+    let start = now_ms();
+    let encoded = texts
+        .iter()
+        .map(|t| loaded.encode(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokenized = now_ms();
+    let mut runs = Vec::new();
+    for e in encoded {
+        runs.push(Rc::new(model::plain(gpu, &loaded.model, e).await?));
+    }
+    let forward_ms = now_ms() - tokenized;
+    let readback = now_ms();
+    let mut attention = Vec::new();
+    for run in &runs {
+        attention.push(model::read_all(gpu, &run.attention).await?);
+    }
+    let readback_ms = now_ms() - readback;
+    *kept.borrow_mut() = runs.clone();
+    let mut result = refine_texts(gpu, loaded, &runs, lambda, Some(texts)).await?;
+    result.attention = attention;
+    let mut summary: Value = serde_json::from_str(&result.summary).map_err(|e| e.to_string())?;
+    summary["timings"]["tokenize"] = json!(tokenized - start);
+    summary["timings"]["forward"] = json!(forward_ms);
+    let total = summary["timings"]["readback"].as_f64().unwrap_or(0.0) + readback_ms;
+    summary["timings"]["readback"] = json!(total);
+    result.summary = summary.to_string();
+    Ok(result)
+}
+
+/// SAOBP on the kept maps of `runs` (and the embeddings with SAOBP for two
+/// texts), every `R` read back. `texts` names the texts in the summary.
+async fn refine_texts(
+    gpu: &Gpu,
+    loaded: &Loaded,
+    runs: &[Rc<PlainRun>],
+    lambda: f32,
+    texts: Option<&[String]>,
+) -> Result<ModelResult, String> {
+    let start = now_ms();
+    let mut refinements = Vec::new();
+    for run in runs {
+        refinements.push(model::refine(gpu, run, lambda).await?);
+    }
+    let maps_ms = now_ms() - start;
+    let cosine = match runs {
+        [a, b] => {
+            let ea = model::saobp_embedding(gpu, &loaded.model, &a.encoded, lambda).await?;
+            let eb = model::saobp_embedding(gpu, &loaded.model, &b.encoded, lambda).await?;
+            json!({
+                "plain": model::cosine(&a.embedding, &b.embedding),
+                "saobp": model::cosine(&ea, &eb),
+            })
+        }
+        _ => Value::Null,
+    };
+    let saobp_ms = now_ms() - start;
+    let readback = now_ms();
+    let mut refined = Vec::new();
+    for r in &refinements {
+        refined.push(model::read_all(gpu, &r.refined).await?);
+    }
+    let readback_ms = now_ms() - readback;
+    let texts_json: Vec<Value> = runs
+        .iter()
+        .zip(&refinements)
+        .enumerate()
+        .map(|(i, (run, r))| {
+            json!({
+                "text": texts.and_then(|t| t.get(i)),
+                "tokens": run.encoded.tokens,
+                "ids": run.encoded.ids,
+                "layers": model::layers_json(&run.summaries, &r.summaries, true),
+            })
+        })
+        .collect();
+    let summary = json!({
+        "lambda": lambda,
+        "texts": texts_json,
+        "cosine": cosine,
+        "timings": {
+            "saobp": saobp_ms,
+            "saobp_maps": maps_ms,
+            "saobp_embeddings": saobp_ms - maps_ms,
+            "readback": readback_ms,
+        },
+    });
+    Ok(ModelResult {
+        summary: summary.to_string(),
+        attention: Vec::new(),
+        refined,
+    })
 }
 
 /// What the page asks [`Demo::run`] for.

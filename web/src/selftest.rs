@@ -5,14 +5,19 @@
 //! The report (a JSON object, `window.saobpReport` on the page) holds the
 //! workload's parameters and a checksum of its Q, K and V, every check with
 //! its largest error, and each head's summaries of `A` and `R` as the GPU
-//! computed them next to the reference's. The root crate's
-//! `tests/web_parity.rs` reruns the same workload natively and compares its
-//! summaries with the report's.
+//! computed them next to the reference's. Its `model` part runs the model
+//! the page loaded (all-MiniLM-L6-v2) on [`MODEL_TEXTS`] as the page's model
+//! view does ([`crate::model`]): the tokens, each layer's mean summaries of
+//! `A` and `R` at [`MODEL_LAMBDA`], and the cosine of the two sentence
+//! embeddings without and with SAOBP. The root crate's `tests/web_parity.rs`
+//! reruns both parts natively and compares its summaries with the report's.
 
 use saobp::reference::{self, Comparison, RefOptions, Tolerance};
 use saobp::workload::{synthetic, Pattern};
 use saobp::{attention, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor};
 use serde_json::{json, Value};
+
+use crate::model::{self, Loaded};
 
 /// `[B, H, N, D]` of the fixed workload: the four patterns, one head each.
 pub const SHAPE: [usize; 4] = [1, 4, 128, 32];
@@ -22,6 +27,15 @@ pub const TEMPERATURE: f32 = 1.0;
 pub const SEED: u64 = 7;
 /// λ per head: distinct values, so a head/λ mix-up shows.
 pub const LAMBDA: [f32; 4] = [0.25, 0.5, 1.0, 2.0];
+
+/// The model part's sentences: the first is one of the library's tokenizer
+/// cases (`tests/model.rs`), the second shares most of its words.
+pub const MODEL_TEXTS: [&str; 2] = ["A man is eating food.", "A man is eating a piece of bread."];
+/// The first sentence's wordpieces, by BERT's rules (as `tests/model.rs`).
+pub const MODEL_TOKENS: [&str; 8] = ["[CLS]", "a", "man", "is", "eating", "food", ".", "[SEP]"];
+/// λ of the model part: SAOBP on the kept maps, and inside the model for
+/// the embeddings.
+pub const MODEL_LAMBDA: f32 = 0.5;
 
 /// The workload's patterns, in head order.
 pub fn patterns() -> [Pattern; 4] {
@@ -148,8 +162,14 @@ fn summary_checks(
 
 /// Runs the fixed workload causal and not, in fused and materialized mode,
 /// and compares `A`, `R`, `m`, `O` and the per-head summaries with the
-/// float64 reference. The report's `pass` is true only if every check passed.
-pub async fn run(gpu: &Gpu) -> Result<Value, String> {
+/// float64 reference, then runs the model part ([`model_part`]). The
+/// report's `pass` is true only if every check passed.
+/// The model part (`model` in the report) must pass as well; without a
+/// loaded model the self-test fails.
+pub async fn run(gpu: &Gpu, loaded: Option<&Loaded>) -> Result<Value, String> {
+    let Some(loaded) = loaded else {
+        return Err("the self-test needs the model: it was not loaded".to_string());
+    };
     let err = |e: saobp::Error| e.to_string();
     let [b, h, n, d] = SHAPE;
     let w = synthetic(SHAPE, &patterns(), TEMPERATURE, SEED);
@@ -316,6 +336,9 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
         }));
     }
 
+    let (model_report, model_failures) = model_part(gpu, loaded).await?;
+    failures.extend(model_failures);
+
     let worst = cases
         .iter()
         .flat_map(|c| c["checks"].as_array().cloned().unwrap_or_default())
@@ -347,5 +370,119 @@ pub async fn run(gpu: &Gpu) -> Result<Value, String> {
             "checksum": checksum(&w.q, &w.k, &w.v),
         },
         "cases": cases,
+        "model": model_report,
     }))
+}
+
+/// The model on [`MODEL_TEXTS`], as the page's model view runs it: each
+/// text's tokens and ids and, per layer, the mean over heads of `A`'s
+/// summaries (GTD at λ = 1) and of `R`'s at [`MODEL_LAMBDA`] (the layer
+/// curves of `saobp analyze`), and the cosine of the two embeddings without
+/// and with SAOBP inside the model. Checked here: the first text's
+/// wordpieces, every row of every `A` and `R` summing to 1, the embeddings'
+/// unit length, and every summary finite and in its range. Returns the
+/// report's `model` object and the failures.
+pub async fn model_part(gpu: &Gpu, loaded: &Loaded) -> Result<(Value, Vec<String>), String> {
+    let mut failures = Vec::new();
+    let mut checks = Vec::new();
+    let mut texts = Vec::new();
+    let mut runs = Vec::new();
+    for text in MODEL_TEXTS {
+        let run = model::plain(gpu, &loaded.model, loaded.encode(text)?).await?;
+        let refined = model::refine(gpu, &run, MODEL_LAMBDA).await?;
+        let n = run.encoded.ids.len();
+        for (name, maps) in [("A", &run.attention), ("R", &refined.refined)] {
+            let values = model::read_all(gpu, maps).await?;
+            let sums: Vec<f32> = values
+                .chunks(n.max(1))
+                .map(|row| row.iter().map(|&x| f64::from(x)).sum::<f64>() as f32)
+                .collect();
+            checks.push(Check::new(
+                format!("model {text:?}: rows of {name} sum to 1"),
+                &sums,
+                &vec![1.0; sums.len()],
+                Tolerance::SPEC,
+            )?);
+        }
+        let length = model::cosine(&run.embedding, &run.embedding).sqrt() as f32;
+        checks.push(Check::new(
+            format!("model {text:?}: embedding length 1"),
+            &[length],
+            &[1.0],
+            Tolerance::SPEC,
+        )?);
+        for (l, (a, r)) in run.summaries.iter().zip(&refined.summaries).enumerate() {
+            for (name, s) in a.iter().map(|s| ("A", s)).chain(r.iter().map(|s| ("R", s))) {
+                if let Some(problem) = out_of_range(s) {
+                    failures.push(format!("model {text:?} layer {l} {name}: {problem}"));
+                }
+            }
+        }
+        texts.push(json!({
+            "text": text,
+            "tokens": run.encoded.tokens,
+            "ids": run.encoded.ids,
+            "layers": model::layers_json(&run.summaries, &refined.summaries, false),
+        }));
+        runs.push(run);
+    }
+    let tokens = &runs[0].encoded.tokens;
+    if tokens.iter().map(String::as_str).ne(MODEL_TOKENS) {
+        failures.push(format!(
+            "model: {:?} gave the wordpieces {tokens:?}, expected {MODEL_TOKENS:?}",
+            MODEL_TEXTS[0]
+        ));
+    }
+    let with: Vec<Vec<f32>> = {
+        let mut with = Vec::new();
+        for run in &runs {
+            with.push(
+                model::saobp_embedding(gpu, &loaded.model, &run.encoded, MODEL_LAMBDA).await?,
+            );
+        }
+        with
+    };
+    let cosine = json!({
+        "plain": model::cosine(&runs[0].embedding, &runs[1].embedding),
+        "saobp": model::cosine(&with[0], &with[1]),
+    });
+    for c in checks.iter().filter(|c| !c.pass()) {
+        failures.push(format!(
+            "{}: {} of {} values over the bound, error {:.3e}",
+            c.what, c.result.failures, c.result.len, c.result.max_abs
+        ));
+    }
+    let report = json!({
+        "model": loaded.describe(),
+        "lambda": MODEL_LAMBDA,
+        "texts": texts,
+        "cosine": cosine,
+        "checks": checks.iter().map(Check::json).collect::<Vec<_>>(),
+    });
+    Ok((report, failures))
+}
+
+/// Why a summary is impossible (a value not finite, or outside the range
+/// the spec gives it), or `None`.
+fn out_of_range(s: &HeadSummary) -> Option<String> {
+    let fields = s.fields();
+    if let Some((name, v)) = fields.iter().find(|(_, v)| !v.is_finite()) {
+        return Some(format!("{name} = {v} is not finite"));
+    }
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    // Both in [0, 1] (GTD below 1), up to f32 rounding.
+    let h = get("normalized_entropy");
+    if !(-1e-6..=1.0 + 1e-5).contains(&h) {
+        return Some(format!("normalized_entropy = {h} is outside [0, 1]"));
+    }
+    let gtd = get("gtd");
+    if !(-1e-6..1.0).contains(&gtd) {
+        return Some(format!("gtd = {gtd} is outside [0, 1)"));
+    }
+    None
 }

@@ -140,10 +140,15 @@ pub fn lambda(obj: &Bound<'_, PyAny>) -> PyResult<saobp::Lambda> {
         || obj.cast::<PyList>().is_ok()
         || obj.is_instance_of::<pyo3::types::PyTuple>()
     {
-        let host = float_array(obj, "lam").or_else(|_| {
-            // Integer λ values are exact in f32; accept them as a mask is.
-            mask_array(obj, "lam")
-        })?;
+        // Integer λ values are exact in f32: accept them as a mask's are.
+        let host = float_array(obj, "lam")
+            .or_else(|_| mask_array(obj, "lam"))
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "`lam` must be a number or a sequence of numbers (one per head), got {}",
+                    type_name(obj)
+                ))
+            })?;
         if host.shape.len() > 1 {
             return Err(PyValueError::new_err(format!(
                 "`lam` must be a number or a 1-D sequence of one value per head, got shape {:?}",

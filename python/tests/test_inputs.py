@@ -91,6 +91,8 @@ def test_wrong_types_of_arguments(gpu):
         saobp.attention(q, k, v, gpu="vulkan")
     with pytest.raises(TypeError, match="lam"):
         saobp.attention(q, k, v, lam="big", gpu=gpu)
+    with pytest.raises(TypeError, match="`lam` must be a number or a sequence"):
+        saobp.attention(q, k, v, lam=["a", "b"], gpu=gpu)
     with pytest.raises(TypeError, match="key_mask"):
         saobp.attention(q, k, v, key_mask=np.array([["a"] * 4]), gpu=gpu)
 

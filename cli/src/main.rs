@@ -1,7 +1,9 @@
 //! The `saobp` command-line tool: `info` lists adapters, `demo` runs the main job,
-//! `refine` runs on your tensors, `analyze` a model's attention, `conformance`
-//! checks every kernel on every adapter; `train`, `eval` and `generate` train
-//! and use a character-level GPT.
+//! `refine` runs on your tensors, `maps` on saved attention maps, `analyze` a
+//! model's attention, `conformance` checks every kernel on every adapter;
+//! `train`, `eval` and `generate` train and use a character-level GPT. Every
+//! subcommand takes `--backend` and `--adapter` (over `SAOBP_BACKEND` and
+//! `SAOBP_ADAPTER`).
 
 use std::process::ExitCode;
 
@@ -23,11 +25,13 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// List every adapter (backend, type, driver) and mark the one `auto` picks.
-    Info,
+    Info(commands::info::InfoArgs),
     /// Run attention and SAOBP on a built-in workload, check against the float64 reference.
     Demo(commands::demo::DemoArgs),
     /// Attention + SAOBP on q, k, v from a safetensors file; writes outputs and metrics.
     Refine(commands::refine::RefineArgs),
+    /// SAOBP and metrics on saved attention maps [L, B, H, N, N] (f32, f16 or bf16).
+    Maps(commands::maps::MapsArgs),
     /// A BERT-family model's attention by layer and head, with and without SAOBP.
     Analyze(commands::analyze::AnalyzeArgs),
     /// Every kernel at a fixed set of sizes on every adapter, against the float64
@@ -45,9 +49,10 @@ fn main() -> ExitCode {
     quiet_wayland_probe();
     let args = Args::parse();
     let result = match args.command {
-        Command::Info => commands::info::run().map_err(|e| e.to_string()),
+        Command::Info(a) => commands::info::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
         Command::Refine(a) => commands::refine::run(&a),
+        Command::Maps(a) => commands::maps::run(&a),
         Command::Analyze(a) => commands::analyze::run(&a),
         Command::Conformance(a) => commands::conformance::run(&a),
         Command::Train(a) => commands::train::run(&a),

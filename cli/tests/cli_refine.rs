@@ -652,3 +652,93 @@ fn fused_refine_without_json_does_no_cubic_work() {
     assert!(gflop_json >= cubic, "{gflop_json} GFLOP < {cubic}");
     assert!(dispatches_json > dispatches);
 }
+
+/// Values stored as f16 (`half`) and their exact f32 widening, as raw bytes.
+fn f16_bytes(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    (
+        h.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        h.iter().map(|x| x.to_f32()).collect(),
+    )
+}
+
+/// Values stored as bf16 and their exact f32 widening.
+fn bf16_bytes(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    (
+        h.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        h.iter().map(|x| x.to_f32()).collect(),
+    )
+}
+
+#[test]
+fn f16_and_bf16_inputs_run_as_their_exact_f32_values_on_every_adapter() {
+    let dir = TempDir::new("refine-half");
+    let (b, h, n, d) = (1, 2, 7, 4);
+    let mut rng = Rng::new(5);
+    let shape = vec![b, h, n, d];
+    let (q16, q) = f16_bytes(&rng.vec(b * h * n * d, -2.0, 2.0));
+    let (k16, k) = bf16_bytes(&rng.vec(b * h * n * d, -2.0, 2.0));
+    let (v16, v) = f16_bytes(&rng.vec(b * h * n * d, -1.0, 1.0));
+    let (l16, lambda) = bf16_bytes(&[0.3, 1.7]);
+    let (m16, mask) = f16_bytes(&key_mask(b, n, |_, j| j < n - 1));
+    let halves = dir.join("half.safetensors");
+    write_input(
+        &halves,
+        &[
+            ("q", Dtype::F16, shape.clone(), q16),
+            ("k", Dtype::BF16, shape.clone(), k16),
+            ("v", Dtype::F16, shape.clone(), v16),
+            ("lambda", Dtype::BF16, vec![h], l16),
+            ("key_mask", Dtype::F16, vec![b, n], m16),
+        ],
+    );
+    let widened = dir.join("f32.safetensors");
+    write_input(
+        &widened,
+        &[
+            ("q", Dtype::F32, shape.clone(), bytes_f32(&q)),
+            ("k", Dtype::F32, shape.clone(), bytes_f32(&k)),
+            ("v", Dtype::F32, shape.clone(), bytes_f32(&v)),
+            ("lambda", Dtype::F32, vec![h], bytes_f32(&lambda)),
+            ("key_mask", Dtype::F32, vec![b, n], bytes_f32(&mask)),
+        ],
+    );
+    common::on_every_gpu("refine of f16/bf16 inputs", |gpu| {
+        let mut outs = Vec::new();
+        for (input, name) in [(&halves, "half-out"), (&widened, "f32-out")] {
+            let out = dir.join(format!("{name}.safetensors"));
+            let r = refine(
+                Some(gpu),
+                &[
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert_success(name, &r);
+            let bytes = std::fs::read(&out).unwrap();
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            outs.push((read_f32(&st, "out").1, read_f32(&st, "gtd").1));
+        }
+        // The same f32 values reach the same kernels: the same bits come out.
+        assert_eq!(outs[0], outs[1]);
+        // And they are SAOBP's output for those values, by the reference.
+        let want = reference::saobp(
+            &q,
+            &k,
+            &v,
+            [b, h, n, d],
+            d,
+            &RefOptions {
+                causal: false,
+                key_mask: Some(&mask),
+                scale: None,
+            },
+            &lambda.iter().map(|&l| f64::from(l)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_within("out", &outs[0].0, &want.output, Tolerance::SPEC);
+    });
+}

@@ -854,23 +854,15 @@ fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>> {
     })
 }
 
-/// Tensor `name` of a safetensors file as f32 values, `None` when absent.
+/// Tensor `name` of a safetensors file as f32 values (stored as f32, f16 or
+/// bf16: [`crate::io::tensor_f32`]), `None` when absent.
 fn safetensors_values<'a>(st: &SafeTensors<'a>, name: &str) -> Result<Option<Cow<'a, [f32]>>> {
     let Ok(t) = st.tensor(name) else {
         return Ok(None);
     };
-    if t.dtype() != Dtype::F32 {
-        return Err(Error::model(format!(
-            "tensor `{name}` has dtype {:?}, expected F32",
-            t.dtype()
-        )));
-    }
-    // Safetensors data is little-endian, as every target wgpu runs on.
-    let data: &'a [u8] = t.data();
-    Ok(Some(match bytemuck::try_cast_slice(data) {
-        Ok(v) => Cow::Borrowed(v),
-        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(data)),
-    }))
+    crate::io::tensor_f32(name, &t)
+        .map(Some)
+        .map_err(|e| Error::model(e.to_string()))
 }
 
 /// Shapes and kernel parameters of one batch shape.

@@ -3,11 +3,13 @@
 
 use std::borrow::Cow;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
 
 use super::config::BertConfig;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::io::{check_float_dtype, tensor_f32};
 use crate::tensor::Tensor;
 
 /// The weights of one encoder layer: GPU tensors, or `()` when only checked.
@@ -99,37 +101,37 @@ impl<'a> WeightFile<'a> {
         Ok(WeightFile { st, prefix })
     }
 
-    /// The tensor `name`, which must be f32 of `shape`, as host values:
-    /// borrowed from the file when its bytes are aligned for f32, else copied.
+    /// The tensor `name`, which must be of `shape` and stored as f32, f16
+    /// or bf16, as f32 host values ([`crate::io::tensor_f32`]): borrowed
+    /// from the file when f32 and aligned, else converted or copied.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
+        let (full, t) = self.tensor(name, shape)?;
+        tensor_f32(&full, &t).map_err(|e| Error::model(e.to_string()))
+    }
+
+    /// The tensor `name` with its full name in the file, checked for shape.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<(String, TensorView<'a>)> {
         let full = format!("{}{name}", self.prefix);
         let t = self
             .st
             .tensor(&full)
             .map_err(|_| Error::model(format!("model.safetensors has no tensor `{full}`")))?;
-        if t.dtype() != Dtype::F32 {
-            return Err(Error::model(format!(
-                "tensor `{full}` has dtype {:?}, expected F32",
-                t.dtype()
-            )));
-        }
         if t.shape() != shape {
             return Err(Error::model(format!(
                 "tensor `{full}` has shape {:?}, config.json implies {shape:?}",
                 t.shape()
             )));
         }
-        // Safetensors data is little-endian, as every target wgpu runs on.
-        let bytes: &'a [u8] = t.data();
-        Ok(match bytemuck::try_cast_slice(bytes) {
-            Ok(values) => Cow::Borrowed(values),
-            Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
-        })
+        Ok((full, t))
     }
 
-    /// Checks every tensor `config` needs (presence, dtype, shape) on the host.
+    /// Checks every tensor `config` needs (presence, dtype, shape) on the
+    /// host, converting nothing.
     pub fn check(&self, c: &BertConfig) -> Result<()> {
-        let mut get = |name: &str, shape: &[usize]| self.values(name, shape).map(|_| ());
+        let mut get = |name: &str, shape: &[usize]| {
+            let (full, t) = self.tensor(name, shape)?;
+            check_float_dtype(&full, t.dtype()).map_err(|e| Error::model(e.to_string()))
+        };
         embeddings(c, &mut get)?;
         (0..c.num_hidden_layers).try_for_each(|i| layer(c, i, &mut get).map(|_| ()))
     }

@@ -18,9 +18,18 @@ use serde_json::Value;
 use saobp::kernels::gpt::TokenIds;
 use saobp::model::Gpt;
 
+use super::layers::{heatmap_layer, layer_lambda, print_table, LayerReport, Names};
 use super::plot::{self, LayerCurves};
+use super::progress::with_spinner;
 use super::run_dir;
-use super::{adapter_json, write_all_or_nothing, CliResult, HeadReport};
+use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs, HeadReport};
+
+/// `analyze`'s names for its maps: the plain model's `A`, the SAOBP model's `R`.
+const NAMES: Names = Names {
+    caption: "mean over heads and texts (plain model: A; with SAOBP: R)",
+    columns: ["plain", "SAOBP"],
+    maps: ["A, plain model", "R, with SAOBP"],
+};
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
@@ -52,20 +61,8 @@ pub struct AnalyzeArgs {
     /// Head of the heatmaps.
     #[arg(long, default_value_t = 0)]
     head: usize,
-}
-
-/// `--lambda` for every layer: one value for all, or one per layer.
-fn layer_lambda(values: &[f32], layers: usize) -> CliResult<Vec<f32>> {
-    if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-        return Err(format!("--lambda must be finite and >= 0, got {v}"));
-    }
-    match values.len() {
-        1 => Ok(vec![values[0]; layers]),
-        n if n == layers => Ok(values.to_vec()),
-        n => Err(format!(
-            "--lambda has {n} values; give one, or one per layer ({layers})"
-        )),
-    }
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// The JSON report.
@@ -86,12 +83,6 @@ struct TextReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     embedding: Option<Vec<f32>>,
     layers: Vec<LayerReport>,
-}
-
-#[derive(Serialize)]
-struct LayerReport {
-    layer: usize,
-    heads: Vec<HeadReport>,
 }
 
 /// Mean over heads of one layer's summaries, from `pick` (A or R).
@@ -121,19 +112,19 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
     if is_gpt(&args.model) {
         return run_gpt(args);
     }
-    let gpu = Gpu::from_env_blocking().map_err(e)?;
-    let model = BertModel::load(&gpu, &args.model).map_err(e)?;
+    let gpu = args.gpu.open()?;
+    let model =
+        with_spinner("loading the model", || BertModel::load(&gpu, &args.model)).map_err(e)?;
     let tokenizer = model.tokenizer(&args.model).map_err(e)?;
     let c = &model.config;
     let lambda = layer_lambda(&args.lambda, c.num_hidden_layers)?;
     let refined = lambda.iter().any(|&l| l > 0.0);
-    let heat_layer = args.layer.unwrap_or(c.num_hidden_layers - 1);
-    if heat_layer >= c.num_hidden_layers || args.head >= c.num_attention_heads {
-        return Err(format!(
-            "--layer {heat_layer} / --head {} out of range: the model has {} layers of {} heads",
-            args.head, c.num_hidden_layers, c.num_attention_heads
-        ));
-    }
+    let heat_layer = heatmap_layer(
+        args.layer,
+        args.head,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+    )?;
     let encoded = args
         .texts
         .iter()
@@ -225,36 +216,6 @@ pub fn run(args: &AnalyzeArgs) -> CliResult {
     )
 }
 
-fn print_table(curves: &LayerCurves, refined: bool, lambda: &[f32]) {
-    println!("mean over heads and texts (plain model: A; with SAOBP: R)");
-    if refined {
-        println!(
-            "{:>5}  {:>6}  {:>16}  {:>16}  {:>11}  {:>11}",
-            "layer", "λ", "norm. entropy", "norm. entropy", "GTD", "GTD"
-        );
-        println!(
-            "{:>5}  {:>6}  {:>16}  {:>16}  {:>11}  {:>11}",
-            "", "", "plain", "SAOBP", "plain (λ=1)", "SAOBP (λ)"
-        );
-    } else {
-        println!(
-            "{:>5}  {:>16}  {:>11}",
-            "layer", "norm. entropy", "GTD (λ=1)"
-        );
-    }
-    for (l, lam) in lambda.iter().enumerate().take(curves.layers()) {
-        let (a, r) = (curves.plain(l), curves.refined(l));
-        if refined {
-            println!(
-                "{l:>5}  {:>6.2}  {:>16.4}  {:>16.4}  {:>11.4}  {:>11.4}",
-                lam, a.normalized_entropy, r.normalized_entropy, a.gtd, r.gtd
-            );
-        } else {
-            println!("{l:>5}  {:>16.4}  {:>11.4}", a.normalized_entropy, a.gtd);
-        }
-    }
-}
-
 /// `analyze` of a GPT trained by `train`: causal attention with the
 /// checkpoint's own λ; the table and plot compare each layer's `A` with its
 /// `R`. Characters are the tokens.
@@ -262,13 +223,7 @@ fn run_gpt(args: &AnalyzeArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     let checkpoint = run_dir::read_checkpoint(&args.model)?;
     let c = checkpoint.config.clone();
-    let heat_layer = args.layer.unwrap_or(c.n_layer - 1);
-    if heat_layer >= c.n_layer || args.head >= c.n_head {
-        return Err(format!(
-            "--layer {heat_layer} / --head {} out of range: the model has {} layers of {} heads",
-            args.head, c.n_layer, c.n_head
-        ));
-    }
+    let heat_layer = heatmap_layer(args.layer, args.head, c.n_layer, c.n_head)?;
     let encoded = args
         .texts
         .iter()
@@ -287,8 +242,11 @@ fn run_gpt(args: &AnalyzeArgs) -> CliResult {
             Ok(ids)
         })
         .collect::<CliResult<Vec<_>>>()?;
-    let gpu = Gpu::from_env_blocking().map_err(e)?;
-    let model = Gpt::from_safetensors(&gpu, c.clone(), &checkpoint.weights).map_err(e)?;
+    let gpu = args.gpu.open()?;
+    let model = with_spinner("loading the model", || {
+        Gpt::from_safetensors(&gpu, c.clone(), &checkpoint.weights)
+    })
+    .map_err(e)?;
     let lambdas = pollster::block_on(model.lambda_values(&gpu)).map_err(e)?;
     let layer_lambda: Vec<f32> = lambdas
         .iter()
@@ -371,7 +329,7 @@ fn finish(
     texts: Vec<TextReport<'_>>,
     heatmaps: Option<&plot::Heatmaps>,
 ) -> CliResult {
-    print_table(curves, refined, lambda);
+    print_table(curves, refined, lambda, &NAMES);
     let mut files = Vec::new();
     if let Some(path) = &args.json {
         let report = Report {
@@ -386,7 +344,7 @@ fn finish(
         ));
     }
     if let (Some(path), Some(maps)) = (&args.plot, heatmaps) {
-        files.push((path.as_path(), plot::render(curves, maps, refined)?));
+        files.push((path.as_path(), plot::render(curves, maps, refined, &NAMES)?));
     }
     write_all_or_nothing(&files)?;
     println!("adapter: {}", gpu.adapter());

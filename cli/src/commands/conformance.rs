@@ -10,20 +10,13 @@ use saobp::conformance::{self, AdapterReport, Counts, Fault, Options, Row, Statu
 use saobp::{BackendChoice, Gpu, GpuOptions};
 use serde_json::{json, Value};
 
-use super::{adapter_json, write_all_or_nothing, CliResult};
+use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs};
 
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
     /// Also write the report as JSON: every row, plus each adapter's limits and features.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Backends to cover: vulkan, metal, dx12, gl or auto (every adapter). Repeat or
-    /// comma-separate. Default: SAOBP_BACKEND, else auto.
-    #[arg(long, value_delimiter = ',')]
-    backend: Vec<String>,
-    /// Only adapters whose name contains this (case-insensitive). Default: SAOBP_ADAPTER.
-    #[arg(long)]
-    adapter: Option<String>,
     /// Only these kernels: matmul, matmul_buffer, matmul_tiled, matmul_texture, softmax,
     /// attention, flash, messages, refine, fused_output, streaming, materialized_output,
     /// metrics, softmax_backward, matmul_backward, attention_backward,
@@ -35,6 +28,10 @@ pub struct ConformanceArgs {
     /// Run a deliberately wrong variant of a kernel (`matmul`) to see the report fail.
     #[arg(long, hide = true)]
     inject_fault: Option<String>,
+    // Here `--backend` names the backends to cover (auto: every adapter), and
+    // `--adapter` keeps the adapters whose name contains it.
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// The backends to open, without overlaps: `auto` covers the others.
@@ -218,7 +215,7 @@ fn open_adapters(
     env: &GpuOptions,
     choices: &[BackendChoice],
 ) -> CliResult<(Vec<Gpu>, Vec<String>)> {
-    let name = args.adapter.clone().or_else(|| env.adapter.clone());
+    let name = args.gpu.adapter.clone().or_else(|| env.adapter.clone());
     let mut gpus = Vec::new();
     let mut open_errors = Vec::new();
     for backend in choices {
@@ -229,7 +226,7 @@ fn open_adapters(
         };
         let found = Gpu::all_blocking(&gpu_opts);
         // A backend asked for by name that has no adapter is not silently left out.
-        if found.is_empty() && *backend != BackendChoice::Auto && !args.backend.is_empty() {
+        if found.is_empty() && *backend != BackendChoice::Auto && !args.gpu.backend.is_empty() {
             return Err(format!(
                 "--backend {}: no such adapter{}; `saobp info` lists them",
                 format!("{backend:?}").to_lowercase(),
@@ -331,7 +328,7 @@ fn print_shaders(reports: &[AdapterReport], opts: &Options) {
 pub fn run(args: &ConformanceArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     let env = GpuOptions::from_env().map_err(e)?;
-    let choices = backends(&args.backend, env.backend)?;
+    let choices = backends(&args.gpu.backend, env.backend)?;
     let kernels = args
         .kernel
         .iter()

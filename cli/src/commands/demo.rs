@@ -4,13 +4,16 @@
 //! result compares with the float64 reference under the spec's tolerance
 //! (`saobp::reference::Tolerance::SPEC`, the rule every check uses).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use saobp::reference::{self, compare, RefOptions, Tolerance};
 use saobp::workload::{median, synthetic, Pattern};
-use saobp::{attention_blocking, AttentionOptions, Gpu, HeadSummary, Lambda, Mode, Tensor};
+use saobp::{attention_blocking, AttentionOptions, HeadSummary, Lambda, Mode, Tensor};
+use serde_json::{json, Value};
 
-use super::CliResult;
+use super::progress::with_spinner;
+use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -35,6 +38,13 @@ pub struct DemoArgs {
     /// Skip the float64 reference check (it costs O(N³) per head on the CPU).
     #[arg(long)]
     no_check: bool,
+    /// Also write the run as JSON: the workload, each head's summaries of A
+    /// and R, the timings (ms) and the reference check (`null` with
+    /// --no-check). Written also when the check fails, which it records.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// The median wall time of `repeat` runs of `f` (after one warm-up run that
@@ -62,7 +72,7 @@ pub fn run(args: &DemoArgs) -> CliResult {
     if args.n == 0 || args.heads == 0 || args.d == 0 {
         return Err("--n, --heads and --d must be positive".into());
     }
-    let gpu = Gpu::from_env_blocking().map_err(e)?;
+    let gpu = args.gpu.open()?;
     println!("adapter: {}", gpu.adapter());
     let shape = [1, args.heads, args.n, args.d];
     let patterns = [
@@ -125,12 +135,19 @@ pub fn run(args: &DemoArgs) -> CliResult {
         "{:>4}  {:<9}  {:>17}  {:>17}  {:>17}  {:>17}",
         "", "", "A → R", "A → R", "A → R", "A(λ=1) → R(λ)"
     );
+    let mut heads_json = Vec::new();
     for h in 0..args.heads {
         let (a, r) = match (metrics.attention.head(0, h), refined.head(0, h)) {
             (Some(a), Some(r)) => (a, r),
             _ => return Err(format!("no summary for head {h}")),
         };
         print_row(&h.to_string(), w.patterns[h].name(), a, r);
+        heads_json.push(json!({
+            "head": h,
+            "pattern": w.patterns[h].name(),
+            "attn": a,
+            "refined": r,
+        }));
     }
     print_row(
         "all",
@@ -177,22 +194,50 @@ pub fn run(args: &DemoArgs) -> CliResult {
         ms(t_mat) / ms(t_plain)
     );
 
-    if args.no_check {
-        return Ok(());
-    }
-    let want = reference::saobp(
-        &w.q,
-        &w.k,
-        &w.v,
-        shape,
-        args.d,
-        &RefOptions {
-            causal: args.causal,
-            key_mask: None,
-            scale: None,
+    let mut report = json!({
+        "adapter": adapter_json(gpu.adapter()),
+        "workload": {
+            "batch": 1, "heads": args.heads, "n": args.n, "d": args.d,
+            "causal": args.causal, "lambda": args.lambda,
         },
-        &vec![f64::from(args.lambda); args.heads],
-    )
+        "heads": heads_json,
+        "overall": { "attn": metrics.attention.overall(), "refined": refined.overall() },
+        "time_ms": {
+            "repeat": args.repeat.max(1),
+            "plain": ms(t_plain),
+            "flash": flash.as_ref().map(|(_, t)| ms(*t)),
+            "fused": ms(t_fused),
+            "streaming": streaming.as_ref().map(|(_, t)| ms(*t)),
+            "materialized": ms(t_mat),
+        },
+        "check": Value::Null,
+    });
+    let write_report = |report: &Value| -> CliResult {
+        let Some(path) = &args.json else {
+            return Ok(());
+        };
+        let text =
+            serde_json::to_vec_pretty(report).map_err(|e| format!("cannot encode JSON: {e}"))?;
+        write_all_or_nothing(&[(path.as_path(), text)])
+    };
+    if args.no_check {
+        return write_report(&report);
+    }
+    let want = with_spinner("float64 reference check", || {
+        reference::saobp(
+            &w.q,
+            &w.k,
+            &w.v,
+            shape,
+            args.d,
+            &RefOptions {
+                causal: args.causal,
+                key_mask: None,
+                scale: None,
+            },
+            &vec![f64::from(args.lambda); args.heads],
+        )
+    })
     .map_err(e)?;
     let get = |t: &Option<Tensor>| -> CliResult<Vec<f32>> {
         t.as_ref()
@@ -222,8 +267,18 @@ pub fn run(args: &DemoArgs) -> CliResult {
         "", "max abs", "max rel", "worst / bound"
     );
     let mut failed = Vec::new();
+    let mut results = Vec::new();
     for (name, got, want) in checks {
         let c = compare(got, want, tol).map_err(e)?;
+        results.push(json!({
+            "name": name,
+            "max_abs": c.max_abs,
+            "max_rel": c.max_rel,
+            "worst": c.worst,
+            "failures": c.failures,
+            "values": c.len,
+            "passed": c.passed(),
+        }));
         let verdict = if c.passed() {
             "ok".to_string()
         } else {
@@ -235,6 +290,12 @@ pub fn run(args: &DemoArgs) -> CliResult {
             c.max_abs, c.max_rel, c.worst
         );
     }
+    report["check"] = json!({
+        "tolerance": { "abs": tol.abs, "rel": tol.rel },
+        "results": results,
+        "passed": failed.is_empty(),
+    });
+    write_report(&report)?;
     if !failed.is_empty() {
         return Err(format!(
             "{} differ from the float64 reference by more than the spec's tolerance",

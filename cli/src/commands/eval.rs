@@ -8,11 +8,10 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use saobp::data::{Corpus, Split};
 use saobp::model::Gpt;
-use saobp::Gpu;
 use serde_json::json;
 
 use super::run_dir::{self, evaluate};
-use super::{adapter_json, write_all_or_nothing, CliResult};
+use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs};
 
 /// Which part of the text to evaluate on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +42,8 @@ pub struct EvalArgs {
     /// Write ∂loss/∂(every parameter) to this safetensors file, under the checkpoint's names.
     #[arg(long, value_name = "OUT.safetensors")]
     grads: Option<PathBuf>,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// Windows per forward pass.
@@ -66,7 +67,7 @@ pub fn run(args: &EvalArgs) -> CliResult {
     let (inputs, targets) = corpus
         .windows(split, t, args.windows)
         .map_err(|e| e.to_string())?;
-    let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
+    let gpu = args.gpu.open()?;
     let model = Gpt::from_safetensors(&gpu, checkpoint.config.clone(), &checkpoint.weights)
         .map_err(|e| e.to_string())?;
     let result = evaluate(

@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use saobp::kernels::gpt::TokenIds;
 use saobp::model::Gpt;
 use saobp::workload::SplitMix64;
-use saobp::Gpu;
 
 use super::run_dir;
-use super::CliResult;
+use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -36,6 +35,8 @@ pub struct GenerateArgs {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// Draws an id from `logits` at `temperature` among the `top_k` largest.
@@ -83,7 +84,7 @@ pub fn run(args: &GenerateArgs) -> CliResult {
         .encode(&args.prompt)
         .map_err(|e| format!("--prompt: {e}"))?;
     let (t, vocab) = (checkpoint.config.n_positions, checkpoint.config.vocab_size);
-    let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
+    let gpu = args.gpu.open()?;
     let e = |e: saobp::Error| e.to_string();
     let model =
         Gpt::from_safetensors(&gpu, checkpoint.config.clone(), &checkpoint.weights).map_err(e)?;

@@ -6,7 +6,10 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod layers;
+pub mod maps;
 pub mod plot;
+pub mod progress;
 pub mod refine;
 pub mod run_dir;
 pub mod train;
@@ -15,12 +18,64 @@ pub mod train_plot;
 use std::io::Write;
 use std::path::Path;
 
-use saobp::{AdapterSummary, HeadSummary, Metrics};
+use saobp::{AdapterSummary, BackendChoice, Gpu, GpuOptions, HeadSummary, Metrics};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 /// A command's error: one line, printed by `main`, which then exits non-zero.
 pub type CliResult<T = ()> = Result<T, String>;
+
+/// The adapter choice every subcommand takes. Each flag, when given, wins
+/// over its environment variable (`SAOBP_BACKEND`, `SAOBP_ADAPTER`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Backend: auto, vulkan, metal, dx12 or gl (`conformance` takes several,
+    /// comma-separated). Default: SAOBP_BACKEND, else auto.
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<String>,
+    /// Only an adapter whose name contains this (case-insensitive). Default:
+    /// SAOBP_ADAPTER.
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+impl GpuArgs {
+    /// The backends named by `--backend`, parsed (empty when not given).
+    pub fn backends(&self) -> CliResult<Vec<BackendChoice>> {
+        self.backend
+            .iter()
+            .filter(|b| !b.trim().is_empty())
+            .map(|b| {
+                b.parse()
+                    .map_err(|e: saobp::Error| format!("--backend: {e}"))
+            })
+            .collect()
+    }
+
+    /// The environment's options with the flags applied, for a command that
+    /// runs on one adapter.
+    pub fn options(&self) -> CliResult<GpuOptions> {
+        let mut opts = GpuOptions::from_env().map_err(|e| e.to_string())?;
+        match self.backends()?[..] {
+            [] => {}
+            [one] => opts.backend = one,
+            _ => {
+                return Err(
+                    "--backend takes one backend here (only `conformance` takes several)".into(),
+                )
+            }
+        }
+        if let Some(name) = self.adapter.as_ref().filter(|a| !a.trim().is_empty()) {
+            opts.adapter = Some(name.clone());
+        }
+        Ok(opts)
+    }
+
+    /// Opens the adapter the flags and the environment choose.
+    pub fn open(&self) -> CliResult<Gpu> {
+        Gpu::new_blocking(&self.options()?).map_err(|e| e.to_string())
+    }
+}
 
 /// Writes `files` so that either all appear complete or none does: each goes
 /// to a temporary file beside its target first (removed again if anything

@@ -16,7 +16,8 @@ use saobp::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{adapter_json, write_all_or_nothing, CliResult, HeadReport};
+use super::progress::Spinner;
+use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs, HeadReport};
 
 /// What each output costs, for `saobp refine --help`.
 const COSTS: &str = "\
@@ -59,6 +60,8 @@ pub struct RefineArgs {
     /// O(N³) per head in fused mode (M is formed on the side).
     #[arg(long)]
     refined_metrics: bool,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// [`Mode`] on the command line (the library itself depends on no argument
@@ -160,7 +163,9 @@ pub fn run(args: &RefineArgs) -> CliResult {
     };
     let lambda_values = lambda.per_head(shape.heads).map_err(|e| e.to_string())?;
 
-    let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
+    let gpu = args.gpu.open()?;
+    // Shown only when the work takes more than a moment, on a terminal.
+    let spinner = Spinner::start(format!("{mode} attention on {:?}", input.q_shape));
     let upload = |shape: &[usize], data: &[f32]| {
         Tensor::from_slice(&gpu, shape, data).map_err(|e| e.to_string())
     };
@@ -232,6 +237,7 @@ pub fn run(args: &RefineArgs) -> CliResult {
             Out::new(&shape.map_shape(), &download(r)?),
         ));
     }
+    drop(spinner);
     let meta = [
         ("adapter".to_string(), gpu.adapter().to_string()),
         ("mode".to_string(), mode.name().to_string()),

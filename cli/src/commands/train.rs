@@ -29,7 +29,7 @@ use saobp::Gpu;
 use serde::{Deserialize, Serialize};
 
 use super::run_dir::{self, evaluate, Settings};
-use super::{train_plot, write_all_or_nothing, CliResult};
+use super::{train_plot, write_all_or_nothing, CliResult, GpuArgs};
 
 /// Model and batch sizes to start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +96,8 @@ pub struct TrainArgs {
     /// Stop (with a checkpoint) after this many steps of this invocation.
     #[arg(long)]
     stop_after: Option<usize>,
+    #[command(flatten)]
+    gpu: GpuArgs,
 }
 
 /// One line of `metrics.jsonl`.
@@ -294,7 +296,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
             s.steps
         ));
     }
-    let gpu = Gpu::from_env_blocking().map_err(|e| e.to_string())?;
+    let gpu = args.gpu.open()?;
     let e = |e: saobp::Error| e.to_string();
     let model = match &plan.resume {
         Some(c) => Gpt::from_safetensors(&gpu, plan.config.clone(), &c.weights).map_err(e)?,

@@ -358,7 +358,7 @@ mod tests {
         let got = view_of(Dtype::BF16, &[0x4049, 0x3f80, 0xc020, 0x0001]);
         assert_eq!(got[..3], [3.140625, 1.0, -2.5]);
         assert_eq!(got[3], f32::from_bits(0x0001_0000));
-        assert_eq!(got[3], 2f32.powi(-133));
+        assert_eq!(f64::from(got[3]), 2f64.powi(-133));
         assert_eq!(half::bf16::from_f32(std::f32::consts::PI).to_bits(), 0x4049);
     }
 

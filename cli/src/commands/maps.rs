@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 
-use safetensors::{Dtype, View};
 use saobp::io::{map_tolerance, parse_attention_maps, AttentionMaps};
 use saobp::{
     metrics_blocking, refine_map_blocking, Gpu, HeadSummary, Lambda, MapMetrics, Metric,
@@ -21,7 +20,7 @@ use serde_json::Value;
 use super::layers::{heatmap_layer, layer_lambda, print_table, LayerReport, Names};
 use super::plot::{self, Heatmaps, LayerCurves};
 use super::progress::Spinner;
-use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs, HeadReport};
+use super::{adapter_json, write_all_or_nothing, CliResult, F32Tensor, GpuArgs, HeadReport};
 
 /// What the checks accept, for `saobp maps --help`.
 const INPUT: &str = "\
@@ -206,34 +205,13 @@ struct ShapeReport {
     n: usize,
 }
 
-/// The per-row metrics as safetensors, `[L, B, H, N]` each.
-struct RowTensor {
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl View for &RowTensor {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        (&self.data[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// `attn.<metric>` and `refined.<metric>` from each layer's rows
 /// (`[METRIC_COUNT, B, H, N]`), stacked over layers; the `weight` row is left out.
 fn row_tensors(
     shape: [usize; 4],
     attn: &[Vec<f32>],
     refined: &[Option<Vec<f32>>],
-) -> Vec<(String, RowTensor)> {
+) -> Vec<(String, F32Tensor)> {
     let [layers, b, h, n] = shape;
     let per = b * h * n;
     let mut out = Vec::new();
@@ -252,10 +230,7 @@ fn row_tensors(
                 .collect();
             out.push((
                 format!("{part}.{}", m.name()),
-                RowTensor {
-                    shape: vec![layers, b, h, n],
-                    data: bytemuck::cast_slice(&values).to_vec(),
-                },
+                F32Tensor::new(&[layers, b, h, n], &values),
             ));
         }
     }

@@ -114,6 +114,36 @@ pub fn write_all_or_nothing(files: &[(&Path, Vec<u8>)]) -> CliResult {
     Ok(())
 }
 
+/// An f32 tensor for a safetensors output file.
+pub struct F32Tensor {
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl F32Tensor {
+    pub fn new(shape: &[usize], values: &[f32]) -> F32Tensor {
+        F32Tensor {
+            shape: shape.to_vec(),
+            data: bytemuck::cast_slice(values).to_vec(),
+        }
+    }
+}
+
+impl safetensors::View for &F32Tensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.data[..]).into()
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
 /// The adapter as JSON.
 pub fn adapter_json(a: &AdapterSummary) -> Value {
     json!({

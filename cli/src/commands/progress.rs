@@ -37,7 +37,9 @@ impl Spinner {
             if stopped.recv_timeout(DELAY) != Err(RecvTimeoutError::Timeout) {
                 return;
             }
-            let bar = ProgressBar::new_spinner().with_message(message);
+            let bar = ProgressBar::new_spinner()
+                .with_message(message)
+                .with_elapsed(DELAY);
             if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
                 bar.set_style(style);
             }

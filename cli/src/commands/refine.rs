@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use safetensors::{Dtype, View};
 use saobp::io::parse_refine_input;
 use saobp::{
     attention_blocking, AttentionOptions, AttentionShape, Gpu, HeadSummary, Lambda, Metric, Mode,
@@ -17,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::progress::Spinner;
-use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs, HeadReport};
+use super::{adapter_json, write_all_or_nothing, CliResult, F32Tensor, GpuArgs, HeadReport};
 
 /// What each output costs, for `saobp refine --help`.
 const COSTS: &str = "\
@@ -89,36 +88,6 @@ impl From<ModeArg> for Mode {
             ModeArg::Flash => Mode::Flash,
             ModeArg::Streaming => Mode::Streaming,
         }
-    }
-}
-
-/// An f32 tensor to write.
-struct Out {
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl Out {
-    fn new(shape: &[usize], values: &[f32]) -> Out {
-        Out {
-            shape: shape.to_vec(),
-            data: bytemuck::cast_slice(values).to_vec(),
-        }
-    }
-}
-
-impl View for &Out {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        (&self.data[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
     }
 }
 
@@ -204,37 +173,40 @@ pub fn run(args: &RefineArgs) -> CliResult {
         (None, None) => return Err("metrics were not computed".into()),
     };
 
-    let mut tensors: Vec<(String, Out)> = vec![
+    let mut tensors: Vec<(String, F32Tensor)> = vec![
         (
             "out".into(),
-            Out::new(&shape.output_shape(), &download(&out.output)?),
+            F32Tensor::new(&shape.output_shape(), &download(&out.output)?),
         ),
-        ("entropy".into(), Out::new(&rows, &entropy)),
+        ("entropy".into(), F32Tensor::new(&rows, &entropy)),
     ];
     let gtd = out.metrics.as_ref().and_then(|m| m.refined_gtd.as_ref());
     if let (Some(gtd), Some(m)) = (gtd, &out.multi_hop_mass) {
-        tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
-        tensors.push(("gtd".into(), Out::new(&rows, &download(gtd)?)));
+        tensors.push(("m".into(), F32Tensor::new(&rows, &download(m)?)));
+        tensors.push(("gtd".into(), F32Tensor::new(&rows, &download(gtd)?)));
     }
     if let Some(refined) = out.metrics.as_ref().and_then(|m| m.refined.as_ref()) {
         let entropy_r = refined.row_blocking(&gpu, Metric::Entropy).map_err(e)?;
-        tensors.push(("entropy_refined".into(), Out::new(&rows, &entropy_r)));
+        tensors.push(("entropy_refined".into(), F32Tensor::new(&rows, &entropy_r)));
     }
     if let (Mode::Streaming, Some(m)) = (mode, &out.multi_hop_mass) {
-        tensors.push(("m".into(), Out::new(&rows, &download(m)?)));
+        tensors.push(("m".into(), F32Tensor::new(&rows, &download(m)?)));
     }
     if let Some(stats) = &row_stats {
         let [b, h, n] = rows;
         tensors.push((
             "row_stats".into(),
-            Out::new(&[b, h, n, RowStats::<f32>::COLUMNS], stats),
+            F32Tensor::new(&[b, h, n, RowStats::<f32>::COLUMNS], stats),
         ));
     }
     if let (Some(a), Some(r)) = (&out.attention, &out.refined) {
-        tensors.push(("attn".into(), Out::new(&shape.map_shape(), &download(a)?)));
+        tensors.push((
+            "attn".into(),
+            F32Tensor::new(&shape.map_shape(), &download(a)?),
+        ));
         tensors.push((
             "refined".into(),
-            Out::new(&shape.map_shape(), &download(r)?),
+            F32Tensor::new(&shape.map_shape(), &download(r)?),
         ));
     }
     drop(spinner);

@@ -5,6 +5,16 @@
 //! self-test judges by too). Both sides write a summary as `HeadSummary`
 //! serializes, so the field names must match exactly as well.
 //!
+//! The report's model part (`model`) is checked the same way: the page ran
+//! all-MiniLM-L6-v2 on fixed sentences as its model view does (the plain
+//! model's `A` per layer, SAOBP on those maps with the library's
+//! `refine_map`, the metrics of `R` as the spec defines them); here the same
+//! sentences must give the same wordpieces and ids, each layer's mean
+//! summaries of `A` and `R` must match within the spec's tolerance, and so
+//! must the cosine of the two sentence embeddings without and with SAOBP
+//! inside the model. A report without the model part fails. The model comes
+//! from `bash scripts/fetch-model.sh`, as for `tests/model.rs`.
+//!
 //! The report is `web/selftest-report.json`, written by `bash web/test.sh`
 //! (which then runs this test with `SAOBP_WEB_REPORT` pointing at it, so a
 //! missing report fails there). Without that variable the committed report is
@@ -15,7 +25,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_close, on_every_gpu};
+use common::{assert_close, assert_near, on_every_gpu};
 use saobp::reference::Tolerance;
 use saobp::workload::{synthetic, Pattern};
 use saobp::{attention_blocking, AttentionOptions, Lambda, Mode, Tensor};
@@ -191,6 +201,188 @@ fn browser_summaries_match_native() {
                     );
                 }
             }
+        }
+    });
+}
+
+/// `A`'s and `R`'s per-head summaries of every layer of `text`, as the page's
+/// model view computes them (`web/src/model.rs`), and the sentence embedding
+/// without and with SAOBP of strength `lambda` inside the model.
+#[cfg(feature = "model")]
+struct NativeText {
+    encoded: saobp::model::Encoded,
+    layers: Vec<(saobp::HeadSummary, saobp::HeadSummary)>,
+    plain: Vec<f32>,
+    with_saobp: Vec<f32>,
+}
+
+#[cfg(feature = "model")]
+fn native_text(
+    gpu: &saobp::Gpu,
+    model: &saobp::model::BertModel,
+    tokenizer: &saobp::model::TextTokenizer,
+    text: &str,
+    lambda: f32,
+) -> NativeText {
+    use saobp::model::{sentence_embedding, ForwardOptions};
+    use saobp::{metrics_blocking, refine_map_blocking, HeadSummary, MetricsOptions};
+
+    let encoded = tokenizer.encode(text).unwrap();
+    let embed = |out: &saobp::model::ForwardOutput| {
+        let hidden = out.hidden.to_vec_blocking(gpu).unwrap();
+        sentence_embedding(&hidden, model.config.hidden_size, encoded.ids.len())
+    };
+    let plain_opts = ForwardOptions {
+        metrics: true,
+        keep_maps: true,
+        ..Default::default()
+    };
+    let plain = pollster::block_on(model.forward(gpu, std::slice::from_ref(&encoded), &plain_opts))
+        .unwrap();
+    let lam = Lambda::Scalar(lambda);
+    let at_lambda = MetricsOptions {
+        lambda: Some(&lam),
+        ..Default::default()
+    };
+    let layers = plain
+        .layers
+        .iter()
+        .map(|layer| {
+            let a = layer.attention.as_ref().unwrap();
+            let of_a = &layer.metrics.as_ref().unwrap().attention;
+            let r = refine_map_blocking(gpu, a, &lam).unwrap();
+            let of_r = metrics_blocking(gpu, &r.refined, &at_lambda).unwrap();
+            // R's GTD and mass are A's (the spec's m) at λ.
+            let a_at_lambda = metrics_blocking(gpu, a, &at_lambda).unwrap();
+            let refined: Vec<HeadSummary> = of_r
+                .heads
+                .iter()
+                .zip(&a_at_lambda.heads)
+                .map(|(r, a)| HeadSummary {
+                    multi_hop_mass: a.multi_hop_mass,
+                    gtd: a.gtd,
+                    ..*r
+                })
+                .collect();
+            (of_a.batch(0), HeadSummary::mean(&refined))
+        })
+        .collect();
+    let saobp_opts = ForwardOptions {
+        lambda: vec![lam.clone(); model.config.num_hidden_layers],
+        ..Default::default()
+    };
+    let with = pollster::block_on(model.forward(gpu, std::slice::from_ref(&encoded), &saobp_opts))
+        .unwrap();
+    NativeText {
+        layers,
+        plain: embed(&plain),
+        with_saobp: embed(&with),
+        encoded,
+    }
+}
+
+#[cfg(feature = "model")]
+#[test]
+fn browser_model_matches_native() {
+    use saobp::model::BertModel;
+
+    let report = report();
+    assert_eq!(
+        report["pass"], true,
+        "the browser self-test itself failed: {}",
+        report["failures"]
+    );
+    let m = &report["model"];
+    assert!(
+        m.is_object(),
+        "the browser report has no model part (`model`): rerun `bash web/test.sh` \
+         with the model fetched (`bash scripts/fetch-model.sh`)"
+    );
+    let lambda = m["lambda"].as_f64().expect("report: model lambda") as f32;
+    let texts = m["texts"].as_array().expect("report: model texts");
+    assert_eq!(texts.len(), 2, "report: the model part has two texts");
+    let dir = common::model_dir();
+    let mut want_keys: Vec<String> = SUMMARY_FIELDS.iter().map(|s| s.to_string()).collect();
+    want_keys.sort();
+
+    on_every_gpu("web parity: model", |gpu| {
+        let model = BertModel::load(gpu, &dir).unwrap();
+        let tokenizer = model.tokenizer(&dir).unwrap();
+        let mut embeddings = Vec::new();
+        for browser in texts {
+            let text = browser["text"].as_str().expect("report: model text");
+            let native = native_text(gpu, &model, &tokenizer, text, lambda);
+            let tokens: Vec<&str> = browser["tokens"]
+                .as_array()
+                .expect("report: tokens")
+                .iter()
+                .map(|t| t.as_str().unwrap_or("?"))
+                .collect();
+            assert_eq!(native.encoded.tokens, tokens, "{text:?}: wordpieces");
+            let ids: Vec<u64> = browser["ids"]
+                .as_array()
+                .expect("report: ids")
+                .iter()
+                .map(|i| i.as_u64().unwrap_or(u64::MAX))
+                .collect();
+            let native_ids: Vec<u64> = native.encoded.ids.iter().map(|&i| u64::from(i)).collect();
+            assert_eq!(native_ids, ids, "{text:?}: token ids");
+            let n = native.encoded.ids.len();
+            let layers = browser["layers"].as_array().expect("report: layers");
+            assert_eq!(layers.len(), native.layers.len(), "{text:?}: layers");
+            for (l, (browser, (a, r))) in layers.iter().zip(&native.layers).enumerate() {
+                for (map, native) in [("attention", a), ("refined", r)] {
+                    assert_eq!(
+                        keys(&browser[map], &format!("report: layer {l} {map}")),
+                        want_keys,
+                        "report: layer {l} {map} fields"
+                    );
+                    for (name, value) in native.fields() {
+                        let want = browser[map][name].as_f64().unwrap_or_else(|| {
+                            panic!("report: {text:?} layer {l} {map} has no {name}")
+                        });
+                        let tol = if name == "distance" {
+                            Tolerance::scaled_by(n)
+                        } else {
+                            Tolerance::SPEC
+                        };
+                        assert_close(
+                            &format!("{text:?} layer {l} {map} {name}"),
+                            &[value as f32],
+                            &[want],
+                            tol.rel,
+                            tol.abs,
+                        );
+                    }
+                    assert_eq!(
+                        Some(u64::from(native.rows)),
+                        browser[map]["rows"].as_u64(),
+                        "{text:?} layer {l} {map}: counted rows"
+                    );
+                }
+            }
+            embeddings.push((native.plain, native.with_saobp));
+        }
+        let cosine = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                .sum()
+        };
+        // Embeddings agree with the float64 reference within 1e-4 absolute
+        // (tests/model.rs); so does a cosine of two of them.
+        let tol = Tolerance {
+            abs: 1e-4,
+            rel: 0.0,
+        };
+        for (key, got) in [
+            ("plain", cosine(&embeddings[0].0, &embeddings[1].0)),
+            ("saobp", cosine(&embeddings[0].1, &embeddings[1].1)),
+        ] {
+            let want = m["cosine"][key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("report: model cosine has no {key}"));
+            assert_near(&format!("cosine {key}"), got, want, tol);
         }
     });
 }

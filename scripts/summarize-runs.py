@@ -42,11 +42,18 @@ def mean(v):
 
 
 def main(args):
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not args:
+        sys.exit(__doc__)
     at = None
     if args[:1] == ["--at"]:
         at, args = int(args[1]), args[2:]
     groups = {}
     for p in args:
+        if not (Path(p) / "train.json").is_file():
+            sys.exit(f"{p}: not a run folder (no train.json)")
         s, r = load(Path(p), at)
         if not r:
             continue

@@ -356,7 +356,7 @@ impl BertModel {
 }
 
 /// Checks that `bytes` (a safetensors file) holds every tensor `config`
-/// needs, as f32 of the right shape, without touching a GPU.
+/// needs, as f32, f16 or bf16 of the right shape, without touching a GPU.
 pub fn check_weights(config: &BertConfig, bytes: &[u8]) -> Result<()> {
     WeightFile::parse(bytes)?.check(config)
 }

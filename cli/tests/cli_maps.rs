@@ -373,22 +373,9 @@ fn the_per_row_metrics_are_written_for_every_layer() {
 
 /// The rows of `docs/ERRORS.md`'s maps table: id, case, message.
 fn documented_rows() -> Vec<[String; 3]> {
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ERRORS.md")).unwrap();
-    let table = doc
-        .split("## Attention maps")
-        .nth(1)
-        .expect("the maps table");
-    table
-        .lines()
-        .take_while(|l| !l.starts_with("## "))
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| id ") && !l.starts_with("|---"))
-        .map(|l| {
-            let cells: Vec<String> = l
-                .trim_matches('|')
-                .split(" | ")
-                .map(|c| c.trim().trim_matches('`').trim().to_string())
-                .collect();
+    common::documented_errors(Some("Attention maps"))
+        .into_iter()
+        .map(|cells| {
             cells
                 .try_into()
                 .unwrap_or_else(|c| panic!("malformed row {c:?}"))

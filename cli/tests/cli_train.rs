@@ -321,24 +321,7 @@ fn scale_weights(run: &Path, scales: &[(&str, f32)]) {
 fn every_documented_training_error_is_one_line() {
     let tmp = TempDir::new("train-errors");
     let data = write_text(&tmp);
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ERRORS.md")).unwrap();
-    let table = doc
-        .split("## Training, evaluation and generation")
-        .nth(1)
-        .expect("the training table");
-    let rows: Vec<Vec<String>> = table
-        .lines()
-        // Up to the next table's heading (the maps table has its own test).
-        .take_while(|l| !l.starts_with("## "))
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| id ") && !l.starts_with("|---"))
-        .map(|l| {
-            l.trim_matches('|')
-                .split(" | ")
-                .map(|c| c.trim().trim_matches('`').trim().to_string())
-                .collect()
-        })
-        .collect();
+    let rows = common::documented_errors(Some("Training, evaluation and generation"));
     assert!(rows.len() >= 12, "{} rows", rows.len());
     let out = |name: &str| tmp.join(name).display().to_string();
     let file = |name: &str, bytes: &[u8]| {

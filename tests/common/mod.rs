@@ -255,6 +255,32 @@ pub fn repo_root() -> &'static Path {
         .unwrap_or(manifest)
 }
 
+/// The rows of one table of `docs/ERRORS.md`, each a list of its cells
+/// (code quotes stripped): the table under the heading `section`, or the
+/// library's first table when `None`; header and rule lines left out.
+pub fn documented_errors(section: Option<&str>) -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(repo_root().join("docs/ERRORS.md")).expect("docs/ERRORS.md");
+    let table = match section {
+        None => doc.as_str(),
+        Some(heading) => doc
+            .split(&format!("## {heading}"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("docs/ERRORS.md has no section `{heading}`")),
+    };
+    table
+        .lines()
+        // Up to the next section's heading: each table has its own test.
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| id ") && !l.starts_with("|---"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().trim_matches('`').trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
 /// Reference row metrics of `A` (GTD at λ = 1) and of `R` (GTD at `lambda`)
 /// for one SAOBP reference run over `[B, H, N]` rows.
 pub fn reference_rows(

@@ -22,6 +22,7 @@ mod encoder;
 mod gpt;
 mod gpt_config;
 mod tokenizer;
+mod train;
 mod weights;
 
 pub use config::BertConfig;
@@ -31,3 +32,7 @@ pub use encoder::{
 pub use gpt::{init_values, Gpt, GptWorkspace};
 pub use gpt_config::{GptConfig, ParamSpec};
 pub use tokenizer::{Encoded, TextTokenizer};
+pub use train::{
+    evaluate, generate, layer_stats, sample, Evaluation, LayerStats, Sampling, TrainOptions,
+    Trainer,
+};

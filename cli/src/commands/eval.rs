@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use saobp::data::{Corpus, Split};
-use saobp::model::Gpt;
+use saobp::model::{evaluate, Gpt};
 use serde_json::json;
 
-use super::run_dir::{self, evaluate};
+use super::run_dir;
 use super::{adapter_json, write_all_or_nothing, CliResult, GpuArgs};
 
 /// Which part of the text to evaluate on.
@@ -70,16 +70,16 @@ pub fn run(args: &EvalArgs) -> CliResult {
     let gpu = args.gpu.open()?;
     let model = Gpt::from_safetensors(&gpu, checkpoint.config.clone(), &checkpoint.weights)
         .map_err(|e| e.to_string())?;
-    let result = evaluate(
+    let result = pollster::block_on(evaluate(
         &gpu,
         &model,
-        &inputs,
-        &targets,
+        (&inputs, &targets),
         args.windows,
         t,
         CHUNK,
         args.grads.is_some(),
-    )?;
+    ))
+    .map_err(|e| e.to_string())?;
     if let (Some(path), Some(grads)) = (&args.grads, &result.grads) {
         let values: Vec<Vec<f32>> = grads
             .iter()

@@ -1,16 +1,10 @@
 //! `saobp generate`: text sampled from a trained GPT, one character at a
 //! time.
-//!
-//! Each step runs the model over the last `T` characters, padded to `T`
-//! after the real ones: attention is causal, so the padding cannot change
-//! the logits of the last real position, and one workspace serves every
-//! step.
+//! The sampling loop is the library's [`saobp::model::generate`].
 
 use std::path::PathBuf;
 
-use saobp::kernels::gpt::TokenIds;
-use saobp::model::Gpt;
-use saobp::workload::SplitMix64;
+use saobp::model::{generate, Gpt, Sampling};
 
 use super::run_dir;
 use super::{CliResult, GpuArgs};
@@ -39,32 +33,6 @@ pub struct GenerateArgs {
     gpu: GpuArgs,
 }
 
-/// Draws an id from `logits` at `temperature` among the `top_k` largest.
-fn sample(logits: &[f32], temperature: f64, top_k: Option<usize>, rng: &mut SplitMix64) -> u32 {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    // Largest first; ties by id, so the choice does not depend on the sort.
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if temperature == 0.0 {
-        return order[0] as u32;
-    }
-    order.truncate(top_k.unwrap_or(order.len()).max(1));
-    let top = f64::from(logits[order[0]]);
-    let weights: Vec<f64> = order
-        .iter()
-        .map(|&i| ((f64::from(logits[i]) - top) / temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    // A uniform draw in [0, total) from 53 random bits.
-    let mut u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
-    for (&i, w) in order.iter().zip(&weights) {
-        if u < *w {
-            return i as u32;
-        }
-        u -= w;
-    }
-    order[order.len() - 1] as u32
-}
-
 pub fn run(args: &GenerateArgs) -> CliResult {
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(format!(
@@ -79,32 +47,21 @@ pub fn run(args: &GenerateArgs) -> CliResult {
     if args.prompt.is_empty() {
         return Err("--prompt is empty; give at least one character".into());
     }
-    let mut ids = checkpoint
+    let ids = checkpoint
         .vocab
         .encode(&args.prompt)
         .map_err(|e| format!("--prompt: {e}"))?;
-    let (t, vocab) = (checkpoint.config.n_positions, checkpoint.config.vocab_size);
     let gpu = args.gpu.open()?;
     let e = |e: saobp::Error| e.to_string();
     let model =
         Gpt::from_safetensors(&gpu, checkpoint.config.clone(), &checkpoint.weights).map_err(e)?;
-    let ws = model.workspace(&gpu, 1, t).map_err(e)?;
-    let mut rng = SplitMix64::new(args.seed);
-    let prompt_len = ids.len();
-    for _ in 0..args.tokens {
-        let context = &ids[ids.len().saturating_sub(t)..];
-        let last = context.len() - 1;
-        let mut window = context.to_vec();
-        window.resize(t, 0);
-        let x = TokenIds::new(&gpu, &window, 1, t, vocab).map_err(e)?;
-        model.forward_blocking(&gpu, &ws, &x, None).map_err(e)?;
-        let logits = ws
-            .logits()
-            .to_vec_range_blocking(&gpu, last * vocab..(last + 1) * vocab)
-            .map_err(e)?;
-        ids.push(sample(&logits, args.temperature, args.top_k, &mut rng));
-    }
-    let text = checkpoint.vocab.decode(&ids[prompt_len..]).map_err(e)?;
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
+    let ids = pollster::block_on(generate(&gpu, &model, &ids, args.tokens, sampling)).map_err(e)?;
+    let text = checkpoint.vocab.decode(&ids).map_err(e)?;
     println!("{}{text}", args.prompt);
     Ok(())
 }

@@ -18,9 +18,8 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use saobp::data::Vocab;
-use saobp::kernels::gpt::TokenIds;
 use saobp::kernels::optim::AdamW;
-use saobp::model::{Gpt, GptConfig, GptWorkspace};
+use saobp::model::{Gpt, GptConfig};
 use saobp::Gpu;
 use serde::{Deserialize, Serialize};
 
@@ -141,18 +140,29 @@ pub fn optimizer_bytes(gpu: &Gpu, adamw: &AdamW, names: &[&str]) -> CliResult<Ve
     safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
 }
 
-/// Restores AdamW's state from `optimizer.safetensors` in `dir`.
-pub fn restore_optimizer(gpu: &Gpu, dir: &Path, adamw: &mut AdamW, names: &[&str]) -> CliResult {
+/// Reads AdamW's moments from `optimizer.safetensors` in `dir`, one
+/// `(exp_avg, exp_avg_sq)` pair per name, after checking that the file is at
+/// the run's `step`.
+pub fn read_optimizer(
+    dir: &Path,
+    names: &[&str],
+    step: usize,
+) -> CliResult<Vec<(Vec<f32>, Vec<f32>)>> {
     let path = dir.join(OPTIMIZER);
     let bytes = read(dir, OPTIMIZER)?;
     let bad = |what: String| format!("{}: {what}", path.display());
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let step = meta
+    let saved = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("step"))
-        .and_then(|s| s.parse::<u64>().ok())
+        .and_then(|s| s.parse::<usize>().ok())
         .ok_or_else(|| bad("no step in its metadata".into()))?;
+    if saved != step {
+        return Err(bad(format!(
+            "it is at step {saved}, but {SETTINGS} at step {step}"
+        )));
+    }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let get = |name: String| -> CliResult<Vec<f32>> {
         let t = st
@@ -163,82 +173,13 @@ pub fn restore_optimizer(gpu: &Gpu, dir: &Path, adamw: &mut AdamW, names: &[&str
         }
         Ok(bytemuck::pod_collect_to_vec(t.data()))
     };
-    let mut moments = Vec::with_capacity(names.len());
-    for name in names {
-        moments.push((
-            get(format!("{name}.exp_avg"))?,
-            get(format!("{name}.exp_avg_sq"))?,
-        ));
-    }
-    let refs: Vec<(&[f32], &[f32])> = moments
+    names
         .iter()
-        .map(|(m, v)| (m.as_slice(), v.as_slice()))
-        .collect();
-    adamw
-        .set_state(gpu, step, &refs)
-        .map_err(|e| bad(e.to_string()))
-}
-
-/// Mean cross-entropy of `model` over `count` windows (`inputs`, `targets`:
-/// `[count, n]`), in chunks of at most `chunk` windows, and with `grads` the
-/// gradient of that mean with respect to every parameter (in
-/// [`Gpt::parameters`] order). Chunks' results are weighted by their windows.
-pub struct Evaluation {
-    pub loss: f64,
-    pub grads: Option<Vec<Vec<f64>>>,
-}
-
-/// See [`Evaluation`].
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    gpu: &Gpu,
-    model: &Gpt,
-    inputs: &[u32],
-    targets: &[u32],
-    count: usize,
-    n: usize,
-    chunk: usize,
-    grads: bool,
-) -> CliResult<Evaluation> {
-    let e = |e: saobp::Error| e.to_string();
-    let vocab = model.config().vocab_size;
-    let mut loss = 0.0;
-    let mut sums: Option<Vec<Vec<f64>>> = grads.then(|| {
-        model
-            .parameters()
-            .map(|(s, _)| vec![0.0; s.shape.iter().product()])
-            .collect()
-    });
-    let mut workspaces: Vec<(usize, GptWorkspace)> = Vec::new();
-    let mut start = 0;
-    while start < count {
-        let b = chunk.min(count - start);
-        if !workspaces.iter().any(|(size, _)| *size == b) {
-            workspaces.push((b, model.workspace(gpu, b, n).map_err(e)?));
-        }
-        let ws = &workspaces
-            .iter()
-            .find(|(size, _)| *size == b)
-            .ok_or("no workspace")?
-            .1;
-        let rows = start * n..(start + b) * n;
-        let x = TokenIds::new(gpu, &inputs[rows.clone()], b, n, vocab).map_err(e)?;
-        let y = TokenIds::new(gpu, &targets[rows], b, n, vocab).map_err(e)?;
-        if let Some(sums) = &mut sums {
-            model
-                .forward_backward_blocking(gpu, ws, &x, &y)
-                .map_err(e)?;
-            for ((_, g), sum) in ws.grads().zip(sums.iter_mut()) {
-                let g = g.to_vec_blocking(gpu).map_err(e)?;
-                for (s, v) in sum.iter_mut().zip(g) {
-                    *s += f64::from(v) * b as f64 / count as f64;
-                }
-            }
-        } else {
-            model.forward_blocking(gpu, ws, &x, Some(&y)).map_err(e)?;
-        }
-        loss += f64::from(ws.loss_blocking(gpu).map_err(e)?) * b as f64 / count as f64;
-        start += b;
-    }
-    Ok(Evaluation { loss, grads: sums })
+        .map(|name| {
+            Ok((
+                get(format!("{name}.exp_avg"))?,
+                get(format!("{name}.exp_avg_sq"))?,
+            ))
+        })
+        .collect()
 }

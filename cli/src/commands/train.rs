@@ -22,13 +22,11 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use saobp::data::{Corpus, Split};
-use saobp::kernels::gpt::TokenIds;
-use saobp::kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
-use saobp::model::{Gpt, GptConfig};
+use saobp::model::{evaluate, layer_stats, Gpt, GptConfig, TrainOptions, Trainer};
 use saobp::Gpu;
 use serde::{Deserialize, Serialize};
 
-use super::run_dir::{self, evaluate, Settings};
+use super::run_dir::{self, Settings};
 use super::{train_plot, write_all_or_nothing, CliResult, GpuArgs};
 
 /// Model and batch sizes to start from.
@@ -302,33 +300,28 @@ pub fn run(args: &TrainArgs) -> CliResult {
         Some(c) => Gpt::from_safetensors(&gpu, plan.config.clone(), &c.weights).map_err(e)?,
         None => Gpt::init(&gpu, plan.config.clone(), s.seed, s.lambda.as_deref()).map_err(e)?,
     };
-    // λ joins the optimizer only when it is learned.
-    let optimized: Vec<usize> = model
-        .parameters()
-        .enumerate()
-        .filter(|(_, (spec, _))| spec.group != ParamGroup::Lambda || s.learn_lambda)
-        .map(|(i, _)| i)
-        .collect();
-    let specs: Vec<_> = model.parameters().collect();
-    let names: Vec<&str> = optimized
-        .iter()
-        .map(|&i| specs[i].0.name.as_str())
-        .collect();
-    let shapes: Vec<_> = optimized
-        .iter()
-        .map(|&i| (specs[i].0.shape.as_slice(), specs[i].0.group))
-        .collect();
-    let mut adamw = AdamW::new(&gpu, &shapes, AdamWOptions::default()).map_err(e)?;
+    let opts = TrainOptions {
+        seed: s.seed,
+        batch: s.batch,
+        steps: s.steps,
+        lr: s.lr,
+        learn_lambda: s.learn_lambda,
+    };
+    let mut trainer = Trainer::new(&gpu, model, opts).map_err(e)?;
     if plan.resume.is_some() {
-        run_dir::restore_optimizer(&gpu, &plan.dir, &mut adamw, &names)?;
+        let names = trainer.optimized_names();
+        let moments = run_dir::read_optimizer(&plan.dir, &names, s.step)?;
+        let refs: Vec<(&[f32], &[f32])> = moments
+            .iter()
+            .map(|(m, v)| (m.as_slice(), v.as_slice()))
+            .collect();
+        trainer
+            .resume(&gpu, s.step, &refs)
+            .map_err(|err| format!("{}: {err}", plan.dir.join(run_dir::OPTIMIZER).display()))?;
     }
     std::fs::create_dir_all(&plan.dir)
         .map_err(|err| format!("cannot create {}: {err}", plan.dir.display()))?;
 
-    let ws = model.workspace(&gpu, s.batch, t).map_err(e)?;
-    let params: Vec<_> = optimized.iter().map(|&i| specs[i].1).collect();
-    let all_grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
-    let grads: Vec<_> = optimized.iter().map(|&i| all_grads[i]).collect();
     let val = plan
         .corpus
         .windows(Split::Val, t, s.eval_windows)
@@ -337,7 +330,6 @@ pub fn run(args: &TrainArgs) -> CliResult {
         .corpus
         .windows(Split::Train, t, s.eval_windows)
         .map_err(e)?;
-    let chunk = s.batch.max(1);
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -369,8 +361,8 @@ pub fn run(args: &TrainArgs) -> CliResult {
     let mut since_eval = (Instant::now(), 0usize);
     let session = Instant::now();
     let elapsed_before = plan.settings.elapsed_s;
-    let vocab = plan.config.vocab_size;
     let mut step = start_step;
+    let chunk = plan.settings.batch.max(1);
     let stop = args.stop_after.map(|k| start_step + k);
     let outcome: CliResult<&str> = loop {
         if step == plan.settings.steps {
@@ -382,16 +374,8 @@ pub fn run(args: &TrainArgs) -> CliResult {
         if interrupted.load(Ordering::SeqCst) {
             break Ok("interrupted");
         }
-        let (x, y) = plan
-            .corpus
-            .batch(plan.settings.seed, step as u64, plan.settings.batch, t)
-            .map_err(e)?;
-        let x = TokenIds::new(&gpu, &x, plan.settings.batch, t, vocab).map_err(e)?;
-        let y = TokenIds::new(&gpu, &y, plan.settings.batch, t, vocab).map_err(e)?;
-        model
-            .forward_backward_blocking(&gpu, &ws, &x, &y)
-            .map_err(e)?;
-        let loss = ws.loss_blocking(&gpu).map_err(e)?;
+        let lr = trainer.lr();
+        let loss = pollster::block_on(trainer.train_step(&gpu, &plan.corpus)).map_err(e)?;
         if !loss.is_finite() {
             break Err(format!(
                 "step {step}: the loss is {loss}; stopping. The last checkpoint ({} steps) is kept in {}",
@@ -399,9 +383,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
                 plan.dir.display()
             ));
         }
-        let lr = lr_at(step, plan.settings.steps, plan.settings.lr);
-        adamw.step_blocking(&gpu, &params, &grads, lr).map_err(e)?;
-        step += 1;
+        step = trainer.step();
         since_eval.1 += 1;
         let elapsed = since_eval.0.elapsed().as_secs_f64().max(1e-9);
         let tokens_per_s = (since_eval.1 * plan.settings.batch * t) as f64 / elapsed;
@@ -411,7 +393,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
         if eval_due {
             let record = measure(
                 &gpu,
-                &model,
+                trainer.model(),
                 &train,
                 &val,
                 t,
@@ -441,7 +423,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
         if eval_due || step == plan.settings.steps || stop == Some(step) {
             plan.settings.step = step;
             plan.settings.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-            checkpoint(&gpu, &plan, &model, &adamw, &names)?;
+            checkpoint(&gpu, &plan, &trainer)?;
         }
     };
     bar.finish_and_clear();
@@ -450,7 +432,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
     if plan.settings.step != step || what != "done" {
         plan.settings.step = step;
         plan.settings.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-        checkpoint(&gpu, &plan, &model, &adamw, &names)?;
+        checkpoint(&gpu, &plan, &trainer)?;
     }
     let last = plan.records.last();
     match what {
@@ -487,36 +469,21 @@ fn measure(
 ) -> CliResult<Record> {
     let e = |e: saobp::Error| e.to_string();
     let w = settings.eval_windows;
-    let train_loss = evaluate(gpu, model, &train.0, &train.1, w, t, chunk, false)?.loss;
-    let val_loss = evaluate(gpu, model, &val.0, &val.1, w, t, chunk, false)?.loss;
+    let eval = |(x, y): &(Vec<u32>, Vec<u32>)| {
+        pollster::block_on(evaluate(gpu, model, (x, y), w, t, chunk, false)).map_err(e)
+    };
+    let train_loss = eval(train)?.loss;
+    let val_loss = eval(val)?.loss;
     // The maps of one chunk of validation windows.
-    let b = chunk.min(w);
-    let ws = model.workspace(gpu, b, t).map_err(e)?;
-    let x = TokenIds::new(gpu, &val.0[..b * t], b, t, model.config().vocab_size).map_err(e)?;
-    model.forward_blocking(gpu, &ws, &x, None).map_err(e)?;
-    let metrics = model.attention_metrics_blocking(gpu, &ws).map_err(e)?;
-    let lambdas = pollster::block_on(model.lambda_values(gpu)).map_err(e)?;
-    let heads = model.config().n_head;
-    let layers = metrics
-        .iter()
-        .zip(lambdas)
-        .map(|(m, lambda)| {
-            let per_head = |map: &saobp::MapMetrics| -> Vec<f64> {
-                (0..heads)
-                    .map(|h| {
-                        let rows: Vec<_> = (0..b).filter_map(|i| map.head(i, h).copied()).collect();
-                        saobp::HeadSummary::mean(&rows).gtd
-                    })
-                    .collect()
-            };
-            let refined = m.refined.as_ref().unwrap_or(&m.attention);
-            LayerRecord {
-                entropy_a: m.attention.overall().normalized_entropy,
-                entropy_r: refined.overall().normalized_entropy,
-                gtd_a: per_head(&m.attention),
-                gtd_r: per_head(refined),
-                lambda,
-            }
+    let stats = pollster::block_on(layer_stats(gpu, model, &val.0, chunk.min(w), t)).map_err(e)?;
+    let layers = stats
+        .into_iter()
+        .map(|l| LayerRecord {
+            entropy_a: l.entropy_a,
+            entropy_r: l.entropy_r,
+            gtd_a: l.gtd_a,
+            gtd_r: l.gtd_r,
+            lambda: l.lambda,
         })
         .collect();
     Ok(Record {
@@ -531,7 +498,7 @@ fn measure(
 }
 
 /// Writes the checkpoint, settings, metrics and curves, all or nothing.
-fn checkpoint(gpu: &Gpu, plan: &Plan, model: &Gpt, adamw: &AdamW, names: &[&str]) -> CliResult {
+fn checkpoint(gpu: &Gpu, plan: &Plan, trainer: &Trainer) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     let dir = &plan.dir;
     let metrics: String = plan
@@ -542,8 +509,8 @@ fn checkpoint(gpu: &Gpu, plan: &Plan, model: &Gpt, adamw: &AdamW, names: &[&str]
         .map_err(|err| err.to_string())?;
     let settings =
         serde_json::to_string_pretty(&plan.settings).map_err(|err| err.to_string())? + "\n";
-    let model_bytes = model.to_safetensors_blocking(gpu).map_err(e)?;
-    let optimizer = run_dir::optimizer_bytes(gpu, adamw, names)?;
+    let model_bytes = trainer.model().to_safetensors_blocking(gpu).map_err(e)?;
+    let optimizer = run_dir::optimizer_bytes(gpu, trainer.optimizer(), &trainer.optimized_names())?;
     let curves = train_plot::render(&plan.records)?;
     let (m, c, v, o, s, j, p) = (
         dir.join(run_dir::MODEL),

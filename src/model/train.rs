@@ -1,0 +1,423 @@
+//! Training, evaluating and sampling a [`Gpt`] as the spec's "Training a
+//! small GPT with SAOBP" fixes them: batches drawn by [`Corpus::batch`] from
+//! the seed and the step, AdamW with the spec's schedule ([`lr_at`]), the
+//! mean cross-entropy over fixed windows, the per-layer attention metrics of
+//! an evaluation, and character sampling.
+//!
+//! Everything here is `async` and never blocks, so the same loop drives the
+//! command line (through `pollster`) and a browser page (through the
+//! JavaScript event loop), and both produce the same numbers.
+//!
+//! ```no_run
+//! # async fn run() -> saobp::Result<()> {
+//! use saobp::data::Corpus;
+//! use saobp::model::{Gpt, GptConfig, Trainer, TrainOptions};
+//! use saobp::{Gpu, GpuOptions};
+//! let gpu = Gpu::new(&GpuOptions::from_env()?).await?;
+//! let corpus = Corpus::from_text(&"To be, or not to be, that is the question. ".repeat(200))?;
+//! let config = GptConfig {
+//!     vocab_size: corpus.vocab().len(),
+//!     n_positions: 16,
+//!     n_embd: 32,
+//!     n_layer: 2,
+//!     n_head: 2,
+//!     layer_norm_epsilon: 1e-5,
+//! };
+//! let lambda = vec![vec![0.3; 2]; 2]; // [layer][head]
+//! let model = Gpt::init(&gpu, config, 1, Some(&lambda))?;
+//! let opts = TrainOptions { seed: 1, batch: 4, steps: 100, lr: 1e-3, learn_lambda: false };
+//! let mut trainer = Trainer::new(&gpu, model, opts)?;
+//! while trainer.step() < 100 {
+//!     let loss = trainer.train_step(&gpu, &corpus).await?;
+//!     assert!(loss.is_finite());
+//! }
+//! # Ok(()) }
+//! ```
+
+use crate::data::Corpus;
+use crate::kernels::gpt::TokenIds;
+use crate::kernels::metrics::{HeadSummary, MapMetrics};
+use crate::kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
+use crate::workload::SplitMix64;
+use crate::{Error, Gpu, Result};
+
+use super::{Gpt, GptWorkspace};
+
+/// The run's settings that the step loop needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainOptions {
+    /// Seed of the batches (the model's initialization has its own).
+    pub seed: u64,
+    /// Windows per step.
+    pub batch: usize,
+    /// Total steps: the length of the learning-rate schedule.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Whether λ joins the optimizer; otherwise it stays as initialized.
+    pub learn_lambda: bool,
+}
+
+/// A [`Gpt`] with its AdamW state and a workspace of one batch: call
+/// [`Trainer::train_step`] until [`Trainer::step`] reaches the run's steps.
+pub struct Trainer {
+    model: Gpt,
+    adamw: AdamW,
+    ws: GptWorkspace,
+    /// Indices into [`Gpt::parameters`] of the optimized parameters.
+    optimized: Vec<usize>,
+    opts: TrainOptions,
+    step: usize,
+}
+
+impl Trainer {
+    /// A trainer at step 0 with zero moments. Fails with
+    /// [`Error::InvalidArgument`] for a zero batch or step count or a
+    /// learning rate that is not finite and ≥ 0.
+    pub fn new(gpu: &Gpu, model: Gpt, opts: TrainOptions) -> Result<Trainer> {
+        if opts.batch == 0 || opts.steps == 0 {
+            return Err(Error::invalid(format!(
+                "training needs batch >= 1 and steps >= 1, got batch {} and steps {}",
+                opts.batch, opts.steps
+            )));
+        }
+        if !(opts.lr.is_finite() && opts.lr >= 0.0) {
+            return Err(Error::invalid(format!(
+                "learning rate {} must be finite and >= 0",
+                opts.lr
+            )));
+        }
+        let optimized: Vec<usize> = model
+            .parameters()
+            .enumerate()
+            .filter(|(_, (spec, _))| spec.group != ParamGroup::Lambda || opts.learn_lambda)
+            .map(|(i, _)| i)
+            .collect();
+        let specs: Vec<_> = model.parameters().map(|(s, _)| s).collect();
+        let shapes: Vec<_> = optimized
+            .iter()
+            .map(|&i| (specs[i].shape.as_slice(), specs[i].group))
+            .collect();
+        let adamw = AdamW::new(gpu, &shapes, AdamWOptions::default())?;
+        let ws = model.workspace(gpu, opts.batch, model.config().n_positions)?;
+        Ok(Trainer {
+            model,
+            adamw,
+            ws,
+            optimized,
+            opts,
+            step: 0,
+        })
+    }
+
+    /// Trains one step on `corpus`'s training split: the batch of
+    /// [`Corpus::batch`] for this seed and step, forward and backward, and
+    /// AdamW at [`lr_at`] of this step. Returns the batch's loss.
+    ///
+    /// When the loss is not finite, the parameters, the optimizer and
+    /// [`Trainer::step`] stay as they were and the loss is returned: the
+    /// caller decides whether to stop (the command line does).
+    pub async fn train_step(&mut self, gpu: &Gpu, corpus: &Corpus) -> Result<f32> {
+        let (b, t) = (self.opts.batch, self.ws.n());
+        let vocab = self.model.config().vocab_size;
+        let (x, y) = corpus.batch(self.opts.seed, self.step as u64, b, t)?;
+        let x = TokenIds::new(gpu, &x, b, t, vocab)?;
+        let y = TokenIds::new(gpu, &y, b, t, vocab)?;
+        self.model.forward_backward(gpu, &self.ws, &x, &y).await?;
+        let loss = self.ws.read_loss(gpu).await?;
+        if !loss.is_finite() {
+            return Ok(loss);
+        }
+        let lr = lr_at(self.step, self.opts.steps, self.opts.lr);
+        let params: Vec<_> = self.model.parameters().map(|(_, p)| p).collect();
+        let grads: Vec<_> = self.ws.grads().map(|(_, g)| g).collect();
+        let params: Vec<_> = self.optimized.iter().map(|&i| params[i]).collect();
+        let grads: Vec<_> = self.optimized.iter().map(|&i| grads[i]).collect();
+        self.adamw.step(gpu, &params, &grads, lr).await?;
+        self.step += 1;
+        Ok(loss)
+    }
+
+    /// Steps taken so far (the next batch's step index).
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The learning rate the next step will use.
+    pub fn lr(&self) -> f64 {
+        lr_at(self.step, self.opts.steps, self.opts.lr)
+    }
+
+    /// The settings it was made with.
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Gpt {
+        &self.model
+    }
+
+    /// The model, handing it over.
+    pub fn into_model(self) -> Gpt {
+        self.model
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.adamw
+    }
+
+    /// Names of the optimized parameters, in the optimizer's order (λ only
+    /// when it is learned).
+    pub fn optimized_names(&self) -> Vec<&str> {
+        let specs: Vec<_> = self.model.parameters().map(|(s, _)| s).collect();
+        self.optimized
+            .iter()
+            .map(|&i| specs[i].name.as_str())
+            .collect()
+    }
+
+    /// Continues a run: sets the optimizer's step count and moments (in
+    /// [`Trainer::optimized_names`] order; see [`AdamW::set_state`]) and the
+    /// next batch's step.
+    pub fn resume(&mut self, gpu: &Gpu, step: usize, moments: &[(&[f32], &[f32])]) -> Result<()> {
+        self.adamw.set_state(gpu, step as u64, moments)?;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy over the windows.
+    pub loss: f64,
+    /// With gradients asked for: the gradient of that mean for every
+    /// parameter, in [`Gpt::parameters`] order.
+    pub grads: Option<Vec<Vec<f64>>>,
+}
+
+/// Mean cross-entropy of `model` over `count` windows of `n` tokens
+/// (`inputs`, `targets`: `[count, n]`, as [`Corpus::windows`] gives them),
+/// run in chunks of at most `chunk` windows, and with `grads` the gradient of
+/// that mean. Chunks' results are weighted by their windows, so the answer
+/// does not depend on `chunk`.
+pub async fn evaluate(
+    gpu: &Gpu,
+    model: &Gpt,
+    (inputs, targets): (&[u32], &[u32]),
+    count: usize,
+    n: usize,
+    chunk: usize,
+    grads: bool,
+) -> Result<Evaluation> {
+    if count == 0 || n == 0 || chunk == 0 {
+        return Err(Error::invalid(format!(
+            "evaluation needs windows, a length and a chunk >= 1, got {count}, {n} and {chunk}"
+        )));
+    }
+    if inputs.len() < count * n || targets.len() < count * n {
+        return Err(Error::shape(format!(
+            "evaluation of {count} windows of {n} tokens needs {} ids, got {} inputs and {} targets",
+            count * n,
+            inputs.len(),
+            targets.len()
+        )));
+    }
+    let vocab = model.config().vocab_size;
+    let mut loss = 0.0;
+    let mut sums: Option<Vec<Vec<f64>>> = grads.then(|| {
+        model
+            .parameters()
+            .map(|(s, _)| vec![0.0; s.shape.iter().product()])
+            .collect()
+    });
+    // At most two sizes: full chunks and the remainder.
+    let mut workspaces: Vec<(usize, GptWorkspace)> = Vec::new();
+    let mut start = 0;
+    while start < count {
+        let b = chunk.min(count - start);
+        let k = match workspaces.iter().position(|(size, _)| *size == b) {
+            Some(k) => k,
+            None => {
+                workspaces.push((b, model.workspace(gpu, b, n)?));
+                workspaces.len() - 1
+            }
+        };
+        let ws = &workspaces[k].1;
+        let rows = start * n..(start + b) * n;
+        let x = TokenIds::new(gpu, &inputs[rows.clone()], b, n, vocab)?;
+        let y = TokenIds::new(gpu, &targets[rows], b, n, vocab)?;
+        let weight = b as f64 / count as f64;
+        if let Some(sums) = &mut sums {
+            model.forward_backward(gpu, ws, &x, &y).await?;
+            for ((_, g), sum) in ws.grads().zip(sums.iter_mut()) {
+                for (s, v) in sum.iter_mut().zip(g.to_vec(gpu).await?) {
+                    *s += f64::from(v) * weight;
+                }
+            }
+        } else {
+            model.forward(gpu, ws, &x, Some(&y)).await?;
+        }
+        loss += f64::from(ws.read_loss(gpu).await?) * weight;
+        start += b;
+    }
+    Ok(Evaluation { loss, grads: sums })
+}
+
+/// One layer's attention at an evaluation (see [`layer_stats`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerStats {
+    /// Mean normalized entropy of `A`.
+    pub entropy_a: f64,
+    /// Mean normalized entropy of `R` (of `A` when the layer has no λ).
+    pub entropy_r: f64,
+    /// GTD of `A` per head, at λ = 1 (the spec's measure of a plain map).
+    pub gtd_a: Vec<f64>,
+    /// GTD of `R` per head, at the layer's λ.
+    pub gtd_r: Vec<f64>,
+    /// λ per head (empty without λ).
+    pub lambda: Vec<f32>,
+}
+
+/// The attention metrics of every layer over the first `windows` windows of
+/// `inputs` (`[≥ windows, n]`): normalized entropy of `A` and `R` averaged
+/// over rows, heads and windows, and GTD per head averaged over windows.
+pub async fn layer_stats(
+    gpu: &Gpu,
+    model: &Gpt,
+    inputs: &[u32],
+    windows: usize,
+    n: usize,
+) -> Result<Vec<LayerStats>> {
+    if windows == 0 || inputs.len() < windows * n {
+        return Err(Error::shape(format!(
+            "layer statistics of {windows} windows of {n} tokens need {} ids, got {}",
+            windows * n,
+            inputs.len()
+        )));
+    }
+    let ws = model.workspace(gpu, windows, n)?;
+    let x = TokenIds::new(
+        gpu,
+        &inputs[..windows * n],
+        windows,
+        n,
+        model.config().vocab_size,
+    )?;
+    model.forward(gpu, &ws, &x, None).await?;
+    let metrics = model.attention_metrics(gpu, &ws).await?;
+    let lambdas = model.lambda_values(gpu).await?;
+    let heads = model.config().n_head;
+    let per_head = |map: &MapMetrics| -> Vec<f64> {
+        (0..heads)
+            .map(|h| {
+                let rows: Vec<_> = (0..windows).filter_map(|i| map.head(i, h)).collect();
+                HeadSummary::mean(rows).gtd
+            })
+            .collect()
+    };
+    Ok(metrics
+        .iter()
+        .zip(lambdas)
+        .map(|(m, lambda)| {
+            let refined = m.refined.as_ref().unwrap_or(&m.attention);
+            LayerStats {
+                entropy_a: m.attention.overall().normalized_entropy,
+                entropy_r: refined.overall().normalized_entropy,
+                gtd_a: per_head(&m.attention),
+                gtd_r: per_head(refined),
+                lambda,
+            }
+        })
+        .collect())
+}
+
+/// How [`generate`] draws each character.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely id.
+    pub temperature: f64,
+    /// Draw only among the `k` most likely ids.
+    pub top_k: Option<usize>,
+    /// Seed of the draws.
+    pub seed: u64,
+}
+
+/// Draws an id from `logits` at `temperature` among the `top_k` largest,
+/// with a uniform draw of 53 bits from `rng`. Ties order by id, so the
+/// choice never depends on the sort.
+pub fn sample(logits: &[f32], temperature: f64, top_k: Option<usize>, rng: &mut SplitMix64) -> u32 {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if temperature == 0.0 || order.len() <= 1 {
+        return order.first().map_or(0, |&i| i as u32);
+    }
+    order.truncate(top_k.unwrap_or(order.len()).max(1));
+    let top = f64::from(logits[order[0]]);
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((f64::from(logits[i]) - top) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    for (&i, w) in order.iter().zip(&weights) {
+        if u < *w {
+            return i as u32;
+        }
+        u -= w;
+    }
+    order[order.len() - 1] as u32
+}
+
+/// Continues `prompt` (ids, at least one) by `tokens` ids, one at a time.
+///
+/// Each step runs the model over the last `T` ids, padded to `T` after the
+/// real ones: attention is causal, so the padding cannot change the logits of
+/// the last real position, and one workspace serves every step. Fails with
+/// [`Error::InvalidArgument`] for an empty prompt, a temperature that is not
+/// finite and ≥ 0, or `top_k` of 0.
+pub async fn generate(
+    gpu: &Gpu,
+    model: &Gpt,
+    prompt: &[u32],
+    tokens: usize,
+    sampling: Sampling,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty; give at least one id"));
+    }
+    if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0) {
+        return Err(Error::invalid(format!(
+            "temperature must be finite and >= 0, got {}",
+            sampling.temperature
+        )));
+    }
+    if sampling.top_k == Some(0) {
+        return Err(Error::invalid("top-k must be >= 1"));
+    }
+    let (t, vocab) = (model.config().n_positions, model.config().vocab_size);
+    let ws = model.workspace(gpu, 1, t)?;
+    let mut rng = SplitMix64::new(sampling.seed);
+    let mut ids = prompt.to_vec();
+    for _ in 0..tokens {
+        let context = &ids[ids.len().saturating_sub(t)..];
+        let last = context.len() - 1;
+        let mut window = context.to_vec();
+        window.resize(t, 0);
+        let x = TokenIds::new(gpu, &window, 1, t, vocab)?;
+        model.forward(gpu, &ws, &x, None).await?;
+        let logits = ws
+            .logits()
+            .to_vec_range(gpu, last * vocab..(last + 1) * vocab)
+            .await?;
+        ids.push(sample(
+            &logits,
+            sampling.temperature,
+            sampling.top_k,
+            &mut rng,
+        ));
+    }
+    Ok(ids.split_off(prompt.len()))
+}

@@ -346,7 +346,7 @@ fn cross_entropy(
         return;
     }
     let base = row * p.width;
-    var m = -3.40282347e38;
+    var m = -3.4028234663852886e38; // -f32::MAX, exactly: Tint rejects literals beyond it
     for (var c = lid; c < p.width; c = c + WG) {
         m = max(m, ce_logits[base + c]);
     }

@@ -66,3 +66,51 @@ fn every_declaration_matches_its_wgsl() {
     let mismatches = saobp::kernels::registry::mismatches();
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+/// Every float literal of every family fits in f32. naga rounds a literal
+/// just beyond `f32::MAX` (such as `3.40282347e38`, Rust's shortest print of
+/// it) to `f32::MAX`, but Tint, the WGSL compiler of Chromium's WebGPU,
+/// rejects it ("cannot be represented as 'f32'"), so the shader would build
+/// natively and fail in browsers.
+#[test]
+fn every_float_literal_fits_in_f32() {
+    let mut checked = 0;
+    for (name, source) in saobp::kernels::registry::shaders() {
+        for (line_no, line) in source.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let bytes = code.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                let starts = bytes[i].is_ascii_digit()
+                    && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+                if !starts {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j < bytes.len()
+                    && (bytes[j].is_ascii_alphanumeric()
+                        || bytes[j] == b'.'
+                        || ((bytes[j] == b'-' || bytes[j] == b'+')
+                            && matches!(bytes[j - 1], b'e' | b'E')))
+                {
+                    j += 1;
+                }
+                let token = code[i..j].trim_end_matches(['f', 'h']);
+                if !token.starts_with("0x") && (token.contains('.') || token.contains(['e', 'E'])) {
+                    if let Ok(v) = token.parse::<f64>() {
+                        checked += 1;
+                        assert!(
+                            v.abs() <= f64::from(f32::MAX),
+                            "{name}, line {} of its source (common.wgsl first): the literal {token} is beyond f32::MAX, \
+                             which Tint rejects; write -3.4028234663852886e38 for -f32::MAX",
+                            line_no + 1
+                        );
+                    }
+                }
+                i = j;
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} float literals found: the scan is broken");
+}

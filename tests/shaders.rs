@@ -112,5 +112,8 @@ fn every_float_literal_fits_in_f32() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} float literals found: the scan is broken");
+    assert!(
+        checked > 50,
+        "only {checked} float literals found: the scan is broken"
+    );
 }

@@ -25,7 +25,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_close, assert_near, on_every_gpu};
+use common::{assert_close, assert_near, assert_within, on_every_gpu};
 use saobp::reference::Tolerance;
 use saobp::workload::{synthetic, Pattern};
 use saobp::{attention_blocking, AttentionOptions, Lambda, Mode, Tensor};
@@ -383,6 +383,137 @@ fn browser_model_matches_native() {
                 .as_f64()
                 .unwrap_or_else(|| panic!("report: model cosine has no {key}"));
             assert_near(&format!("cosine {key}"), got, want, tol);
+        }
+    });
+}
+
+/// The report's training part: the page trained a very small GPT a few
+/// steps with the library's `Trainer` (plain, and with λ learned); here the
+/// same text, settings and seed must give the same loss at every step, the
+/// same validation loss after them, and the same parameters.
+///
+/// Bounds: the losses (and the parameters' norms) within 1e-5, relative and
+/// absolute, and the parameters within 2e-5 absolute. SwiftShader and both
+/// llvmpipe adapters agree to about 1e-6 on all of them, from the same
+/// initial weights and batches; the bounds leave ten times that for other
+/// adapters' rounding. An AdamW update is about `lr·m/√v`: a gradient that
+/// differs only by rounding moves a value by a rounding-sized amount, and
+/// the warm-up's learning rates (at most 8·0.03/100) keep even an
+/// ill-conditioned `m/√v` far below the bound. A wrong kernel or a
+/// different batch moves the loss in its third digit.
+#[cfg(feature = "model")]
+#[test]
+fn browser_training_matches_native() {
+    use saobp::data::Corpus;
+    use saobp::model::{evaluate, Gpt, GptConfig, TrainOptions, Trainer};
+
+    let report = report();
+    let t = &report["training"];
+    assert!(
+        t.is_object(),
+        "the browser report has no training part (`training`): rerun `bash web/test.sh`"
+    );
+    let text = t["text"].as_str().expect("report: training text");
+    let s = &t["settings"];
+    let uint = |key: &str| {
+        s[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("report: settings {key}")) as usize
+    };
+    let steps = t["steps"].as_u64().expect("report: training steps") as usize;
+    let runs = t["runs"].as_array().expect("report: training runs");
+    assert_eq!(
+        runs.len(),
+        2,
+        "report: two training runs (plain and with λ)"
+    );
+    let corpus = Corpus::from_text(text).unwrap();
+    let (layers, heads, block) = (uint("layers"), uint("heads"), uint("block"));
+    let config = GptConfig {
+        vocab_size: corpus.vocab().len(),
+        n_positions: block,
+        n_embd: uint("embd"),
+        n_layer: layers,
+        n_head: heads,
+        layer_norm_epsilon: 1e-5,
+    };
+    let loss_tol = Tolerance {
+        abs: 1e-5,
+        rel: 1e-5,
+    };
+    let param_tol = Tolerance {
+        abs: 2e-5,
+        rel: 0.0,
+    };
+    on_every_gpu("web parity: training", |gpu| {
+        for browser in runs {
+            let lambda = browser["lambda"].as_f64().expect("report: run lambda") as f32;
+            let learn = browser["learn_lambda"]
+                .as_bool()
+                .expect("report: learn_lambda");
+            let what = format!("training λ = {lambda}");
+            let lambdas = (lambda > 0.0).then(|| vec![vec![lambda; heads]; layers]);
+            let seed = s["seed"].as_u64().expect("report: seed");
+            let model = Gpt::init(gpu, config.clone(), seed, lambdas.as_deref()).unwrap();
+            let opts = TrainOptions {
+                seed,
+                batch: uint("batch"),
+                steps: uint("steps"),
+                lr: s["lr"].as_f64().expect("report: lr"),
+                learn_lambda: learn,
+            };
+            let mut trainer = Trainer::new(gpu, model, opts).unwrap();
+            let mut losses = Vec::new();
+            for _ in 0..steps {
+                losses.push(pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap());
+            }
+            let want = numbers(&browser["losses"], &format!("{what} losses"));
+            assert_eq!(want.len(), steps, "{what}: losses reported");
+            assert_within(&format!("{what} losses"), &losses, &want, loss_tol);
+
+            let w = uint("eval_windows");
+            let (x, y) = corpus.windows(saobp::data::Split::Val, block, w).unwrap();
+            let val = pollster::block_on(evaluate(
+                gpu,
+                trainer.model(),
+                (&x, &y),
+                w,
+                block,
+                uint("batch"),
+                false,
+            ))
+            .unwrap();
+            let want = browser["val_loss"].as_f64().expect("report: val_loss");
+            assert_near(&format!("{what} val loss"), val.loss, want, loss_tol);
+
+            let params = browser["parameters"]
+                .as_object()
+                .expect("report: parameters");
+            let values = trainer.model().values_blocking(gpu).unwrap();
+            assert_eq!(
+                params.len(),
+                values.len(),
+                "{what}: parameter tensors reported"
+            );
+            for (name, got) in values {
+                let p = &params[&name];
+                assert_eq!(
+                    p["len"].as_u64(),
+                    Some(got.len() as u64),
+                    "{what} {name}: length"
+                );
+                let stride = p["stride"].as_u64().expect("report: stride") as usize;
+                let sample: Vec<f32> = got.iter().step_by(stride.max(1)).copied().collect();
+                let want = numbers(&p["values"], &format!("{what} {name}"));
+                assert_within(&format!("{what} {name}"), &sample, &want, param_tol);
+                let norm = got
+                    .iter()
+                    .map(|&v| f64::from(v).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let want = p["norm"].as_f64().expect("report: norm");
+                assert_near(&format!("{what} {name} norm"), norm, want, loss_tol);
+            }
         }
     });
 }

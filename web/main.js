@@ -3,11 +3,13 @@
 // README's "Browser demo" section), opens WebGPU, then either runs the
 // interactive demo or, with ?selftest=1, the self-test.
 //
-// Two views (tabs; ?view=model or ?view=synthetic picks one at load):
+// Three views (tabs; ?view=model, synthetic or train picks one at load):
 // - a real model (all-MiniLM-L6-v2, fetched from models/ beside the page) on
 //   typed text: A and R of a chosen layer and head, the layer curves of
 //   normalized entropy and GTD, and the cosine of two sentences' embeddings;
-// - synthetic heads: generated Q, K and V.
+// - synthetic heads: generated Q, K and V;
+// - training (train.js): two character GPTs, λ = 0 and λ > 0, trained side
+//   by side in the page.
 //
 // Responsiveness: sliders only update their labels while dragged; work
 // starts when a control's value is committed (`change`), at most one run is in
@@ -16,6 +18,9 @@
 // maps it already read back, the synthetic view reads that head's maps back
 // from the last run. Changing λ in the model view reruns only SAOBP on the
 // kept maps of A, not the model.
+
+import { formatTick, niceStep } from './chart.js';
+import { trainView } from './train.js';
 
 const PARAMS = new URLSearchParams(location.search);
 const SELFTEST = PARAMS.get('selftest') === '1';
@@ -106,11 +111,12 @@ async function main() {
   }
 }
 
-// The two views as tabs; each starts its work the first time it is shown.
+// The three views as tabs; each starts its work the first time it is shown.
 function tabs(demo) {
+  const views = ['model', 'synthetic', 'train'];
   const started = {};
   const show = (view) => {
-    for (const v of ['model', 'synthetic']) {
+    for (const v of views) {
       $(`${v}-view`).hidden = v !== view;
       $(`tab-${v}`).setAttribute('aria-selected', String(v === view));
     }
@@ -120,11 +126,11 @@ function tabs(demo) {
     if (started[view]) return;
     started[view] = true;
     if (view === 'model') modelView(demo).catch((e) => showModelError(e));
+    else if (view === 'train') trainView(demo, showError);
     else interactive(demo);
   };
-  $('tab-model').addEventListener('click', () => show('model'));
-  $('tab-synthetic').addEventListener('click', () => show('synthetic'));
-  show(PARAMS.get('view') === 'synthetic' ? 'synthetic' : 'model');
+  for (const v of views) $(`tab-${v}`).addEventListener('click', () => show(v));
+  show(views.includes(PARAMS.get('view')) ? PARAMS.get('view') : 'model');
 }
 
 main().catch((e) => showError(describe(e)));
@@ -679,18 +685,6 @@ function drawBars(id, heads, metric) {
     ctx.fillStyle = '#5b6475';
     ctx.fillText(`${h.head}${(h.pattern ?? '?')[0]}`, centre, height - pad.bottom + 6);
   });
-}
-
-// A round tick step giving about four intervals up to `v`.
-function niceStep(v) {
-  const rough = v / 4;
-  const p = 10 ** Math.floor(Math.log10(rough));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= rough) return m * p;
-  return 10 * p;
-}
-
-function formatTick(v) {
-  return String(Number(v.toPrecision(4)));
 }
 
 // Room for the word pieces on the left and on top; square cells.

@@ -3,9 +3,10 @@
 // self-test, then screenshots the synthetic heads' view and checks that
 // showing another head redraws from the last run's maps without running
 // again, then uses the model view as a person would: types two sentences,
-// picks a layer and a head, moves λ, and screenshots it.
+// picks a layer and a head, moves λ, and screenshots it; and the training
+// tab: a very small GPT (set in the URL) started, paused and screenshotted.
 //
-//   node web/selftest.mjs [report.json] [synthetic.png] [model.png]
+//   node web/selftest.mjs [report.json] [synthetic.png] [model.png] [train.png]
 //
 // Prints the report, writes it to report.json, and exits 0 only when the
 // page's title starts with PASS (and both views drew, changing the head shown
@@ -20,7 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const [reportPath, screenshotPath, modelScreenshotPath] = process.argv.slice(2);
+const [reportPath, screenshotPath, modelScreenshotPath, trainScreenshotPath] = process.argv.slice(2);
 const root = path.dirname(fileURLToPath(import.meta.url));
 
 // A static server for web/, on a free port of the loopback interface only
@@ -139,6 +140,15 @@ try {
     const problem = await checkModelView(page, modelScreenshotPath).catch((e) => e.message.split('\n')[0]);
     if (problem) {
       console.log(`FAIL the model view: ${problem}`);
+      code = 1;
+    }
+  }
+
+  // 4. The training tab, driven as a person would.
+  if (trainScreenshotPath) {
+    const problem = await checkTrainView(page, trainScreenshotPath).catch((e) => e.message.split('\n')[0]);
+    if (problem) {
+      console.log(`FAIL the training tab: ${problem}`);
       code = 1;
     }
   }
@@ -291,6 +301,54 @@ async function checkModelView(page, screenshot) {
   const timing = await page.evaluate(() => document.getElementById('model-timing').textContent);
   console.log(`model view: ${timing}`);
   await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`screenshot: ${screenshot}`);
+  return null;
+}
+
+// Opens the training tab with a very small GPT (SwiftShader is slow), sets
+// λ and presses Start; waits for a few steps and two evaluations, presses
+// Pause, and checks that the loss readout, the three charts and the samples
+// changed and that no error appeared. Returns what went wrong, or null.
+async function checkTrainView(page, screenshot) {
+  const t0 = Date.now();
+  const small = 'layers=2&heads=2&embd=32&block=32&batch=4&windows=4&eval=4&sample=1000&lr=0.003';
+  await page.goto(new URL(`index.html?view=train&steps=40&${small}`, base).href);
+  await page.waitForFunction(() => document.body.dataset.trainState === 'idle', null, { timeout: 30000 });
+  const blank = await page.evaluate(() => document.getElementById('train-chart-loss').toDataURL());
+  const readout = await page.evaluate(() => document.getElementById('train-readout').textContent);
+  await slide(page, 'train-lambda', 2);
+  await page.click('#train-start');
+  try {
+    await page.waitForFunction(
+      () => window.saobpTrain.error || (window.saobpTrain.steps >= 8 && window.saobpTrain.evaluations >= 3),
+      null,
+      { timeout: selftestTimeout, polling: 250 },
+    );
+  } catch (e) {
+    return `no progress: ${(await pageError(page).catch(() => '')) || e.message.split('\n')[0]}`;
+  }
+  await page.click('#train-start'); // Pause
+  await page.waitForFunction(() => !window.saobpTrain.running, null, { timeout: selftestTimeout });
+  const error = await pageError(page);
+  if (error) return `the page shows an error: ${error}`;
+  const after = await page.evaluate(() => ({
+    train: { ...window.saobpTrain },
+    url: location.search,
+    readout: document.getElementById('train-readout').textContent,
+    charts: ['loss', 'entropy', 'gtd'].map((c) => document.getElementById(`train-chart-${c}`).toDataURL()),
+    samples: [0, 1].map((i) => document.getElementById(`train-sample-${i}`).textContent),
+    state: document.body.dataset.trainState,
+  }));
+  if (after.state !== 'paused') return `the state after Pause is ${after.state}`;
+  if (!/lambda=0\.4(&|$)/.test(after.url)) return `λ is not kept in the URL (${after.url})`;
+  if (after.readout === readout || !/loss \d\.\d{4} \(val \d\.\d{4}\)/.test(after.readout)) {
+    return `the loss readout reads "${after.readout}"`;
+  }
+  if (after.charts.some((c) => c === blank)) return 'a chart is still blank';
+  if (after.samples.some((t) => t.length < 20)) return `the samples are "${after.samples.join('" and "')}"`;
+  await page.screenshot({ path: screenshot, fullPage: true });
+  console.log(`training tab: ${after.train.steps} steps, ${after.train.evaluations} evaluations in ` +
+    `${Date.now() - t0} ms; ${after.readout}`);
   console.log(`screenshot: ${screenshot}`);
   return null;
 }

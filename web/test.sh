@@ -12,11 +12,14 @@
 #
 # The page's model view and the self-test's model part load all-MiniLM-L6-v2
 # from models/all-MiniLM-L6-v2 (run `bash scripts/fetch-model.sh` first); the
-# test links ../models into web/ so the page finds it beside itself.
+# test links ../models into web/ so the page finds it beside itself. The
+# training tab reads data/shakespeare.txt, which the test fetches with
+# `bash scripts/fetch-corpus.sh` when missing and links into web/ the same way.
 #
 # Leaves web/selftest-report.json (the page's window.saobpReport),
-# docs/web-demo.png (the synthetic heads) and docs/web-model.png (the model
-# view after typing, picking a layer and head, and moving λ) behind.
+# docs/web-demo.png (the synthetic heads), docs/web-model.png (the model
+# view after typing, picking a layer and head, and moving λ) and
+# docs/web-train.png (the training tab after a few steps) behind.
 set -euo pipefail
 cd "$(dirname "$0")"
 web=$(pwd)
@@ -73,6 +76,12 @@ if [ ! -e models ]; then
     ln -s ../models models
 fi
 
+step "corpus: data/shakespeare.txt beside the page"
+bash ../scripts/fetch-corpus.sh
+if [ ! -e data ]; then
+    ln -s ../data data
+fi
+
 step "build: wasm32 release and wasm-bindgen"
 cargo build --release --target wasm32-unknown-unknown
 target_dir=$(cargo metadata --format-version 1 --no-deps |
@@ -81,7 +90,7 @@ rm -rf pkg
 wasm-bindgen --target web --out-dir pkg "$target_dir/wasm32-unknown-unknown/release/saobp_web.wasm"
 
 step "browser: self-test and screenshot in headless Chromium"
-node selftest.mjs selftest-report.json ../docs/web-demo.png ../docs/web-model.png
+node selftest.mjs selftest-report.json ../docs/web-demo.png ../docs/web-model.png ../docs/web-train.png
 
 step "native: the same workload on this machine's adapters"
 # Every compared value prints a "max error" line; the adapters and the verdict stay.
@@ -89,4 +98,4 @@ step "native: the same workload on this machine's adapters"
     cargo test -p saobp --no-default-features --features model --test web_parity -- --nocapture 2>&1) |
     grep -v ': max error '
 
-step "PASS: browser self-test, screenshots docs/web-demo.png and docs/web-model.png, native parity"
+step "PASS: browser self-test, screenshots docs/web-demo.png, docs/web-model.png and docs/web-train.png, native parity"

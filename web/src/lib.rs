@@ -13,9 +13,12 @@
 //!   the files the page fetched; [`Demo::analyze`] runs it on typed text
 //!   and keeps every layer's `A` on the GPU, and [`Demo::refine`] reruns
 //!   only SAOBP on those maps for another λ ([`model`]);
+//! - [`Demo::trainer`] builds a character GPT on a text the page fetched,
+//!   which the training tab steps, evaluates and samples ([`train`]);
 //! - [`Demo::selftest`] runs a fixed workload and checks it against the
 //!   float64 CPU reference compiled into the same module, then runs the
-//!   model on fixed sentences ([`selftest`]).
+//!   model on fixed sentences and trains a very small GPT a few steps
+//!   ([`selftest`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -28,6 +31,7 @@ use wasm_bindgen::prelude::*;
 
 pub mod model;
 pub mod selftest;
+pub mod train;
 
 /// Largest sizes the demo accepts: N = 1024 is what the page offers; the
 /// caps keep a mistyped call from asking the GPU for gigabytes.
@@ -202,6 +206,18 @@ impl Demo {
                 .map(|report| JsValue::from_str(&report.to_string()))
                 .map_err(js_error)
         })
+    }
+}
+
+#[wasm_bindgen]
+impl Demo {
+    /// A training run of the spec's character GPT on `text`, with the
+    /// settings as JSON (`layers`, `heads`, `embd`, `block`, `batch`,
+    /// `steps`, `lr`, `lambda`, `learn_lambda`, `seed`, `eval_windows`; see
+    /// [`train::Settings`]). The model is initialized from the seed, so two
+    /// runs differing only in λ start from the same weights.
+    pub fn trainer(&self, text: &str, settings: &str) -> Result<train::TrainRun, JsValue> {
+        train::TrainRun::new(self.gpu.clone(), text, settings)
     }
 }
 

@@ -9,7 +9,8 @@
 //! the page loaded (all-MiniLM-L6-v2) on [`MODEL_TEXTS`] as the page's model
 //! view does ([`crate::model`]): the tokens, each layer's mean summaries of
 //! `A` and `R` at [`MODEL_LAMBDA`], and the cosine of the two sentence
-//! embeddings without and with SAOBP. The root crate's `tests/web_parity.rs`
+//! embeddings without and with SAOBP. Its `training` part trains a very
+//! small GPT a few steps ([`crate::train::selftest`]). The root crate's `tests/web_parity.rs`
 //! reruns both parts natively and compares its summaries with the report's.
 
 use saobp::reference::{self, Comparison, RefOptions, Tolerance};
@@ -338,6 +339,8 @@ pub async fn run(gpu: &Gpu, loaded: Option<&Loaded>) -> Result<Value, String> {
 
     let (model_report, model_failures) = model_part(gpu, loaded).await?;
     failures.extend(model_failures);
+    let (training_report, training_failures) = crate::train::selftest(gpu).await?;
+    failures.extend(training_failures);
 
     let worst = cases
         .iter()
@@ -371,6 +374,7 @@ pub async fn run(gpu: &Gpu, loaded: Option<&Loaded>) -> Result<Value, String> {
         },
         "cases": cases,
         "model": model_report,
+        "training": training_report,
     }))
 }
 

@@ -94,9 +94,22 @@ impl GpuOptions {
     /// families read their own, e.g. `SAOBP_MATMUL`, see
     /// [`crate::MatmulFamily`].)
     pub fn from_env() -> Result<Self> {
+        GpuOptions::from_env_with_backend(None)
+    }
+
+    /// As [`GpuOptions::from_env`], except that a `backend` given here (a
+    /// command-line flag, say) replaces `SAOBP_BACKEND`, which is then not
+    /// read at all: a malformed value there cannot fail a choice the caller
+    /// made explicitly.
+    pub fn from_env_with_backend(backend: Option<BackendChoice>) -> Result<Self> {
         let mut opts = GpuOptions::default();
-        if let Ok(b) = std::env::var("SAOBP_BACKEND") {
-            opts.backend = b.parse()?;
+        match backend {
+            Some(b) => opts.backend = b,
+            None => {
+                if let Ok(b) = std::env::var("SAOBP_BACKEND") {
+                    opts.backend = b.parse()?;
+                }
+            }
         }
         if let Ok(a) = std::env::var("SAOBP_ADAPTER") {
             if !a.trim().is_empty() {

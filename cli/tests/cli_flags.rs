@@ -71,11 +71,12 @@ fn info_json_marks_the_adapter_the_flags_select_over_the_environment() {
         let f = flags(gpu);
         let mut args = vec!["info", "--json", json.to_str().unwrap()];
         args.extend(f.iter().map(String::as_str));
-        // The environment names nothing that exists; the flags win.
+        // The environment names nothing that exists, and no backend at
+        // all; the flags win, and the malformed variable is not read.
         let r = saobp(
             &args,
             &[
-                ("SAOBP_BACKEND", "auto"),
+                ("SAOBP_BACKEND", "no-such-backend"),
                 ("SAOBP_ADAPTER", "no-such-adapter"),
             ],
         );

@@ -400,6 +400,33 @@ fn every_documented_training_error_is_one_line() {
                 ])
             }
             "resume-complete" => args(&["train", "--data", &data, "--resume", &d]),
+            "optimizer-step-mismatch" => {
+                let run = tmp.join("skewed");
+                let mut a = args(&[
+                    "train",
+                    "--data",
+                    &data,
+                    "--out",
+                    run.to_str().unwrap(),
+                    "--steps",
+                    "4",
+                    "--stop-after",
+                    "1",
+                    "--eval-windows",
+                    "4",
+                ]);
+                a.extend(args(&SIZES));
+                assert_success("first step", &run_cli(None, &a));
+                // train.json one step ahead of optimizer.safetensors.
+                let settings = std::fs::read_to_string(run.join("train.json")).unwrap();
+                assert!(settings.contains("\"step\": 1,"), "{settings}");
+                std::fs::write(
+                    run.join("train.json"),
+                    settings.replace("\"step\": 1,", "\"step\": 2,"),
+                )
+                .unwrap();
+                args(&["train", "--data", &data, "--resume", run.to_str().unwrap()])
+            }
             "checkpoint-mismatch" => {
                 let copy = tmp.join("mismatch");
                 std::fs::create_dir_all(&copy).unwrap();

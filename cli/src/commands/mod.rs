@@ -55,16 +55,17 @@ impl GpuArgs {
     /// The environment's options with the flags applied, for a command that
     /// runs on one adapter.
     pub fn options(&self) -> CliResult<GpuOptions> {
-        let mut opts = GpuOptions::from_env().map_err(|e| e.to_string())?;
-        match self.backends()?[..] {
-            [] => {}
-            [one] => opts.backend = one,
+        let backend = match self.backends()?[..] {
+            [] => None,
+            [one] => Some(one),
             _ => {
                 return Err(
                     "--backend takes one backend here (only `conformance` takes several)".into(),
                 )
             }
-        }
+        };
+        // --backend replaces SAOBP_BACKEND, malformed or not.
+        let mut opts = GpuOptions::from_env_with_backend(backend).map_err(|e| e.to_string())?;
         if let Some(name) = self.adapter.as_ref().filter(|a| !a.trim().is_empty()) {
             opts.adapter = Some(name.clone());
         }

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example bench -- [--sizes 128,512,1024] [--matmul-sizes 512,1024,2048]
 //! [--only attention|matmul|training] [--all-variants] [--no-tune] [--repeat N]
-//! [--max-materialized N] [--long N] [--small-batch B] [--json FILE] [--markdown FILE]`
+//! [--max-materialized N] [--long N] [--small-batch B] [--memory B] [--json FILE] [--markdown FILE]`
 //!
 //! `--max-materialized` (default 4096) is the largest N for the N³
 //! materialized mode; `--long` (default 16384, 0 skips) runs streaming SAOBP
@@ -16,7 +16,9 @@
 //! `tune_matmul`.
 //!
 //! The training section ([`train`]) times the forward, backward and AdamW
-//! of a step at the `tiny` and `small` presets, with and without λ.
+//! of a step at the `tiny` and `small` presets, with and without λ;
+//! `--memory B` first reports the GPU memory each preset's run holds after
+//! one step with the `small` preset at batch B (64 is its own).
 //!
 //! Every figure is the median of several runs inside this one process, so the
 //! ratios compare like with like on a shared, noisy machine. Each timed run
@@ -72,6 +74,10 @@ struct Args {
     /// Batch of the `small` training preset (its own is 64; 0 skips it).
     #[arg(long, default_value_t = 64)]
     small_batch: usize,
+    /// Also measure the GPU memory a training run of each preset holds at
+    /// this batch (the `small` preset's own is 64), after one step.
+    #[arg(long, value_name = "SMALL_BATCH")]
+    memory: Option<usize>,
     /// Print where a training step's time goes, kernel by kernel.
     #[arg(long)]
     profile: bool,
@@ -395,6 +401,23 @@ fn run() -> Result<(), String> {
     let mut presets = train::presets(args.small_batch);
     presets.retain(|p| p.batch > 0 && args.runs(Section::Training));
     let mut training = Vec::new();
+    if let Some(batch) = args.memory {
+        for preset in train::presets(batch) {
+            if !args.runs(Section::Training) {
+                break;
+            }
+            let held = train::memory(&gpu, &preset, true).map_err(|e| e.to_string())?;
+            println!(
+                "training {} (T = {}, batch {}, λ > 0): GPU memory held after one step: {}",
+                preset.name,
+                preset.config.n_positions,
+                preset.batch,
+                held.map_or("not reported by this backend".to_string(), |b| {
+                    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+                })
+            );
+        }
+    }
     for preset in &presets {
         for lambda in [false, true] {
             let row =

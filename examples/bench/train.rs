@@ -145,6 +145,35 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     })
 }
 
+/// GPU memory a training run of `preset` holds (λ = 0.5 learned in every
+/// head when `lambda`): the model, a workspace of one batch and AdamW's
+/// moments, after one forward, backward and AdamW step, so the scratch
+/// textures and buffers the step uses are counted too. `None` where the
+/// backend does not report its allocations ([`Gpu::allocated_bytes`]).
+pub fn memory(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Option<u64>, Error> {
+    let before = gpu.allocated_bytes();
+    let Setup {
+        model,
+        ws,
+        ids,
+        targets,
+    } = setup(gpu, preset, lambda)?;
+    let specs: Vec<_> = model
+        .parameters()
+        .map(|(s, _)| (s.shape.as_slice(), s.group))
+        .collect();
+    let mut adamw = AdamW::new(gpu, &specs, AdamWOptions::default())?;
+    let params: Vec<_> = model.parameters().map(|(_, p)| p).collect();
+    let grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
+    model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
+    adamw.step_blocking(gpu, &params, &grads, 1e-3)?;
+    adamw.last_grad_norm_blocking(gpu)?;
+    Ok(gpu
+        .allocated_bytes()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before)))
+}
+
 /// Where one step's time goes: each kernel's wall time with every dispatch
 /// submitted and waited for on its own ([`Gpu::set_profiling`]), longest first.
 pub fn profile(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Vec<(String, Duration)>, Error> {

@@ -70,7 +70,8 @@ pub use kernels::matmul::{
 #[cfg(not(target_arch = "wasm32"))]
 pub use kernels::matmul::{tune_matmul, tune_matmul_blocking};
 pub use kernels::metrics::{
-    metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats, METRIC_NAMES,
+    metrics, refined_metrics, HeadSummary, MapMetrics, Metric, MetricsOptions, RowStats,
+    METRIC_NAMES,
 };
 pub use kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
 pub use kernels::saobp::{refine_map, saobp_output_backward, Lambda, OutputGradients, Refined};
@@ -79,8 +80,9 @@ pub use kernels::softmax::{softmax, softmax_backward, SoftmaxOptions};
 pub use kernels::{
     attention::attention_backward_blocking, matmul::matmul_backward_blocking,
     matmul::matmul_blocking, matmul::matmul_variant_blocking, metrics::metrics_blocking,
-    saobp::refine_map_blocking, saobp::saobp_output_backward_blocking,
-    softmax::softmax_backward_blocking, softmax::softmax_blocking,
+    metrics::refined_metrics_blocking, saobp::refine_map_blocking,
+    saobp::saobp_output_backward_blocking, softmax::softmax_backward_blocking,
+    softmax::softmax_blocking,
 };
 pub use tensor::Tensor;
 

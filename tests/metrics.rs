@@ -5,7 +5,8 @@ mod common;
 
 use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
 use saobp::{
-    metrics_blocking, reference, Lambda, Metric, MetricsOptions, RowStats, Tensor, METRIC_NAMES,
+    metrics_blocking, reference, refined_metrics_blocking, Lambda, Metric, MetricsOptions,
+    RowStats, Tensor, METRIC_NAMES,
 };
 
 #[test]
@@ -167,6 +168,73 @@ fn random_maps_with_masks_match_reference() {
             let got = metrics_blocking(gpu, &t, &opts).unwrap();
             common::assert_map_metrics(gpu, &format!("case {case}"), &got, &want, n);
         }
+    });
+}
+
+/// `refined_metrics` reports R as the spec defines it: R's own entropy,
+/// sparsity, peak and distance with A's multi-hop mass and GTD at λ. Plain
+/// `metrics` of R would report R's own two-hop mass, which differs (checked
+/// too, so the case cannot pass by accident).
+#[test]
+fn refined_maps_take_the_mass_of_their_attention_map() {
+    on_every_gpu("refined metrics", |gpu| {
+        let mut rng = Rng::new(33);
+        for case in 0..4 {
+            let (b, h, n) = (1 + rng.below(2), 1 + rng.below(3), 8 + rng.below(60));
+            let causal = case % 2 == 1;
+            let mask = key_mask(b, n, |_, _| rng.below(5) != 0);
+            let masked = case >= 2;
+            let scores = rng.vec(b * h * n * n, -5.0, 5.0);
+            let a64 = reference::softmax(&scores, &[b, h, n, n], causal, masked.then_some(&mask))
+                .unwrap();
+            let a: Vec<f32> = a64.iter().map(|&x| x as f32).collect();
+            let a64: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+            let lambda: Vec<f32> = (0..h).map(|_| rng.uniform(0.2, 3.0)).collect();
+            let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
+            let messages = reference::saobp::messages(&a64, n).unwrap();
+            let mass = reference::saobp::multi_hop_mass(&messages, n).unwrap();
+            let r64 = reference::saobp::refine(&a64, &messages, &mass, &lambda64, n).unwrap();
+            let r: Vec<f32> = r64.iter().map(|&x| x as f32).collect();
+            let r64: Vec<f64> = r.iter().map(|&x| f64::from(x)).collect();
+            let want = reference::metrics::row_metrics(
+                &r64,
+                &mass,
+                Some(&lambda64),
+                [b, h, n],
+                causal,
+                masked.then_some(&mask),
+            )
+            .unwrap();
+
+            let ta = Tensor::from_slice(gpu, &[b, h, n, n], &a).unwrap();
+            let tr = Tensor::from_slice(gpu, &[b, h, n, n], &r).unwrap();
+            let tm = Tensor::from_slice(gpu, &[b, n], &mask).unwrap();
+            let l = Lambda::PerHead(lambda);
+            let opts = MetricsOptions {
+                causal,
+                key_mask: masked.then_some(&tm),
+                lambda: Some(&l),
+            };
+            let got = refined_metrics_blocking(gpu, &ta, &tr, &opts).unwrap();
+            common::assert_map_metrics(gpu, &format!("case {case}"), &got, &want, n);
+
+            // R's own two-hop mass is another number.
+            let own = metrics_blocking(gpu, &tr, &opts).unwrap();
+            let differs = own
+                .heads
+                .iter()
+                .zip(&got.heads)
+                .any(|(o, g)| (o.multi_hop_mass - g.multi_hop_mass).abs() > 1e-4);
+            assert!(
+                differs,
+                "case {case}: R's own mass equals A's; the case proves nothing"
+            );
+        }
+        // A and R of different shapes.
+        let a = Tensor::zeros(gpu, &[1, 1, 4, 4]).unwrap();
+        let r = Tensor::zeros(gpu, &[1, 2, 4, 4]).unwrap();
+        let e = refined_metrics_blocking(gpu, &a, &r, &MetricsOptions::default()).unwrap_err();
+        assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
     });
 }
 

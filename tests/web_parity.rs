@@ -252,7 +252,9 @@ fn native_text(
             let of_a = &layer.metrics.as_ref().unwrap().attention;
             let r = refine_map_blocking(gpu, a, &lam).unwrap();
             let of_r = metrics_blocking(gpu, &r.refined, &at_lambda).unwrap();
-            // R's GTD and mass are A's (the spec's m) at λ.
+            // R's GTD and mass are A's (the spec's m) at λ: combined here
+            // by hand, as a check of the library's `refined_metrics`, which
+            // the page uses.
             let a_at_lambda = metrics_blocking(gpu, a, &at_lambda).unwrap();
             let refined: Vec<HeadSummary> = of_r
                 .heads

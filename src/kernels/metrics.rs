@@ -390,8 +390,58 @@ pub struct MetricsOptions<'a> {
 /// Row metrics and per-head summaries of any attention map `p` (`[B, H, N, N]`).
 /// The multi-hop mass is that of `p` itself, computed in O(N²) without `M`.
 pub async fn metrics(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result<MapMetrics> {
+    metrics_of(gpu, p, p, opts).await
+}
+
+/// The metrics of a refined map `r = SAOBP(a, λ)` as the spec defines them:
+/// `r`'s own entropy, sparsity, peak and distance, with the multi-hop mass
+/// `m` of `a` (the mass SAOBP moved) and the GTD at λ, `λm/(1+λm)`, both in
+/// [`MapMetrics::rows`] and in the summaries. [`metrics`] of `r` alone would
+/// report `r`'s own two-hop mass instead, which the spec does not define as
+/// R's. `opts.lambda` should be the λ `r` was refined with (`None` is λ = 1).
+///
+/// Fails as [`metrics`] does, and with [`Error::Shape`] when `a` and `r`
+/// differ in shape. One pass: `a`'s mass, then `r`'s row metrics with it.
+pub async fn refined_metrics(
+    gpu: &Gpu,
+    a: &Tensor,
+    r: &Tensor,
+    opts: &MetricsOptions<'_>,
+) -> Result<MapMetrics> {
+    if a.shape() != r.shape() {
+        return Err(Error::shape(format!(
+            "the refined map has shape {:?}, its attention map {:?}",
+            r.shape(),
+            a.shape()
+        )));
+    }
+    metrics_of(gpu, r, a, opts).await
+}
+
+/// Blocking form of [`refined_metrics`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn refined_metrics_blocking(
+    gpu: &Gpu,
+    a: &Tensor,
+    r: &Tensor,
+    opts: &MetricsOptions<'_>,
+) -> Result<MapMetrics> {
+    pollster::block_on(refined_metrics(gpu, a, r, opts))
+}
+
+/// The row metrics of `p`, with the multi-hop mass (and so the GTD) of
+/// `mass_of`, which has `p`'s shape.
+async fn metrics_of(
+    gpu: &Gpu,
+    p: &Tensor,
+    mass_of: &Tensor,
+    opts: &MetricsOptions<'_>,
+) -> Result<MapMetrics> {
     let (b, h, n) = saobp::check_map(p.shape())?;
     p.check_finite("p")?;
+    if !std::ptr::eq(p, mass_of) {
+        mass_of.check_finite("a")?;
+    }
     if let Some(m) = opts.key_mask {
         m.check_finite("key_mask")?;
         if m.shape() != [b, n] {
@@ -419,8 +469,8 @@ pub async fn metrics(gpu: &Gpu, p: &Tensor, opts: &MetricsOptions<'_>) -> Result
         lambda.is_some(),
     )?;
     let mut steps = vec![
-        saobp::diag_stats(&plan, p, &stats),
-        saobp::mass(&plan, p, &stats, &mass),
+        saobp::diag_stats(&plan, mass_of, &stats),
+        saobp::mass(&plan, mass_of, &stats, &mass),
     ];
     steps.extend(job.steps(gpu, p, opts.key_mask, &mass, lambda.as_ref()));
     gpu.run(&steps).await?;

@@ -11,14 +11,15 @@
 //! 2. [`refine`]: SAOBP on those kept maps, layer by layer
 //!    (`R = refine_map(A, λ)`), with the metrics of `R` as the spec defines
 //!    them (its own entropy, sparsity, peak and distance; `A`'s multi-hop
-//!    mass `m` and the GTD at λ), as `saobp maps` measures maps.
+//!    mass `m` and the GTD at λ: the library's `refined_metrics`), as
+//!    `saobp maps` measures maps.
 //!
 //! [`saobp_embedding`] runs the model again with SAOBP inside every layer, for
 //! the sentence embedding with SAOBP. The self-test ([`crate::selftest`]) and
 //! `tests/web_parity.rs` in the library run the same steps.
 
 use saobp::model::{sentence_embedding, BertModel, Encoded, ForwardOptions, TextTokenizer};
-use saobp::{metrics, refine_map, Gpu, HeadSummary, Lambda, MetricsOptions, Tensor};
+use saobp::{refine_map, refined_metrics, Gpu, HeadSummary, Lambda, MetricsOptions, Tensor};
 use serde_json::{json, Value};
 
 /// Largest λ the page accepts: far past where `R` stops changing visibly.
@@ -139,21 +140,10 @@ pub async fn refine(gpu: &Gpu, run: &PlainRun, lambda: f32) -> Result<Refinement
     let mut summaries = Vec::with_capacity(run.attention.len());
     for a in &run.attention {
         let r = refine_map(gpu, a, &lambda).await.map_err(err)?;
-        // `metrics` takes the multi-hop mass of the map it is given; R's
-        // GTD needs A's (the spec's m), which the metrics of A at λ give.
-        let of_r = metrics(gpu, &r.refined, &at_lambda).await.map_err(err)?;
-        let of_a = metrics(gpu, a, &at_lambda).await.map_err(err)?;
-        summaries.push(
-            of_r.heads
-                .iter()
-                .zip(&of_a.heads)
-                .map(|(r, a)| HeadSummary {
-                    multi_hop_mass: a.multi_hop_mass,
-                    gtd: a.gtd,
-                    ..*r
-                })
-                .collect(),
-        );
+        let of_r = refined_metrics(gpu, a, &r.refined, &at_lambda)
+            .await
+            .map_err(err)?;
+        summaries.push(of_r.heads);
         refined.push(r.refined);
     }
     Ok(Refinement { refined, summaries })

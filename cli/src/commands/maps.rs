@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use saobp::io::{map_tolerance, parse_attention_maps, AttentionMaps};
 use saobp::{
-    metrics_blocking, refine_map_blocking, Gpu, HeadSummary, Lambda, MapMetrics, Metric,
-    MetricsOptions, Tensor, METRIC_NAMES,
+    metrics_blocking, refine_map_blocking, refined_metrics_blocking, Gpu, HeadSummary, Lambda,
+    MapMetrics, Metric, MetricsOptions, Tensor,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -140,28 +140,10 @@ fn measure(
         ..Default::default()
     };
     let r = refine_map_blocking(gpu, &a, &lambda)?;
-    // `metrics` takes the multi-hop mass of the map it is given; R's GTD
-    // needs A's (the spec's m), which the metrics of A at λ give.
-    let of_r = metrics_blocking(gpu, &r.refined, &at_lambda)?;
-    let gtd = metrics_blocking(gpu, &a, &at_lambda)?;
-    let heads = of_r
-        .heads
-        .iter()
-        .zip(&gtd.heads)
-        .map(|(r, g)| HeadSummary {
-            multi_hop_mass: g.multi_hop_mass,
-            gtd: g.gtd,
-            ..*r
-        })
-        .collect();
+    let of_r = refined_metrics_blocking(gpu, &a, &r.refined, &at_lambda)?;
+    let heads = of_r.heads;
     let rows = if wanted.rows {
-        let mut rows = of_r.rows.to_vec_blocking(gpu)?;
-        let from_a = gtd.rows.to_vec_blocking(gpu)?;
-        let per = rows.len() / METRIC_NAMES.len();
-        for m in [Metric::MultiHopMass, Metric::Gtd] {
-            rows[m.range(per)].copy_from_slice(&from_a[m.range(per)]);
-        }
-        Some(rows)
+        Some(of_r.rows.to_vec_blocking(gpu)?)
     } else {
         None
     };

@@ -329,7 +329,8 @@ pub fn run(args: &ConformanceArgs) -> CliResult {
     let e = |e: saobp::Error| e.to_string();
     // --backend replaces SAOBP_BACKEND, malformed or not.
     let flagged = args.gpu.backend.iter().any(|b| !b.trim().is_empty());
-    let env = GpuOptions::from_env_with_backend(flagged.then_some(BackendChoice::Auto)).map_err(e)?;
+    let env =
+        GpuOptions::from_env_with_backend(flagged.then_some(BackendChoice::Auto)).map_err(e)?;
     let choices = backends(&args.gpu.backend, env.backend)?;
     let kernels = args
         .kernel

@@ -380,6 +380,9 @@ pub struct Work {
     /// Wall time per kernel (and `copy` for buffer copies), measured only
     /// while [`Gpu::set_profiling`] is on, in the order each first ran.
     pub kernel_time: Vec<(String, Duration)>,
+    /// Time the host spent preparing, encoding and submitting command
+    /// buffers (not waiting for them), measured on native targets only.
+    pub host_time: Duration,
 }
 
 impl Work {
@@ -402,6 +405,7 @@ impl Work {
             dispatches: self.dispatches - earlier.dispatches.min(self.dispatches),
             product_flops: self.product_flops - earlier.product_flops.min(self.product_flops),
             kernels,
+            host_time: self.host_time.saturating_sub(earlier.host_time),
             kernel_time: self
                 .kernel_time
                 .iter()
@@ -1016,8 +1020,23 @@ impl Gpu {
         self.record(steps).await
     }
 
-    /// [`Gpu::run`]'s recording and submission.
+    /// [`Gpu::run`]'s recording and submission, timed into
+    /// [`Work::host_time`].
     async fn record(&self, steps: &[Step<'_>]) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let start = std::time::Instant::now();
+        let recorded = self.record_untimed(steps).await;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.work
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .host_time += start.elapsed();
+        }
+        recorded
+    }
+
+    async fn record_untimed(&self, steps: &[Step<'_>]) -> Result<()> {
         let dispatches: Vec<&Dispatch> = steps
             .iter()
             .filter_map(|s| match s {

@@ -423,11 +423,13 @@ fn run() -> Result<(), String> {
             let row =
                 train::measure(&gpu, preset, lambda, args.repeat).map_err(|e| e.to_string())?;
             println!(
-                "training {} λ {}: step {:.1} ms ({} dispatches)",
+                "training {} λ {}: step {:.1} ms ({} dispatches, {} submissions, host {:.1} ms)",
                 preset.name,
                 if lambda { "> 0" } else { "0" },
                 row.step().as_secs_f64() * 1e3,
-                row.dispatches
+                row.dispatches,
+                row.submissions,
+                row.host.as_secs_f64() * 1e3
             );
             training.push(row);
             if args.profile {

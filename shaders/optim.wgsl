@@ -6,7 +6,8 @@
 //                  common.wgsl) into partials[offset + workgroup];
 //   optim_norm     one workgroup: the partials in index order, strided over the
 //                  64 invocations, then the same tree; norm[0] = sqrt(sum).
-//                  No atomics, so the norm is the same bits run to run;
+//                  No atomics, so the norm is the same bits run to run. When
+//                  guard[0] (a loss, say) is not finite, norm[0] = +Inf;
 //   optim_adamw    once per parameter tensor, one invocation per element:
 //                    g = grad * s,  s = max_norm / norm when clipping and
 //                                       norm > max_norm, else 1 (read from the
@@ -16,10 +17,19 @@
 //                    m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2
 //                    p = p - (lr / bc1) m / (sqrt(v) / bc2_sqrt + eps)
 //                    p = max(p, 0)                 (λ tensors only)
-//                  where bc1 = 1 - b1^t and bc2_sqrt = sqrt(1 - b2^t).
+//                  where bc1 = 1 - b1^t and bc2_sqrt = sqrt(1 - b2^t);
+//                  nothing at all when the norm is not finite (NaN or Inf
+//                  in a gradient, or the guard's Inf), so a step whose loss
+//                  or gradients blew up leaves parameters and moments as
+//                  they were, without the host reading anything first.
+//
+// Finiteness is tested on the bits: WGSL lets implementations assume floats
+// are finite, so a comparison such as x != x may be folded away.
 //
 // Versions:
-//   v1: as above.
+//   v1: as above, without the guard.
+//   v2: the guard and the skip of a non-finite step, so that a training step
+//       (forward, backward, AdamW) is one submission.
 
 struct Params {
     // Elements of the tensor (optim_sumsq, optim_adamw).
@@ -79,6 +89,13 @@ fn optim_sumsq(
 
 @group(0) @binding(1) var<storage, read> fin_partials: array<f32>;
 @group(0) @binding(2) var<storage, read_write> fin_norm: array<f32>;
+// [1]: a value that must be finite for the step to count (a loss), or 0.
+@group(0) @binding(3) var<storage, read> fin_guard: array<f32>;
+
+// Whether x is neither NaN nor ±Inf: its exponent bits are not all ones.
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
 
 @compute @workgroup_size(64)
 fn optim_norm(@builtin(local_invocation_index) lid: u32) {
@@ -88,7 +105,7 @@ fn optim_norm(@builtin(local_invocation_index) lid: u32) {
     }
     let total = reduce_sum(lid, acc);
     if (lid == 0u) {
-        fin_norm[0] = sqrt(total);
+        fin_norm[0] = select(bitcast<f32>(0x7f800000u), sqrt(total), finite(fin_guard[0]));
     }
 }
 
@@ -111,6 +128,9 @@ fn optim_adamw(
         return;
     }
     let norm = ad_norm[0];
+    if (!finite(norm)) {
+        return;
+    }
     var scale = 1.0;
     if ((p.flags & 1u) != 0u && norm > p.max_norm) {
         scale = p.max_norm / norm;

@@ -171,6 +171,81 @@ fn the_norm_is_the_same_bits_run_to_run() {
     });
 }
 
+/// A tensor of `values` written straight into a GPU buffer, NaN and ±Inf
+/// included: the way a kernel's non-finite output reaches AdamW
+/// (`Tensor::from_slice` refuses them at upload).
+fn raw_tensor(gpu: &Gpu, shape: &[usize], values: &[f32]) -> Tensor {
+    let buffer = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("raw gradient"),
+        size: (values.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue()
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    Tensor::from_buffer(gpu, buffer, shape).unwrap()
+}
+
+/// A step whose gradients hold NaN or ±Inf (a blown-up loss) changes no
+/// parameter and no moment: the GPU skips it on the norm, which then reads
+/// non-finite. The next finite step updates again.
+#[test]
+fn a_non_finite_gradient_skips_the_step() {
+    on_every_gpu("adamw non-finite step", |gpu| {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut rng = Rng::new(17);
+            let init: Vec<Vec<f32>> = PARAMS
+                .iter()
+                .map(|(shape, _)| rng.vec(len(shape), 0.1, 1.0))
+                .collect();
+            let params = upload(gpu, &init);
+            let mut opt = AdamW::new(gpu, PARAMS, AdamWOptions::default()).unwrap();
+            let g = upload(gpu, &grads(&mut rng, 0.5));
+            opt.step_blocking(gpu, &refs(&params), &refs(&g), 1e-2)
+                .unwrap();
+            let snapshot = |opt: &AdamW| -> Vec<Vec<f32>> {
+                let mut all: Vec<Vec<f32>> = params
+                    .iter()
+                    .map(|p| p.to_vec_blocking(gpu).unwrap())
+                    .collect();
+                for i in 0..PARAMS.len() {
+                    let (m, v) = opt.moments(i).unwrap();
+                    all.push(m.to_vec_blocking(gpu).unwrap());
+                    all.push(v.to_vec_blocking(gpu).unwrap());
+                }
+                all
+            };
+            let before = snapshot(&opt);
+
+            let mut values = grads(&mut rng, 0.5);
+            values[2][1234] = bad;
+            let mut g: Vec<Tensor> = upload(gpu, &values);
+            g[2] = raw_tensor(gpu, PARAMS[2].0, &values[2]);
+            opt.step_blocking(gpu, &refs(&params), &refs(&g), 1e-2)
+                .unwrap();
+            let norm = opt.last_grad_norm_blocking(gpu).unwrap();
+            assert!(!norm.is_finite(), "{bad}: the norm reads {norm}");
+            let after = snapshot(&opt);
+            for (k, (a, b)) in before.iter().zip(&after).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{bad}: tensor {k} (parameters, then m and v) changed");
+            }
+
+            // A finite step afterwards moves the parameters again.
+            let g = upload(gpu, &grads(&mut rng, 0.5));
+            opt.step_blocking(gpu, &refs(&params), &refs(&g), 1e-2)
+                .unwrap();
+            let moved = snapshot(&opt);
+            assert!(
+                moved[0] != before[0],
+                "{bad}: the next finite step did not update"
+            );
+        }
+    });
+}
+
 #[test]
 fn bad_inputs_are_typed_errors_before_any_gpu_work() {
     on_every_gpu("adamw bad inputs", |gpu| {

@@ -423,13 +423,17 @@ fn run() -> Result<(), String> {
             let row =
                 train::measure(&gpu, preset, lambda, args.repeat).map_err(|e| e.to_string())?;
             println!(
-                "training {} λ {}: step {:.1} ms ({} dispatches, {} submissions, host {:.1} ms)",
+                "training {} λ {}: step {:.1} ms ({} dispatches, {} submissions, host {:.1} ms); \
+                 Trainer::train_step {:.1} ms ({} submission(s), host {:.1} ms)",
                 preset.name,
                 if lambda { "> 0" } else { "0" },
                 row.step().as_secs_f64() * 1e3,
                 row.dispatches,
                 row.submissions,
-                row.host.as_secs_f64() * 1e3
+                row.host.as_secs_f64() * 1e3,
+                row.trainer.as_secs_f64() * 1e3,
+                row.trainer_submissions,
+                row.trainer_host.as_secs_f64() * 1e3
             );
             training.push(row);
             if args.profile {

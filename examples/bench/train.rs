@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
+use saobp::data::Corpus;
 use saobp::kernels::gpt::TokenIds;
 use saobp::kernels::optim::{AdamW, AdamWOptions};
-use saobp::model::{Gpt, GptConfig, GptWorkspace};
+use saobp::model::{Gpt, GptConfig, GptWorkspace, TrainOptions, Trainer};
 use saobp::workload::SplitMix64;
-use saobp::{Error, Gpu};
+use saobp::{Error, Gpu, Work};
 
 use super::median;
 
@@ -63,6 +64,12 @@ pub struct TrainRow {
     pub submissions: u64,
     /// Host time to prepare, encode and submit the step's command buffers.
     pub host: Duration,
+    /// The library's whole training step (`Trainer::train_step`: batch,
+    /// forward, backward and AdamW in one submission, loss read back), its
+    /// submissions and host time.
+    pub trainer: Duration,
+    pub trainer_submissions: u64,
+    pub trainer_host: Duration,
     /// FLOP of the step's products (forward and backward), as counted by the library.
     pub product_flops: u64,
 }
@@ -137,6 +144,7 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
     adamw.step_blocking(gpu, &params, &grads, 1e-3)?;
     adamw.last_grad_norm_blocking(gpu)?;
     let opt_work = gpu.work().since(&before);
+    let (trainer, trainer_work) = trainer_step(gpu, preset, lambda, repeat)?;
     Ok(TrainRow {
         preset: preset.name,
         t: preset.config.n_positions,
@@ -148,6 +156,9 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
         dispatches: work.dispatches + opt_work.dispatches,
         submissions: work.submissions + opt_work.submissions,
         host: work.host_time + opt_work.host_time,
+        trainer,
+        trainer_submissions: trainer_work.submissions,
+        trainer_host: trainer_work.host_time,
         product_flops: work.product_flops,
     })
 }
@@ -179,6 +190,41 @@ pub fn memory(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Option<u64>, E
         .allocated_bytes()
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before)))
+}
+
+/// Times [`Trainer::train_step`] on a random text of the preset's vocabulary
+/// (one character per id); returns the median and the work of one step.
+fn trainer_step(
+    gpu: &Gpu,
+    preset: &Preset,
+    lambda: bool,
+    repeat: usize,
+) -> Result<(Duration, Work), Error> {
+    let c = &preset.config;
+    let chars: Vec<char> = (0..c.vocab_size as u32)
+        .map(|i| char::from_u32(0x100 + i).unwrap_or('?'))
+        .collect();
+    let mut rng = SplitMix64::new(3);
+    let text: String = (0..200_000)
+        .map(|_| chars[rng.below(chars.len())])
+        .collect();
+    let corpus = Corpus::from_text(&text)?;
+    let lambdas = lambda.then(|| vec![vec![0.5; c.n_head]; c.n_layer]);
+    let model = Gpt::init(gpu, c.clone(), 1, lambdas.as_deref())?;
+    let opts = TrainOptions {
+        seed: 1,
+        batch: preset.batch,
+        steps: 10_000,
+        lr: 1e-3,
+        learn_lambda: lambda,
+    };
+    let mut trainer = Trainer::new(gpu, model, opts)?;
+    let time = median(repeat, || {
+        pollster::block_on(trainer.train_step(gpu, &corpus)).map(drop)
+    })?;
+    let before = gpu.work();
+    pollster::block_on(trainer.train_step(gpu, &corpus))?;
+    Ok((time, gpu.work().since(&before)))
 }
 
 /// Where one step's time goes: each kernel's wall time with every dispatch
@@ -219,12 +265,12 @@ pub fn markdown(presets: &[Preset], rows: &[TrainRow], repeat: usize) -> String 
     let mut md = format!(
         "\nTraining step, GPT (vocabulary 84), λ = 0.5 learned in every head for \"λ > 0\" \
          (median of {repeat} runs; each phase waits for its results):\n\n\
-         | preset | T | batch | λ | forward | backward | AdamW | step | dispatches | submissions | host time | product GFLOP |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         | preset | T | batch | λ | forward | backward | AdamW | step | dispatches | submissions | host time | product GFLOP | `Trainer::train_step` | its submissions | its host time |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |\n",
             r.preset,
             r.t,
             r.batch,
@@ -237,6 +283,9 @@ pub fn markdown(presets: &[Preset], rows: &[TrainRow], repeat: usize) -> String 
             r.submissions,
             ms(r.host),
             r.product_flops as f64 / 1e9,
+            ms(r.trainer),
+            r.trainer_submissions,
+            ms(r.trainer_host),
         );
     }
     md += "\n| preset | T | SAOBP step / plain step | naive A·A autograd: extra GFLOP | at the plain step's rate |\n|---|---|---|---|---|\n";
@@ -276,6 +325,9 @@ pub fn json(rows: &[TrainRow]) -> Vec<serde_json::Value> {
                 "dispatches": r.dispatches,
                 "submissions": r.submissions,
                 "host_s": r.host.as_secs_f64(),
+                "trainer_step_s": r.trainer.as_secs_f64(),
+                "trainer_submissions": r.trainer_submissions,
+                "trainer_host_s": r.trainer_host.as_secs_f64(),
                 "product_flops": r.product_flops,
             })
         })

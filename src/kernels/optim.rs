@@ -17,7 +17,7 @@ kernels! {
         /// Squared sums of one gradient tensor, one per `CHUNK` elements.
         OPTIM_SUMSQ = "optim_sumsq" (sq_grad, sq_partials);
         /// The global norm from every partial sum, in one workgroup.
-        OPTIM_NORM = "optim_norm" (fin_partials, fin_norm);
+        OPTIM_NORM = "optim_norm" (fin_partials, fin_norm, fin_guard);
         /// The clipped AdamW update of one tensor, one invocation per element.
         OPTIM_ADAMW = "optim_adamw" (ad_param, ad_grad, ad_m, ad_v, ad_norm);
     }
@@ -159,7 +159,8 @@ pub fn lr_at(step: usize, total: usize, lr: f64) -> f64 {
 /// shape and group, and its first and second moments on the GPU (zeros at
 /// first). Each [`AdamW::step`] is one GPU submission that reduces the
 /// global gradient norm, clips, and updates every tensor in place; nothing
-/// is read back.
+/// is read back. A step whose gradients hold NaN or ±Inf changes no
+/// parameter and no moment (the GPU skips it; its norm reads +Inf or NaN).
 #[derive(Debug)]
 pub struct AdamW {
     opts: AdamWOptions,
@@ -172,6 +173,8 @@ pub struct AdamW {
     partials: Tensor,
     // The global norm of the last step's gradients (before clipping).
     norm: Tensor,
+    // [1] zero: the guard of a step that has none.
+    no_guard: Tensor,
     t: u64,
 }
 
@@ -217,6 +220,7 @@ impl AdamW {
             offsets,
             partials: Tensor::zeros(gpu, &[count])?,
             norm: Tensor::zeros(gpu, &[1])?,
+            no_guard: Tensor::zeros(gpu, &[1])?,
             t: 0,
         })
     }
@@ -300,8 +304,9 @@ impl AdamW {
         Ok(())
     }
 
-    /// The steps that write the global norm of `grads` into `self.norm`.
-    fn norm_steps<'a>(&'a self, grads: &[&'a Tensor]) -> Result<Vec<Step<'a>>> {
+    /// The steps that write the global norm of `grads` into `self.norm`
+    /// (+Inf when `guard[0]` is not finite).
+    fn norm_steps<'a>(&'a self, grads: &[&'a Tensor], guard: &'a Tensor) -> Result<Vec<Step<'a>>> {
         let mut steps = Vec::with_capacity(grads.len() + 1);
         for (g, &offset) in grads.iter().zip(&self.offsets) {
             let params = OptimParams {
@@ -324,6 +329,7 @@ impl AdamW {
             Dispatch::new(&OPTIM_NORM, &params, 1)
                 .bind("fin_partials", self.partials.buffer())
                 .bind("fin_norm", self.norm.buffer())
+                .bind("fin_guard", guard.buffer())
                 .step(),
         );
         Ok(steps)
@@ -345,19 +351,47 @@ impl AdamW {
         grads: &[&Tensor],
         lr: f64,
     ) -> Result<()> {
+        let t = self.t + 1;
+        let steps = self.prepare_step(params, grads, lr, t, None)?;
+        gpu.run(&steps).await?;
+        drop(steps);
+        self.t = t;
+        Ok(())
+    }
+
+    /// The steps of AdamW's step number `t` (see [`AdamW::step`]), for a
+    /// caller that submits them with others; it then calls
+    /// [`AdamW::advance`] if the step counts. With `guard` (a `[1]` tensor, e.g. the loss the
+    /// gradients came from), a guard that is not finite skips the step on
+    /// the GPU as non-finite gradients do.
+    pub(crate) fn prepare_step<'a>(
+        &'a self,
+        params: &[&'a Tensor],
+        grads: &[&'a Tensor],
+        lr: f64,
+        t: u64,
+        guard: Option<&'a Tensor>,
+    ) -> Result<Vec<Step<'a>>> {
         if !(lr.is_finite() && lr >= 0.0 && (lr as f32).is_finite()) {
             return Err(Error::invalid(format!(
                 "AdamW: learning rate {lr} must be finite and >= 0"
             )));
         }
         self.check(params, grads)?;
-        let t = self.t + 1;
+        if let Some(g) = guard {
+            if g.len() != 1 {
+                return Err(Error::shape(format!(
+                    "AdamW: the guard holds {} values, not 1",
+                    g.len()
+                )));
+            }
+        }
         let o = self.opts;
         let (b1, b2) = (f64::from(o.beta1), f64::from(o.beta2));
         // Bias corrections in f64 on the host: β^t underflows gracefully there.
         let bc1 = 1.0 - b1.powf(t as f64);
         let bc2_sqrt = (1.0 - b2.powf(t as f64)).sqrt();
-        let mut steps = self.norm_steps(grads)?;
+        let mut steps = self.norm_steps(grads, guard.unwrap_or(&self.no_guard))?;
         for i in 0..params.len() {
             let group = self.groups[i];
             let flags = u32::from(o.max_grad_norm.is_some()) | (u32::from(group.clamped()) << 1);
@@ -386,9 +420,12 @@ impl AdamW {
                     .step(),
             );
         }
-        gpu.run(&steps).await?;
-        self.t = t;
-        Ok(())
+        Ok(steps)
+    }
+
+    /// Counts a step submitted through [`AdamW::prepare_step`].
+    pub(crate) fn advance(&mut self) {
+        self.t += 1;
     }
 
     /// Blocking form of [`AdamW::step`].
@@ -423,7 +460,7 @@ impl AdamW {
     pub async fn grad_norm(&self, gpu: &Gpu, grads: &[&Tensor]) -> Result<f32> {
         // The gradients stand in for the parameters in the shape check.
         self.check(grads, grads)?;
-        gpu.run(&self.norm_steps(grads)?).await?;
+        gpu.run(&self.norm_steps(grads, &self.no_guard)?).await?;
         self.last_grad_norm(gpu).await
     }
 

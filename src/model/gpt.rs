@@ -437,11 +437,24 @@ impl Gpt {
         ids: &TokenIds,
         targets: &TokenIds,
     ) -> Result<()> {
+        let steps = self.forward_backward_steps(gpu, ws, ids, targets)?;
+        gpu.run(&steps).await
+    }
+
+    /// The steps of [`Gpt::forward_backward`], for a caller that submits
+    /// them with others (the trainer adds AdamW's).
+    pub(crate) fn forward_backward_steps<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        ws: &'a GptWorkspace,
+        ids: &'a TokenIds,
+        targets: &'a TokenIds,
+    ) -> Result<Vec<Step<'a>>> {
         self.check_batch(ws, ids, Some(targets))?;
         let mut steps = self.forward_steps(gpu, ws, ids)?;
         steps.extend(self.loss_steps(ws, targets)?);
         steps.extend(self.backward_steps(gpu, ws, ids)?);
-        gpu.run(&steps).await
+        Ok(steps)
     }
 
     /// Blocking form of [`Gpt::forward_backward`].

@@ -111,30 +111,41 @@ impl Trainer {
     }
 
     /// Trains one step on `corpus`'s training split: the batch of
-    /// [`Corpus::batch`] for this seed and step, forward and backward, and
-    /// AdamW at [`lr_at`] of this step. Returns the batch's loss.
+    /// [`Corpus::batch`] for this seed and step, forward, backward and AdamW
+    /// at [`lr_at`] of this step, all in one GPU submission; then reads the
+    /// batch's loss back and returns it.
     ///
-    /// When the loss is not finite, the parameters, the optimizer and
-    /// [`Trainer::step`] stay as they were and the loss is returned: the
-    /// caller decides whether to stop (the command line does).
+    /// When the loss is not finite, the GPU skips AdamW (its guard is the
+    /// loss), so the parameters, the optimizer and [`Trainer::step`] stay as
+    /// they were, and the loss is returned: the caller decides whether to
+    /// stop (the command line does).
     pub async fn train_step(&mut self, gpu: &Gpu, corpus: &Corpus) -> Result<f32> {
         let (b, t) = (self.opts.batch, self.ws.n());
         let vocab = self.model.config().vocab_size;
         let (x, y) = corpus.batch(self.opts.seed, self.step as u64, b, t)?;
         let x = TokenIds::new(gpu, &x, b, t, vocab)?;
         let y = TokenIds::new(gpu, &y, b, t, vocab)?;
-        self.model.forward_backward(gpu, &self.ws, &x, &y).await?;
-        let loss = self.ws.read_loss(gpu).await?;
-        if !loss.is_finite() {
-            return Ok(loss);
-        }
         let lr = lr_at(self.step, self.opts.steps, self.opts.lr);
-        let params: Vec<_> = self.model.parameters().map(|(_, p)| p).collect();
-        let grads: Vec<_> = self.ws.grads().map(|(_, g)| g).collect();
-        let params: Vec<_> = self.optimized.iter().map(|&i| params[i]).collect();
-        let grads: Vec<_> = self.optimized.iter().map(|&i| grads[i]).collect();
-        self.adamw.step(gpu, &params, &grads, lr).await?;
-        self.step += 1;
+        {
+            let params: Vec<_> = self.model.parameters().map(|(_, p)| p).collect();
+            let grads: Vec<_> = self.ws.grads().map(|(_, g)| g).collect();
+            let params: Vec<_> = self.optimized.iter().map(|&i| params[i]).collect();
+            let grads: Vec<_> = self.optimized.iter().map(|&i| grads[i]).collect();
+            let mut steps = self.model.forward_backward_steps(gpu, &self.ws, &x, &y)?;
+            steps.extend(self.adamw.prepare_step(
+                &params,
+                &grads,
+                lr,
+                self.adamw.steps() + 1,
+                Some(self.ws.loss()),
+            )?);
+            gpu.run(&steps).await?;
+        }
+        let loss = self.ws.read_loss(gpu).await?;
+        if loss.is_finite() {
+            self.adamw.advance();
+            self.step += 1;
+        }
         Ok(loss)
     }
 

@@ -7,7 +7,7 @@
 //   optim_norm     one workgroup: the partials in index order, strided over the
 //                  64 invocations, then the same tree; norm[0] = sqrt(sum).
 //                  No atomics, so the norm is the same bits run to run. When
-//                  guard[0] (a loss, say) is not finite, norm[0] = +Inf;
+//                  guard[0] (a loss, say) is not finite, norm[0] = guard[0];
 //   optim_adamw    once per parameter tensor, one invocation per element:
 //                    g = grad * s,  s = max_norm / norm when clipping and
 //                                       norm > max_norm, else 1 (read from the
@@ -105,7 +105,10 @@ fn optim_norm(@builtin(local_invocation_index) lid: u32) {
     }
     let total = reduce_sum(lid, acc);
     if (lid == 0u) {
-        fin_norm[0] = select(bitcast<f32>(0x7f800000u), sqrt(total), finite(fin_guard[0]));
+        // A non-finite guard becomes the norm itself: a runtime value, as
+        // Tint refuses a constant Inf or NaN in the source.
+        let guard = fin_guard[0];
+        fin_norm[0] = select(guard, sqrt(total), finite(guard));
     }
 }
 

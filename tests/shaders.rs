@@ -117,3 +117,35 @@ fn every_float_literal_fits_in_f32() {
         "only {checked} float literals found: the scan is broken"
     );
 }
+
+/// No family makes a constant Inf or NaN from bits (`bitcast<f32>` of a
+/// literal with every exponent bit set): naga accepts it, Tint rejects the
+/// constant ("value inf cannot be represented as 'f32'").
+#[test]
+fn no_constant_inf_or_nan() {
+    for (name, source) in saobp::kernels::registry::shaders() {
+        for (line_no, line) in source.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let mut rest = code;
+            while let Some(at) = rest.find("bitcast<f32>(") {
+                rest = &rest[at + "bitcast<f32>(".len()..];
+                let arg: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                let bits = arg
+                    .strip_prefix("0x")
+                    .map(|h| h.trim_end_matches(['u', 'i']))
+                    .and_then(|h| u32::from_str_radix(h, 16).ok());
+                if let Some(bits) = bits {
+                    assert!(
+                        bits & 0x7f80_0000 != 0x7f80_0000,
+                        "{name}, line {} of its source: bitcast<f32>({arg}) is a constant Inf \
+                         or NaN, which Tint rejects",
+                        line_no + 1
+                    );
+                }
+            }
+        }
+    }
+}

@@ -305,7 +305,7 @@ impl AdamW {
     }
 
     /// The steps that write the global norm of `grads` into `self.norm`
-    /// (+Inf when `guard[0]` is not finite).
+    /// (`guard[0]` itself when that is not finite).
     fn norm_steps<'a>(&'a self, grads: &[&'a Tensor], guard: &'a Tensor) -> Result<Vec<Step<'a>>> {
         let mut steps = Vec::with_capacity(grads.len() + 1);
         for (g, &offset) in grads.iter().zip(&self.offsets) {

@@ -423,7 +423,9 @@ impl AdamW {
         Ok(steps)
     }
 
-    /// Counts a step submitted through [`AdamW::prepare_step`].
+    /// Counts a step submitted through [`AdamW::prepare_step`] (the
+    /// trainer's, which the `model` feature brings).
+    #[cfg_attr(not(feature = "model"), allow(dead_code))]
     pub(crate) fn advance(&mut self) {
         self.t += 1;
     }

@@ -7,7 +7,9 @@ on numpy arrays.
 - ``refine_map(A, lam=...)``: SAOBP of attention maps ``[..., N, N]`` from any
   source (e.g. a transformer's ``output_attentions``): ``R``, ``m`` and GTD.
 - ``metrics(P)``: per-row entropy, normalized entropy, sparsity, peak,
-  distance, multi-hop mass and GTD of attention maps ``[..., N, N]``.
+  distance, multi-hop mass and GTD of attention maps ``[..., N, N]``;
+  ``refined_metrics(A, R)``: those of ``R = refine_map(A)["refined"]`` as the
+  spec defines them (``A``'s multi-hop mass and GTD).
 - ``adapters()`` and ``Gpu(backend, adapter)``: choose where the work runs;
   every function takes ``gpu=``, by default ``default_gpu()``, chosen from
   ``SAOBP_BACKEND`` and ``SAOBP_ADAPTER``.
@@ -27,6 +29,7 @@ from ._saobp import (
     default_gpu,
     metrics,
     refine_map,
+    refined_metrics,
 )
 
 __all__ = [
@@ -40,4 +43,5 @@ __all__ = [
     "default_gpu",
     "metrics",
     "refine_map",
+    "refined_metrics",
 ]

@@ -216,3 +216,19 @@ def metrics(
     anything that broadcasts to it) set ``n_i``; ``lam`` sets the λ of
     ``gtd`` (default 1).
     """
+
+def refined_metrics(
+    a: Array,
+    r: Array,
+    causal: bool = False,
+    key_mask: Optional[Array] = None,
+    lam: Optional[Lambda] = None,
+    gpu: Optional[Gpu] = None,
+) -> Dict[str, Float32Array]:
+    """Per-row metrics of refined maps ``R`` ``[..., N, N]`` made from
+    attention maps ``A`` of the same shape, as the spec defines them:
+    ``R``'s own entropy, normalized entropy, sparsity, peak and distance,
+    with ``A``'s multi-hop mass ``m`` and the GTD at ``lam`` (the λ ``R``
+    was refined with; default 1). ``metrics(R)`` would report ``R``'s own
+    two-hop mass instead. Other arguments and the result as for ``metrics``.
+    """

@@ -367,8 +367,61 @@ fn metrics<'py>(
     lam: Option<&Bound<'py, PyAny>>,
     gpu: Option<&Bound<'py, PyGpu>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut host = convert::float_array(p, "P")?;
-    let dims = MapDims::of(&host.shape, "P")?;
+    metrics_of(py, p, None, causal, key_mask, lam, gpu)
+}
+
+/// The metrics of refined maps `R` `[..., N, N]`, made from attention maps
+/// `A` of the same shape (e.g. `refine_map(A, lam)["refined"]`), as the
+/// spec defines them: `R`'s own entropy, normalized entropy, sparsity, peak
+/// and distance, with `A`'s multi-hop mass `m` and the GTD at `lam`,
+/// `λm/(1 + λm)`. (`metrics(R)` would report `R`'s own two-hop mass.)
+///
+/// `causal`, `key_mask` and `gpu` as for `metrics`; `lam` should be the λ
+/// `R` was refined with (default 1).
+///
+/// Returns the same dict as `metrics`.
+#[pyfunction]
+#[pyo3(signature = (a, r, causal = false, key_mask = None, lam = None, gpu = None))]
+fn refined_metrics<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    r: &Bound<'py, PyAny>,
+    causal: bool,
+    key_mask: Option<&Bound<'py, PyAny>>,
+    lam: Option<&Bound<'py, PyAny>>,
+    gpu: Option<&Bound<'py, PyGpu>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    metrics_of(py, r, Some(a), causal, key_mask, lam, gpu)
+}
+
+/// `metrics` of `p`, or with `mass_of` (`A` of the same shape) the metrics
+/// of `p` as `R` refined from it.
+fn metrics_of<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+    mass_of: Option<&Bound<'py, PyAny>>,
+    causal: bool,
+    key_mask: Option<&Bound<'py, PyAny>>,
+    lam: Option<&Bound<'py, PyAny>>,
+    gpu: Option<&Bound<'py, PyGpu>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let name = if mass_of.is_some() { "R" } else { "P" };
+    let mut host = convert::float_array(p, name)?;
+    let dims = MapDims::of(&host.shape, name)?;
+    let a = match mass_of {
+        Some(a) => {
+            let mut a = convert::float_array(a, "A")?;
+            if a.shape != host.shape {
+                return Err(PyValueError::new_err(format!(
+                    "shape error: A has shape {:?} and R {:?}; they must be the same",
+                    a.shape, host.shape
+                )));
+            }
+            a.shape = dims.library_shape();
+            Some(a)
+        }
+        None => None,
+    };
     host.shape = dims.library_shape();
     let mask = match key_mask {
         Some(m) => {
@@ -390,8 +443,9 @@ fn metrics<'py>(
     };
     let lambda = lam.map(convert::lambda).transpose()?;
     let gpu = gpu::resolve(py, gpu)?;
-    let out = on_gpu(py, gpu, move |g| {
-        run::metrics(g, &host, causal, mask.as_ref(), lambda.as_ref())
+    let out = on_gpu(py, gpu, move |g| match &a {
+        Some(a) => run::refined_metrics(g, a, &host, causal, mask.as_ref(), lambda.as_ref()),
+        None => run::metrics(g, &host, causal, mask.as_ref(), lambda.as_ref()),
     })?;
     rows_dict(py, out.rows, Some(&dims.row_shape()))
 }
@@ -404,6 +458,7 @@ fn saobp_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention, m)?)?;
     m.add_function(wrap_pyfunction!(refine_map, m)?)?;
     m.add_function(wrap_pyfunction!(metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(refined_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::adapters, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::default_gpu_py, m)?)?;
     m.add_class::<PyGpu>()?;

@@ -2,8 +2,9 @@
 //! detached from the interpreter: upload, run the library, download.
 
 use saobp::{
-    attention_blocking, metrics_blocking, refine_map_blocking, AttentionOptions, Gpu, HeadSummary,
-    Lambda, MapMetrics, Metric, MetricsOptions, Mode, RefinedMetrics, Result, Tensor,
+    attention_blocking, metrics_blocking, refine_map_blocking, refined_metrics_blocking,
+    AttentionOptions, Gpu, HeadSummary, Lambda, MapMetrics, Metric, MetricsOptions, Mode,
+    RefinedMetrics, Result, Tensor,
 };
 
 use crate::convert::Host;
@@ -156,5 +157,27 @@ pub fn metrics(
         lambda,
     };
     let m = metrics_blocking(gpu, &p, &opts)?;
+    map_result(gpu, &m)
+}
+
+/// The metrics of `r`, refined from `a`, as the spec defines them: `r`'s
+/// own, with `a`'s multi-hop mass and GTD.
+pub fn refined_metrics(
+    gpu: &Gpu,
+    a: &Host,
+    r: &Host,
+    causal: bool,
+    key_mask: Option<&Host>,
+    lambda: Option<&Lambda>,
+) -> Result<MapResult> {
+    let a = upload(gpu, a)?;
+    let r = upload(gpu, r)?;
+    let mask = key_mask.map(|m| upload(gpu, m)).transpose()?;
+    let opts = MetricsOptions {
+        causal,
+        key_mask: mask.as_ref(),
+        lambda,
+    };
+    let m = refined_metrics_blocking(gpu, &a, &r, &opts)?;
     map_result(gpu, &m)
 }

@@ -87,3 +87,29 @@ def test_metrics_key_mask_broadcast_and_lambda(gpu):
     for name in saobp.METRIC_NAMES:
         bound = ref.ABS * n if name == "distance" else ref.ABS
         assert_close(got[name], want[name].reshape(layers, b, h, n), name, abs_tol=bound)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_refined_metrics_take_the_mass_of_a(gpu, causal):
+    # R's own entropy, sparsity, peak and distance; A's m and GTD at λ.
+    shape, lam = (2, 3, 6, 6), [0.5, 1.0, 2.0]
+    a = random_maps(shape, causal, seed=4)
+    b, h, n = shape[0], shape[1], shape[-1]
+    _, m, r, _ = ref.refine(a, lam)
+    n_valid, weight = ref.n_valid_and_weight(b, h, n, causal)
+    want = ref.row_metrics(r, n_valid, m, lam, weight)
+    r32 = saobp.refine_map(a, lam=lam, causal=causal, gpu=gpu)["refined"]
+    got = saobp.refined_metrics(a, r32, causal=causal, lam=lam, gpu=gpu)
+    assert list(got) == list(saobp.METRIC_NAMES)
+    for name in saobp.METRIC_NAMES:
+        bound = ref.ABS * n if name == "distance" else ref.ABS
+        assert_close(got[name], want[name], name, abs_tol=bound)
+    # metrics(R) reports R's own two-hop mass, another number.
+    own = saobp.metrics(r32, causal=causal, lam=lam, gpu=gpu)["multi_hop_mass"]
+    assert np.abs(own - got["multi_hop_mass"]).max() > 1e-3
+
+
+def test_refined_metrics_needs_maps_of_one_shape(gpu):
+    a = random_maps((2, 4, 4))
+    with pytest.raises(ValueError, match="must be the same"):
+        saobp.refined_metrics(a, a[:, :3, :3], gpu=gpu)

@@ -246,6 +246,63 @@ fn a_non_finite_gradient_skips_the_step() {
     });
 }
 
+/// `step_guarded` with finite gradients: a finite guard applies the step
+/// as `step` does, bit for bit; a NaN or ±Inf guard (a blown-up loss whose
+/// gradients happen to be finite) skips it on the GPU, and the norm reads
+/// the guard.
+#[test]
+fn a_non_finite_guard_skips_the_step() {
+    on_every_gpu("adamw guard", |gpu| {
+        let mut rng = Rng::new(19);
+        let init: Vec<Vec<f32>> = PARAMS
+            .iter()
+            .map(|(shape, _)| rng.vec(len(shape), 0.1, 1.0))
+            .collect();
+        let values = grads(&mut rng, 0.5);
+        let (plain, guarded) = (upload(gpu, &init), upload(gpu, &init));
+        let g = upload(gpu, &values);
+        let mut a = AdamW::new(gpu, PARAMS, AdamWOptions::default()).unwrap();
+        let mut b = AdamW::new(gpu, PARAMS, AdamWOptions::default()).unwrap();
+        let finite = raw_tensor(gpu, &[1], &[2.5]);
+        a.step_blocking(gpu, &refs(&plain), &refs(&g), 1e-2)
+            .unwrap();
+        pollster::block_on(b.step_guarded(gpu, &refs(&guarded), &refs(&g), 1e-2, &finite)).unwrap();
+        let read = |ts: &[Tensor]| -> Vec<Vec<u32>> {
+            ts.iter()
+                .map(|t| {
+                    t.to_vec_blocking(gpu)
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(
+            read(&plain),
+            read(&guarded),
+            "a finite guard changes nothing"
+        );
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let before = read(&guarded);
+            let guard = raw_tensor(gpu, &[1], &[bad]);
+            pollster::block_on(b.step_guarded(gpu, &refs(&guarded), &refs(&g), 1e-2, &guard))
+                .unwrap();
+            assert_eq!(
+                read(&guarded),
+                before,
+                "{bad}: the guarded step changed the parameters"
+            );
+            let norm = b.last_grad_norm_blocking(gpu).unwrap();
+            assert_eq!(
+                norm.to_bits(),
+                bad.to_bits(),
+                "{bad}: the norm reads {norm}"
+            );
+        }
+    });
+}
+
 #[test]
 fn bad_inputs_are_typed_errors_before_any_gpu_work() {
     on_every_gpu("adamw bad inputs", |gpu| {

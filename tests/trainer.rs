@@ -74,7 +74,8 @@ fn one_submission_equals_the_phases_run_apart() {
         let grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
         let t = c.n_positions;
         for step in 0..3 {
-            let loss = pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap();
+            let report = pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap();
+            assert!(report.applied, "step {step}: {report:?}");
             let (x, y) = corpus.batch(opts.seed, step as u64, opts.batch, t).unwrap();
             let x = TokenIds::new(gpu, &x, opts.batch, t, c.vocab_size).unwrap();
             let y = TokenIds::new(gpu, &y, opts.batch, t, c.vocab_size).unwrap();
@@ -83,7 +84,13 @@ fn one_submission_equals_the_phases_run_apart() {
             adamw
                 .step_blocking(gpu, &params, &grads, lr_at(step, opts.steps, opts.lr))
                 .unwrap();
-            assert_eq!(loss.to_bits(), apart.to_bits(), "step {step}: loss");
+            assert_eq!(report.loss.to_bits(), apart.to_bits(), "step {step}: loss");
+            let norm = adamw.last_grad_norm_blocking(gpu).unwrap();
+            assert_eq!(
+                report.grad_norm.to_bits(),
+                norm.to_bits(),
+                "step {step}: norm"
+            );
         }
         assert_eq!(trainer.step(), 3);
         assert_eq!(trainer.optimizer().steps(), 3);
@@ -106,7 +113,11 @@ fn a_few_steps_lower_the_loss() {
         let mut trainer = Trainer::new(gpu, model, options(false)).unwrap();
         let mut losses = Vec::new();
         for _ in 0..60 {
-            losses.push(pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap());
+            losses.push(
+                pollster::block_on(trainer.train_step(gpu, &corpus))
+                    .unwrap()
+                    .loss,
+            );
         }
         let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
         let last: f32 = losses[55..].iter().sum::<f32>() / 5.0;
@@ -137,8 +148,9 @@ fn a_non_finite_loss_changes_nothing() {
         let model = Gpt::from_values(gpu, c, &values).unwrap();
         let mut trainer = Trainer::new(gpu, model, options(false)).unwrap();
         let before = bits(&trainer.model().values_blocking(gpu).unwrap());
-        let loss = pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap();
-        assert!(!loss.is_finite(), "the loss is {loss}");
+        let report = pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap();
+        assert!(!report.loss.is_finite(), "the loss is {}", report.loss);
+        assert!(!report.applied);
         assert_eq!(trainer.step(), 0);
         assert_eq!(trainer.optimizer().steps(), 0);
         assert_eq!(bits(&trainer.model().values_blocking(gpu).unwrap()), before);

@@ -467,7 +467,9 @@ fn browser_training_matches_native() {
             let mut trainer = Trainer::new(gpu, model, opts).unwrap();
             let mut losses = Vec::new();
             for _ in 0..steps {
-                losses.push(pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap());
+                let r = pollster::block_on(trainer.train_step(gpu, &corpus)).unwrap();
+                assert!(r.applied, "{what}: a step was not applied: {r:?}");
+                losses.push(r.loss);
             }
             let want = numbers(&browser["losses"], &format!("{what} losses"));
             assert_eq!(want.len(), steps, "{what}: losses reported");

@@ -160,7 +160,9 @@ pub fn lr_at(step: usize, total: usize, lr: f64) -> f64 {
 /// first). Each [`AdamW::step`] is one GPU submission that reduces the
 /// global gradient norm, clips, and updates every tensor in place; nothing
 /// is read back. A step whose gradients hold NaN or ±Inf changes no
-/// parameter and no moment (the GPU skips it; its norm reads +Inf or NaN).
+/// parameter and no moment (the GPU skips it; [`AdamW::last_grad_norm`]
+/// then reads NaN or ±Inf), though [`AdamW::steps`] still counts it: the
+/// host does not know without reading the norm back.
 #[derive(Debug)]
 pub struct AdamW {
     opts: AdamWOptions,
@@ -428,6 +430,36 @@ impl AdamW {
     #[cfg_attr(not(feature = "model"), allow(dead_code))]
     pub(crate) fn advance(&mut self) {
         self.t += 1;
+    }
+
+    /// [`AdamW::step`], applied only if `guard[0]` (a `[1]` tensor on the
+    /// GPU, e.g. the loss the gradients came from) is finite: otherwise the
+    /// GPU skips the step as it skips non-finite gradients, and
+    /// [`AdamW::last_grad_norm`] reads the guard's value. Nothing is read
+    /// back first, so the guard's computation and the step can be queued
+    /// together.
+    pub async fn step_guarded(
+        &mut self,
+        gpu: &Gpu,
+        params: &[&Tensor],
+        grads: &[&Tensor],
+        lr: f64,
+        guard: &Tensor,
+    ) -> Result<()> {
+        let t = self.t + 1;
+        let steps = self.prepare_step(params, grads, lr, t, Some(guard))?;
+        gpu.run(&steps).await?;
+        drop(steps);
+        self.t = t;
+        Ok(())
+    }
+
+    /// The `[1]` tensor of the last step's gradient norm (see
+    /// [`AdamW::last_grad_norm`]), for copying it on the GPU (the
+    /// trainer's, which the `model` feature brings).
+    #[cfg_attr(not(feature = "model"), allow(dead_code))]
+    pub(crate) fn norm_tensor(&self) -> &Tensor {
+        &self.norm
     }
 
     /// Blocking form of [`AdamW::step`].

@@ -33,6 +33,6 @@ pub use gpt::{init_values, Gpt, GptWorkspace};
 pub use gpt_config::{GptConfig, ParamSpec};
 pub use tokenizer::{Encoded, TextTokenizer};
 pub use train::{
-    evaluate, generate, layer_stats, sample, Evaluation, LayerStats, Sampling, TrainOptions,
-    Trainer,
+    evaluate, generate, layer_stats, sample, Evaluation, LayerStats, Sampling, StepReport,
+    TrainOptions, Trainer,
 };

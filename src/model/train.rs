@@ -28,18 +28,19 @@
 //! let opts = TrainOptions { seed: 1, batch: 4, steps: 100, lr: 1e-3, learn_lambda: false };
 //! let mut trainer = Trainer::new(&gpu, model, opts)?;
 //! while trainer.step() < 100 {
-//!     let loss = trainer.train_step(&gpu, &corpus).await?;
-//!     assert!(loss.is_finite());
+//!     let report = trainer.train_step(&gpu, &corpus).await?;
+//!     assert!(report.applied, "step {}: loss {}", trainer.step(), report.loss);
 //! }
 //! # Ok(()) }
 //! ```
 
 use crate::data::Corpus;
+use crate::gpu::Step;
 use crate::kernels::gpt::TokenIds;
 use crate::kernels::metrics::{HeadSummary, MapMetrics};
 use crate::kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
 use crate::workload::SplitMix64;
-use crate::{Error, Gpu, Result};
+use crate::{Error, Gpu, Result, Tensor};
 
 use super::{Gpt, GptWorkspace};
 
@@ -58,12 +59,31 @@ pub struct TrainOptions {
     pub learn_lambda: bool,
 }
 
+/// What one [`Trainer::train_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The batch's mean cross-entropy, before the update.
+    pub loss: f32,
+    /// The global norm of the gradients, before clipping.
+    pub grad_norm: f32,
+    /// Whether the update was applied: the loss and the gradients were
+    /// finite. When not, nothing changed and the step was not counted.
+    pub applied: bool,
+}
+
 /// A [`Gpt`] with its AdamW state and a workspace of one batch: call
 /// [`Trainer::train_step`] until [`Trainer::step`] reaches the run's steps.
+///
+/// After an error from [`Trainer::train_step`] (a lost device, a failed
+/// readback) the GPU may or may not have applied that step: continue from
+/// the last checkpoint with a new trainer, not with this one.
 pub struct Trainer {
     model: Gpt,
     adamw: AdamW,
     ws: GptWorkspace,
+    /// `[2]`: the loss and the gradient norm of the last step, copied side
+    /// by side on the GPU so that one readback brings both.
+    report: Tensor,
     /// Indices into [`Gpt::parameters`] of the optimized parameters.
     optimized: Vec<usize>,
     opts: TrainOptions,
@@ -104,6 +124,7 @@ impl Trainer {
             model,
             adamw,
             ws,
+            report: Tensor::zeros(gpu, &[2])?,
             optimized,
             opts,
             step: 0,
@@ -113,13 +134,14 @@ impl Trainer {
     /// Trains one step on `corpus`'s training split: the batch of
     /// [`Corpus::batch`] for this seed and step, forward, backward and AdamW
     /// at [`lr_at`] of this step, all in one GPU submission; then reads the
-    /// batch's loss back and returns it.
+    /// batch's loss and the gradient norm back, together.
     ///
-    /// When the loss is not finite, the GPU skips AdamW (its guard is the
-    /// loss), so the parameters, the optimizer and [`Trainer::step`] stay as
-    /// they were, and the loss is returned: the caller decides whether to
-    /// stop (the command line does).
-    pub async fn train_step(&mut self, gpu: &Gpu, corpus: &Corpus) -> Result<f32> {
+    /// When the loss or the gradients are not finite, the GPU skips AdamW
+    /// (its guard is the loss), so the parameters, the optimizer and
+    /// [`Trainer::step`] stay as they were, and the report says so
+    /// ([`StepReport::applied`]): the caller decides whether to stop (the
+    /// command line does).
+    pub async fn train_step(&mut self, gpu: &Gpu, corpus: &Corpus) -> Result<StepReport> {
         let (b, t) = (self.opts.batch, self.ws.n());
         let vocab = self.model.config().vocab_size;
         let (x, y) = corpus.batch(self.opts.seed, self.step as u64, b, t)?;
@@ -139,14 +161,32 @@ impl Trainer {
                 self.adamw.steps() + 1,
                 Some(self.ws.loss()),
             )?);
+            for (i, src) in [self.ws.loss(), self.adamw.norm_tensor()]
+                .into_iter()
+                .enumerate()
+            {
+                steps.push(Step::Copy {
+                    src: src.buffer(),
+                    src_offset: 0,
+                    dst: self.report.buffer(),
+                    dst_offset: 4 * i as u64,
+                    bytes: 4,
+                });
+            }
             gpu.run(&steps).await?;
         }
-        let loss = self.ws.read_loss(gpu).await?;
-        if loss.is_finite() {
+        let read = self.report.to_vec(gpu).await?;
+        let (loss, grad_norm) = (read[0], read[1]);
+        let applied = loss.is_finite() && grad_norm.is_finite();
+        if applied {
             self.adamw.advance();
             self.step += 1;
         }
-        Ok(loss)
+        Ok(StepReport {
+            loss,
+            grad_norm,
+            applied,
+        })
     }
 
     /// Steps taken so far (the next batch's step index).

@@ -375,10 +375,19 @@ pub fn run(args: &TrainArgs) -> CliResult {
             break Ok("interrupted");
         }
         let lr = trainer.lr();
-        let loss = pollster::block_on(trainer.train_step(&gpu, &plan.corpus)).map_err(e)?;
-        if !loss.is_finite() {
+        let report = pollster::block_on(trainer.train_step(&gpu, &plan.corpus)).map_err(e)?;
+        let loss = report.loss;
+        if !report.applied {
+            let what = if loss.is_finite() {
+                format!(
+                    "the gradients are not finite (norm {}) though the loss is {loss}",
+                    report.grad_norm
+                )
+            } else {
+                format!("the loss is {loss}")
+            };
             break Err(format!(
-                "step {step}: the loss is {loss}; stopping. The last checkpoint ({} steps) is kept in {}",
+                "step {step}: {what}; stopping. The last checkpoint ({} steps) is kept in {}",
                 plan.settings.step,
                 plan.dir.display()
             ));

@@ -110,13 +110,14 @@ PEAKS = [
     ("A100", 19500, 2039), ("L40S", 91600, 864), ("RTX 4090", 82600, 1008),
     ("RTX 4080", 48700, 717), ("RTX 3090", 35600, 936), ("RTX 3080", 29800, 760),
 ]
-src = "given on the command line"
-if not peak_f or not peak_b:
-    for key, f, b in PEAKS:
-        if key.lower() in adapter.lower():
-            peak_f, peak_b = peak_f or f, peak_b or b
-            src = f"the data sheet of the {key}"
-            break
+src_f = src_b = "given on the command line"
+for key, f, b in PEAKS:
+    if key.lower() in adapter.lower():
+        if not peak_f:
+            peak_f, src_f = f, f"the data sheet of the {key}"
+        if not peak_b:
+            peak_b, src_b = b, f"the data sheet of the {key}"
+        break
 peak_f = float(peak_f) if peak_f else None
 peak_b = float(peak_b) if peak_b else None
 
@@ -126,9 +127,12 @@ def of_peak(gflops):
 lines = [f"\n## {adapter.split(' [')[0]} ({date})\n",
          f"`bash scripts/gpu-bench.sh`, {date}, adapter: {adapter}. "]
 if peak_f:
-    lines.append(f"Peak FP32 {peak_f:,.0f} GFLOP/s and memory bandwidth {peak_b:,.0f} GB/s ({src}).\n")
+    lines.append(f"Peak FP32 {peak_f:,.0f} GFLOP/s ({src_f}). ")
 else:
-    lines.append("No peak known for this adapter (pass --peak-gflops and --peak-gbps): the \"of peak\" figures are left out.\n")
+    lines.append("No FP32 peak known for this adapter (pass --peak-gflops): the \"of peak\" figures are left out. ")
+if peak_b:
+    lines.append(f"Memory bandwidth {peak_b:,.0f} GB/s ({src_b}).")
+lines.append("\n")
 lines.append("\n| N | mode | time | GFLOP/s |\n|---|---|---|---|\n")
 for row in r["attention"]:
     for mode in ["plain", "flash", "fused", "streaming", "materialized"]:

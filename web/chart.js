@@ -21,11 +21,26 @@ export function drawSeries(canvas, series, { xMax, tight = false } = {}) {
   const { width, height } = canvas;
   const pad = { left: 44, right: 10, top: 8, bottom: 22 };
   ctx.clearRect(0, 0, width, height);
-  const ys = series.flatMap((s) => s.points.map((p) => p[1])).filter(Number.isFinite);
-  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
-  const right = Math.max(1, xMax ?? 0, ...xs);
-  const hi = ys.length ? Math.max(...ys) : 1;
-  const lo = ys.length ? Math.min(...ys) : 0;
+  // At most MAX_POINTS per series, evenly strided (the last one kept), and
+  // extremes by plain loops: spreading 100,000 points into Math.max throws.
+  series = series.map((s) => ({ ...s, points: thin(s.points) }));
+  let right = Math.max(1, xMax ?? 0);
+  let hi = -Infinity;
+  let lo = Infinity;
+  for (const s of series) {
+    for (const [px, py] of s.points) {
+      if (px > right) right = px;
+      if (Number.isFinite(py)) {
+        if (py > hi) hi = py;
+        if (py < lo) lo = py;
+      }
+    }
+  }
+  const ys = Number.isFinite(hi) ? [lo, hi] : [];
+  if (!ys.length) {
+    hi = 1;
+    lo = 0;
+  }
   let bottom = 0;
   let step = niceStep(Math.max(1e-9, hi));
   if (tight && ys.length) {
@@ -70,4 +85,14 @@ export function drawSeries(canvas, series, { xMax, tight = false } = {}) {
   }
   ctx.setLineDash([]);
   ctx.lineWidth = 1;
+}
+
+const MAX_POINTS = 2000;
+
+function thin(points) {
+  if (points.length <= MAX_POINTS) return points;
+  const stride = Math.ceil(points.length / MAX_POINTS);
+  const kept = points.filter((_, i) => i % stride === 0);
+  if (kept.at(-1) !== points.at(-1)) kept.push(points.at(-1));
+  return kept;
 }

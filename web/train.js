@@ -91,7 +91,9 @@ export function trainView(demo, showError) {
   controlsFromUrl();
   const state = {
     runs: null, // [{ name, run, losses: [[step, loss]], evals: [...] }]
-    running: false,
+    running: false, // the loop should go on
+    looping: false, // a loop is in flight (it may be finishing its pair of steps)
+    resetting: false,
     loop: null,
     text: null,
     startedAt: 0,
@@ -126,7 +128,13 @@ export function trainView(demo, showError) {
     const make = (lambda, learn) =>
       demo.trainer(text, JSON.stringify({ ...s, lambda, learn_lambda: learn, evalEvery: undefined, sampleEvery: undefined }));
     const plain = make(0, false);
-    const saobp = make(s.lambda, s.learn_lambda);
+    let saobp;
+    try {
+      saobp = make(s.lambda, s.learn_lambda);
+    } catch (e) {
+      plain.free();
+      throw e;
+    }
     state.runs = [
       { name: 'λ = 0', run: plain, losses: [], evals: [], sample: '' },
       { name: `λ = ${s.lambda.toFixed(2)}${s.learn_lambda ? ' (learned)' : ''}`, run: saobp, losses: [], evals: [], sample: '' },
@@ -149,7 +157,7 @@ export function trainView(demo, showError) {
     if (step % state.settings.sampleEvery === 0 || step === state.settings.steps) {
       for (const [i, r] of state.runs.entries()) {
         r.sample = await r.run.sample(SAMPLE_PROMPT, SAMPLE_TOKENS, 0.8, step);
-        $(`train-sample-${i}`).textContent = SAMPLE_PROMPT + r.sample;
+        $(`train-sample-${i}`).textContent = r.sample;
         $(`train-sample-${i}-caption`).textContent = `${r.name}, after ${step} steps (temperature 0.8, top 40)`;
       }
       window.saobpTrain.samples += 1;
@@ -201,6 +209,7 @@ export function trainView(demo, showError) {
   }
 
   async function loop() {
+    state.looping = true;
     document.body.dataset.trainState = 'running';
     window.saobpTrain.running = true;
     try {
@@ -243,25 +252,34 @@ export function trainView(demo, showError) {
       showError(`training: ${window.saobpTrain.error}`);
       return;
     } finally {
+      state.looping = false;
       window.saobpTrain.running = false;
     }
     document.body.dataset.trainState = state.running ? 'running' : 'paused';
   }
 
+  // Start and Pause are one button. Pausing only asks the loop to stop
+  // after its current pair of steps; pressing Start before it has stopped
+  // lets the same loop go on, so two loops never run at once.
   function start() {
+    if (state.resetting) return;
     if (state.running) {
-      state.running = false; // the loop stops after its current pair of steps
+      state.running = false;
       $('train-start').textContent = 'Start';
       return;
     }
     state.running = true;
     $('train-start').textContent = 'Pause';
-    state.loop = loop();
+    if (!state.looping) state.loop = loop();
   }
 
   async function reset() {
+    if (state.resetting) return;
+    state.resetting = true;
+    $('train-start').disabled = true;
     state.running = false;
     await state.loop;
+    state.resetting = false;
     for (const r of state.runs ?? []) r.run.free();
     state.runs = null;
     Object.assign(window.saobpTrain, { steps: 0, evaluations: 0, samples: 0, error: '' });
@@ -286,7 +304,7 @@ export function trainView(demo, showError) {
   for (const id of ['train-preset', 'train-lambda', 'train-learn', 'train-steps', 'train-seed']) {
     $(id).addEventListener('change', () => {
       controlsToUrl();
-      if (state.runs) reset().catch((e) => showError(`training: ${e.message ?? e}`));
+      if (state.runs || state.looping) reset().catch((e) => showError(`training: ${e.message ?? e}`));
     });
   }
   controlsToUrl();

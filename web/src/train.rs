@@ -67,7 +67,7 @@ impl Settings {
         let uint = |key: &str| -> Result<usize, String> {
             v[key]
                 .as_u64()
-                .map(|x| x as usize)
+                .and_then(|x| usize::try_from(x).ok())
                 .ok_or_else(|| format!("settings: `{key}` must be a whole number >= 0"))
         };
         let float = |key: &str| -> Result<f64, String> {
@@ -201,25 +201,30 @@ impl Run {
     /// Trains `count` steps (fewer at the schedule's end); returns their
     /// losses. A non-finite loss stops here with an error naming the step.
     pub async fn steps(&mut self, gpu: &Gpu, count: usize) -> Result<Vec<f32>, String> {
+        let count = count.min(self.settings.steps);
         let mut losses = Vec::with_capacity(count);
         while losses.len() < count && self.trainer.step() < self.settings.steps {
             let step = self.trainer.step();
-            let loss = self
+            let r = self
                 .trainer
                 .train_step(gpu, &self.corpus)
                 .await
                 .map_err(|e| e.to_string())?;
-            if !loss.is_finite() {
-                return Err(format!("step {step}: the loss is {loss}; training stopped"));
+            if !r.applied {
+                return Err(format!(
+                    "step {step}: the loss is {} and the gradient norm {}; training stopped",
+                    r.loss, r.grad_norm
+                ));
             }
-            losses.push(loss);
+            losses.push(r.loss);
         }
         Ok(losses)
     }
 
     /// The losses of both splits on their fixed windows, and each layer's
     /// entropy and GTD of `A` and `R` on the first validation windows, as
-    /// `saobp train` records them (`metrics.jsonl`).
+    /// `saobp train` records them (`metrics.jsonl`); `lr` is the next
+    /// step's learning rate.
     pub async fn evaluate(&self, gpu: &Gpu) -> Result<Value, String> {
         let err = |e: saobp::Error| e.to_string();
         let (model, t) = (self.trainer.model(), self.settings.block);
@@ -256,9 +261,10 @@ impl Run {
         }))
     }
 
-    /// `tokens` characters after `prompt` (its characters outside the
-    /// corpus's are an error), sampled at `temperature` among the 40 most
-    /// likely.
+    /// `tokens` characters after `prompt`, sampled at `temperature` among
+    /// the 40 most likely. The prompt's characters outside the corpus's
+    /// vocabulary are dropped (all of them: the corpus's first character
+    /// stands in). Returns the prompt used and the sample, as one text.
     pub async fn sample(
         &self,
         gpu: &Gpu,
@@ -269,7 +275,18 @@ impl Run {
     ) -> Result<String, String> {
         let err = |e: saobp::Error| e.to_string();
         let vocab = self.corpus.vocab();
-        let ids = vocab.encode(prompt).map_err(err)?;
+        let mut used: String = prompt
+            .chars()
+            .filter(|c| vocab.chars().contains(c))
+            .collect();
+        if used.is_empty() {
+            used = vocab
+                .chars()
+                .first()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+        }
+        let ids = vocab.encode(&used).map_err(err)?;
         let sampling = Sampling {
             temperature,
             top_k: Some(40),
@@ -278,7 +295,7 @@ impl Run {
         let out = generate(gpu, self.trainer.model(), &ids, tokens, sampling)
             .await
             .map_err(err)?;
-        vocab.decode(&out).map_err(err)
+        Ok(used + &vocab.decode(&out).map_err(err)?)
     }
 }
 
@@ -376,7 +393,7 @@ impl TrainRun {
         })
     }
 
-    /// Text sampled from the model after `prompt` (see [`Run::sample`]).
+    /// The prompt used and the text sampled after it (see [`Run::sample`]).
     /// The seed is a 32-bit number, so JavaScript passes a plain number.
     pub fn sample(
         &self,

@@ -128,6 +128,23 @@ fn uniform_one_hot_and_empty_rows_have_known_metrics() {
     });
 }
 
+/// Maps `[B, H, N, N]`: a genuine (masked) softmax of scores uniform in
+/// `[-range, range]`, so rows are stochastic; in f32, and the same values in
+/// f64 for the reference.
+fn stochastic_maps(
+    rng: &mut Rng,
+    [b, h, n]: [usize; 3],
+    range: f32,
+    causal: bool,
+    mask: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f64>) {
+    let scores = rng.vec(b * h * n * n, -range, range);
+    let p64 = reference::softmax(&scores, &[b, h, n, n], causal, mask).unwrap();
+    let p: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
+    let p64 = p.iter().map(|&x| f64::from(x)).collect();
+    (p, p64)
+}
+
 #[test]
 fn random_maps_with_masks_match_reference() {
     on_every_gpu("metrics random", |gpu| {
@@ -137,12 +154,8 @@ fn random_maps_with_masks_match_reference() {
             let causal = case % 2 == 0;
             let mask = key_mask(b, n, |_, _| rng.below(5) != 0);
             let masked = case % 3 != 0;
-            // A genuine masked softmax of random scores, so rows are stochastic.
-            let scores = rng.vec(b * h * n * n, -6.0, 6.0);
-            let p64 = reference::softmax(&scores, &[b, h, n, n], causal, masked.then_some(&mask))
-                .unwrap();
-            let p: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
-            let p64: Vec<f64> = p.iter().map(|&x| f64::from(x)).collect();
+            let (p, p64) =
+                stochastic_maps(&mut rng, [b, h, n], 6.0, causal, masked.then_some(&mask));
             let lambda: Vec<f32> = (0..h).map(|_| rng.uniform(0.0, 4.0)).collect();
             let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
             let messages = reference::saobp::messages(&p64, n).unwrap();
@@ -184,11 +197,8 @@ fn refined_maps_take_the_mass_of_their_attention_map() {
             let causal = case % 2 == 1;
             let mask = key_mask(b, n, |_, _| rng.below(5) != 0);
             let masked = case >= 2;
-            let scores = rng.vec(b * h * n * n, -5.0, 5.0);
-            let a64 = reference::softmax(&scores, &[b, h, n, n], causal, masked.then_some(&mask))
-                .unwrap();
-            let a: Vec<f32> = a64.iter().map(|&x| x as f32).collect();
-            let a64: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+            let (a, a64) =
+                stochastic_maps(&mut rng, [b, h, n], 5.0, causal, masked.then_some(&mask));
             let lambda: Vec<f32> = (0..h).map(|_| rng.uniform(0.2, 3.0)).collect();
             let lambda64: Vec<f64> = lambda.iter().map(|&x| f64::from(x)).collect();
             let messages = reference::saobp::messages(&a64, n).unwrap();

@@ -330,6 +330,26 @@ fn every_documented_training_error_is_one_line() {
     };
     let done = trained(&tmp, &data, "2");
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A 4-step run in tmp/`name`, stopped (and checkpointed) after one step.
+    let one_step_run = |name: &str| {
+        let run = tmp.join(name);
+        let mut a = args(&[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            run.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--stop-after",
+            "1",
+            "--eval-windows",
+            "4",
+        ]);
+        a.extend(args(&SIZES));
+        assert_success("first step", &run_cli(None, &a));
+        run
+    };
     let mut seen = Vec::new();
     for row in &rows {
         let [id, case, needle] = &row[..] else {
@@ -401,22 +421,7 @@ fn every_documented_training_error_is_one_line() {
             }
             "resume-complete" => args(&["train", "--data", &data, "--resume", &d]),
             "optimizer-step-mismatch" => {
-                let run = tmp.join("skewed");
-                let mut a = args(&[
-                    "train",
-                    "--data",
-                    &data,
-                    "--out",
-                    run.to_str().unwrap(),
-                    "--steps",
-                    "4",
-                    "--stop-after",
-                    "1",
-                    "--eval-windows",
-                    "4",
-                ]);
-                a.extend(args(&SIZES));
-                assert_success("first step", &run_cli(None, &a));
+                let run = one_step_run("skewed");
                 // train.json one step ahead of optimizer.safetensors.
                 let settings = std::fs::read_to_string(run.join("train.json")).unwrap();
                 assert!(settings.contains("\"step\": 1,"), "{settings}");
@@ -443,23 +448,7 @@ fn every_documented_training_error_is_one_line() {
                 args(&["eval", "--model", copy.to_str().unwrap(), "--data", &data])
             }
             "non-finite-loss" => {
-                let run = tmp.join("blow-up");
-                let mut a = args(&[
-                    "train",
-                    "--data",
-                    &data,
-                    "--out",
-                    run.to_str().unwrap(),
-                    "--steps",
-                    "4",
-                    "--stop-after",
-                    "1",
-                    "--eval-windows",
-                    "4",
-                ]);
-                a.extend(args(&SIZES));
-                let r = run_cli(None, &a);
-                assert_success("first step", &r);
+                let run = one_step_run("blow-up");
                 // Finite weights whose logits overflow f32: a LayerNorm gain
                 // of ~1e36 times embeddings of ~100.
                 scale_weights(&run, &[("ln_f.weight", 1e36), ("wte", 1e4)]);

@@ -165,41 +165,23 @@ pub fn measure(gpu: &Gpu, preset: &Preset, lambda: bool, repeat: usize) -> Resul
 
 /// GPU memory a training run of `preset` holds (λ = 0.5 learned in every
 /// head when `lambda`): the model, a workspace of one batch and AdamW's
-/// moments, after one forward, backward and AdamW step, so the scratch
+/// moments, after one `Trainer::train_step`, so the scratch
 /// textures and buffers the step uses are counted too. `None` where the
 /// backend does not report its allocations ([`Gpu::allocated_bytes`]).
 pub fn memory(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<Option<u64>, Error> {
     let before = gpu.allocated_bytes();
-    let Setup {
-        model,
-        ws,
-        ids,
-        targets,
-    } = setup(gpu, preset, lambda)?;
-    let specs: Vec<_> = model
-        .parameters()
-        .map(|(s, _)| (s.shape.as_slice(), s.group))
-        .collect();
-    let mut adamw = AdamW::new(gpu, &specs, AdamWOptions::default())?;
-    let params: Vec<_> = model.parameters().map(|(_, p)| p).collect();
-    let grads: Vec<_> = ws.grads().map(|(_, g)| g).collect();
-    model.forward_backward_blocking(gpu, &ws, &ids, &targets)?;
-    adamw.step_blocking(gpu, &params, &grads, 1e-3)?;
-    adamw.last_grad_norm_blocking(gpu)?;
+    let (mut trainer, corpus) = trainer(gpu, preset, lambda)?;
+    pollster::block_on(trainer.train_step(gpu, &corpus))?;
     Ok(gpu
         .allocated_bytes()
         .zip(before)
         .map(|(after, before)| after.saturating_sub(before)))
 }
 
-/// Times [`Trainer::train_step`] on a random text of the preset's vocabulary
-/// (one character per id); returns the median and the work of one step.
-fn trainer_step(
-    gpu: &Gpu,
-    preset: &Preset,
-    lambda: bool,
-    repeat: usize,
-) -> Result<(Duration, Work), Error> {
+/// A [`Trainer`] of `preset` (λ = 0.5 learned in every head when `lambda`)
+/// and a random text of the preset's vocabulary to train on (one character
+/// per id).
+fn trainer(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<(Trainer, Corpus), Error> {
     let c = &preset.config;
     let chars: Vec<char> = (0..c.vocab_size as u32)
         .map(|i| char::from_u32(0x100 + i).unwrap_or('?'))
@@ -218,7 +200,18 @@ fn trainer_step(
         lr: 1e-3,
         learn_lambda: lambda,
     };
-    let mut trainer = Trainer::new(gpu, model, opts)?;
+    Ok((Trainer::new(gpu, model, opts)?, corpus))
+}
+
+/// Times [`Trainer::train_step`] (see [`trainer`]); returns the median and
+/// the work of one step.
+fn trainer_step(
+    gpu: &Gpu,
+    preset: &Preset,
+    lambda: bool,
+    repeat: usize,
+) -> Result<(Duration, Work), Error> {
+    let (mut trainer, corpus) = trainer(gpu, preset, lambda)?;
     let time = median(repeat, || {
         pollster::block_on(trainer.train_step(gpu, &corpus)).map(drop)
     })?;

@@ -147,7 +147,7 @@ impl Trainer {
         let (x, y) = corpus.batch(self.opts.seed, self.step as u64, b, t)?;
         let x = TokenIds::new(gpu, &x, b, t, vocab)?;
         let y = TokenIds::new(gpu, &y, b, t, vocab)?;
-        let lr = lr_at(self.step, self.opts.steps, self.opts.lr);
+        let lr = self.lr();
         {
             let params: Vec<_> = self.model.parameters().map(|(_, p)| p).collect();
             let grads: Vec<_> = self.ws.grads().map(|(_, g)| g).collect();

@@ -94,8 +94,11 @@ node selftest.mjs selftest-report.json ../docs/web-demo.png ../docs/web-model.pn
 
 step "native: the same workload on this machine's adapters"
 # Every compared value prints a "max error" line; the adapters and the verdict stay.
+# Selected as the README's `cargo test` selects (the workspace's default
+# members, their features unified), so the test binary that command built is
+# reused rather than the library rebuilt with other dependency features.
 (cd .. && SAOBP_WEB_REPORT="$web/selftest-report.json" \
-    cargo test -p saobp --no-default-features --features model --test web_parity -- --nocapture 2>&1) |
+    cargo test --test web_parity -- --nocapture 2>&1) |
     grep -v ': max error '
 
 step "PASS: browser self-test, screenshots docs/web-demo.png, docs/web-model.png and docs/web-train.png, native parity"

@@ -22,6 +22,11 @@
 //                  in a gradient, or the guard's Inf), so a step whose loss
 //                  or gradients blew up leaves parameters and moments as
 //                  they were, without the host reading anything first.
+//   optim_accumulate  gradient accumulation over the micro-batches of one
+//                  step, one invocation per element: sum = scale * grad
+//                  for the first micro-batch (flags bit 2), else
+//                  sum = sum + scale * grad (scale = 1 / micro-batches, so
+//                  the sum is the mean gradient of the whole batch).
 //
 // Finiteness is tested on the bits: WGSL lets implementations assume floats
 // are finite, so a comparison such as x != x may be folded away.
@@ -30,6 +35,7 @@
 //   v1: as above, without the guard.
 //   v2: the guard and the skip of a non-finite step, so that a training step
 //       (forward, backward, AdamW) is one submission.
+//   v3: optim_accumulate.
 
 struct Params {
     // Elements of the tensor (optim_sumsq, optim_adamw).
@@ -39,6 +45,7 @@ struct Params {
     // All partial sums of the step (optim_norm).
     count: u32,
     // Bit 0: clip to max_norm. Bit 1: clamp to >= 0 after the update.
+    // Bit 2: the first micro-batch (optim_accumulate overwrites).
     flags: u32,
     lr: f32,
     beta1: f32,
@@ -48,6 +55,11 @@ struct Params {
     bc1: f32,
     bc2_sqrt: f32,
     max_norm: f32,
+    // The factor optim_accumulate adds each gradient with.
+    scale: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -150,4 +162,27 @@ fn optim_adamw(
     ad_m[i] = m;
     ad_v[i] = v;
     ad_param[i] = x;
+}
+
+// ---- optim_accumulate --------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> ac_grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ac_sum: array<f32>;
+
+@compute @workgroup_size(64)
+fn optim_accumulate(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = element_id(wid, nwg, lid);
+    if (i >= p.len) {
+        return;
+    }
+    let g = p.scale * ac_grad[i];
+    if ((p.flags & 4u) != 0u) {
+        ac_sum[i] = g;
+    } else {
+        ac_sum[i] = ac_sum[i] + g;
+    }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::pool::{Pool, Pooled, PooledTexture};
+use crate::pool::{Pool, Pooled, ScratchTextures, TextureSlot};
 use crate::shader::{self, Kernel, PipelineKey};
 
 /// Which graphics API to run on.
@@ -273,16 +273,17 @@ pub(crate) enum Step<'a> {
     },
 }
 
-/// A pooled scratch texture, shared by the steps that write and read it.
-pub(crate) type Panels = Arc<PooledTexture>;
+/// A scratch texture, shared by the steps that write and read it; the run
+/// decides which pooled texture it is (see [`TextureSlot`]).
+pub(crate) type Panels = Arc<TextureSlot>;
 
 /// A resource bound to one binding of a dispatch.
 pub(crate) enum Binding<'a> {
     /// A storage buffer, borrowed from a tensor the caller keeps alive.
     Buffer(&'a wgpu::Buffer),
     /// A storage texture (read-only or write-only, as the shader declares it).
-    /// Shared, so a step can carry the scratch textures it made; they go
-    /// back to the pool when the last step holding them is dropped.
+    /// Shared, so a step can carry the scratch textures it made; a run
+    /// binds each to a pooled texture from its first step to its last.
     Texture(Panels),
 }
 
@@ -872,11 +873,10 @@ impl Gpu {
     }
 
     /// A scratch `rgba32float` 2D-array texture that kernels write and then
-    /// read as storage textures, from the pool. Created outside an error
-    /// scope, like tensors, so that this stays synchronous; failures surface
-    /// on the next call.
+    /// read as storage textures. Only its size: the run that binds it takes
+    /// the texture from the pool, inside its error scope.
     pub(crate) fn storage_texture(&self, width: u32, height: u32, layers: u32) -> Panels {
-        Arc::new(self.pool.take_texture(&self.device, width, height, layers))
+        Arc::new(TextureSlot::new(width, height, layers))
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -998,6 +998,16 @@ impl Gpu {
     /// Records `steps` in order into one command buffer and submits it.
     /// Does not wait for the GPU; a later read does.
     pub(crate) async fn run(&self, steps: &[Step<'_>]) -> Result<()> {
+        let mut scratch = ScratchTextures::new(steps.iter().enumerate().flat_map(|(i, step)| {
+            let bindings = match step {
+                Step::Dispatch(d) => d.bindings.as_slice(),
+                Step::Copy { .. } => &[],
+            };
+            bindings.iter().filter_map(move |(_, b)| match b {
+                Binding::Texture(t) => Some((i, t)),
+                Binding::Buffer(_) => None,
+            })
+        }));
         #[cfg(not(target_arch = "wasm32"))]
         if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
             for i in 0..steps.len() {
@@ -1006,7 +1016,7 @@ impl Gpu {
                     Step::Copy { .. } => "copy".to_string(),
                 };
                 let start = std::time::Instant::now();
-                self.record(&steps[i..=i]).await?;
+                self.record(&steps[i..=i], i, &mut scratch).await?;
                 self.device
                     .poll(wgpu::PollType::wait_indefinitely())
                     .map_err(|e| Error::Validation(e.to_string()))?;
@@ -1017,15 +1027,20 @@ impl Gpu {
             }
             return Ok(());
         }
-        self.record(steps).await
+        self.record(steps, 0, &mut scratch).await
     }
 
     /// [`Gpu::run`]'s recording and submission, timed into
     /// [`Work::host_time`].
-    async fn record(&self, steps: &[Step<'_>]) -> Result<()> {
+    async fn record(
+        &self,
+        steps: &[Step<'_>],
+        first: usize,
+        scratch: &mut ScratchTextures,
+    ) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         let start = std::time::Instant::now();
-        let recorded = self.record_untimed(steps).await;
+        let recorded = self.record_untimed(steps, first, scratch).await;
         #[cfg(not(target_arch = "wasm32"))]
         {
             self.work
@@ -1036,7 +1051,14 @@ impl Gpu {
         recorded
     }
 
-    async fn record_untimed(&self, steps: &[Step<'_>]) -> Result<()> {
+    /// Records `steps`, the run's steps from index `first` on, binding their
+    /// scratch textures through `scratch`.
+    async fn record_untimed(
+        &self,
+        steps: &[Step<'_>],
+        first: usize,
+        scratch: &mut ScratchTextures,
+    ) -> Result<()> {
         let dispatches: Vec<&Dispatch> = steps
             .iter()
             .filter_map(|s| match s {
@@ -1115,7 +1137,13 @@ impl Gpu {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
             let mut offsets = offsets.iter();
             let mut prepared = dispatches.iter().zip(&bindings).zip(&pipelines).zip(&grids);
-            for step in steps {
+            // The scratch textures of the last dispatch, freed for later
+            // slots once it is recorded.
+            let mut previous: Option<(usize, &[&Binding])> = None;
+            for (i, step) in steps.iter().enumerate() {
+                if let Some((j, resources)) = previous.take() {
+                    scratch.release_after(j, resources);
+                }
                 let (d, resources, pipeline, (x, y)) = match step {
                     Step::Copy {
                         src,
@@ -1140,6 +1168,7 @@ impl Gpu {
                         None => break,
                     },
                 };
+                previous = Some((first + i, resources.as_slice()));
                 let offset = offsets.next().copied().unwrap_or(0);
                 let (Some(params), Some(size)) =
                     (&params, wgpu::BufferSize::new(d.params.len() as u64))
@@ -1157,12 +1186,20 @@ impl Gpu {
                         size: Some(size),
                     }),
                 }];
-                for (i, b) in resources.iter().enumerate() {
+                let views: Vec<Option<wgpu::TextureView>> = resources
+                    .iter()
+                    .map(|b| match b {
+                        Binding::Texture(t) => Some(scratch.bind(&self.pool, &self.device, t)),
+                        Binding::Buffer(_) => None,
+                    })
+                    .collect();
+                for (k, (b, view)) in resources.iter().zip(&views).enumerate() {
                     entries.push(wgpu::BindGroupEntry {
-                        binding: i as u32 + 1,
-                        resource: match b {
-                            Binding::Buffer(b) => b.as_entire_binding(),
-                            Binding::Texture(t) => wgpu::BindingResource::TextureView(t.view()),
+                        binding: k as u32 + 1,
+                        resource: match (b, view) {
+                            (_, Some(view)) => wgpu::BindingResource::TextureView(view),
+                            (Binding::Buffer(b), None) => b.as_entire_binding(),
+                            (Binding::Texture(_), None) => continue,
                         },
                     });
                 }
@@ -1178,6 +1215,9 @@ impl Gpu {
                 pass.set_pipeline(pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(*x, *y, 1);
+            }
+            if let Some((j, resources)) = previous {
+                scratch.release_after(j, resources);
             }
             self.queue.submit([encoder.finish()]);
         })

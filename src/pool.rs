@@ -1,9 +1,16 @@
 //! Buffer and texture reuse: a tensor hands its storage buffer back to its
 //! [`Gpu`]'s pool when its last handle drops, and the next buffer of the same
-//! byte size and usage is taken from there; the scratch textures of the
-//! texture matmul go back the same way once their steps are dropped.
-//! Repeated calls of the same shapes therefore create no new GPU buffers or
-//! textures (see [`Gpu::allocations`]).
+//! byte size and usage is taken from there. Repeated calls of the same shapes
+//! therefore create no new GPU buffers or textures (see
+//! [`Gpu::allocations`]).
+//!
+//! Scratch textures (the texture matmul's panels) are reused within a
+//! submission as well: steps bind a [`TextureSlot`], a size only, and the
+//! run gives each slot a texture from its first step to its last
+//! ([`ScratchTextures`]), then hands that texture to the next slot of the
+//! same size. A training step records a hundred-odd products; had each kept
+//! its own panels until the submission ended, they would hold more memory
+//! than the activations.
 //!
 //! Written here because wgpu has no buffer pool of its own, and the pools in
 //! other crates belong to render-graph or frame-arena designs that do not fit
@@ -21,6 +28,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use crate::gpu::Binding;
 
 /// Free buffers above this many bytes in total are released instead of kept.
 const MAX_FREE_BYTES: u64 = 1 << 30;
@@ -220,18 +229,100 @@ impl fmt::Debug for Pooled {
     }
 }
 
-/// A scratch texture that goes back to its pool when the last step binding
-/// it is dropped.
+/// A scratch `rgba32float` 2D-array texture as steps bind it: its size
+/// only. Which texture it is, is decided when the steps run
+/// ([`ScratchTextures`]); what a step writes into it lasts until the last step
+/// of that run binding the same slot.
+#[derive(Debug)]
+pub(crate) struct TextureSlot {
+    key: (u32, u32, u32),
+}
+
+impl TextureSlot {
+    /// A slot of `width` × `height` texels × `layers`.
+    pub fn new(width: u32, height: u32, layers: u32) -> TextureSlot {
+        TextureSlot {
+            key: (width, height, layers),
+        }
+    }
+}
+
+/// The textures behind the [`TextureSlot`]s of one run of steps: a slot gets
+/// one at the first step binding it (a texture of its size freed by an
+/// earlier slot of the run, else one from the pool) and gives it back after
+/// the last. At the end of the run every texture returns to the pool.
+///
+/// Handing a texture on within a submission is safe because every step is
+/// its own compute pass: wgpu orders the next slot's writes after the last
+/// reads of the previous one, as it orders any two uses of a resource.
+pub(crate) struct ScratchTextures {
+    /// The index of the last step binding each slot, by the slot's address
+    /// (as an integer, so that a future holding this stays `Send`).
+    last: HashMap<usize, usize>,
+    bound: HashMap<usize, PooledTexture>,
+    free: HashMap<(u32, u32, u32), Vec<PooledTexture>>,
+}
+
+impl ScratchTextures {
+    /// Plans the slots of the steps whose texture bindings `uses` lists, as
+    /// (step index, slot), in step order.
+    pub fn new<'s>(uses: impl IntoIterator<Item = (usize, &'s Arc<TextureSlot>)>) -> Self {
+        let mut last = HashMap::new();
+        for (i, slot) in uses {
+            last.insert(address(slot), i);
+        }
+        ScratchTextures {
+            last,
+            bound: HashMap::new(),
+            free: HashMap::new(),
+        }
+    }
+
+    /// The texture of `slot`: the one it has, else a texture of its size
+    /// freed by an earlier slot, else one from `pool`. (A slot the plan does
+    /// not know keeps its texture to the end of the run.)
+    pub fn bind(
+        &mut self,
+        pool: &Arc<Pool>,
+        device: &wgpu::Device,
+        slot: &Arc<TextureSlot>,
+    ) -> wgpu::TextureView {
+        let texture = self.bound.entry(address(slot)).or_insert_with(|| {
+            let (width, height, layers) = slot.key;
+            self.free
+                .get_mut(&slot.key)
+                .and_then(Vec::pop)
+                .unwrap_or_else(|| pool.take_texture(device, width, height, layers))
+        });
+        texture.view.clone()
+    }
+
+    /// Frees, for later slots, the textures of the slots among `bindings`
+    /// (step `i`'s) whose last step is `i`.
+    pub fn release_after(&mut self, i: usize, bindings: &[&Binding<'_>]) {
+        for b in bindings {
+            let Binding::Texture(slot) = b else { continue };
+            let key = address(slot);
+            if self.last.get(&key) == Some(&i) {
+                if let Some(texture) = self.bound.remove(&key) {
+                    self.free.entry(slot.key).or_default().push(texture);
+                }
+            }
+        }
+    }
+}
+
+/// A slot's identity while its steps run: the slots are alive then, so no
+/// two share an address.
+fn address(slot: &Arc<TextureSlot>) -> usize {
+    Arc::as_ptr(slot) as usize
+}
+
+/// A scratch texture that goes back to its pool when dropped.
 pub(crate) struct PooledTexture {
     view: wgpu::TextureView,
     key: (u32, u32, u32),
     pool: Weak<Pool>,
-}
-
-impl PooledTexture {
-    pub fn view(&self) -> &wgpu::TextureView {
-        &self.view
-    }
 }
 
 impl Drop for PooledTexture {

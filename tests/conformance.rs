@@ -292,6 +292,7 @@ fn every_kernel_passes_on_every_adapter() {
                 Subject::AdamW => assert_eq!(
                     row.shaders,
                     [
+                        "optim::optim_accumulate",
                         "optim::optim_sumsq",
                         "optim::optim_norm",
                         "optim::optim_adamw"

@@ -1,10 +1,12 @@
 //! AdamW on the GPU against its float64 twin on every adapter: several
 //! steps with clipping on and off, the λ ≥ 0 clamp, a norm reduction that
-//! is the same bits run to run, and typed errors for bad inputs.
+//! is the same bits run to run, gradient accumulation, and typed errors for
+//! bad inputs.
 
 mod common;
 
 use common::{assert_near, assert_within, on_every_gpu, Rng, Tolerance};
+use saobp::kernels::optim::accumulate_blocking;
 use saobp::reference::optim::AdamWRef;
 use saobp::{lr_at, AdamW, AdamWOptions, Error, Gpu, ParamGroup, Tensor};
 
@@ -43,6 +45,44 @@ fn grads(rng: &mut Rng, a: f32) -> Vec<Vec<f32>> {
             _ => rng.vec(len(shape), -a, a),
         })
         .collect()
+}
+
+/// Gradient accumulation over three micro-batches with scale 1/3: the first
+/// overwrites whatever the sum held, the others add; the sum is the mean of
+/// the three within f32 rounding.
+#[test]
+fn accumulation_gives_the_mean_gradient() {
+    on_every_gpu("gradient accumulation", |gpu| {
+        let mut rng = Rng::new(29);
+        let n = 1000;
+        let parts: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(n, -2.0, 2.0)).collect();
+        let sum = Tensor::from_slice(gpu, &[10, 100], &rng.vec(n, -9.0, 9.0)).unwrap();
+        for (j, part) in parts.iter().enumerate() {
+            let g = Tensor::from_slice(gpu, &[10, 100], part).unwrap();
+            accumulate_blocking(gpu, &sum, &g, 1.0 / 3.0, j == 0).unwrap();
+        }
+        let want: Vec<f64> = (0..n)
+            .map(|i| parts.iter().map(|p| f64::from(p[i])).sum::<f64>() / 3.0)
+            .collect();
+        assert_within(
+            "mean of three",
+            &sum.to_vec_blocking(gpu).unwrap(),
+            &want,
+            Tolerance {
+                abs: 1e-6,
+                rel: 1e-6,
+            },
+        );
+        let other = Tensor::zeros(gpu, &[1000]).unwrap();
+        assert!(matches!(
+            accumulate_blocking(gpu, &sum, &other, 1.0, false),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            accumulate_blocking(gpu, &sum, &sum, f32::NAN, false),
+            Err(Error::InvalidArgument(_))
+        ));
+    });
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! The library's training loop (`saobp::model::Trainer`) on every adapter:
 //! its one-submission step gives the same bits as the forward, backward and
-//! AdamW run one after another; a few steps lower the loss; a step whose
-//! loss is not finite changes nothing; `generate` is deterministic for a seed.
+//! AdamW run one after another; a batch in micro-batches trains as in one
+//! pass; a few steps lower the loss; a step whose loss is not finite changes
+//! nothing; `generate` is deterministic for a seed.
 
 mod common;
 
-use common::on_every_gpu;
-use saobp::data::Corpus;
+use common::{assert_close, assert_near, on_every_gpu, Tolerance};
+use saobp::data::{Corpus, Split};
 use saobp::kernels::gpt::TokenIds;
 use saobp::kernels::optim::{lr_at, AdamW, AdamWOptions};
-use saobp::model::{generate, Gpt, GptConfig, Sampling, TrainOptions, Trainer};
+use saobp::model::{
+    evaluate, generate, layer_stats, Gpt, GptConfig, Sampling, TrainOptions, Trainer,
+};
+use saobp::Error;
 
 const TEXT: &str = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n\
 All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n";
@@ -33,6 +37,7 @@ fn options(learn_lambda: bool) -> TrainOptions {
     TrainOptions {
         seed: 3,
         batch: 4,
+        micro_batch: 4,
         steps: 300,
         lr: 3e-2,
         learn_lambda,
@@ -99,6 +104,95 @@ fn one_submission_equals_the_phases_run_apart() {
             bits(&model.values_blocking(gpu).unwrap()),
             "parameters after 3 steps"
         );
+    });
+}
+
+/// A batch in two passes of half its windows (gradients and losses
+/// averaged on the GPU) trains as the batch in one pass, up to f32
+/// rounding: the same losses and norms, the same parameters after three
+/// steps, with λ learned. The trainer's own evaluation and layer statistics
+/// (run in its workspace) equal the free functions'.
+#[test]
+fn micro_batches_train_as_one_pass() {
+    on_every_gpu("trainer: micro-batches", |gpu| {
+        let corpus = corpus();
+        let c = config(corpus.vocab().len());
+        let lambda = vec![vec![0.3; 2]; 2];
+        let trainer = |micro_batch| {
+            let opts = TrainOptions {
+                micro_batch,
+                ..options(true)
+            };
+            let model = Gpt::init(gpu, c.clone(), 1, Some(&lambda)).unwrap();
+            Trainer::new(gpu, model, opts).unwrap()
+        };
+        let (mut whole, mut halves) = (trainer(4), trainer(2));
+        for step in 0..3 {
+            let a = pollster::block_on(whole.train_step(gpu, &corpus)).unwrap();
+            let b = pollster::block_on(halves.train_step(gpu, &corpus)).unwrap();
+            assert!(a.applied && b.applied, "step {step}: {a:?} {b:?}");
+            let tol = Tolerance {
+                abs: 1e-6,
+                rel: 1e-5,
+            };
+            assert_near(
+                &format!("step {step}: loss"),
+                b.loss.into(),
+                a.loss.into(),
+                tol,
+            );
+            assert_near(
+                &format!("step {step}: gradient norm"),
+                b.grad_norm.into(),
+                a.grad_norm.into(),
+                tol,
+            );
+        }
+        assert_eq!(halves.step(), 3);
+        let want = whole.model().values_blocking(gpu).unwrap();
+        let got = halves.model().values_blocking(gpu).unwrap();
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            let w: Vec<f64> = w.iter().map(|&x| f64::from(x)).collect();
+            assert_close(name, g, &w, 1e-4, 1e-5);
+        }
+
+        let t = c.n_positions;
+        let (x, y) = corpus.windows(Split::Val, t, 5).unwrap();
+        let free = pollster::block_on(evaluate(gpu, halves.model(), (&x, &y), 5, t, 2, false))
+            .unwrap()
+            .loss;
+        let own = pollster::block_on(halves.evaluate(gpu, (&x, &y), 5)).unwrap();
+        assert_eq!(
+            own.to_bits(),
+            free.to_bits(),
+            "evaluation in the trainer's workspace"
+        );
+        let free = pollster::block_on(layer_stats(gpu, halves.model(), &x, 2, t)).unwrap();
+        let own = pollster::block_on(halves.layer_stats(gpu, &x, 2)).unwrap();
+        assert_eq!(own, free, "layer statistics in the trainer's workspace");
+    });
+}
+
+/// A micro-batch that does not divide the batch, or is 0, is refused.
+#[test]
+fn a_micro_batch_must_divide_the_batch() {
+    on_every_gpu("trainer: bad micro-batch", |gpu| {
+        let corpus = corpus();
+        let c = config(corpus.vocab().len());
+        for micro_batch in [0, 3, 8] {
+            let model = Gpt::init(gpu, c.clone(), 1, None).unwrap();
+            let opts = TrainOptions {
+                micro_batch,
+                ..options(false)
+            };
+            assert!(
+                matches!(
+                    Trainer::new(gpu, model, opts),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "micro-batch {micro_batch} of a batch of 4"
+            );
+        }
     });
 }
 

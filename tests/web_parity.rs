@@ -460,6 +460,7 @@ fn browser_training_matches_native() {
             let opts = TrainOptions {
                 seed,
                 batch: uint("batch"),
+                micro_batch: uint("batch"),
                 steps: uint("steps"),
                 lr: s["lr"].as_f64().expect("report: lr"),
                 learn_lambda: learn,

@@ -122,8 +122,13 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
         "--lambda",
         "0.5",
         "--learn-lambda",
+        // Two passes a step: the gradient sums resume as exactly as the rest.
+        "--micro-batch",
+        "2",
     ];
     assert_success("straight", &train(None, &data, &straight, &common));
+    let settings = std::fs::read_to_string(straight.join("train.json")).unwrap();
+    assert!(settings.contains("\"micro_batch\": 2"), "{settings}");
     let mut first = common.to_vec();
     first.extend(["--stop-after", "11"]);
     let r = train(None, &data, &resumed, &first);
@@ -398,6 +403,17 @@ fn every_documented_training_error_is_one_line() {
             "lambda-negative" => {
                 args(&["train", "--data", &data, "--out", &out("r6"), "--lambda=-1"])
             }
+            "micro-batch-divides" => args(&[
+                "train",
+                "--data",
+                &data,
+                "--out",
+                &out("r8"),
+                "--batch",
+                "12",
+                "--micro-batch",
+                "5",
+            ]),
             "heads-width" => args(&[
                 "train",
                 "--data",

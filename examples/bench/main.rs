@@ -74,6 +74,10 @@ struct Args {
     /// Batch of the `small` training preset (its own is 64; 0 skips it).
     #[arg(long, default_value_t = 64)]
     small_batch: usize,
+    /// The `small` preset's windows per pass in `Trainer::train_step`: the
+    /// largest divisor of its batch up to this (8, as `saobp train`).
+    #[arg(long, default_value_t = 8)]
+    small_micro_batch: usize,
     /// Also measure the GPU memory a training run of each preset holds at
     /// this batch (the `small` preset's own is 64), after one step.
     #[arg(long, value_name = "SMALL_BATCH")]
@@ -398,20 +402,21 @@ fn run() -> Result<(), String> {
     } else {
         MatmulSection::default()
     };
-    let mut presets = train::presets(args.small_batch);
+    let mut presets = train::presets(args.small_batch, args.small_micro_batch);
     presets.retain(|p| p.batch > 0 && args.runs(Section::Training));
     let mut training = Vec::new();
     if let Some(batch) = args.memory {
-        for preset in train::presets(batch) {
+        for preset in train::presets(batch, args.small_micro_batch) {
             if !args.runs(Section::Training) {
                 break;
             }
             let held = train::memory(&gpu, &preset, true).map_err(|e| e.to_string())?;
             println!(
-                "training {} (T = {}, batch {}, λ > 0): GPU memory held after one step: {}",
+                "training {} (T = {}, batch {} in passes of {}, λ > 0): GPU memory held after one step: {}",
                 preset.name,
                 preset.config.n_positions,
                 preset.batch,
+                preset.micro_batch,
                 held.map_or("not reported by this backend".to_string(), |b| {
                     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
                 })

@@ -23,12 +23,16 @@ pub struct Preset {
     pub name: &'static str,
     pub config: GptConfig,
     pub batch: usize,
+    /// Windows per forward and backward pass of [`Trainer::train_step`].
+    pub micro_batch: usize,
 }
 
-/// The training presets: `tiny` (L = 4, H = 4, C = 128, T = 64, batch 12)
-/// and `small` (L = 6, H = 6, C = 384, T = 256, batch `small_batch`; the
-/// preset's own is 64), on an 84-character vocabulary.
-pub fn presets(small_batch: usize) -> Vec<Preset> {
+/// The training presets: `tiny` (L = 4, H = 4, C = 128, T = 64, batch 12
+/// in one pass) and `small` (L = 6, H = 6, C = 384, T = 256, batch
+/// `small_batch`, the preset's own being 64, in passes of the largest
+/// divisor of it up to `small_micro`, as `saobp train` runs it), on an
+/// 84-character vocabulary.
+pub fn presets(small_batch: usize, small_micro: usize) -> Vec<Preset> {
     let config = |n_layer, n_head, n_embd, n_positions| GptConfig {
         vocab_size: 84,
         n_positions,
@@ -42,11 +46,16 @@ pub fn presets(small_batch: usize) -> Vec<Preset> {
             name: "tiny",
             config: config(4, 4, 128, 64),
             batch: 12,
+            micro_batch: 12,
         },
         Preset {
             name: "small",
             config: config(6, 6, 384, 256),
             batch: small_batch,
+            micro_batch: (1..=small_micro.min(small_batch))
+                .rev()
+                .find(|&m| small_batch.is_multiple_of(m))
+                .unwrap_or(1),
         },
     ]
 }
@@ -196,6 +205,7 @@ fn trainer(gpu: &Gpu, preset: &Preset, lambda: bool) -> Result<(Trainer, Corpus)
     let opts = TrainOptions {
         seed: 1,
         batch: preset.batch,
+        micro_batch: preset.micro_batch,
         steps: 10_000,
         lr: 1e-3,
         learn_lambda: lambda,

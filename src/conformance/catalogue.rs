@@ -92,9 +92,9 @@ pub(super) enum Input {
         range: f32,
     },
     /// `steps` AdamW steps over `tensors` (parameters uniform in [-1, 1),
-    /// λ's starting at 0.001, 0 and 0.5 in turn), gradients uniform in
-    /// [-amp, amp) (λ's all +amp, pushing them under 0), clipped at norm 1
-    /// when `clip`.
+    /// λ's starting at 0.001, 0 and 0.5 in turn), each gradient the mean of
+    /// two micro-batches' uniform in [-amp, amp) (λ's all +amp, pushing them
+    /// under 0), clipped at norm 1 when `clip`.
     AdamW {
         tensors: Vec<(Vec<usize>, ParamGroup)>,
         steps: usize,
@@ -1073,7 +1073,8 @@ fn training_cases(cap: u64) -> Vec<Case> {
     ];
     for input in [
         adamw(&[(&[1], ParamGroup::Decayed)], 1, 1.0, true),
-        // Norms about 30·|g|: clipped at |g| < 2, not at |g| < 0.01.
+        // Norms about 20·amp (each gradient the mean of two uniform draws):
+        // clipped at amp 2, not at amp 0.01.
         adamw(groups, 3, 2.0, true),
         adamw(groups, 3, 0.01, true),
         adamw(

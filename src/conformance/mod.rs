@@ -110,7 +110,9 @@ pub enum Subject {
     /// loss and `∂loss/∂logits`.
     CrossEntropy,
     /// [`crate::AdamW`]: a few steps over tensors of every group, with and
-    /// without clipping: the parameters, both moments and the gradient norm.
+    /// without clipping, each step's gradient accumulated from two
+    /// micro-batches ([`crate::kernels::optim::accumulate`]): the
+    /// parameters, both moments and the gradient norm.
     AdamW,
 }
 

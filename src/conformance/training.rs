@@ -13,7 +13,7 @@ use crate::gpu::Gpu;
 use crate::kernels::attention::{attention_backward, AttentionBackwardOptions};
 use crate::kernels::gpt::{self, TokenIds};
 use crate::kernels::matmul::{self as matmul_kernel, matmul_backward, MatmulOptions};
-use crate::kernels::optim::{AdamW, AdamWOptions, ParamGroup};
+use crate::kernels::optim::{accumulate, AdamW, AdamWOptions, ParamGroup};
 use crate::kernels::saobp::{saobp_output_backward, Lambda};
 use crate::kernels::softmax::{softmax_backward, SoftmaxOptions};
 use crate::reference::optim::AdamWRef;
@@ -536,13 +536,33 @@ pub(super) async fn run_adamw(
             _ => uniform(rng, len, -1.0, 1.0),
         })
         .collect();
-    let grads: Vec<Vec<Vec<f32>>> = (0..steps)
+    // Each step's gradient comes in two micro-batches, accumulated on the
+    // GPU at scale 1/2 (`accumulate`): halving is exact and so is adding the
+    // two halves up to one rounding, so the GPU's sum is the mean rounded to
+    // f32, which is the gradient the reference steps with.
+    let halves: Vec<[Vec<Vec<f32>>; 2]> = (0..steps)
         .map(|_| {
-            lens.iter()
-                .map(|&(len, group)| match group {
-                    // Pushes λ down by about the learning rate a step.
-                    ParamGroup::Lambda => vec![amp; len],
-                    _ => uniform(rng, len, -amp, amp),
+            [0, 1].map(|_| {
+                lens.iter()
+                    .map(|&(len, group)| match group {
+                        // Pushes λ down by about the learning rate a step.
+                        ParamGroup::Lambda => vec![amp; len],
+                        _ => uniform(rng, len, -amp, amp),
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let grads: Vec<Vec<Vec<f32>>> = halves
+        .iter()
+        .map(|[a, b]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(&x, &y)| ((f64::from(x) + f64::from(y)) / 2.0) as f32)
+                        .collect()
                 })
                 .collect()
         })
@@ -557,15 +577,20 @@ pub(super) async fn run_adamw(
             .collect()
     };
     let params = upload(&init)?;
+    let sums = upload(&init)?;
     let shapes: Vec<(&[usize], ParamGroup)> = tensors
         .iter()
         .map(|(shape, group)| (shape.as_slice(), *group))
         .collect();
     let mut optimizer = AdamW::new(gpu, &shapes, opts)?;
-    for g in &grads {
-        let g = upload(g)?;
+    for pair in &halves {
+        for (j, half) in pair.iter().enumerate() {
+            for (sum, g) in sums.iter().zip(upload(half)?) {
+                accumulate(gpu, sum, &g, 0.5, j == 0).await?;
+            }
+        }
         let params: Vec<&Tensor> = params.iter().collect();
-        let g: Vec<&Tensor> = g.iter().collect();
+        let g: Vec<&Tensor> = sums.iter().collect();
         optimizer.step(gpu, &params, &g, ADAMW_LR).await?;
     }
     let norm = optimizer.last_grad_norm(gpu).await?;

@@ -1,7 +1,8 @@
 //! AdamW on the GPU, as the spec's "Optimizer" states: decoupled weight
 //! decay by group, global-norm gradient clipping with the norm reduced on
 //! the GPU, and the λ ≥ 0 clamp. The learning-rate schedule is
-//! [`lr_at`], computed on the host.
+//! [`lr_at`], computed on the host. [`accumulate`] averages the gradients
+//! of a batch's micro-batches before the step.
 //!
 //! Shader: `shaders/optim.wgsl`. Reference: [`crate::reference::optim`](mod@crate::reference::optim).
 
@@ -20,6 +21,8 @@ kernels! {
         OPTIM_NORM = "optim_norm" (fin_partials, fin_norm, fin_guard);
         /// The clipped AdamW update of one tensor, one invocation per element.
         OPTIM_ADAMW = "optim_adamw" (ad_param, ad_grad, ad_m, ad_v, ad_norm);
+        /// One micro-batch's gradient added, scaled, into the step's sum.
+        OPTIM_ACCUMULATE = "optim_accumulate" (ac_grad, ac_sum);
     }
 }
 
@@ -42,6 +45,8 @@ pub(crate) struct OptimParams {
     bc1: f32,
     bc2_sqrt: f32,
     max_norm: f32,
+    scale: f32,
+    pad: [u32; 3],
 }
 
 /// Which of the spec's groups a parameter tensor belongs to.
@@ -411,6 +416,7 @@ impl AdamW {
                 bc1: bc1 as f32,
                 bc2_sqrt: bc2_sqrt as f32,
                 max_norm: o.max_grad_norm.unwrap_or(0.0),
+                ..OptimParams::default()
             };
             steps.push(
                 Dispatch::new(&OPTIM_ADAMW, &p, len.div_ceil(64) as u64)
@@ -503,6 +509,70 @@ impl AdamW {
     pub fn grad_norm_blocking(&self, gpu: &Gpu, grads: &[&Tensor]) -> Result<f32> {
         pollster::block_on(self.grad_norm(gpu, grads))
     }
+}
+
+/// The step of [`accumulate`], for a caller that submits it with others.
+pub(crate) fn accumulate_step<'a>(
+    sum: &'a Tensor,
+    grad: &'a Tensor,
+    scale: f32,
+    first: bool,
+) -> Result<Step<'a>> {
+    if sum.shape() != grad.shape() {
+        return Err(Error::shape(format!(
+            "gradient accumulation: the sum is {:?} but the gradient {:?}",
+            sum.shape(),
+            grad.shape()
+        )));
+    }
+    if !scale.is_finite() {
+        return Err(Error::invalid(format!(
+            "gradient accumulation: scale {scale} is not finite"
+        )));
+    }
+    let len = grad.len();
+    let params = OptimParams {
+        len: to_u32("gradient length", len)?,
+        flags: u32::from(first) << 2,
+        scale,
+        ..OptimParams::default()
+    };
+    Ok(
+        Dispatch::new(&OPTIM_ACCUMULATE, &params, len.div_ceil(64) as u64)
+            .bind("ac_grad", grad.buffer())
+            .bind("ac_sum", sum.buffer())
+            .step(),
+    )
+}
+
+/// Gradient accumulation: `sum = scale · grad` when `first`, else
+/// `sum += scale · grad`, elementwise in f32. With `scale` = 1 / k over k
+/// micro-batches of equal size, `sum` ends as the gradient of the mean loss
+/// over all of them, which is how [`crate::model::Trainer`] trains a batch
+/// in the memory of one micro-batch.
+///
+/// Fails with [`Error::Shape`] when the shapes differ and with
+/// [`Error::InvalidArgument`] when `scale` is not finite.
+pub async fn accumulate(
+    gpu: &Gpu,
+    sum: &Tensor,
+    grad: &Tensor,
+    scale: f32,
+    first: bool,
+) -> Result<()> {
+    gpu.run(&[accumulate_step(sum, grad, scale, first)?]).await
+}
+
+/// Blocking form of [`accumulate`].
+#[cfg(not(target_arch = "wasm32"))]
+pub fn accumulate_blocking(
+    gpu: &Gpu,
+    sum: &Tensor,
+    grad: &Tensor,
+    scale: f32,
+    first: bool,
+) -> Result<()> {
+    pollster::block_on(accumulate(gpu, sum, grad, scale, first))
 }
 
 #[cfg(test)]

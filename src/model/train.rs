@@ -25,7 +25,7 @@
 //! };
 //! let lambda = vec![vec![0.3; 2]; 2]; // [layer][head]
 //! let model = Gpt::init(&gpu, config, 1, Some(&lambda))?;
-//! let opts = TrainOptions { seed: 1, batch: 4, steps: 100, lr: 1e-3, learn_lambda: false };
+//! let opts = TrainOptions { seed: 1, batch: 4, micro_batch: 4, steps: 100, lr: 1e-3, learn_lambda: false };
 //! let mut trainer = Trainer::new(&gpu, model, opts)?;
 //! while trainer.step() < 100 {
 //!     let report = trainer.train_step(&gpu, &corpus).await?;
@@ -38,7 +38,7 @@ use crate::data::Corpus;
 use crate::gpu::Step;
 use crate::kernels::gpt::TokenIds;
 use crate::kernels::metrics::{HeadSummary, MapMetrics};
-use crate::kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
+use crate::kernels::optim::{accumulate_step, lr_at, AdamW, AdamWOptions, ParamGroup};
 use crate::workload::SplitMix64;
 use crate::{Error, Gpu, Result, Tensor};
 
@@ -51,6 +51,12 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Windows per step.
     pub batch: usize,
+    /// Windows per forward and backward pass. A batch of several passes
+    /// averages their gradients (and losses) before AdamW, all in the step's
+    /// one submission: the same step as one pass up to f32 rounding, in the
+    /// activation memory of `micro_batch` windows. It must divide `batch`;
+    /// `batch` itself runs the step in one pass.
+    pub micro_batch: usize,
     /// Total steps: the length of the learning-rate schedule.
     pub steps: usize,
     /// Peak learning rate.
@@ -71,7 +77,7 @@ pub struct StepReport {
     pub applied: bool,
 }
 
-/// A [`Gpt`] with its AdamW state and a workspace of one batch: call
+/// A [`Gpt`] with its AdamW state and a workspace of one micro-batch: call
 /// [`Trainer::train_step`] until [`Trainer::step`] reaches the run's steps.
 ///
 /// After an error from [`Trainer::train_step`] (a lost device, a failed
@@ -81,6 +87,9 @@ pub struct Trainer {
     model: Gpt,
     adamw: AdamW,
     ws: GptWorkspace,
+    /// With several micro-batches per step: the step's mean gradient of each
+    /// optimized parameter and its mean loss.
+    sums: Option<(Vec<Tensor>, Tensor)>,
     /// `[2]`: the loss and the gradient norm of the last step, copied side
     /// by side on the GPU so that one readback brings both.
     report: Tensor,
@@ -92,13 +101,20 @@ pub struct Trainer {
 
 impl Trainer {
     /// A trainer at step 0 with zero moments. Fails with
-    /// [`Error::InvalidArgument`] for a zero batch or step count or a
-    /// learning rate that is not finite and ≥ 0.
+    /// [`Error::InvalidArgument`] for a zero batch or step count, a
+    /// micro-batch that does not divide the batch, or a learning rate that
+    /// is not finite and ≥ 0.
     pub fn new(gpu: &Gpu, model: Gpt, opts: TrainOptions) -> Result<Trainer> {
         if opts.batch == 0 || opts.steps == 0 {
             return Err(Error::invalid(format!(
                 "training needs batch >= 1 and steps >= 1, got batch {} and steps {}",
                 opts.batch, opts.steps
+            )));
+        }
+        if opts.micro_batch == 0 || !opts.batch.is_multiple_of(opts.micro_batch) {
+            return Err(Error::invalid(format!(
+                "the micro-batch ({}) must be >= 1 and divide the batch ({})",
+                opts.micro_batch, opts.batch
             )));
         }
         if !(opts.lr.is_finite() && opts.lr >= 0.0) {
@@ -119,11 +135,21 @@ impl Trainer {
             .map(|&i| (specs[i].shape.as_slice(), specs[i].group))
             .collect();
         let adamw = AdamW::new(gpu, &shapes, AdamWOptions::default())?;
-        let ws = model.workspace(gpu, opts.batch, model.config().n_positions)?;
+        let ws = model.workspace(gpu, opts.micro_batch, model.config().n_positions)?;
+        let sums = if opts.micro_batch < opts.batch {
+            let grads = shapes
+                .iter()
+                .map(|(shape, _)| Tensor::zeros(gpu, shape))
+                .collect::<Result<_>>()?;
+            Some((grads, Tensor::zeros(gpu, &[1])?))
+        } else {
+            None
+        };
         Ok(Trainer {
             model,
             adamw,
             ws,
+            sums,
             report: Tensor::zeros(gpu, &[2])?,
             optimized,
             opts,
@@ -132,9 +158,10 @@ impl Trainer {
     }
 
     /// Trains one step on `corpus`'s training split: the batch of
-    /// [`Corpus::batch`] for this seed and step, forward, backward and AdamW
-    /// at [`lr_at`] of this step, all in one GPU submission; then reads the
-    /// batch's loss and the gradient norm back, together.
+    /// [`Corpus::batch`] for this seed and step, forward and backward of
+    /// each micro-batch (their gradients averaged when there are several),
+    /// and AdamW at [`lr_at`] of this step, all in one GPU submission; then
+    /// reads the batch's loss and the gradient norm back, together.
     ///
     /// When the loss or the gradients are not finite, the GPU skips AdamW
     /// (its guard is the loss), so the parameters, the optimizer and
@@ -142,29 +169,47 @@ impl Trainer {
     /// ([`StepReport::applied`]): the caller decides whether to stop (the
     /// command line does).
     pub async fn train_step(&mut self, gpu: &Gpu, corpus: &Corpus) -> Result<StepReport> {
-        let (b, t) = (self.opts.batch, self.ws.n());
+        let (b, m, t) = (self.opts.batch, self.opts.micro_batch, self.ws.n());
         let vocab = self.model.config().vocab_size;
         let (x, y) = corpus.batch(self.opts.seed, self.step as u64, b, t)?;
-        let x = TokenIds::new(gpu, &x, b, t, vocab)?;
-        let y = TokenIds::new(gpu, &y, b, t, vocab)?;
+        let passes = (0..b / m)
+            .map(|j| {
+                let rows = j * m * t..(j + 1) * m * t;
+                Ok((
+                    TokenIds::new(gpu, &x[rows.clone()], m, t, vocab)?,
+                    TokenIds::new(gpu, &y[rows], m, t, vocab)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let lr = self.lr();
         {
             let params: Vec<_> = self.model.parameters().map(|(_, p)| p).collect();
             let grads: Vec<_> = self.ws.grads().map(|(_, g)| g).collect();
             let params: Vec<_> = self.optimized.iter().map(|&i| params[i]).collect();
             let grads: Vec<_> = self.optimized.iter().map(|&i| grads[i]).collect();
-            let mut steps = self.model.forward_backward_steps(gpu, &self.ws, &x, &y)?;
+            let mut steps = Vec::new();
+            for (j, (x, y)) in passes.iter().enumerate() {
+                steps.extend(self.model.forward_backward_steps(gpu, &self.ws, x, y)?);
+                if let Some((sums, loss)) = &self.sums {
+                    let scale = 1.0 / passes.len() as f32;
+                    for (sum, grad) in sums.iter().zip(&grads) {
+                        steps.push(accumulate_step(sum, grad, scale, j == 0)?);
+                    }
+                    steps.push(accumulate_step(loss, self.ws.loss(), scale, j == 0)?);
+                }
+            }
+            let (grads, loss) = match &self.sums {
+                Some((sums, loss)) => (sums.iter().collect(), loss),
+                None => (grads, self.ws.loss()),
+            };
             steps.extend(self.adamw.prepare_step(
                 &params,
                 &grads,
                 lr,
                 self.adamw.steps() + 1,
-                Some(self.ws.loss()),
+                Some(loss),
             )?);
-            for (i, src) in [self.ws.loss(), self.adamw.norm_tensor()]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, src) in [loss, self.adamw.norm_tensor()].into_iter().enumerate() {
                 steps.push(Step::Copy {
                     src: src.buffer(),
                     src_offset: 0,
@@ -229,6 +274,37 @@ impl Trainer {
             .collect()
     }
 
+    /// [`evaluate`] of the model being trained (no gradients), in chunks of
+    /// a micro-batch that run in the trainer's own workspace: an evaluation
+    /// during a run holds no second set of activations.
+    pub async fn evaluate(&self, gpu: &Gpu, data: (&[u32], &[u32]), count: usize) -> Result<f64> {
+        let (n, chunk) = (self.ws.n(), self.opts.micro_batch);
+        let eval = evaluate_in(
+            gpu,
+            &self.model,
+            Some(&self.ws),
+            data,
+            count,
+            n,
+            chunk,
+            false,
+        );
+        Ok(eval.await?.loss)
+    }
+
+    /// [`layer_stats`] of the model being trained, over the first `windows`
+    /// windows of `inputs`, in the trainer's own workspace when `windows` is
+    /// the micro-batch.
+    pub async fn layer_stats(
+        &self,
+        gpu: &Gpu,
+        inputs: &[u32],
+        windows: usize,
+    ) -> Result<Vec<LayerStats>> {
+        let ws = (windows == self.ws.batch()).then_some(&self.ws);
+        layer_stats_in(gpu, &self.model, ws, inputs, windows, self.ws.n()).await
+    }
+
     /// Continues a run: sets the optimizer's step count and moments (in
     /// [`Trainer::optimized_names`] order; see [`AdamW::set_state`]) and the
     /// next batch's step.
@@ -257,6 +333,22 @@ pub struct Evaluation {
 pub async fn evaluate(
     gpu: &Gpu,
     model: &Gpt,
+    data: (&[u32], &[u32]),
+    count: usize,
+    n: usize,
+    chunk: usize,
+    grads: bool,
+) -> Result<Evaluation> {
+    evaluate_in(gpu, model, None, data, count, n, chunk, grads).await
+}
+
+/// [`evaluate`], running the chunks that fit `given` (a workspace of
+/// `chunk` windows of `n` tokens) in it rather than in a new workspace.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate_in(
+    gpu: &Gpu,
+    model: &Gpt,
+    given: Option<&GptWorkspace>,
     (inputs, targets): (&[u32], &[u32]),
     count: usize,
     n: usize,
@@ -285,18 +377,23 @@ pub async fn evaluate(
             .collect()
     });
     // At most two sizes: full chunks and the remainder.
-    let mut workspaces: Vec<(usize, GptWorkspace)> = Vec::new();
+    let mut workspaces: Vec<GptWorkspace> = Vec::new();
     let mut start = 0;
     while start < count {
         let b = chunk.min(count - start);
-        let k = match workspaces.iter().position(|(size, _)| *size == b) {
-            Some(k) => k,
+        let fits = |ws: &&GptWorkspace| ws.batch() == b && ws.n() == n;
+        let ws = match given.filter(fits) {
+            Some(ws) => ws,
             None => {
-                workspaces.push((b, model.workspace(gpu, b, n)?));
-                workspaces.len() - 1
+                if !workspaces.iter().any(|ws| fits(&ws)) {
+                    workspaces.push(model.workspace(gpu, b, n)?);
+                }
+                workspaces
+                    .iter()
+                    .find(fits)
+                    .ok_or_else(|| Error::invalid("no workspace for an evaluation chunk"))?
             }
         };
-        let ws = &workspaces[k].1;
         let rows = start * n..(start + b) * n;
         let x = TokenIds::new(gpu, &inputs[rows.clone()], b, n, vocab)?;
         let y = TokenIds::new(gpu, &targets[rows], b, n, vocab)?;
@@ -342,6 +439,19 @@ pub async fn layer_stats(
     windows: usize,
     n: usize,
 ) -> Result<Vec<LayerStats>> {
+    layer_stats_in(gpu, model, None, inputs, windows, n).await
+}
+
+/// [`layer_stats`] in `given`, a workspace of `windows` windows of `n`
+/// tokens, or in a new one.
+async fn layer_stats_in(
+    gpu: &Gpu,
+    model: &Gpt,
+    given: Option<&GptWorkspace>,
+    inputs: &[u32],
+    windows: usize,
+    n: usize,
+) -> Result<Vec<LayerStats>> {
     if windows == 0 || inputs.len() < windows * n {
         return Err(Error::shape(format!(
             "layer statistics of {windows} windows of {n} tokens need {} ids, got {}",
@@ -349,7 +459,14 @@ pub async fn layer_stats(
             inputs.len()
         )));
     }
-    let ws = model.workspace(gpu, windows, n)?;
+    let owned;
+    let ws = match given.filter(|ws| ws.batch() == windows && ws.n() == n) {
+        Some(ws) => ws,
+        None => {
+            owned = model.workspace(gpu, windows, n)?;
+            &owned
+        }
+    };
     let x = TokenIds::new(
         gpu,
         &inputs[..windows * n],
@@ -357,8 +474,8 @@ pub async fn layer_stats(
         n,
         model.config().vocab_size,
     )?;
-    model.forward(gpu, &ws, &x, None).await?;
-    let metrics = model.attention_metrics(gpu, &ws).await?;
+    model.forward(gpu, ws, &x, None).await?;
+    let metrics = model.attention_metrics(gpu, ws).await?;
     let lambdas = model.lambda_values(gpu).await?;
     let heads = model.config().n_head;
     let per_head = |map: &MapMetrics| -> Vec<f64> {

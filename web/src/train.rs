@@ -150,6 +150,7 @@ impl Settings {
         TrainOptions {
             seed: self.seed,
             batch: self.batch,
+            micro_batch: self.batch,
             steps: self.steps,
             lr: self.lr,
             learn_lambda: self.learn_lambda,

@@ -39,6 +39,10 @@ pub struct Settings {
     /// The preset the sizes started from.
     pub preset: String,
     pub batch: usize,
+    /// Sequences per forward and backward pass; absent in runs written
+    /// before micro-batches, which ran the whole batch in one pass.
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
     /// Total steps of the run (the schedule ends there).
     pub steps: usize,
     /// Peak learning rate.
@@ -55,6 +59,13 @@ pub struct Settings {
     pub step: usize,
     /// Seconds of training so far, over all resumptions.
     pub elapsed_s: f64,
+}
+
+impl Settings {
+    /// Sequences per forward and backward pass.
+    pub fn micro_batch(&self) -> usize {
+        self.micro_batch.unwrap_or(self.batch)
+    }
 }
 
 /// A checkpoint read from a run folder and checked on the host.

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use saobp::data::{Corpus, Split};
-use saobp::model::{evaluate, layer_stats, Gpt, GptConfig, TrainOptions, Trainer};
+use saobp::model::{Gpt, GptConfig, TrainOptions, Trainer};
 use saobp::Gpu;
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,8 @@ use super::{train_plot, write_all_or_nothing, CliResult, GpuArgs};
 pub enum Preset {
     /// L = 4, H = 4, C = 128, T = 64, batch 12, 2,000 steps, lr 1e-3.
     Tiny,
-    /// L = 6, H = 6, C = 384, T = 256, batch 64, 5,000 steps, lr 1e-3.
+    /// L = 6, H = 6, C = 384, T = 256, batch 64 in passes of 8, 5,000
+    /// steps, lr 1e-3.
     Small,
 }
 
@@ -47,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this folder, where it stopped.
-    #[arg(long, conflicts_with_all = ["out", "preset", "layers", "heads", "embd", "block", "batch", "steps", "lr", "lambda", "lambda_per_layer", "learn_lambda", "seed", "eval_every", "eval_windows"])]
+    #[arg(long, conflicts_with_all = ["out", "preset", "layers", "heads", "embd", "block", "batch", "micro_batch", "steps", "lr", "lambda", "lambda_per_layer", "learn_lambda", "seed", "eval_every", "eval_windows"])]
     resume: Option<PathBuf>,
     /// Sizes, steps and learning rate to start from.
     #[arg(long, value_enum, default_value = "tiny")]
@@ -67,6 +68,13 @@ pub struct TrainArgs {
     /// Sequences per step.
     #[arg(long)]
     batch: Option<usize>,
+    /// Sequences per forward and backward pass; must divide the batch. A
+    /// step of several passes averages their gradients before AdamW: the
+    /// same step up to rounding, in the activation memory of one pass.
+    /// Default: the whole batch (tiny), or the largest divisor of the batch
+    /// up to 8 (small, which then trains within 1 GiB of GPU memory).
+    #[arg(long)]
+    micro_batch: Option<usize>,
     /// Steps in all.
     #[arg(long)]
     steps: Option<usize>,
@@ -139,6 +147,19 @@ impl Preset {
             Preset::Tiny => (4, 4, 128, 64, 12, 2000, 1e-3),
             Preset::Small => (6, 6, 384, 256, 64, 5000, 1e-3),
         }
+    }
+
+    /// The micro-batch for `batch` when none is given: the largest divisor
+    /// of `batch` up to the preset's cap (none for tiny).
+    fn micro_batch(self, batch: usize) -> usize {
+        let cap = match self {
+            Preset::Tiny => batch,
+            Preset::Small => 8,
+        };
+        (1..=cap.min(batch))
+            .rev()
+            .find(|&m| batch.is_multiple_of(m))
+            .unwrap_or(1)
     }
 }
 
@@ -217,9 +238,14 @@ fn plan(args: &TrainArgs) -> CliResult<Plan> {
         layer_norm_epsilon: 1e-5,
     };
     config.validate().map_err(|e| e.to_string())?;
+    let batch = args.batch.unwrap_or(b);
     let settings = Settings {
         preset: args.preset.name().into(),
-        batch: args.batch.unwrap_or(b),
+        batch,
+        micro_batch: Some(
+            args.micro_batch
+                .unwrap_or_else(|| args.preset.micro_batch(batch)),
+        ),
         steps: args.steps.unwrap_or(steps),
         lr: args.lr.unwrap_or(lr),
         seed: args.seed,
@@ -237,6 +263,13 @@ fn plan(args: &TrainArgs) -> CliResult<Plan> {
         || settings.eval_windows == 0
     {
         return Err("--batch, --steps, --eval-every and --eval-windows must be >= 1".into());
+    }
+    let micro = settings.micro_batch();
+    if micro == 0 || !settings.batch.is_multiple_of(micro) {
+        return Err(format!(
+            "--micro-batch {micro} must be >= 1 and divide --batch {}",
+            settings.batch
+        ));
     }
     if !(settings.lr.is_finite() && settings.lr > 0.0) {
         return Err(format!("--lr must be finite and > 0, got {}", settings.lr));
@@ -303,6 +336,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
     let opts = TrainOptions {
         seed: s.seed,
         batch: s.batch,
+        micro_batch: s.micro_batch(),
         steps: s.steps,
         lr: s.lr,
         learn_lambda: s.learn_lambda,
@@ -362,7 +396,6 @@ pub fn run(args: &TrainArgs) -> CliResult {
     let session = Instant::now();
     let elapsed_before = plan.settings.elapsed_s;
     let mut step = start_step;
-    let chunk = plan.settings.batch.max(1);
     let stop = args.stop_after.map(|k| start_step + k);
     let outcome: CliResult<&str> = loop {
         if step == plan.settings.steps {
@@ -402,11 +435,9 @@ pub fn run(args: &TrainArgs) -> CliResult {
         if eval_due {
             let record = measure(
                 &gpu,
-                trainer.model(),
+                &trainer,
                 &train,
                 &val,
-                t,
-                chunk,
                 &plan.settings,
                 step,
                 lr,
@@ -462,15 +493,14 @@ pub fn run(args: &TrainArgs) -> CliResult {
 }
 
 /// An evaluation: the losses on the fixed windows of both splits and the
-/// attention metrics of every layer on the first validation windows.
+/// attention metrics of every layer on the first validation windows, in
+/// micro-batches in the trainer's workspace.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     gpu: &Gpu,
-    model: &Gpt,
+    trainer: &Trainer,
     train: &(Vec<u32>, Vec<u32>),
     val: &(Vec<u32>, Vec<u32>),
-    t: usize,
-    chunk: usize,
     settings: &Settings,
     step: usize,
     lr: f64,
@@ -479,12 +509,13 @@ fn measure(
     let e = |e: saobp::Error| e.to_string();
     let w = settings.eval_windows;
     let eval = |(x, y): &(Vec<u32>, Vec<u32>)| {
-        pollster::block_on(evaluate(gpu, model, (x, y), w, t, chunk, false)).map_err(e)
+        pollster::block_on(trainer.evaluate(gpu, (x, y), w)).map_err(e)
     };
-    let train_loss = eval(train)?.loss;
-    let val_loss = eval(val)?.loss;
-    // The maps of one chunk of validation windows.
-    let stats = pollster::block_on(layer_stats(gpu, model, &val.0, chunk.min(w), t)).map_err(e)?;
+    let train_loss = eval(train)?;
+    let val_loss = eval(val)?;
+    // The maps of one micro-batch of validation windows.
+    let windows = settings.micro_batch().min(w);
+    let stats = pollster::block_on(trainer.layer_stats(gpu, &val.0, windows)).map_err(e)?;
     let layers = stats
         .into_iter()
         .map(|l| LayerRecord {

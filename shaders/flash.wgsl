@@ -47,6 +47,8 @@
 //                  its last column sum_k A_ik (r_k - a_k)) and (a, r, c), the
 //                  inputs of saobp.wgsl's fused_output, which now forms m.
 //                  Between ranges A U' and c wait in the outputs.
+//   all three     v3: ROWS and DMAX from a header, so that one source builds
+//                  the d <= 64 kernels (8 rows) and the d <= 128 ones (4 rows).
 // ROWS and DMAX (the largest d and dv) mirror the constants in
 // src/kernels/flash.rs. ROWS = 8 measured faster on lavapipe than 4 or 16.
 
@@ -69,8 +71,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const ROWS: u32 = 8u;
-const DMAX: u32 = 64u;
+// ROWS (query rows per invocation) and DMAX (the widest d and dv) come from
+// the header the source is built with: shared/flash_d64.wgsl (8 rows, d up
+// to 64) or shared/flash_d128.wgsl (4 rows, d up to 128), the same private
+// footprint either way.
 // Row stride of the private A U' accumulators: dv + 1 columns.
 const WMAX: u32 = DMAX + 1u;
 

@@ -191,14 +191,16 @@ fn every_kernel_passes_on_every_adapter() {
                     assert!(!ran("saobp::mass"), "{what}: {:?}", row.shaders);
                 }
                 Subject::Streaming => assert!(
-                    ran("flash::flash_refine")
+                    (ran("flash::flash_refine") || ran("flash_d128::flash_refine"))
                         && !ran("saobp::remove_echoes")
                         && !ran("softmax::softmax_rows"),
                     "{what}: {:?}",
                     row.shaders
                 ),
                 Subject::Flash => assert!(
-                    row.shaders.iter().all(|s| s.starts_with("flash::")),
+                    row.shaders
+                        .iter()
+                        .all(|s| s.starts_with("flash::") || s.starts_with("flash_d128::")),
                     "{what}: {:?}",
                     row.shaders
                 ),

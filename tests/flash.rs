@@ -1,6 +1,7 @@
 //! The streaming modes (flash attention and streaming SAOBP) against the
 //! float64 reference on every adapter: the spec's worked example, masks,
-//! ragged sizes, large logits, row statistics, and the options they refuse.
+//! ragged sizes, heads up to 128 wide, large logits, row statistics, and the
+//! options they refuse.
 
 mod common;
 
@@ -170,6 +171,28 @@ fn ragged_sizes_match_reference() {
             (513, false, false),
         ] {
             let case = streaming_case([2, 2, n, 16], 5, causal, masked, vec![0.7, 0.0], Some(0.3));
+            check(gpu, &mut rng, &case);
+        }
+    });
+}
+
+/// Heads wider than 64 (the 4-row, 128-wide build of the kernels): D and Dv
+/// up to 128, either one alone past 64, masks, causal, and N = 300 at
+/// D = Dv = 128, which the software adapters split into several key ranges.
+#[test]
+fn wide_heads_match_reference() {
+    let _serial = one_at_a_time();
+    on_every_gpu("flash wide heads", |gpu| {
+        let mut rng = Rng::new(27);
+        for (shape, dv, causal, masked) in [
+            ([1, 2, 37, 128], 128, false, true),
+            ([2, 1, 21, 96], 80, true, false),
+            ([1, 1, 19, 32], 128, false, false),
+            ([1, 2, 45, 128], 17, true, true),
+            ([1, 1, 300, 128], 128, true, true),
+        ] {
+            let lambda = (0..shape[1]).map(|h| 0.4 + 0.5 * h as f32).collect();
+            let case = streaming_case(shape, dv, causal, masked, lambda, None);
             check(gpu, &mut rng, &case);
         }
     });

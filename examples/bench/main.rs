@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release --example bench -- [--sizes 128,512,1024] [--matmul-sizes 512,1024,2048]
 //! [--only attention|matmul|training] [--all-variants] [--no-tune] [--repeat N]
-//! [--max-materialized N] [--long N] [--small-batch B] [--memory B] [--json FILE] [--markdown FILE]`
+//! [--head-dim D] [--max-materialized N] [--long N] [--small-batch B] [--small-micro-batch M]
+//! [--memory B] [--json FILE] [--markdown FILE]`
 //!
 //! `--max-materialized` (default 4096) is the largest N for the N³
 //! materialized mode; `--long` (default 16384, 0 skips) runs streaming SAOBP
@@ -36,7 +37,6 @@ use saobp::{
 };
 
 const HEADS: usize = 12;
-const D: usize = 64;
 
 /// Benchmark attention, SAOBP and matmul on the default adapter.
 #[derive(clap::Parser)]
@@ -65,6 +65,10 @@ struct Args {
     /// Skip `Gpu::tune_matmul`.
     #[arg(long)]
     no_tune: bool,
+    /// Head width D of the attention section (the streaming modes take up
+    /// to 128).
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
     /// Largest N for the N³ materialized mode.
     #[arg(long, default_value_t = 4096)]
     max_materialized: usize,
@@ -170,10 +174,10 @@ fn ratio(a: &Cell, b: &Cell) -> String {
     }
 }
 
-/// Synthetic `[1, heads, n, D]` inputs with diffuse, local, sink and collapsed heads.
-fn inputs(heads: usize, n: usize) -> workload::Workload {
+/// Synthetic `[1, heads, n, d]` inputs with diffuse, local, sink and collapsed heads.
+fn inputs(heads: usize, n: usize, d: usize) -> workload::Workload {
     synthetic(
-        [1, heads, n, D],
+        [1, heads, n, d],
         &[
             Pattern::Diffuse,
             Pattern::Local,
@@ -186,9 +190,18 @@ fn inputs(heads: usize, n: usize) -> workload::Workload {
 }
 
 /// Times one attention mode; `repeat` runs, after a warm-up if `warm_up`.
-fn time_mode(gpu: &Gpu, n: usize, mode: Mode, repeat: usize, warm_up: bool, flops: f64) -> Cell {
-    let shape = [1, HEADS, n, D];
-    let w = inputs(HEADS, n);
+#[allow(clippy::too_many_arguments)]
+fn time_mode(
+    gpu: &Gpu,
+    n: usize,
+    d: usize,
+    mode: Mode,
+    repeat: usize,
+    warm_up: bool,
+    flops: f64,
+) -> Cell {
+    let shape = [1, HEADS, n, d];
+    let w = inputs(HEADS, n, d);
     let run = || -> Result<Cell, Error> {
         let q = Tensor::from_slice(gpu, &shape, &w.q)?;
         let k = Tensor::from_slice(gpu, &shape, &w.k)?;
@@ -227,8 +240,8 @@ impl AttentionRow {
     /// A·V for plain and flash; fused adds A·U'; streaming recomputes the
     /// scores and their mirror for A·U' (5 products); materialized adds
     /// M = A·A (N³) and R·V.
-    fn measure(gpu: &Gpu, n: usize, repeat: usize, max_materialized: usize) -> Self {
-        let (nf, df, hf) = (n as f64, D as f64, HEADS as f64);
+    fn measure(gpu: &Gpu, n: usize, d: usize, repeat: usize, max_materialized: usize) -> Self {
+        let (nf, df, hf) = (n as f64, d as f64, HEADS as f64);
         let pair = hf * 2.0 * nf * nf * df;
         let materialized = if n <= max_materialized {
             // Pipelines are built by then; the longest runs are timed once.
@@ -238,16 +251,16 @@ impl AttentionRow {
                 (repeat.min(2), true)
             };
             let flops = 2.0 * pair + hf * 2.0 * nf * nf * nf;
-            time_mode(gpu, n, Mode::Materialized, repeat, warm_up, flops)
+            time_mode(gpu, n, d, Mode::Materialized, repeat, warm_up, flops)
         } else {
             Cell::Skipped(format!("N > {max_materialized}, see --max-materialized"))
         };
         let row = AttentionRow {
             n,
-            plain: time_mode(gpu, n, Mode::Plain, repeat, true, 2.0 * pair),
-            flash: time_mode(gpu, n, Mode::Flash, repeat, true, 2.0 * pair),
-            fused: time_mode(gpu, n, Mode::Fused, repeat, true, 3.0 * pair),
-            streaming: time_mode(gpu, n, Mode::Streaming, repeat, true, 5.0 * pair),
+            plain: time_mode(gpu, n, d, Mode::Plain, repeat, true, 2.0 * pair),
+            flash: time_mode(gpu, n, d, Mode::Flash, repeat, true, 2.0 * pair),
+            fused: time_mode(gpu, n, d, Mode::Fused, repeat, true, 3.0 * pair),
+            streaming: time_mode(gpu, n, d, Mode::Streaming, repeat, true, 5.0 * pair),
             materialized,
         };
         println!(
@@ -291,9 +304,9 @@ impl AttentionRow {
 
 /// Streaming SAOBP on one long head: its time, and the GPU memory the call
 /// took (where the backend reports allocations).
-fn long_sequence(gpu: &Gpu, n: usize) -> Result<(Duration, Option<u64>), Error> {
-    let w = inputs(1, n);
-    let shape = [1, 1, n, D];
+fn long_sequence(gpu: &Gpu, n: usize, d: usize) -> Result<(Duration, Option<u64>), Error> {
+    let w = inputs(1, n, d);
+    let shape = [1, 1, n, d];
     gpu.trim_pool();
     let before = gpu.allocated_bytes();
     let q = Tensor::from_slice(gpu, &shape, &w.q)?;
@@ -379,10 +392,10 @@ fn run() -> Result<(), String> {
     };
     let rows: Vec<AttentionRow> = sizes
         .iter()
-        .map(|&n| AttentionRow::measure(&gpu, n, args.repeat, args.max_materialized))
+        .map(|&n| AttentionRow::measure(&gpu, n, args.head_dim, args.repeat, args.max_materialized))
         .collect();
     let long = (args.attention() && args.long_n > 0).then(|| {
-        let r = long_sequence(&gpu, args.long_n);
+        let r = long_sequence(&gpu, args.long_n, args.head_dim);
         match &r {
             Ok((t, used)) => println!(
                 "streaming SAOBP, N={}, H=1: {:.2} s, {}",
@@ -458,9 +471,10 @@ fn run() -> Result<(), String> {
     let mut md = format!("Adapter: {}\n", gpu.adapter());
     if !rows.is_empty() {
         md += &format!(
-            "\nAttention, B=1, H={HEADS}, D={D}, λ=1 (median of {} runs, download of O included):\n\n\
+            "\nAttention, B=1, H={HEADS}, D={}, λ=1 (median of {} runs, download of O included):\n\n\
              | N | plain | flash | SAOBP fused (a) | SAOBP streaming (b) | SAOBP materialized | fused/plain | streaming/flash | streaming/plain | materialized/fused |\n\
              |---|---|---|---|---|---|---|---|---|---|\n",
+            args.head_dim,
             args.repeat
         );
         for row in &rows {
@@ -470,8 +484,9 @@ fn run() -> Result<(), String> {
     if let Some(long) = &long {
         md += &match long {
             Ok((t, used)) => format!(
-                "\nStreaming SAOBP (b) at N={}, H=1, D={D}: {:.2} s; GPU memory allocated by the call: {}.\n",
+                "\nStreaming SAOBP (b) at N={}, H=1, D={}: {:.2} s; GPU memory allocated by the call: {}.\n",
                 args.long_n,
+                args.head_dim,
                 t.as_secs_f64(),
                 used.map_or("not reported by this backend".into(), |b| format!(
                     "{:.1} MiB",
@@ -501,7 +516,7 @@ fn run() -> Result<(), String> {
         let report = serde_json::json!({
             "adapter": gpu.adapter().to_string(),
             "heads": HEADS,
-            "d": D,
+            "d": args.head_dim,
             "attention": attn,
             "long_sequence": long,
             "matmul": mms,

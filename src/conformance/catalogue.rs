@@ -648,7 +648,7 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             None,
         ));
     }
-    // The streaming modes on the same shapes (D and Dv within their 64),
+    // The streaming modes on the same shapes (D and Dv within 64),
     // then one N long enough that software adapters split the keys over
     // several dispatches, masked keys straddling a boundary. Streaming's
     // reference is N³ per head, so its long case is shorter.
@@ -689,6 +689,22 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     }
     out.push(streamed(Subject::Flash, 1100, false));
     out.push(streamed(Subject::Flash, 1100, true));
+    // Heads wider than 64: the kernels' 128-wide build (4 query rows per
+    // invocation), at D = Dv = 128 over several key ranges, and with only
+    // Dv past 64.
+    let wide: [([usize; 4], usize, bool, bool, &str); 2] = [
+        ([1, 2, 300, 128], 128, true, true, "128-wide build"),
+        ([2, 1, 33, 40], 100, false, true, "128-wide build, Dv only"),
+    ];
+    for subject in [Subject::Flash, Subject::Streaming] {
+        for &(shape, dv, causal, masked, note) in &wide {
+            out.push(Case::new(
+                subject,
+                att(shape, dv, causal, masked, subject == Subject::Streaming),
+                Some(note.to_string()),
+            ));
+        }
+    }
 
     // Messages and refinement of given maps. Over the cap: one message tile
     // per 3x3 map (refine then has three times as many rows), and one refine

@@ -1,6 +1,9 @@
 //! Streaming attention (flash) and streaming SAOBP: no N×N buffer anywhere.
 //!
-//! Shader: `shaders/flash.wgsl`. Reference: [`crate::reference::attention`](mod@crate::reference::attention)
+//! Shader: `shaders/flash.wgsl`, built twice: after
+//! `shaders/shared/flash_d64.wgsl` (8 query rows per invocation, heads up to
+//! 64 wide) and after `shaders/shared/flash_d128.wgsl` (4 rows, up to 128),
+//! chosen per problem by the wider of `D` and `Dv`. Reference: [`crate::reference::attention`](mod@crate::reference::attention)
 //! (output and [`row_stats`](crate::reference::attention::row_stats)) and
 //! [`crate::reference::saobp`](mod@crate::reference::saobp). The pipeline
 //! that strings them together is [`crate::attention`](mod@crate::attention)
@@ -13,7 +16,8 @@ use crate::kernels::to_u32;
 use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = shader!("flash.wgsl");
+pub(crate) const SOURCE: &str = shader!("shared/flash_d64.wgsl", "flash.wgsl");
+pub(crate) const WIDE_SOURCE: &str = shader!("shared/flash_d128.wgsl", "flash.wgsl");
 
 kernels! {
     "flash" in SOURCE, params FlashParams, workgroup 64 {
@@ -24,12 +28,24 @@ kernels! {
         /// Pass 2: `A·U'` and the SAOBP row stats, over a key range.
         FLASH_REFINE = "flash_refine" (fr_q, fr_k, fr_u, fr_keys, fr_au, fr_stats);
     }
+    "flash" in WIDE_SOURCE, params FlashParams, workgroup 64 {
+        /// [`FLASH_FORWARD`] for heads up to 128 wide.
+        FLASH_FORWARD_WIDE = "flash_forward" (ff_q, ff_k, ff_v, ff_mask, ff_out, ff_stats, ff_keys)
+            as "flash_d128" with [];
+        /// [`FLASH_REFINE`] for heads up to 128 wide.
+        FLASH_REFINE_WIDE = "flash_refine" (fr_q, fr_k, fr_u, fr_keys, fr_au, fr_stats)
+            as "flash_d128" with [];
+    }
 }
 
-/// Query rows per invocation (`ROWS` in the shader).
-const ROWS: usize = 8;
-/// The widest `D` and `Dv` the kernels hold in private memory (`DMAX`).
-pub const MAX_HEAD_DIM: usize = 64;
+/// Query rows per invocation and the widest `D` and `Dv` of each build
+/// (`ROWS` and `DMAX` in `shaders/shared/flash_d*.wgsl`): the same private
+/// arrays (`ROWS · DMAX` floats) either way.
+const NARROW: (usize, usize) = (8, 64);
+const WIDE: (usize, usize) = (4, 128);
+
+/// The widest `D` and `Dv` the flash and streaming modes take.
+pub const MAX_HEAD_DIM: usize = WIDE.1;
 
 /// Loop iterations one invocation may spend per dispatch on the software
 /// adapters. llvmpipe (lavapipe, llvmpipe GL) stops every loop of an
@@ -63,6 +79,8 @@ pub(crate) struct Plan {
     blocks: u64,
     /// `B·H·N·(Dv + 1)`: elements of `U'`.
     wide_elements: usize,
+    /// Whether the heads need the 128-wide build.
+    wide: bool,
     /// Keys per dispatch of pass 1 and of pass 2.
     forward_keys: usize,
     refine_keys: usize,
@@ -86,10 +104,11 @@ pub(crate) fn keys_per_dispatch(
     if !software {
         return (n.max(1), n.max(1));
     }
+    let rows = rows_and_width(d, dv).0;
     let mirror = usize::from(!causal);
-    let forward_fixed = ROWS * (1 + d + 2 * (dv + 1));
+    let forward_fixed = rows * (1 + d + 2 * (dv + 1));
     let forward_key = 1 + d + dv;
-    let refine_fixed = ROWS * (1 + d * (1 + mirror) + 2 * (dv + 2));
+    let refine_fixed = rows * (1 + d * (1 + mirror) + 2 * (dv + 2));
     let refine_key = 1 + d * (1 + mirror) + dv + 1;
     let keys = |fixed: usize, per_key: usize| {
         (SOFTWARE_LOOP_BUDGET.saturating_sub(fixed) / per_key).clamp(1, n.max(1))
@@ -98,6 +117,15 @@ pub(crate) fn keys_per_dispatch(
         keys(forward_fixed, forward_key),
         keys(refine_fixed, refine_key),
     )
+}
+
+/// The build for heads of `d` and `dv`: (rows per invocation, widest head).
+fn rows_and_width(d: usize, dv: usize) -> (usize, usize) {
+    if d.max(dv) <= NARROW.1 {
+        NARROW
+    } else {
+        WIDE
+    }
 }
 
 /// Checks that the kernels can hold `D` and `Dv` and sizes the dispatches;
@@ -116,9 +144,10 @@ pub(crate) fn plan(
         )));
     }
     let matrices = shape.batch * shape.heads;
+    let (rows, width) = rows_and_width(shape.d, shape.dv);
     let groups = shape
         .n
-        .div_ceil(FLASH_FORWARD.workgroup_size as usize * ROWS);
+        .div_ceil(FLASH_FORWARD.workgroup_size as usize * rows);
     let (forward_keys, refine_keys) =
         keys_per_dispatch(shape.n, shape.d, shape.dv, causal, software);
     Ok(Plan {
@@ -137,6 +166,7 @@ pub(crate) fn plan(
             _pad: 0,
         },
         blocks: (matrices * groups) as u64,
+        wide: width > NARROW.1,
         wide_elements: matrices * shape.n * (shape.dv + 1),
         forward_keys,
         refine_keys,
@@ -198,7 +228,12 @@ pub(crate) fn forward<'a>(
         ("ff_stats", row_stats.buffer()),
         ("ff_keys", keys.buffer()),
     ];
-    key_ranges(plan, &FLASH_FORWARD, &bindings, plan.forward_keys)
+    let kernel = if plan.wide {
+        &FLASH_FORWARD_WIDE
+    } else {
+        &FLASH_FORWARD
+    };
+    key_ranges(plan, kernel, &bindings, plan.forward_keys)
 }
 
 /// `U' = [Y − a ⊙ V | r − a]` (`[B·H·N, Dv + 1]`) from pass 1's output and `keys`.
@@ -241,5 +276,10 @@ pub(crate) fn refine<'a>(
         ("fr_au", au.buffer()),
         ("fr_stats", stats.buffer()),
     ];
-    key_ranges(plan, &FLASH_REFINE, &bindings, plan.refine_keys)
+    let kernel = if plan.wide {
+        &FLASH_REFINE_WIDE
+    } else {
+        &FLASH_REFINE
+    };
+    key_ranges(plan, kernel, &bindings, plan.refine_keys)
 }

@@ -13,7 +13,7 @@ use saobp::kernels::optim::{lr_at, AdamW, AdamWOptions};
 use saobp::model::{
     evaluate, generate, layer_stats, Gpt, GptConfig, Sampling, TrainOptions, Trainer,
 };
-use saobp::Error;
+use saobp::{Error, Gpu};
 
 const TEXT: &str = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n\
 All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n";
@@ -44,6 +44,11 @@ fn options(learn_lambda: bool) -> TrainOptions {
     }
 }
 
+/// The test GPT with λ = 0.3 in every layer and head, from seed 1.
+fn with_lambda(gpu: &Gpu, c: &GptConfig) -> Gpt {
+    Gpt::init(gpu, c.clone(), 1, Some(&vec![vec![0.3; 2]; 2])).unwrap()
+}
+
 fn bits(values: &[(String, Vec<f32>)]) -> Vec<(String, Vec<u32>)> {
     values
         .iter()
@@ -59,16 +64,10 @@ fn one_submission_equals_the_phases_run_apart() {
     on_every_gpu("trainer: one submission", |gpu| {
         let corpus = corpus();
         let c = config(corpus.vocab().len());
-        let lambda = vec![vec![0.3; 2]; 2];
         let opts = options(true);
-        let mut trainer = Trainer::new(
-            gpu,
-            Gpt::init(gpu, c.clone(), 1, Some(&lambda)).unwrap(),
-            opts,
-        )
-        .unwrap();
+        let mut trainer = Trainer::new(gpu, with_lambda(gpu, &c), opts).unwrap();
 
-        let model = Gpt::init(gpu, c.clone(), 1, Some(&lambda)).unwrap();
+        let model = with_lambda(gpu, &c);
         let ws = model.workspace(gpu, opts.batch, c.n_positions).unwrap();
         let shapes: Vec<_> = model
             .parameters()
@@ -117,14 +116,12 @@ fn micro_batches_train_as_one_pass() {
     on_every_gpu("trainer: micro-batches", |gpu| {
         let corpus = corpus();
         let c = config(corpus.vocab().len());
-        let lambda = vec![vec![0.3; 2]; 2];
         let trainer = |micro_batch| {
             let opts = TrainOptions {
                 micro_batch,
                 ..options(true)
             };
-            let model = Gpt::init(gpu, c.clone(), 1, Some(&lambda)).unwrap();
-            Trainer::new(gpu, model, opts).unwrap()
+            Trainer::new(gpu, with_lambda(gpu, &c), opts).unwrap()
         };
         let (mut whole, mut halves) = (trainer(4), trainer(2));
         for step in 0..3 {

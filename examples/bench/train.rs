@@ -52,10 +52,7 @@ pub fn presets(small_batch: usize, small_micro: usize) -> Vec<Preset> {
             name: "small",
             config: config(6, 6, 384, 256),
             batch: small_batch,
-            micro_batch: (1..=small_micro.min(small_batch))
-                .rev()
-                .find(|&m| small_batch.is_multiple_of(m))
-                .unwrap_or(1),
+            micro_batch: TrainOptions::largest_micro_batch(small_batch, small_micro),
         },
     ]
 }

@@ -65,6 +65,18 @@ pub struct TrainOptions {
     pub learn_lambda: bool,
 }
 
+impl TrainOptions {
+    /// The largest micro-batch of at most `cap` windows that divides
+    /// `batch` (1 when `batch` or `cap` is 0): what `saobp train` and the
+    /// bench run when no micro-batch is given.
+    pub fn largest_micro_batch(batch: usize, cap: usize) -> usize {
+        (1..=cap.min(batch))
+            .rev()
+            .find(|&m| batch.is_multiple_of(m))
+            .unwrap_or(1)
+    }
+}
+
 /// What one [`Trainer::train_step`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -301,8 +313,8 @@ impl Trainer {
         inputs: &[u32],
         windows: usize,
     ) -> Result<Vec<LayerStats>> {
-        let ws = (windows == self.ws.batch()).then_some(&self.ws);
-        layer_stats_in(gpu, &self.model, ws, inputs, windows, self.ws.n()).await
+        let n = self.ws.n();
+        layer_stats_in(gpu, &self.model, Some(&self.ws), inputs, windows, n).await
     }
 
     /// Continues a run: sets the optimizer's step count and moments (in
@@ -381,17 +393,17 @@ async fn evaluate_in(
     let mut start = 0;
     while start < count {
         let b = chunk.min(count - start);
-        let fits = |ws: &&GptWorkspace| ws.batch() == b && ws.n() == n;
-        let ws = match given.filter(fits) {
+        let ws = match given.filter(|ws| ws.batch() == b && ws.n() == n) {
             Some(ws) => ws,
             None => {
-                if !workspaces.iter().any(|ws| fits(&ws)) {
-                    workspaces.push(model.workspace(gpu, b, n)?);
-                }
-                workspaces
-                    .iter()
-                    .find(fits)
-                    .ok_or_else(|| Error::invalid("no workspace for an evaluation chunk"))?
+                let k = match workspaces.iter().position(|ws| ws.batch() == b) {
+                    Some(k) => k,
+                    None => {
+                        workspaces.push(model.workspace(gpu, b, n)?);
+                        workspaces.len() - 1
+                    }
+                };
+                &workspaces[k]
             }
         };
         let rows = start * n..(start + b) * n;

@@ -156,10 +156,7 @@ impl Preset {
             Preset::Tiny => batch,
             Preset::Small => 8,
         };
-        (1..=cap.min(batch))
-            .rev()
-            .find(|&m| batch.is_multiple_of(m))
-            .unwrap_or(1)
+        TrainOptions::largest_micro_batch(batch, cap)
     }
 }
 

@@ -52,24 +52,7 @@
 // ROWS and DMAX (the largest d and dv) mirror the constants in
 // src/kernels/flash.rs. ROWS = 8 measured faster on lavapipe than 4 or 16.
 
-struct Params {
-    matrices: u32,
-    n: u32,
-    d: u32,
-    dv: u32,
-    heads: u32,
-    causal: u32,
-    has_mask: u32,
-    scale: f32,
-    // Workgroups per matrix: ceil(n / (WG * ROWS)).
-    groups: u32,
-    // The keys of this dispatch: [key_begin, key_end).
-    key_begin: u32,
-    key_end: u32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// Params, its binding and key_end_of come from shared/flash_params.wgsl.
 
 // ROWS (query rows per invocation) and DMAX (the widest d and dv) come from
 // the header the source is built with: shared/flash_d64.wgsl (8 rows, d up
@@ -90,12 +73,6 @@ fn block_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Block {
     let g = wg / p.groups;
     let i0 = ((wg % p.groups) * WG + lid) * ROWS;
     return Block(g, i0);
-}
-
-// The end of the keys this dispatch gives a block of `rows` rows from i0:
-// under causal masking no row of it attends past i0 + rows - 1.
-fn key_end_of(i0: u32, rows: u32) -> u32 {
-    return select(p.key_end, min(p.key_end, i0 + rows), p.causal != 0u);
 }
 
 // ---- flash_forward ----------------------------------------------------------

@@ -536,13 +536,13 @@ async fn attention_streaming(
         )));
     }
     let lambda_values = opts.lambda.per_head(shape.heads)?;
-    let software = gpu.adapter().is_software();
-    let plan = flash::plan(shape, opts.causal, opts.key_mask.is_some(), software)?;
+    let plan = flash::plan(gpu, shape, opts.causal, opts.key_mask.is_some())?;
     let rows = shape.batch * shape.heads * shape.n;
     let y = Tensor::scratch(gpu, &shape.output_shape())?;
     let row_stats = Tensor::scratch(gpu, &[shape.batch, shape.heads, shape.n, 3])?;
     let keys = Tensor::scratch(gpu, &[rows, 4])?;
-    let mut steps = flash::forward(gpu, &plan, q, k, v, opts.key_mask, &y, &row_stats, &keys);
+    let (mut steps, operands) =
+        flash::forward(gpu, &plan, q, k, v, opts.key_mask, &y, &row_stats, &keys);
     if mode == Mode::Flash {
         gpu.run(&steps).await?;
         drop(steps);
@@ -564,7 +564,7 @@ async fn attention_streaming(
     let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
     let out_plan = saobp::plan(shape.batch * shape.heads, shape.heads, shape.n, shape.dv)?;
     steps.push(flash::values(&plan, &y, v, &keys, &u));
-    steps.extend(flash::refine(&plan, q, k, &u, &keys, &au, &stats));
+    steps.extend(flash::refine(gpu, &plan, &operands, &u, &keys, &au, &stats));
     steps.push(saobp::fused_output(
         &out_plan, &y, v, &au, &stats, &mass, &lambda, &output,
     ));

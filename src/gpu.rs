@@ -278,6 +278,7 @@ pub(crate) enum Step<'a> {
 pub(crate) type Panels = Arc<TextureSlot>;
 
 /// A resource bound to one binding of a dispatch.
+#[derive(Clone)]
 pub(crate) enum Binding<'a> {
     /// A storage buffer, borrowed from a tensor the caller keeps alive.
     Buffer(&'a wgpu::Buffer),

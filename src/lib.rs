@@ -63,6 +63,7 @@ pub use gpu::{
 pub use kernels::attention::{
     attention_backward, AttentionBackwardOptions, AttentionGrads, AttentionShape,
 };
+pub use kernels::flash::{set_flash_variant, FlashVariant};
 pub use kernels::matmul::{
     matmul, matmul_backward, matmul_choice, matmul_variant, set_matmul_family, MatmulFamily,
     MatmulOptions, MatmulVariant, TiledTile, TunedClass, Tuning,

@@ -1,7 +1,7 @@
 //! The streaming modes (flash attention and streaming SAOBP) against the
-//! float64 reference on every adapter: the spec's worked example, masks,
-//! ragged sizes, heads up to 128 wide, large logits, row statistics, and the
-//! options they refuse.
+//! float64 reference on every adapter, with each kernel variant it offers
+//! (`FlashVariant`): the spec's worked example, masks, ragged sizes, heads
+//! up to 128 wide, large logits, row statistics, and the options they refuse.
 
 mod common;
 
@@ -12,13 +12,33 @@ use common::{
     Tolerance, SPEC_PRINTED, SPEC_TOL,
 };
 use saobp::reference;
-use saobp::{attention_blocking, AttentionOptions, Error, Gpu, Lambda, Mode, RowStats, Tensor};
+use saobp::{
+    attention_blocking, set_flash_variant, AttentionOptions, Error, FlashVariant, Gpu, Lambda,
+    Mode, RowStats, Tensor,
+};
 
 /// GPU tests here run one at a time: on GL a first pipeline compile holds the
 /// context lock for seconds, and wgpu gives up waiting for it after 6 s.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `f` on every adapter, once with each flash variant the adapter offers
+/// (forced in turn, then back to the adapter's own choice), saying which ran.
+fn on_every_variant(test: &str, mut f: impl FnMut(&Gpu)) {
+    on_every_gpu(test, |gpu| {
+        for variant in FlashVariant::available(gpu) {
+            set_flash_variant(gpu, Some(variant));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(gpu)));
+            set_flash_variant(gpu, None);
+            if let Err(e) = r {
+                eprintln!("{test} FAILED with the {variant} variant");
+                std::panic::resume_unwind(e);
+            }
+            eprintln!("{test}: the {variant} variant ok");
+        }
+    });
 }
 
 fn download(gpu: &Gpu, t: &Option<Tensor>) -> Vec<f32> {
@@ -42,7 +62,7 @@ fn spec_worked_example() {
     let max = [2.0, 1.5, 1.0];
     // Σ exp(S − max) = 1 / A at the argmax.
     let sum = [1.0 / 0.665241, 1.0 / 0.628532, 1.0 / 0.422319];
-    on_every_gpu("flash spec example", |gpu| {
+    on_every_variant("flash spec example", |gpu| {
         for mode in [Mode::Flash, Mode::Streaming] {
             let out = spec_run(gpu, mode, false, false);
             let what = |x: &str| format!("spec {x} ({mode:?})");
@@ -139,7 +159,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) {
 #[test]
 fn random_cases_match_reference() {
     let _serial = one_at_a_time();
-    on_every_gpu("flash random", |gpu| {
+    on_every_variant("flash random", |gpu| {
         let mut rng = Rng::new(21);
         for i in 0..8 {
             let heads = 1 + rng.below(3);
@@ -160,7 +180,7 @@ fn random_cases_match_reference() {
 #[test]
 fn ragged_sizes_match_reference() {
     let _serial = one_at_a_time();
-    on_every_gpu("flash ragged", |gpu| {
+    on_every_variant("flash ragged", |gpu| {
         let mut rng = Rng::new(22);
         for (n, causal, masked) in [
             (1, false, false),
@@ -177,19 +197,19 @@ fn ragged_sizes_match_reference() {
 }
 
 /// Heads wider than 64 (the 4-row, 128-wide build of the kernels): D and Dv
-/// up to 128, either one alone past 64, masks, causal, and N = 300 at
+/// up to 128, either one alone past 64, masks, causal, and N = 500 at
 /// D = Dv = 128, which the software adapters split into several key ranges.
 #[test]
 fn wide_heads_match_reference() {
     let _serial = one_at_a_time();
-    on_every_gpu("flash wide heads", |gpu| {
+    on_every_variant("flash wide heads", |gpu| {
         let mut rng = Rng::new(27);
         for (shape, dv, causal, masked) in [
             ([1, 2, 37, 128], 128, false, true),
             ([2, 1, 21, 96], 80, true, false),
             ([1, 1, 19, 32], 128, false, false),
             ([1, 2, 45, 128], 17, true, true),
-            ([1, 1, 300, 128], 128, true, true),
+            ([1, 1, 500, 128], 128, true, true),
         ] {
             let lambda = (0..shape[1]).map(|h| 0.4 + 0.5 * h as f32).collect();
             let case = streaming_case(shape, dv, causal, masked, lambda, None);
@@ -202,7 +222,7 @@ fn wide_heads_match_reference() {
 #[test]
 fn lambda_zero_is_flash_and_streaming_is_fused() {
     let _serial = one_at_a_time();
-    on_every_gpu("flash lambda", |gpu| {
+    on_every_variant("flash lambda", |gpu| {
         let mut rng = Rng::new(23);
         let mut case = streaming_case([2, 3, 40, 12], 9, false, true, vec![0.0; 3], None);
         let x = case.inputs(&mut rng);
@@ -258,7 +278,7 @@ fn lambda_zero_is_flash_and_streaming_is_fused() {
 #[test]
 fn large_logits_stay_finite_and_exact() {
     let _serial = one_at_a_time();
-    on_every_gpu("flash large logits", |gpu| {
+    on_every_variant("flash large logits", |gpu| {
         let mut rng = Rng::new(24);
         let (b, h, n, d) = (2, 2, 37, 4);
         for causal in [false, true] {
@@ -460,7 +480,7 @@ fn many_keys_at_full_width_match_reference() {
             (causal, plain.output, o, m, stats)
         })
         .collect();
-    on_every_gpu("flash many keys", |gpu| {
+    on_every_variant("flash many keys", |gpu| {
         for (causal, plain, o, m, stats) in &wants {
             // The mask is the one in `x`; the case sets the rest.
             let case = streaming_case(shape, d, *causal, true, vec![lambda as f32], None);

@@ -654,7 +654,13 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     // reference is N³ per head, so its long case is shorter.
     let streamed = |subject: Subject, n: usize, causal: bool| {
         let (d, dv) = (64, 64);
-        let (forward, refine) = flash_kernel::keys_per_dispatch(n, d, dv, causal, true);
+        let (forward, refine) = flash_kernel::keys_per_dispatch(
+            n,
+            d,
+            dv,
+            causal,
+            Some(flash_kernel::FlashVariant::Buffer),
+        );
         let ranges = |keys: usize| n.div_ceil(keys.max(1));
         let note = if subject == Subject::Flash {
             format!(

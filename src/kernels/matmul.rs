@@ -625,17 +625,20 @@ fn steps_for<'a>(
 /// row, which keeps every panel step within one row.
 const PANEL_WIDTH: u32 = 128;
 
-/// How one operand's panels lie in its texture.
+/// How one operand's panels lie in its texture (also the flash kernels'
+/// texture operands, which use the same texel placement).
 #[derive(Debug, Clone, Copy)]
-struct PanelTexture {
+pub(crate) struct PanelTexture {
     texels: u32,
-    /// Rows per layer, a power of two.
-    layer_shift: u32,
+    /// log2 of the rows per layer.
+    pub(crate) layer_shift: u32,
     layers: u32,
 }
 
 impl PanelTexture {
-    fn new(gpu: &Gpu, what: &str, texels: u64) -> Result<PanelTexture> {
+    /// Room for `texels` texels within the device's texture limits, or
+    /// [`Error::Limit`] naming `what` and the limit it exceeds.
+    pub(crate) fn new(gpu: &Gpu, what: &str, texels: u64) -> Result<PanelTexture> {
         if texels > u64::from(u32::MAX) {
             return Err(Error::Limit {
                 what: format!("the texture panels of {what}"),
@@ -678,7 +681,8 @@ impl PanelTexture {
         })
     }
 
-    fn create(&self, gpu: &Gpu) -> Panels {
+    /// A scratch texture of this size.
+    pub(crate) fn create(&self, gpu: &Gpu) -> Panels {
         gpu.storage_texture(PANEL_WIDTH, 1 << self.layer_shift, self.layers)
     }
 }

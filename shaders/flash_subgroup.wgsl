@@ -32,6 +32,7 @@
 //   flash_refine   v1: pass 2 of flash.wgsl v2.
 //   both           v2: scores summed by a shuffle butterfly instead of a
 //                  subgroupAdd per row: flash 1.6x, streaming 2x faster.
+//   flash_refine   v3: pass 1's per-row stats packed too (a texel per key).
 // DQ and UQ come from shared/flash_sg64.wgsl or shared/flash_sg128.wgsl;
 // Params from shared/flash_params.wgsl.
 
@@ -411,7 +412,9 @@ fn flash_forward(
 @group(0) @binding(2) var fr_k: texture_storage_2d_array<rgba32float, read>;
 // U' [matrices * n, dv + 1], packed.
 @group(0) @binding(3) var fr_u: texture_storage_2d_array<rgba32float, read>;
-@group(0) @binding(4) var<storage, read> fr_keys: array<f32>;
+// Pass 1's (a_i, r_i, lse_i, keep_i) per row, packed: one texel per row, so
+// that a key's two values cost one texel load instead of two storage loads.
+@group(0) @binding(4) var fr_keys: texture_storage_2d_array<rgba32float, read>;
 // As in flash.wgsl: A U' [matrices * n, dv + 1] and (a_i, r_i, c_i).
 @group(0) @binding(5) var<storage, read_write> fr_au: array<f32>;
 @group(0) @binding(6) var<storage, read_write> fr_stats: array<f32>;
@@ -429,6 +432,12 @@ fn fr_k4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
 fn fr_u4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
     let at = texel_of(row, c4, w4);
     return select(vec4<f32>(), textureLoad(fr_u, at.xy, at.z), c4 < w4);
+}
+
+// (a, r, lse, keep) of row `row`.
+fn fr_key(row: u32) -> vec4<f32> {
+    let at = panel_texel(row);
+    return textureLoad(fr_keys, at.xy, at.z);
 }
 
 fn fr_q_slice(row: u32, c0: u32) -> Slice {
@@ -532,9 +541,10 @@ fn flash_refine(
     var au: array<USlice, ROWS>;
     // This lane's row: rows with no valid key, and keys i no query may
     // attend, take no part.
-    let live = mine && fr_keys[4u * own_row + 1u] != 0.0;
-    let lse = fr_keys[4u * own_row + 2u];
-    let keep = fr_keys[4u * own_row + 3u] != 0.0;
+    let own_key = fr_key(own_row);
+    let live = mine && own_key.y != 0.0;
+    let lse = own_key.z;
+    let keep = own_key.w != 0.0;
     var cc = 0.0;
     if (!first) {
         au[0] = fr_au_slice(g, i0, rows, 0u, u0);
@@ -550,7 +560,8 @@ fn flash_refine(
 
     for (var k = p.key_begin; k < kend; k = k + 1u) {
         let key = g * p.n + k;
-        if (fr_keys[4u * key + 3u] == 0.0) {
+        let key_stats = fr_key(key);
+        if (key_stats.w == 0.0) {
             continue;
         }
         let kv = fr_k_slice(key, c0);
@@ -579,7 +590,7 @@ fn flash_refine(
                 sdot(kr[6], qv),
                 sdot(kr[7], qv),
             );
-            let lse_k = fr_keys[4u * key + 2u];
+            let lse_k = key_stats.z;
             let a_ki = exp(min(p.scale * own_sums(mirrored, lane) - lse_k, 0.0));
             let pair = keep && k != i0 + lane;
             cc = cc + select(0.0, w_own * a_ki, pair);
@@ -610,7 +621,7 @@ fn flash_refine(
     }
     fr_stats[3u * own_row + 2u] = cc;
     if (last) {
-        fr_stats[3u * own_row] = fr_keys[4u * own_row];
-        fr_stats[3u * own_row + 1u] = fr_keys[4u * own_row + 1u];
+        fr_stats[3u * own_row] = own_key.x;
+        fr_stats[3u * own_row + 1u] = own_key.y;
     }
 }

@@ -556,12 +556,14 @@ fn long_sequence_needs_no_quadratic_memory() {
                 Tolerance::SPEC,
             );
         }
-        // One N×N f32 map would take 4·N² bytes; everything here is O(N·D).
+        // One N×N f32 map would take 4·N² bytes; everything here is O(N·D)
+        // (at N = 4096 about 18 MB: the outputs, and with the texture
+        // variant packed copies of Q, K, V or U' and the row stats).
         let map = 4 * (n * n) as u64;
         if let (Some(before), Some(after)) = (before, gpu.allocated_bytes()) {
             let used = after.saturating_sub(before);
             assert!(
-                used < map / 4,
+                used < map / 2,
                 "{used} bytes allocated, an N×N map is {map}"
             );
             assert!(after < 1 << 30, "under 1 GiB in all: {after}");

@@ -115,7 +115,7 @@ pub enum FlashVariant {
     /// rows, each lane a slice of their columns, with the operands packed
     /// into texture panels first. For the software adapters, where private
     /// arrays indexed in loops and storage-buffer loads are slow. Needs
-    /// subgroups of exactly 8 and three storage textures per shader stage.
+    /// subgroups of exactly 8 and four storage textures per shader stage.
     TextureSubgroup,
 }
 
@@ -148,7 +148,7 @@ impl FlashVariant {
     /// Every variant `gpu` can run.
     pub fn available(gpu: &Gpu) -> Vec<FlashVariant> {
         let mut out = vec![FlashVariant::Buffer];
-        if gpu.subgroup_size() == Some(8) && gpu.limits().max_storage_textures_per_shader_stage >= 3
+        if gpu.subgroup_size() == Some(8) && gpu.limits().max_storage_textures_per_shader_stage >= 4
         {
             out.push(FlashVariant::TextureSubgroup);
         }
@@ -353,7 +353,8 @@ pub(crate) fn plan(
     }
     let matrices = shape.batch * shape.heads;
     let rows = matrices * shape.n;
-    // One texture size for Q, K, V and U', so that they share pooled textures.
+    // One texture size for Q, K, V, U' and pass 1's row stats, so that they
+    // share pooled textures.
     let texels = rows as u64 * shape.d.max(shape.dv + 1).div_ceil(4) as u64;
     let panels = choose(gpu, texels)?;
     let variant = if panels.is_some() {
@@ -570,11 +571,12 @@ pub(crate) fn refine<'a>(
 ) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let u = plan.operand(gpu, u, plan.params.dv as usize + 1, &mut steps);
+    let keys = plan.operand(gpu, keys, 4, &mut steps);
     let bindings = [
         ("fr_q", operands.q.clone()),
         ("fr_k", operands.k.clone()),
         ("fr_u", u),
-        ("fr_keys", Binding::Buffer(keys.buffer())),
+        ("fr_keys", keys),
         ("fr_au", Binding::Buffer(au.buffer())),
         ("fr_stats", Binding::Buffer(stats.buffer())),
     ];

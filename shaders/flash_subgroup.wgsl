@@ -8,8 +8,8 @@
 // its per-row q and O arrays inside loops over d, so its O(N^2 D)
 // arithmetic ran at about 3 GFLOP/s there, whatever it read its operands
 // from. Here a subgroup of 8 lanes shares a block of 8 query rows and each
-// lane holds a slice of every row's columns: DQ texels of q, k, v and O, UQ
-// texels of U' and A U' (a Slice and a USlice below, fixed-size structs),
+// lane holds a slice of every row's columns: DQ texels of q, k, v, O, U' and
+// A U' (a Slice below, a fixed-size struct),
 // so that every private access has a literal index. That is why the rows
 // are written out one line each instead of looped over, and why a Slice has
 // room for 4 texels whose last two a 64-wide build never touches (the
@@ -24,7 +24,9 @@
 // holding columns 4 c4 .. 4 c4 + 3 (zero past width), texel i at
 // x = i % 128, row i / 128 of the 2D-array texture, layers of
 // 2^layer_shift rows. Lane l holds texels l * DQ .. l * DQ + DQ - 1 of each
-// row (l * UQ .. for U'); past the row's end, zeros.
+// row; past the row's end, zeros. U''s last column, r_k - a_k, is not in
+// the slices: each lane adds its own row's sum_k A_ik (r_k - a_k) from pass
+// 1's per-key stats.
 //
 // Versions:
 //   flash_pack     v1: one invocation per texel.
@@ -33,7 +35,9 @@
 //   both           v2: scores summed by a shuffle butterfly instead of a
 //                  subgroupAdd per row: flash 1.6x, streaming 2x faster.
 //   flash_refine   v3: pass 1's per-row stats packed too (a texel per key).
-// DQ and UQ come from shared/flash_sg64.wgsl or shared/flash_sg128.wgsl;
+//                  v4: U''s last column summed per lane from those stats,
+//                  not carried in the slices (DQ texels of U', not DQ + 1).
+// DQ comes from shared/flash_sg64.wgsl or shared/flash_sg128.wgsl;
 // Params from shared/flash_params.wgsl.
 
 const ROWS: u32 = 8u;
@@ -46,23 +50,9 @@ struct Slice {
     t3: vec4<f32>,
 }
 
-// A lane's UQ texels of one row of U' or A U'; t3 and t4 only when UQ = 5.
-struct USlice {
-    t0: vec4<f32>,
-    t1: vec4<f32>,
-    t2: vec4<f32>,
-    t3: vec4<f32>,
-    t4: vec4<f32>,
-}
-
 fn slice(t0: vec4<f32>, t1: vec4<f32>, t2: vec4<f32>, t3: vec4<f32>) -> Slice {
     let wide = DQ > 2u;
     return Slice(t0, t1, select(vec4<f32>(), t2, wide), select(vec4<f32>(), t3, wide));
-}
-
-fn uslice(t0: vec4<f32>, t1: vec4<f32>, t2: vec4<f32>, t3: vec4<f32>, t4: vec4<f32>) -> USlice {
-    let wide = UQ > 3u;
-    return USlice(t0, t1, t2, select(vec4<f32>(), t3, wide), select(vec4<f32>(), t4, wide));
 }
 
 // This lane's part of a dot product of two rows.
@@ -80,16 +70,6 @@ fn saxpby(x: f32, a: Slice, y: f32, b: Slice) -> Slice {
     if (DQ > 2u) {
         out.t2 = x * a.t2 + y * b.t2;
         out.t3 = x * a.t3 + y * b.t3;
-    }
-    return out;
-}
-
-// a + y b.
-fn uaxpy(a: USlice, y: f32, b: USlice) -> USlice {
-    var out = USlice(a.t0 + y * b.t0, a.t1 + y * b.t1, a.t2 + y * b.t2, vec4<f32>(), vec4<f32>());
-    if (UQ > 3u) {
-        out.t3 = a.t3 + y * b.t3;
-        out.t4 = a.t4 + y * b.t4;
     }
     return out;
 }
@@ -429,9 +409,10 @@ fn fr_k4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
     return select(vec4<f32>(), textureLoad(fr_k, at.xy, at.z), c4 < w4);
 }
 
+// Texel c4 of U''s row `row` without its last column (zeros from dv on).
 fn fr_u4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
     let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(fr_u, at.xy, at.z), c4 < w4);
+    return masked4(c4, p.dv, textureLoad(fr_u, at.xy, at.z));
 }
 
 // (a, r, lse, keep) of row `row`.
@@ -450,47 +431,44 @@ fn fr_k_slice(row: u32, c0: u32) -> Slice {
     return slice(fr_k4(row, c0, w), fr_k4(row, c0 + 1u, w), fr_k4(row, c0 + 2u, w), fr_k4(row, c0 + 3u, w));
 }
 
-fn fr_u_slice(row: u32, u0: u32) -> USlice {
+fn fr_u_slice(row: u32, c0: u32) -> Slice {
     let w = quads(p.dv + 1u);
-    return uslice(fr_u4(row, u0, w), fr_u4(row, u0 + 1u, w), fr_u4(row, u0 + 2u, w), fr_u4(row, u0 + 3u, w), fr_u4(row, u0 + 4u, w));
+    return slice(fr_u4(row, c0, w), fr_u4(row, c0 + 1u, w), fr_u4(row, c0 + 2u, w), fr_u4(row, c0 + 3u, w));
 }
 
-// Texel c4 of A U''s row `row`, zeros past dv + 1.
+// Texel c4 of A U''s row `row` (rows dv + 1 wide) without its last column.
 fn fr_au4(row: u32, c4: u32) -> vec4<f32> {
-    let width = p.dv + 1u;
-    let i = row * width + 4u * c4;
+    let i = row * (p.dv + 1u) + 4u * c4;
     let end = arrayLength(&fr_au) - 1u;
     let v = vec4<f32>(fr_au[min(i, end)], fr_au[min(i + 1u, end)], fr_au[min(i + 2u, end)], fr_au[min(i + 3u, end)]);
-    return masked4(c4, width, v);
+    return masked4(c4, p.dv, v);
 }
 
 fn fr_au_store4(row: u32, c4: u32, v: vec4<f32>) {
-    let width = p.dv + 1u;
     for (var i = 0u; i < 4u; i = i + 1u) {
         let c = 4u * c4 + i;
-        if (c < width) {
-            fr_au[row * width + c] = v[i];
+        if (c < p.dv) {
+            fr_au[row * (p.dv + 1u) + c] = v[i];
         }
     }
 }
 
 // A U''s row r of the block (this lane's slice) from the last key range.
-fn fr_au_slice(g: u32, i0: u32, rows: u32, r: u32, u0: u32) -> USlice {
+fn fr_au_slice(g: u32, i0: u32, rows: u32, r: u32, c0: u32) -> Slice {
     let row = block_row(g, i0, rows, r);
-    return uslice(fr_au4(row, u0), fr_au4(row, u0 + 1u), fr_au4(row, u0 + 2u), fr_au4(row, u0 + 3u), fr_au4(row, u0 + 4u));
+    return slice(fr_au4(row, c0), fr_au4(row, c0 + 1u), fr_au4(row, c0 + 2u), fr_au4(row, c0 + 3u));
 }
 
-fn fr_au_store(g: u32, i0: u32, rows: u32, r: u32, u0: u32, au: USlice) {
+fn fr_au_store(g: u32, i0: u32, rows: u32, r: u32, c0: u32, au: Slice) {
     if (r >= rows) {
         return;
     }
     let row = g * p.n + i0 + r;
-    fr_au_store4(row, u0, au.t0);
-    fr_au_store4(row, u0 + 1u, au.t1);
-    fr_au_store4(row, u0 + 2u, au.t2);
-    if (UQ > 3u) {
-        fr_au_store4(row, u0 + 3u, au.t3);
-        fr_au_store4(row, u0 + 4u, au.t4);
+    fr_au_store4(row, c0, au.t0);
+    fr_au_store4(row, c0 + 1u, au.t1);
+    if (DQ > 2u) {
+        fr_au_store4(row, c0 + 2u, au.t2);
+        fr_au_store4(row, c0 + 3u, au.t3);
     }
 }
 
@@ -518,7 +496,6 @@ fn flash_refine(
     let mine = lane < rows;
     let own_row = block_row(g, i0, rows, lane);
     let c0 = lane * DQ;
-    let u0 = lane * UQ;
 
     var q: array<Slice, ROWS>;
     var kr: array<Slice, ROWS>;
@@ -538,7 +515,7 @@ fn flash_refine(
     kr[6] = fr_k_slice(block_row(g, i0, rows, 6u), c0);
     q[7] = fr_q_slice(block_row(g, i0, rows, 7u), c0);
     kr[7] = fr_k_slice(block_row(g, i0, rows, 7u), c0);
-    var au: array<USlice, ROWS>;
+    var au: array<Slice, ROWS>;
     // This lane's row: rows with no valid key, and keys i no query may
     // attend, take no part.
     let own_key = fr_key(own_row);
@@ -546,16 +523,19 @@ fn flash_refine(
     let lse = own_key.z;
     let keep = own_key.w != 0.0;
     var cc = 0.0;
+    // sum_k A_ik (r_k - a_k), U''s last column of A U', for this lane's row.
+    var extra = 0.0;
     if (!first) {
-        au[0] = fr_au_slice(g, i0, rows, 0u, u0);
-        au[1] = fr_au_slice(g, i0, rows, 1u, u0);
-        au[2] = fr_au_slice(g, i0, rows, 2u, u0);
-        au[3] = fr_au_slice(g, i0, rows, 3u, u0);
-        au[4] = fr_au_slice(g, i0, rows, 4u, u0);
-        au[5] = fr_au_slice(g, i0, rows, 5u, u0);
-        au[6] = fr_au_slice(g, i0, rows, 6u, u0);
-        au[7] = fr_au_slice(g, i0, rows, 7u, u0);
+        au[0] = fr_au_slice(g, i0, rows, 0u, c0);
+        au[1] = fr_au_slice(g, i0, rows, 1u, c0);
+        au[2] = fr_au_slice(g, i0, rows, 2u, c0);
+        au[3] = fr_au_slice(g, i0, rows, 3u, c0);
+        au[4] = fr_au_slice(g, i0, rows, 4u, c0);
+        au[5] = fr_au_slice(g, i0, rows, 5u, c0);
+        au[6] = fr_au_slice(g, i0, rows, 6u, c0);
+        au[7] = fr_au_slice(g, i0, rows, 7u, c0);
         cc = fr_stats[3u * own_row + 2u];
+        extra = fr_au[own_row * (p.dv + 1u) + p.dv];
     }
 
     for (var k = p.key_begin; k < kend; k = k + 1u) {
@@ -595,30 +575,31 @@ fn flash_refine(
             let pair = keep && k != i0 + lane;
             cc = cc + select(0.0, w_own * a_ki, pair);
         }
-        // U' carries r_k - a_k in its last column: sum_k A_ik (r_k - a_k) comes along.
-        let uv = fr_u_slice(key, u0);
+        extra = extra + w_own * (key_stats.y - key_stats.x);
+        let uv = fr_u_slice(key, c0);
         let w = from_lanes(w_own);
-        au[0] = uaxpy(au[0], w[0], uv);
-        au[1] = uaxpy(au[1], w[1], uv);
-        au[2] = uaxpy(au[2], w[2], uv);
-        au[3] = uaxpy(au[3], w[3], uv);
-        au[4] = uaxpy(au[4], w[4], uv);
-        au[5] = uaxpy(au[5], w[5], uv);
-        au[6] = uaxpy(au[6], w[6], uv);
-        au[7] = uaxpy(au[7], w[7], uv);
+        au[0] = saxpby(1.0, au[0], w[0], uv);
+        au[1] = saxpby(1.0, au[1], w[1], uv);
+        au[2] = saxpby(1.0, au[2], w[2], uv);
+        au[3] = saxpby(1.0, au[3], w[3], uv);
+        au[4] = saxpby(1.0, au[4], w[4], uv);
+        au[5] = saxpby(1.0, au[5], w[5], uv);
+        au[6] = saxpby(1.0, au[6], w[6], uv);
+        au[7] = saxpby(1.0, au[7], w[7], uv);
     }
 
-    fr_au_store(g, i0, rows, 0u, u0, au[0]);
-    fr_au_store(g, i0, rows, 1u, u0, au[1]);
-    fr_au_store(g, i0, rows, 2u, u0, au[2]);
-    fr_au_store(g, i0, rows, 3u, u0, au[3]);
-    fr_au_store(g, i0, rows, 4u, u0, au[4]);
-    fr_au_store(g, i0, rows, 5u, u0, au[5]);
-    fr_au_store(g, i0, rows, 6u, u0, au[6]);
-    fr_au_store(g, i0, rows, 7u, u0, au[7]);
+    fr_au_store(g, i0, rows, 0u, c0, au[0]);
+    fr_au_store(g, i0, rows, 1u, c0, au[1]);
+    fr_au_store(g, i0, rows, 2u, c0, au[2]);
+    fr_au_store(g, i0, rows, 3u, c0, au[3]);
+    fr_au_store(g, i0, rows, 4u, c0, au[4]);
+    fr_au_store(g, i0, rows, 5u, c0, au[5]);
+    fr_au_store(g, i0, rows, 6u, c0, au[6]);
+    fr_au_store(g, i0, rows, 7u, c0, au[7]);
     if (!mine) {
         return;
     }
+    fr_au[own_row * (p.dv + 1u) + p.dv] = extra;
     fr_stats[3u * own_row + 2u] = cc;
     if (last) {
         fr_stats[3u * own_row] = own_key.x;

@@ -1,4 +1,3 @@
-// flash_subgroup.wgsl for heads up to 128 wide: 4 texels (16 columns) of q,
-// k, v and O per lane, 5 of U' and A U' (dv + 1 <= 129 columns).
+// flash_subgroup.wgsl for heads up to 128 wide: each lane holds 4 texels
+// (16 columns) of every row of q, k, v, O, U' and A U'.
 const DQ: u32 = 4u;
-const UQ: u32 = 5u;

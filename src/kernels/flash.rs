@@ -291,16 +291,17 @@ pub(crate) fn keys_per_dispatch(
         }
         FlashVariant::TextureSubgroup => {
             let rows = SUBGROUP_ROWS;
-            let (dq, uq) = subgroup_texels(d, dv);
-            // Scores: a loop over rows, each over the lane's texels; `own`
-            // a loop over rows; the update a loop over rows and texels.
+            let dq = subgroup_texels(d, dv);
+            // The shader writes its rows out; counted as loops over rows,
+            // each over the lane's texels: the scores, the butterfly and
+            // the update of O (or A U').
             let scores = rows * (1 + dq);
             let forward = 1 + dq + scores + rows + rows * (1 + dq);
             let refine =
-                1 + dq + scores + rows + mirror * (dq + scores + rows) + uq + rows * (1 + uq);
+                1 + dq + scores + rows + mirror * (dq + scores + rows) + dq + rows * (1 + dq);
             (
-                (rows * (1 + 2 * dq + uq) + 3 * rows, forward),
-                (rows * (1 + 2 * dq + 2 * uq) + 3 * rows, refine),
+                (rows * (1 + 3 * dq) + 3 * rows, forward),
+                (rows * (1 + 4 * dq) + 3 * rows, refine),
             )
         }
     };
@@ -316,13 +317,13 @@ pub(crate) fn keys_per_dispatch(
 /// Query rows per subgroup of the texture-subgroup variant (one per lane).
 const SUBGROUP_ROWS: usize = 8;
 
-/// Texels per lane of q, k, v and O, and of `U'` (`DQ`, `UQ` in
+/// Texels per lane of each row of q, k, v, O and `U'` (`DQ` in
 /// `shaders/shared/flash_sg*.wgsl`).
-fn subgroup_texels(d: usize, dv: usize) -> (usize, usize) {
+fn subgroup_texels(d: usize, dv: usize) -> usize {
     if d.max(dv) <= NARROW.1 {
-        (2, 3)
+        2
     } else {
-        (4, 5)
+        4
     }
 }
 

@@ -654,26 +654,31 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     // reference is N³ per head, so its long case is shorter.
     let streamed = |subject: Subject, n: usize, causal: bool| {
         let (d, dv) = (64, 64);
-        let (forward, refine) = flash_kernel::keys_per_dispatch(
-            n,
-            d,
-            dv,
-            causal,
-            Some(flash_kernel::FlashVariant::Buffer),
-        );
+        // Key ranges on software adapters, per flash layout.
+        let layouts = [
+            (flash_kernel::FlashVariant::Buffer, "buffer"),
+            (
+                flash_kernel::FlashVariant::TextureSubgroup,
+                "texture subgroup",
+            ),
+        ];
         let ranges = |keys: usize| n.div_ceil(keys.max(1));
-        let note = if subject == Subject::Flash {
-            format!(
-                "keys in {} dispatches on software adapters",
-                ranges(forward)
-            )
-        } else {
-            format!(
-                "keys in {} + {} dispatches on software adapters",
-                ranges(forward),
-                ranges(refine)
-            )
-        };
+        let counts: Vec<String> = layouts
+            .iter()
+            .map(|&(variant, name)| {
+                let (forward, refine) =
+                    flash_kernel::keys_per_dispatch(n, d, dv, causal, Some(variant));
+                if subject == Subject::Flash {
+                    format!("{} ({name})", ranges(forward))
+                } else {
+                    format!("{} + {} ({name})", ranges(forward), ranges(refine))
+                }
+            })
+            .collect();
+        let note = format!(
+            "keys in {} dispatches on software adapters",
+            counts.join(", ")
+        );
         Case::new(
             subject,
             att(
@@ -785,7 +790,7 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             None,
         ));
     }
-    out.push(streamed(Subject::Streaming, 400, false));
+    out.push(streamed(Subject::Streaming, 800, false));
     for &(shape, dv, causal, masked) in &shapes {
         out.push(Case::new(
             Subject::MaterializedOutput,

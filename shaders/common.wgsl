@@ -94,3 +94,11 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn element_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return linear_id(wid, nwg) * WG + lid;
 }
+
+// Where texel `i` of a panel texture lies, (x, y, layer): 128 texels per
+// row, layers of 2^shift rows. The matmul's and the flash kernels' packed
+// operands both use this placement.
+fn texel(i: u32, shift: u32) -> vec3<u32> {
+    let row = i >> 7u;
+    return vec3<u32>(i & 127u, row & ((1u << shift) - 1u), row >> shift);
+}

@@ -79,15 +79,18 @@ fn quads(width: u32) -> u32 {
     return (width + 3u) / 4u;
 }
 
-// Where texel `i` lies: (x, y, layer).
-fn panel_texel(i: u32) -> vec3<u32> {
-    let row = i >> 7u;
-    return vec3<u32>(i & 127u, row & ((1u << p.layer_shift) - 1u), row >> p.layer_shift);
+// Texel c4 of row `row` of a packed operand whose rows are w4 texels long;
+// zeros past the row.
+fn load4(t: texture_storage_2d_array<rgba32float, read>, row: u32, c4: u32, w4: u32) -> vec4<f32> {
+    let at = texel(row * w4 + min(c4, w4 - 1u), p.layer_shift);
+    return select(vec4<f32>(), textureLoad(t, at.xy, at.z), c4 < w4);
 }
 
-// Texel c4 of row `row`, of rows w4 texels long (clamped; callers zero it past the row).
-fn texel_of(row: u32, c4: u32, w4: u32) -> vec3<u32> {
-    return panel_texel(row * w4 + min(c4, w4 - 1u));
+// This lane's slice (from texel c0) of row `row` of a packed operand of
+// `width` columns.
+fn load_slice(t: texture_storage_2d_array<rgba32float, read>, row: u32, c0: u32, width: u32) -> Slice {
+    let w = quads(width);
+    return slice(load4(t, row, c0, w), load4(t, row, c0 + 1u, w), load4(t, row, c0 + 2u, w), load4(t, row, c0 + 3u, w));
 }
 
 // x from each lane, to every lane: element r is lane r's value.
@@ -162,7 +165,7 @@ fn flash_pack(
             v[c] = fp_src[row * p.pack_width + c0 + c];
         }
     }
-    let at = panel_texel(t);
+    let at = texel(t, p.layer_shift);
     textureStore(fp_panels, at.xy, at.z, v);
 }
 
@@ -180,37 +183,6 @@ fn flash_pack(
 
 fn ff_keep(b: u32, j: u32) -> bool {
     return p.has_mask == 0u || ff_mask[b * p.n + j] != 0.0;
-}
-
-fn ff_q4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(ff_q, at.xy, at.z), c4 < w4);
-}
-
-fn ff_k4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(ff_k, at.xy, at.z), c4 < w4);
-}
-
-fn ff_v4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(ff_v, at.xy, at.z), c4 < w4);
-}
-
-// This lane's slices (from texel c0) of row `row` of q, k and v.
-fn ff_q_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.d);
-    return slice(ff_q4(row, c0, w), ff_q4(row, c0 + 1u, w), ff_q4(row, c0 + 2u, w), ff_q4(row, c0 + 3u, w));
-}
-
-fn ff_k_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.d);
-    return slice(ff_k4(row, c0, w), ff_k4(row, c0 + 1u, w), ff_k4(row, c0 + 2u, w), ff_k4(row, c0 + 3u, w));
-}
-
-fn ff_v_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.dv);
-    return slice(ff_v4(row, c0, w), ff_v4(row, c0 + 1u, w), ff_v4(row, c0 + 2u, w), ff_v4(row, c0 + 3u, w));
 }
 
 // Texel c4 of O's row `row`, zeros past dv.
@@ -285,14 +257,14 @@ fn flash_forward(
     let c0 = lane * DQ;
 
     var q: array<Slice, ROWS>;
-    q[0] = ff_q_slice(block_row(g, i0, rows, 0u), c0);
-    q[1] = ff_q_slice(block_row(g, i0, rows, 1u), c0);
-    q[2] = ff_q_slice(block_row(g, i0, rows, 2u), c0);
-    q[3] = ff_q_slice(block_row(g, i0, rows, 3u), c0);
-    q[4] = ff_q_slice(block_row(g, i0, rows, 4u), c0);
-    q[5] = ff_q_slice(block_row(g, i0, rows, 5u), c0);
-    q[6] = ff_q_slice(block_row(g, i0, rows, 6u), c0);
-    q[7] = ff_q_slice(block_row(g, i0, rows, 7u), c0);
+    q[0] = load_slice(ff_q, block_row(g, i0, rows, 0u), c0, p.d);
+    q[1] = load_slice(ff_q, block_row(g, i0, rows, 1u), c0, p.d);
+    q[2] = load_slice(ff_q, block_row(g, i0, rows, 2u), c0, p.d);
+    q[3] = load_slice(ff_q, block_row(g, i0, rows, 3u), c0, p.d);
+    q[4] = load_slice(ff_q, block_row(g, i0, rows, 4u), c0, p.d);
+    q[5] = load_slice(ff_q, block_row(g, i0, rows, 5u), c0, p.d);
+    q[6] = load_slice(ff_q, block_row(g, i0, rows, 6u), c0, p.d);
+    q[7] = load_slice(ff_q, block_row(g, i0, rows, 7u), c0, p.d);
     var o: array<Slice, ROWS>;
     // Running max, sum L, entropy term T and diagonal score of this lane's row.
     var m = 0.0;
@@ -319,8 +291,8 @@ fn flash_forward(
             continue;
         }
         let key = g * p.n + j;
-        let kv = ff_k_slice(key, c0);
-        let vv = ff_v_slice(key, c0);
+        let kv = load_slice(ff_k, key, c0, p.d);
+        let vv = load_slice(ff_v, key, c0, p.dv);
         let parts = array<f32, ROWS>(
             sdot(q[0], kv),
             sdot(q[1], kv),
@@ -399,41 +371,17 @@ fn flash_forward(
 @group(0) @binding(5) var<storage, read_write> fr_au: array<f32>;
 @group(0) @binding(6) var<storage, read_write> fr_stats: array<f32>;
 
-fn fr_q4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(fr_q, at.xy, at.z), c4 < w4);
-}
-
-fn fr_k4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return select(vec4<f32>(), textureLoad(fr_k, at.xy, at.z), c4 < w4);
-}
-
-// Texel c4 of U''s row `row` without its last column (zeros from dv on).
-fn fr_u4(row: u32, c4: u32, w4: u32) -> vec4<f32> {
-    let at = texel_of(row, c4, w4);
-    return masked4(c4, p.dv, textureLoad(fr_u, at.xy, at.z));
-}
-
 // (a, r, lse, keep) of row `row`.
 fn fr_key(row: u32) -> vec4<f32> {
-    let at = panel_texel(row);
+    let at = texel(row, p.layer_shift);
     return textureLoad(fr_keys, at.xy, at.z);
 }
 
-fn fr_q_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.d);
-    return slice(fr_q4(row, c0, w), fr_q4(row, c0 + 1u, w), fr_q4(row, c0 + 2u, w), fr_q4(row, c0 + 3u, w));
-}
-
-fn fr_k_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.d);
-    return slice(fr_k4(row, c0, w), fr_k4(row, c0 + 1u, w), fr_k4(row, c0 + 2u, w), fr_k4(row, c0 + 3u, w));
-}
-
+// This lane's slice of U''s row `row` without its last column (zeros from
+// dv on): each row's own lane adds that column from pass 1's stats.
 fn fr_u_slice(row: u32, c0: u32) -> Slice {
-    let w = quads(p.dv + 1u);
-    return slice(fr_u4(row, c0, w), fr_u4(row, c0 + 1u, w), fr_u4(row, c0 + 2u, w), fr_u4(row, c0 + 3u, w));
+    let u = load_slice(fr_u, row, c0, p.dv + 1u);
+    return Slice(masked4(c0, p.dv, u.t0), masked4(c0 + 1u, p.dv, u.t1), masked4(c0 + 2u, p.dv, u.t2), masked4(c0 + 3u, p.dv, u.t3));
 }
 
 // Texel c4 of A U''s row `row` (rows dv + 1 wide) without its last column.
@@ -499,22 +447,22 @@ fn flash_refine(
 
     var q: array<Slice, ROWS>;
     var kr: array<Slice, ROWS>;
-    q[0] = fr_q_slice(block_row(g, i0, rows, 0u), c0);
-    kr[0] = fr_k_slice(block_row(g, i0, rows, 0u), c0);
-    q[1] = fr_q_slice(block_row(g, i0, rows, 1u), c0);
-    kr[1] = fr_k_slice(block_row(g, i0, rows, 1u), c0);
-    q[2] = fr_q_slice(block_row(g, i0, rows, 2u), c0);
-    kr[2] = fr_k_slice(block_row(g, i0, rows, 2u), c0);
-    q[3] = fr_q_slice(block_row(g, i0, rows, 3u), c0);
-    kr[3] = fr_k_slice(block_row(g, i0, rows, 3u), c0);
-    q[4] = fr_q_slice(block_row(g, i0, rows, 4u), c0);
-    kr[4] = fr_k_slice(block_row(g, i0, rows, 4u), c0);
-    q[5] = fr_q_slice(block_row(g, i0, rows, 5u), c0);
-    kr[5] = fr_k_slice(block_row(g, i0, rows, 5u), c0);
-    q[6] = fr_q_slice(block_row(g, i0, rows, 6u), c0);
-    kr[6] = fr_k_slice(block_row(g, i0, rows, 6u), c0);
-    q[7] = fr_q_slice(block_row(g, i0, rows, 7u), c0);
-    kr[7] = fr_k_slice(block_row(g, i0, rows, 7u), c0);
+    q[0] = load_slice(fr_q, block_row(g, i0, rows, 0u), c0, p.d);
+    kr[0] = load_slice(fr_k, block_row(g, i0, rows, 0u), c0, p.d);
+    q[1] = load_slice(fr_q, block_row(g, i0, rows, 1u), c0, p.d);
+    kr[1] = load_slice(fr_k, block_row(g, i0, rows, 1u), c0, p.d);
+    q[2] = load_slice(fr_q, block_row(g, i0, rows, 2u), c0, p.d);
+    kr[2] = load_slice(fr_k, block_row(g, i0, rows, 2u), c0, p.d);
+    q[3] = load_slice(fr_q, block_row(g, i0, rows, 3u), c0, p.d);
+    kr[3] = load_slice(fr_k, block_row(g, i0, rows, 3u), c0, p.d);
+    q[4] = load_slice(fr_q, block_row(g, i0, rows, 4u), c0, p.d);
+    kr[4] = load_slice(fr_k, block_row(g, i0, rows, 4u), c0, p.d);
+    q[5] = load_slice(fr_q, block_row(g, i0, rows, 5u), c0, p.d);
+    kr[5] = load_slice(fr_k, block_row(g, i0, rows, 5u), c0, p.d);
+    q[6] = load_slice(fr_q, block_row(g, i0, rows, 6u), c0, p.d);
+    kr[6] = load_slice(fr_k, block_row(g, i0, rows, 6u), c0, p.d);
+    q[7] = load_slice(fr_q, block_row(g, i0, rows, 7u), c0, p.d);
+    kr[7] = load_slice(fr_k, block_row(g, i0, rows, 7u), c0, p.d);
     var au: array<Slice, ROWS>;
     // This lane's row: rows with no valid key, and keys i no query may
     // attend, take no part.
@@ -544,7 +492,7 @@ fn flash_refine(
         if (key_stats.w == 0.0) {
             continue;
         }
-        let kv = fr_k_slice(key, c0);
+        let kv = load_slice(fr_k, key, c0, p.d);
         let parts = array<f32, ROWS>(
             sdot(q[0], kv),
             sdot(q[1], kv),
@@ -559,7 +507,7 @@ fn flash_refine(
         // exp(min(., 0)): A_ik <= 1 exactly, so rounding cannot overflow.
         let w_own = select(0.0, exp(min(p.scale * own_sums(parts, lane) - lse, 0.0)), valid);
         if (mirror) {
-            let qv = fr_q_slice(key, c0);
+            let qv = load_slice(fr_q, key, c0, p.d);
             let mirrored = array<f32, ROWS>(
                 sdot(kr[0], qv),
                 sdot(kr[1], qv),

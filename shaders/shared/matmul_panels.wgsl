@@ -42,12 +42,6 @@ struct Params {
 @group(0) @binding(2) var b_panels: texture_storage_2d_array<rgba32float, read>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// Where texel `i` of a panel texture with layers of 2^shift rows lies: (x, y, layer).
-fn texel(i: u32, shift: u32) -> vec3<u32> {
-    let row = i >> 7u;
-    return vec3<u32>(i & 127u, row & ((1u << shift) - 1u), row >> shift);
-}
-
 // This group's place: its batch item, A panel and B panel, or `ok = false`
 // past the edge. A group is 8 invocations computing a 16-row block of C
 // times one B panel; a workgroup holds 8 groups, group_rows along M.

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Dispatch, Gpu, Step};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::matmul::PanelTexture;
-use crate::kernels::to_u32;
+use crate::kernels::{forced, to_u32};
 use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
@@ -167,33 +167,18 @@ pub fn set_flash_variant(gpu: &Gpu, variant: Option<FlashVariant>) {
     gpu.set_tuned(VARIANT_KEY, None, variant);
 }
 
-/// The variant forced on `gpu`: by [`set_flash_variant`], else by
-/// `SAOBP_FLASH` (`buffer`, `texture`; empty or `auto` forces none), read
-/// on the first call and kept for the device.
-fn forced_variant(gpu: &Gpu) -> Result<Option<FlashVariant>> {
-    if let Some(variant) = gpu.tuned::<Option<FlashVariant>>(VARIANT_KEY, None) {
-        return Ok(variant);
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    let variant = match std::env::var("SAOBP_FLASH") {
-        Ok(m) if !m.trim().is_empty() && m.trim() != "auto" => Some(m.parse()?),
-        _ => None,
-    };
-    #[cfg(target_arch = "wasm32")]
-    let variant = None;
-    gpu.set_tuned(VARIANT_KEY, None, variant);
-    Ok(variant)
-}
-
 /// The variant a problem of `texels` texels per operand runs with on `gpu`,
 /// and for the texture variant the size of each operand's texture.
 fn choose(gpu: &Gpu, texels: u64) -> Result<Option<PanelTexture>> {
     let available = FlashVariant::available(gpu);
-    let wanted = forced_variant(gpu)?.unwrap_or(if gpu.adapter().is_software() {
-        FlashVariant::TextureSubgroup
-    } else {
-        FlashVariant::Buffer
-    });
+    // Forced by `set_flash_variant`, else by `SAOBP_FLASH` (`buffer`, `texture`).
+    let wanted = forced::<FlashVariant>(gpu, VARIANT_KEY, "SAOBP_FLASH")?.unwrap_or(
+        if gpu.adapter().is_software() {
+            FlashVariant::TextureSubgroup
+        } else {
+            FlashVariant::Buffer
+        },
+    );
     Ok(match wanted {
         FlashVariant::TextureSubgroup if available.contains(&wanted) => {
             PanelTexture::new(gpu, "a flash operand", texels).ok()

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Dispatch, Gpu, Panels, SizeClass, Step};
-use crate::kernels::to_u32;
+use crate::kernels::{forced, to_u32};
 use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
@@ -310,21 +310,9 @@ pub fn set_matmul_family(gpu: &Gpu, family: Option<MatmulFamily>) {
 }
 
 /// The family forced on `gpu`: by [`set_matmul_family`], else by
-/// `SAOBP_MATMUL` (`buffer`, `tiled`, `texture`; empty or `auto` forces
-/// none), read on the first product and kept for the device.
+/// `SAOBP_MATMUL` (`buffer`, `tiled`, `texture`).
 fn forced_family(gpu: &Gpu) -> Result<Option<MatmulFamily>> {
-    if let Some(family) = gpu.tuned::<Option<MatmulFamily>>(FAMILY_KEY, None) {
-        return Ok(family);
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    let family = match std::env::var("SAOBP_MATMUL") {
-        Ok(m) if !m.trim().is_empty() && m.trim() != "auto" => Some(m.parse()?),
-        _ => None,
-    };
-    #[cfg(target_arch = "wasm32")]
-    let family = None;
-    gpu.set_tuned(FAMILY_KEY, None, family);
-    Ok(family)
+    forced(gpu, FAMILY_KEY, "SAOBP_MATMUL")
 }
 
 /// Options of [`matmul`].

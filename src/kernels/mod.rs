@@ -96,9 +96,38 @@ pub mod registry;
 pub mod saobp;
 pub mod softmax;
 
+use std::str::FromStr;
+
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 
 /// Sizes go to the GPU as u32; anything larger is a shape error, not a wrap.
 pub(crate) fn to_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::shape(format!("{what} = {v} does not fit in 32 bits")))
+}
+
+/// A kernel choice forced on `gpu` under tuning-cache key `key`: set from
+/// code earlier (`Some(None)` there means "choose per adapter"), else read
+/// from the environment variable `env` (empty or `auto` forces none) on the
+/// first call and kept for the device. A malformed value is `T`'s parse
+/// error. Serves `SAOBP_MATMUL` and `SAOBP_FLASH`.
+pub(crate) fn forced<T>(gpu: &Gpu, key: &'static str, env: &str) -> Result<Option<T>>
+where
+    T: FromStr<Err = Error> + Copy + Send + Sync + 'static,
+{
+    if let Some(choice) = gpu.tuned::<Option<T>>(key, None) {
+        return Ok(choice);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let choice = match std::env::var(env) {
+        Ok(m) if !m.trim().is_empty() && m.trim() != "auto" => Some(m.parse()?),
+        _ => None,
+    };
+    #[cfg(target_arch = "wasm32")]
+    let choice = {
+        let _ = env;
+        None
+    };
+    gpu.set_tuned(key, None, choice);
+    Ok(choice)
 }

@@ -271,6 +271,79 @@ pub(crate) enum Step<'a> {
         dst_offset: u64,
         bytes: u64,
     },
+    /// A copy of the first `texels` texels (16 bytes each) of `src` into the
+    /// scratch texture `dst`, as they lie: texel `i` goes where `texel(i,
+    /// layer_shift)` of `common.wgsl` places it, in rows of
+    /// [`TEXELS_PER_ROW`] and layers of `2^layer_shift` rows.
+    Texels {
+        src: &'a wgpu::Buffer,
+        texels: u32,
+        dst: Panels,
+        layer_shift: u32,
+    },
+}
+
+/// Texels per row of the scratch textures that [`Step::Texels`] fills (and
+/// of every panel texture, see `texel()` in `common.wgsl`): 2 KiB rows, a
+/// multiple of the 256 bytes a buffer-to-texture copy needs per row.
+pub(crate) const TEXELS_PER_ROW: u32 = 128;
+
+/// Records [`Step::Texels`]: whole layers, then the whole rows of the last
+/// layer, then the last row's texels; each copy is a run of whole rows of the
+/// buffer, as a buffer-to-texture copy needs.
+fn copy_texels(
+    encoder: &mut wgpu::CommandEncoder,
+    src: &wgpu::Buffer,
+    texels: u32,
+    dst: &wgpu::Texture,
+    layer_shift: u32,
+) {
+    let row_bytes = u64::from(TEXELS_PER_ROW) * 16;
+    let layer_rows = 1u32 << layer_shift;
+    let layer_texels = u64::from(TEXELS_PER_ROW) << layer_shift;
+    let texels = u64::from(texels);
+    let layers = (texels / layer_texels) as u32;
+    let rest = texels % layer_texels;
+    let rows = (rest / u64::from(TEXELS_PER_ROW)) as u32;
+    let last = (rest % u64::from(TEXELS_PER_ROW)) as u32;
+    let mut copy = |offset: u64, origin: [u32; 3], extent: [u32; 3]| {
+        if extent.contains(&0) {
+            return;
+        }
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: src,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset,
+                    bytes_per_row: Some(row_bytes as u32),
+                    rows_per_image: Some(layer_rows),
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: dst,
+                mip_level: 0,
+                origin: wgpu::Origin3d {
+                    x: origin[0],
+                    y: origin[1],
+                    z: origin[2],
+                },
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: extent[0],
+                height: extent[1],
+                depth_or_array_layers: extent[2],
+            },
+        );
+    };
+    let full = u64::from(layers) * layer_texels * 16;
+    copy(0, [0, 0, 0], [TEXELS_PER_ROW, layer_rows, layers]);
+    copy(full, [0, 0, layers], [TEXELS_PER_ROW, rows, 1]);
+    copy(
+        full + u64::from(rows) * row_bytes,
+        [0, rows, layers],
+        [last, 1, 1],
+    );
 }
 
 /// A scratch texture, shared by the steps that write and read it; the run
@@ -1000,14 +1073,18 @@ impl Gpu {
     /// Does not wait for the GPU; a later read does.
     pub(crate) async fn run(&self, steps: &[Step<'_>]) -> Result<()> {
         let mut scratch = ScratchTextures::new(steps.iter().enumerate().flat_map(|(i, step)| {
-            let bindings = match step {
-                Step::Dispatch(d) => d.bindings.as_slice(),
-                Step::Copy { .. } => &[],
+            let (bindings, copied) = match step {
+                Step::Dispatch(d) => (d.bindings.as_slice(), None),
+                Step::Copy { .. } => (&[][..], None),
+                Step::Texels { dst, .. } => (&[][..], Some((i, dst))),
             };
-            bindings.iter().filter_map(move |(_, b)| match b {
-                Binding::Texture(t) => Some((i, t)),
-                Binding::Buffer(_) => None,
-            })
+            bindings
+                .iter()
+                .filter_map(move |(_, b)| match b {
+                    Binding::Texture(t) => Some((i, t)),
+                    Binding::Buffer(_) => None,
+                })
+                .chain(copied)
         }));
         #[cfg(not(target_arch = "wasm32"))]
         if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1015,6 +1092,7 @@ impl Gpu {
                 let label = match &steps[i] {
                     Step::Dispatch(d) => d.kernel.label(),
                     Step::Copy { .. } => "copy".to_string(),
+                    Step::Texels { .. } => "copy to texture".to_string(),
                 };
                 let start = std::time::Instant::now();
                 self.record(&steps[i..=i], i, &mut scratch).await?;
@@ -1064,7 +1142,7 @@ impl Gpu {
             .iter()
             .filter_map(|s| match s {
                 Step::Dispatch(d) => Some(d),
-                Step::Copy { .. } => None,
+                Step::Copy { .. } | Step::Texels { .. } => None,
             })
             .collect();
         let grids = dispatches
@@ -1162,6 +1240,17 @@ impl Gpu {
                                 *bytes,
                             );
                         }
+                        continue;
+                    }
+                    Step::Texels {
+                        src,
+                        texels,
+                        dst,
+                        layer_shift,
+                    } => {
+                        let view = scratch.bind(&self.pool, &self.device, dst);
+                        copy_texels(&mut encoder, src, *texels, view.texture(), *layer_shift);
+                        scratch.release_after(first + i, &[&Binding::Texture(dst.clone())]);
                         continue;
                     }
                     Step::Dispatch(_) => match prepared.next() {

@@ -231,6 +231,97 @@ fn every_variant_matches_reference_over_many_panels() {
     });
 }
 
+/// Batch dimensions of A and of B, then m, n, k.
+type Case = (&'static [usize], &'static [usize], usize, usize, usize);
+
+/// With subgroups of 8, the texture variants copy operands whose stored rows
+/// are whole texels straight into textures for `matmul_linear_subgroup`, and
+/// pack the others; without subgroups they always pack. Both layouts, every
+/// transpose, ragged edges of the 16 × 32 blocks, batches and broadcasts, and
+/// which kernels ran (in fresh contexts, whose counts no other test shares).
+#[test]
+fn copied_and_packed_operands_match_reference() {
+    let opts = saobp::GpuOptions::from_env().unwrap();
+    for gpu in saobp::Gpu::all_blocking(&opts) {
+        let gpu = &gpu.unwrap();
+        let variants: Vec<MatmulVariant> = MatmulVariant::available(gpu)
+            .into_iter()
+            .filter(|v| matches!(v, MatmulVariant::Texture { .. }))
+            .collect();
+        assert!(
+            !variants.is_empty(),
+            "{}: no texture variant",
+            gpu.adapter()
+        );
+        let mut rng = Rng::new(90);
+        for &v in &variants {
+            let cases: [Case; 7] = [
+                (&[], &[], 4, 4, 4),
+                (&[], &[], 36, 52, 28),
+                (&[], &[], 37, 53, 28),
+                (&[], &[], 36, 52, 29),
+                (&[3], &[3], 20, 40, 12),
+                (&[2, 3], &[], 20, 44, 8),
+                (&[], &[3], 100, 68, 132),
+            ];
+            for (a_batch, b_batch, m, n, k) in cases {
+                for t in 0..4 {
+                    let (trans_a, trans_b) = (t % 2 == 1, t >= 2);
+                    let opts = MatmulOptions {
+                        trans_a,
+                        trans_b,
+                        alpha: -0.5,
+                    };
+                    let before = gpu.work();
+                    check_variant(
+                        gpu,
+                        Some(v),
+                        &mut rng,
+                        &stored(a_batch, m, k, trans_a),
+                        &stored(b_batch, k, n, trans_b),
+                        opts,
+                    );
+                    let subgroups = matches!(
+                        v,
+                        MatmulVariant::Texture {
+                            subgroups: true,
+                            ..
+                        }
+                    );
+                    let copied = subgroups
+                        && k % 4 == 0
+                        && (!trans_a || m % 4 == 0)
+                        && (trans_b || n % 4 == 0);
+                    let kernel = match (copied, trans_a, trans_b) {
+                        (false, _, _) if subgroups => "matmul_texture_subgroup",
+                        (false, _, _) => "matmul_texture",
+                        (true, false, false) => "matmul_linear_subgroup",
+                        (true, true, false) => "matmul_linear_subgroup_ta",
+                        (true, false, true) => "matmul_linear_subgroup_tb",
+                        (true, true, true) => "matmul_linear_subgroup_tatb",
+                    };
+                    let work = gpu.work().since(&before);
+                    let ran: Vec<&str> = work.kernels.iter().map(|(k, _)| k.as_str()).collect();
+                    assert!(
+                        ran.iter().any(|r| r.starts_with(&format!("{kernel}::"))),
+                        "{v} {m}x{n}x{k} {opts:?}: expected {kernel}, ran {ran:?}"
+                    );
+                    assert_eq!(
+                        ran.iter().any(|r| r.starts_with("matmul_pack::")),
+                        !copied,
+                        "{v} {m}x{n}x{k} {opts:?}: ran {ran:?}"
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "copied and packed operands: ok with {} variants on {}",
+            variants.len(),
+            gpu.adapter()
+        );
+    }
+}
+
 #[test]
 fn unavailable_variants_are_typed_errors() {
     let gpu = &common::gpus()[0];

@@ -566,6 +566,22 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             '-',
             MatmulOptions { alpha: 0.125, ..tb },
         ),
+        // Rows of whole texels, which the subgroup texture variants copy
+        // instead of packing: the other three transposes, ragged blocks.
+        mm(36, 20, 44, &[2], 'b', plain),
+        mm(20, 36, 12, &[3], 'a', ta),
+        mm(
+            12,
+            37,
+            28,
+            &[],
+            '-',
+            MatmulOptions {
+                trans_a: true,
+                trans_b: true,
+                alpha: 2.0,
+            },
+        ),
     ];
     let batch = over(1);
     let matmul_at_cap = mm(5, 4, 3, &[batch], 'b', plain);

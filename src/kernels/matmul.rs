@@ -12,7 +12,13 @@
 //!   `rgba32float` textures and read as read-only storage textures. Software
 //!   adapters (lavapipe, llvmpipe) load texels 10–20× faster than storage
 //!   buffers, so this is their fast path; with subgroups of 8 (lavapipe) A is
-//!   shared with `subgroupBroadcast`.
+//!   shared with `subgroupBroadcast`. Packing is a shader of its own, whose
+//!   storage-buffer loads cost more than the product at training sizes; so
+//!   with subgroups, operands whose stored rows are whole texels (K a
+//!   multiple of 4, and M for a stored `Aᵀ`, N for a stored `B`) are instead
+//!   copied into textures as they lie, by buffer-to-texture copies (a memcpy
+//!   on lavapipe, 20–30× faster than the pack), and multiplied by
+//!   `matmul_linear_subgroup.wgsl`, which reads the stored layouts.
 //!
 //! Which one runs ([`MatmulVariant`]) is chosen per adapter and size: the
 //! family forced by [`set_matmul_family`] or the `SAOBP_MATMUL` environment
@@ -31,7 +37,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Dispatch, Gpu, Panels, SizeClass, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Panels, SizeClass, Step, TEXELS_PER_ROW};
 use crate::kernels::{forced, to_u32};
 use crate::shader::Kernel;
 use crate::tensor::Tensor;
@@ -48,6 +54,13 @@ pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
 #[cfg(target_arch = "wasm32")]
 pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
     shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
+/// Uses subgroup builtins, as [`TEXTURE_SUBGROUP_SOURCE`].
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) const LINEAR_SUBGROUP_SOURCE: &str =
+    shader!("shared/matmul_panels.wgsl", "matmul_linear_subgroup.wgsl");
+#[cfg(target_arch = "wasm32")]
+pub(crate) const LINEAR_SUBGROUP_SOURCE: &str =
+    shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_linear_subgroup.wgsl");
 
 kernels! {
     "matmul" in SOURCE, params MatmulParams, workgroup 64 {
@@ -78,6 +91,21 @@ kernels! {
     "matmul_texture_subgroup" in TEXTURE_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
         /// The product from packed panels, A shared by `subgroupBroadcast`.
         MATMUL_TEXTURE_SUBGROUP = "matmul_texture_subgroup" (a_panels, b_panels, c);
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
+        /// `matmul_texture_subgroup`'s product from operands copied as
+        /// stored: A `[M, K]`, B `[K, N]`.
+        MATMUL_LINEAR_SUBGROUP = "matmul_linear_subgroup" (a_panels, b_panels, c)
+            as "matmul_linear_subgroup" with [];
+        /// The same with A stored `[K, M]`.
+        MATMUL_LINEAR_SUBGROUP_TA = "matmul_linear_subgroup" (a_panels, b_panels, c)
+            as "matmul_linear_subgroup_ta" with [TRANS_A = 1];
+        /// The same with B stored `[N, K]`.
+        MATMUL_LINEAR_SUBGROUP_TB = "matmul_linear_subgroup" (a_panels, b_panels, c)
+            as "matmul_linear_subgroup_tb" with [TRANS_B = 1];
+        /// The same with A stored `[K, M]` and B stored `[N, K]`.
+        MATMUL_LINEAR_SUBGROUP_TATB = "matmul_linear_subgroup" (a_panels, b_panels, c)
+            as "matmul_linear_subgroup_tatb" with [TRANS_A = 1, TRANS_B = 1];
     }
 }
 
@@ -128,7 +156,10 @@ pub enum MatmulVariant {
     /// `matmul_tiled` with the given tile.
     Tiled(TiledTile),
     /// Pack both operands into texture panels, then `matmul_texture_subgroup`
-    /// (`subgroups`, needs subgroups of exactly 8) or `matmul_texture`.
+    /// (`subgroups`, needs subgroups of exactly 8) or `matmul_texture`. With
+    /// `subgroups`, operands whose stored rows are whole texels are copied
+    /// as they lie instead, for `matmul_linear_subgroup` (see the
+    /// [module docs](self)).
     /// `group_rows` (1, 2, 4 or 8) of a workgroup's 8 invocation groups lie
     /// along M, the others along N.
     Texture {
@@ -541,7 +572,7 @@ pub(crate) fn steps<'a>(
 /// the N×N map costs about as much as a pass over it.
 #[derive(Default)]
 pub(crate) struct SharedA {
-    packed: Option<(wgpu::Buffer, MatmulVariant, [u32; 10], Panels)>,
+    packed: Option<(wgpu::Buffer, MatmulVariant, [u32; 11], Panels)>,
 }
 
 /// [`steps`], reusing `A`'s packed panels from an earlier product recorded
@@ -610,8 +641,9 @@ fn steps_for<'a>(
 }
 
 /// Texels per row of a panel texture. 128 texels of 16 bytes make a 2 KiB
-/// row, which keeps every panel step within one row.
-const PANEL_WIDTH: u32 = 128;
+/// row, which keeps every panel step within one row (and is a whole number
+/// of the 256-byte rows a buffer-to-texture copy needs).
+const PANEL_WIDTH: u32 = TEXELS_PER_ROW;
 
 /// How one operand's panels lie in its texture (also the flash kernels'
 /// texture operands, which use the same texel placement).
@@ -673,11 +705,25 @@ impl PanelTexture {
     pub(crate) fn create(&self, gpu: &Gpu) -> Panels {
         gpu.storage_texture(PANEL_WIDTH, 1 << self.layer_shift, self.layers)
     }
+
+    /// The step copying the first texels of `src` into `dst` (a texture of
+    /// this size) as they lie in the buffer.
+    fn copy_from<'a>(&self, src: &'a Tensor, dst: &Panels) -> Step<'a> {
+        Step::Texels {
+            src: src.buffer(),
+            texels: self.texels,
+            dst: dst.clone(),
+            layer_shift: self.layer_shift,
+        }
+    }
 }
 
 /// The panels of a texture-family product.
 #[derive(Debug, Clone, Copy)]
 struct TextureLayout {
+    /// The operands are copied into their textures as stored, for
+    /// `matmul_linear_subgroup`, rather than packed into panels.
+    linear: bool,
     k4: u32,
     row_blocks: u32,
     col_blocks: u32,
@@ -695,15 +741,25 @@ impl TextureLayout {
         let k4 = p.k.div_ceil(4);
         let row_blocks = p.m.div_ceil(16);
         let col_blocks = p.n.div_ceil(panel_texels * 4);
-        let a_batches = if p.a_batch_stride == 0 { 1 } else { p.batch };
-        let b_batches = if p.b_batch_stride == 0 { 1 } else { p.batch };
-        let a_texels = u64::from(a_batches) * u64::from(row_blocks) * u64::from(k4) * 16;
-        let b_texels = u64::from(b_batches)
-            * u64::from(col_blocks)
-            * u64::from(k4)
-            * 4
-            * u64::from(panel_texels);
+        let a_batches = u64::from(if p.a_batch_stride == 0 { 1 } else { p.batch });
+        let b_batches = u64::from(if p.b_batch_stride == 0 { 1 } else { p.batch });
+        // Copies need every stored row to be whole texels; then K needs no
+        // padding and each texel holds 4 values of one row.
+        let linear = subgroups
+            && p.k.is_multiple_of(4)
+            && (p.trans_a == 0 || p.m.is_multiple_of(4))
+            && (p.trans_b != 0 || p.n.is_multiple_of(4));
+        let (a_texels, b_texels) = if linear {
+            let (m, n, k) = (u64::from(p.m), u64::from(p.n), u64::from(p.k));
+            (a_batches * m * k / 4, b_batches * k * n / 4)
+        } else {
+            (
+                a_batches * u64::from(row_blocks) * u64::from(k4) * 16,
+                b_batches * u64::from(col_blocks) * u64::from(k4) * 4 * u64::from(panel_texels),
+            )
+        };
         Ok(TextureLayout {
+            linear,
             k4,
             row_blocks,
             col_blocks,
@@ -751,6 +807,7 @@ fn texture_steps<'a>(
     };
     // Everything the packed A depends on.
     let a_key = [
+        layout.linear.into(),
         p.batch,
         p.m,
         p.k,
@@ -792,14 +849,24 @@ fn texture_steps<'a>(
             .step()
     };
     let mut steps = Vec::with_capacity(3);
-    if pack_a {
-        steps.push(pack(0, layout.a.texels, a, &a_panels));
-    }
-    steps.push(pack(1, layout.b.texels, b, &b_panels));
-    let kernel = if subgroups {
-        &MATMUL_TEXTURE_SUBGROUP
+    if layout.linear {
+        if pack_a {
+            steps.push(layout.a.copy_from(a, &a_panels));
+        }
+        steps.push(layout.b.copy_from(b, &b_panels));
     } else {
-        &MATMUL_TEXTURE
+        if pack_a {
+            steps.push(pack(0, layout.a.texels, a, &a_panels));
+        }
+        steps.push(pack(1, layout.b.texels, b, &b_panels));
+    }
+    let kernel = match (layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0) {
+        (true, _, false, false) => &MATMUL_LINEAR_SUBGROUP,
+        (true, _, true, false) => &MATMUL_LINEAR_SUBGROUP_TA,
+        (true, _, false, true) => &MATMUL_LINEAR_SUBGROUP_TB,
+        (true, _, true, true) => &MATMUL_LINEAR_SUBGROUP_TATB,
+        (false, true, _, _) => &MATMUL_TEXTURE_SUBGROUP,
+        (false, false, _, _) => &MATMUL_TEXTURE,
     };
     let tiles = u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n);
     steps.push(

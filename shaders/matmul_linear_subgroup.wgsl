@@ -1,0 +1,200 @@
+// Batched matrix product  C[b] = alpha * op(A[b]) * op(B[b])  for software
+// adapters with subgroups of 8 (lavapipe), reading A and B from read-only
+// storage textures that hold each operand exactly as stored: texel i is
+// floats 4i .. 4i + 4 of its buffer, placed by texel(). The host fills them
+// with buffer-to-texture copies, a transfer that lavapipe does as a memcpy,
+// where matmul_pack.wgsl's per-texel shader costs more than the product
+// itself at training sizes (its storage-buffer loads run one lane at a
+// time). So it serves operands whose stored rows are whole texels: K a
+// multiple of 4, and M for a stored A^T, N for a stored B; others are packed.
+//
+// Versions:
+//   matmul_linear_subgroup  v1: matmul_texture_subgroup's work split (a
+//                   subgroup of 8 computes 16 rows of C times 32 columns,
+//                   each invocation 16 rows x 4 columns, the 16 A texels of
+//                   a k step loaded two per invocation and shared by
+//                   subgroupBroadcast) with loads for the stored layouts:
+//                     A   [M, K]: lane l loads rows l and l + 8, 4 k each;
+//                     A^T [K, M]: lane l loads rows 4 (l % 4) .. + 4 at
+//                                 k = 4 kc + l / 4 and 4 kc + 2 + l / 4,
+//                                 transposed in registers after the broadcast;
+//                     B   [K, N]: the lane's 4 columns at 4 consecutive k;
+//                     B^T [N, K]: one texel (4 k) per column of the lane,
+//                                 transposed in registers.
+//                   TRANS_A and TRANS_B are pipeline constants, so each
+//                   pipeline keeps one load path. Rows and columns past the
+//                   edge read the last one (clamped) and are never stored;
+//                   K needs no padding. Broadcast lane ids and accumulator
+//                   indices are literals, as in matmul_texture_subgroup.
+//
+// Parameters, texel placement, bindings, group placement and the store of C
+// come from shared/matmul_panels.wgsl, put in front; of Params this uses
+// batch, m, n, k, the batch strides, alpha, k4 and the tiling fields.
+
+override TRANS_A: u32 = 0u;
+override TRANS_B: u32 = 0u;
+
+fn load_a(i: u32) -> vec4<f32> {
+    let at = texel(i, p.a_layer_shift);
+    return textureLoad(a_panels, at.xy, at.z);
+}
+
+fn load_b(i: u32) -> vec4<f32> {
+    let at = texel(i, p.b_layer_shift);
+    return textureLoad(b_panels, at.xy, at.z);
+}
+
+// One k step of a row: acc + a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3,
+// where a holds the row's 4 values of A and b0 .. b3 the lane's 4 columns of
+// B at the same 4 k.
+fn fma4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    return acc + a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
+}
+
+@compute @workgroup_size(64)
+fn matmul_linear_subgroup(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) group: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let g = place(linear_id(wid, nwg), group);
+    // Whole subgroups leave together, so the broadcasts below stay uniform.
+    if (!g.ok) {
+        return;
+    }
+    // Texel offsets of this batch item's matrices (strides are whole texels).
+    let a_base = select(g.batch, 0u, p.a_batch_stride == 0u) * (p.a_batch_stride / 4u);
+    let b_base = select(g.batch, 0u, p.b_batch_stride == 0u) * (p.b_batch_stride / 4u);
+    // Where this lane's A texels start; the k step adds kc (A) or 4 kc rows (A^T).
+    var a_lo: u32;
+    var a_hi: u32;
+    if (TRANS_A == 0u) {
+        a_lo = a_base + min(g.row0 + lane, p.m - 1u) * p.k4;
+        a_hi = a_base + min(g.row0 + lane + 8u, p.m - 1u) * p.k4;
+    } else {
+        let m4 = p.m / 4u;
+        let rows = a_base + min(g.row0 / 4u + lane % 4u, m4 - 1u);
+        a_lo = rows + (lane / 4u) * m4;
+        a_hi = rows + (2u + lane / 4u) * m4;
+    }
+    // Where this lane's B texels start: its column texel (B), or its 4
+    // columns' rows (B^T).
+    var b_col: u32;
+    var b_c0: u32;
+    var b_c1: u32;
+    var b_c2: u32;
+    var b_c3: u32;
+    if (TRANS_B == 0u) {
+        b_col = b_base + min(g.col0 / 4u + lane, p.n / 4u - 1u);
+    } else {
+        let c = g.col0 + lane * 4u;
+        b_c0 = b_base + min(c, p.n - 1u) * p.k4;
+        b_c1 = b_base + min(c + 1u, p.n - 1u) * p.k4;
+        b_c2 = b_base + min(c + 2u, p.n - 1u) * p.k4;
+        b_c3 = b_base + min(c + 3u, p.n - 1u) * p.k4;
+    }
+    // acc[r]: row r of the block, this invocation's 4 columns.
+    var acc: array<vec4<f32>, 16>;
+    for (var kc = 0u; kc < p.k4; kc = kc + 1u) {
+        var b0: vec4<f32>;
+        var b1: vec4<f32>;
+        var b2: vec4<f32>;
+        var b3: vec4<f32>;
+        if (TRANS_B == 0u) {
+            let n4 = p.n / 4u;
+            let i = b_col + kc * 4u * n4;
+            b0 = load_b(i);
+            b1 = load_b(i + n4);
+            b2 = load_b(i + 2u * n4);
+            b3 = load_b(i + 3u * n4);
+        } else {
+            let t0 = load_b(b_c0 + kc);
+            let t1 = load_b(b_c1 + kc);
+            let t2 = load_b(b_c2 + kc);
+            let t3 = load_b(b_c3 + kc);
+            b0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
+            b1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
+            b2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
+            b3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
+        }
+        if (TRANS_A == 0u) {
+            let lo = load_a(a_lo + kc);
+            let hi = load_a(a_hi + kc);
+            acc[0] = fma4(acc[0], subgroupBroadcast(lo, 0u), b0, b1, b2, b3);
+            acc[8] = fma4(acc[8], subgroupBroadcast(hi, 0u), b0, b1, b2, b3);
+            acc[1] = fma4(acc[1], subgroupBroadcast(lo, 1u), b0, b1, b2, b3);
+            acc[9] = fma4(acc[9], subgroupBroadcast(hi, 1u), b0, b1, b2, b3);
+            acc[2] = fma4(acc[2], subgroupBroadcast(lo, 2u), b0, b1, b2, b3);
+            acc[10] = fma4(acc[10], subgroupBroadcast(hi, 2u), b0, b1, b2, b3);
+            acc[3] = fma4(acc[3], subgroupBroadcast(lo, 3u), b0, b1, b2, b3);
+            acc[11] = fma4(acc[11], subgroupBroadcast(hi, 3u), b0, b1, b2, b3);
+            acc[4] = fma4(acc[4], subgroupBroadcast(lo, 4u), b0, b1, b2, b3);
+            acc[12] = fma4(acc[12], subgroupBroadcast(hi, 4u), b0, b1, b2, b3);
+            acc[5] = fma4(acc[5], subgroupBroadcast(lo, 5u), b0, b1, b2, b3);
+            acc[13] = fma4(acc[13], subgroupBroadcast(hi, 5u), b0, b1, b2, b3);
+            acc[6] = fma4(acc[6], subgroupBroadcast(lo, 6u), b0, b1, b2, b3);
+            acc[14] = fma4(acc[14], subgroupBroadcast(hi, 6u), b0, b1, b2, b3);
+            acc[7] = fma4(acc[7], subgroupBroadcast(lo, 7u), b0, b1, b2, b3);
+            acc[15] = fma4(acc[15], subgroupBroadcast(hi, 7u), b0, b1, b2, b3);
+        } else {
+            let step = kc * 4u * (p.m / 4u);
+            let lo = load_a(a_lo + step);
+            let hi = load_a(a_hi + step);
+            // x_j: rows 4 g .. 4 g + 4 at k = 4 kc + j, from lane g (j = 0, 2)
+            // or g + 4 (j = 1, 3).
+            var x0: vec4<f32>;
+            var x1: vec4<f32>;
+            var x2: vec4<f32>;
+            var x3: vec4<f32>;
+            x0 = subgroupBroadcast(lo, 0u);
+            x1 = subgroupBroadcast(lo, 4u);
+            x2 = subgroupBroadcast(hi, 0u);
+            x3 = subgroupBroadcast(hi, 4u);
+            acc[0] = fma4(acc[0], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
+            acc[1] = fma4(acc[1], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
+            acc[2] = fma4(acc[2], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
+            acc[3] = fma4(acc[3], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            x0 = subgroupBroadcast(lo, 1u);
+            x1 = subgroupBroadcast(lo, 5u);
+            x2 = subgroupBroadcast(hi, 1u);
+            x3 = subgroupBroadcast(hi, 5u);
+            acc[4] = fma4(acc[4], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
+            acc[5] = fma4(acc[5], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
+            acc[6] = fma4(acc[6], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
+            acc[7] = fma4(acc[7], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            x0 = subgroupBroadcast(lo, 2u);
+            x1 = subgroupBroadcast(lo, 6u);
+            x2 = subgroupBroadcast(hi, 2u);
+            x3 = subgroupBroadcast(hi, 6u);
+            acc[8] = fma4(acc[8], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
+            acc[9] = fma4(acc[9], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
+            acc[10] = fma4(acc[10], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
+            acc[11] = fma4(acc[11], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            x0 = subgroupBroadcast(lo, 3u);
+            x1 = subgroupBroadcast(lo, 7u);
+            x2 = subgroupBroadcast(hi, 3u);
+            x3 = subgroupBroadcast(hi, 7u);
+            acc[12] = fma4(acc[12], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
+            acc[13] = fma4(acc[13], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
+            acc[14] = fma4(acc[14], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
+            acc[15] = fma4(acc[15], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+        }
+    }
+    store(g.batch, g.row0 + 0u, g.col0 + lane * 4u, acc[0]);
+    store(g.batch, g.row0 + 1u, g.col0 + lane * 4u, acc[1]);
+    store(g.batch, g.row0 + 2u, g.col0 + lane * 4u, acc[2]);
+    store(g.batch, g.row0 + 3u, g.col0 + lane * 4u, acc[3]);
+    store(g.batch, g.row0 + 4u, g.col0 + lane * 4u, acc[4]);
+    store(g.batch, g.row0 + 5u, g.col0 + lane * 4u, acc[5]);
+    store(g.batch, g.row0 + 6u, g.col0 + lane * 4u, acc[6]);
+    store(g.batch, g.row0 + 7u, g.col0 + lane * 4u, acc[7]);
+    store(g.batch, g.row0 + 8u, g.col0 + lane * 4u, acc[8]);
+    store(g.batch, g.row0 + 9u, g.col0 + lane * 4u, acc[9]);
+    store(g.batch, g.row0 + 10u, g.col0 + lane * 4u, acc[10]);
+    store(g.batch, g.row0 + 11u, g.col0 + lane * 4u, acc[11]);
+    store(g.batch, g.row0 + 12u, g.col0 + lane * 4u, acc[12]);
+    store(g.batch, g.row0 + 13u, g.col0 + lane * 4u, acc[13]);
+    store(g.batch, g.row0 + 14u, g.col0 + lane * 4u, acc[14]);
+    store(g.batch, g.row0 + 15u, g.col0 + lane * 4u, acc[15]);
+}

@@ -28,6 +28,13 @@
 //                             dlogits = (softmax - onehot) / rows.
 //   mean_loss                 one workgroup: the mean of the row losses.
 //   bias_residual             out = x + y + b: a projection's bias and the residual add.
+//   *_serial                  layer_norm_forward, layer_norm_backward,
+//                             layer_norm_params, column_sum and cross_entropy with
+//                             one invocation per row (column) instead of one
+//                             workgroup: the row layout for software adapters, where
+//                             each workgroup barrier of the reductions switches
+//                             between the workgroup's SIMD batches and costs more
+//                             than a short row's arithmetic (see kernels::rows).
 //   split_qkv                 c_attn's [B*T, 3C] product plus its bias into q, k, v
 //                             [B, H, T, C/H].
 //   merge_qkv                 dq, dk, dv [B, H, T, C/H] back into [B*T, 3C].
@@ -169,6 +176,36 @@ fn layer_norm_forward(
     }
 }
 
+@compute @workgroup_size(64)
+fn layer_norm_forward_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    let w = f32(p.width);
+    var s = 0.0;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        s = s + lf_x[base + c];
+    }
+    let mean = s / w;
+    var q = 0.0;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        let d = lf_x[base + c] - mean;
+        q = q + d * d;
+    }
+    let rstd = inverseSqrt(q / w + p.eps);
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        lf_out[base + c] = (lf_x[base + c] - mean) * rstd * lf_gamma[c] + lf_beta[c];
+    }
+    lf_stats[2u * row] = mean;
+    lf_stats[2u * row + 1u] = rstd;
+}
+
 // ---- layer_norm_backward ----------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> lb_x: array<f32>;
@@ -209,6 +246,37 @@ fn layer_norm_backward(
     }
 }
 
+@compute @workgroup_size(64)
+fn layer_norm_backward_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    let w = f32(p.width);
+    let mean = lb_stats[2u * row];
+    let rstd = lb_stats[2u * row + 1u];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        sg = sg + g;
+        sgx = sgx + g * (lb_x[base + c] - mean) * rstd;
+    }
+    let mean_g = sg / w;
+    let mean_gx = sgx / w;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        let xh = (lb_x[base + c] - mean) * rstd;
+        let prior = select(0.0, lb_dx[base + c], p.accumulate != 0u);
+        lb_dx[base + c] = prior + rstd * (g - mean_g - xh * mean_gx);
+    }
+}
+
 // ---- layer_norm_params ------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> lp_x: array<f32>;
@@ -242,6 +310,28 @@ fn layer_norm_params(
         lp_dgamma[col] = dgamma;
         lp_dbeta[col] = dbeta;
     }
+}
+
+@compute @workgroup_size(64)
+fn layer_norm_params_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = element_id(wid, nwg, lid);
+    if (col >= p.width) {
+        return;
+    }
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var r = 0u; r < p.rows; r = r + 1u) {
+        let i = r * p.width + col;
+        let xh = (lp_x[i] - lp_stats[2u * r]) * lp_stats[2u * r + 1u];
+        sg = sg + lp_dy[i] * xh;
+        sb = sb + lp_dy[i];
+    }
+    lp_dgamma[col] = sg;
+    lp_dbeta[col] = sb;
 }
 
 // ---- bias_gelu / gelu_backward ----------------------------------------------
@@ -328,6 +418,23 @@ fn column_sum(
     }
 }
 
+@compute @workgroup_size(64)
+fn column_sum_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = element_id(wid, nwg, lid);
+    if (col >= p.width) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < p.rows; r = r + 1u) {
+        s = s + cs_x[r * p.width + col];
+    }
+    cs_out[col] = s;
+}
+
 // ---- cross_entropy ----------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> ce_logits: array<f32>;
@@ -363,6 +470,34 @@ fn cross_entropy(
     }
     let rows = f32(p.rows);
     for (var c = lid; c < p.width; c = c + WG) {
+        let prob = exp(ce_logits[base + c] - top) / sum;
+        ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
+    }
+}
+
+@compute @workgroup_size(64)
+fn cross_entropy_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.width;
+    var top = -3.4028234663852886e38;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        top = max(top, ce_logits[base + c]);
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < p.width; c = c + 1u) {
+        sum = sum + exp(ce_logits[base + c] - top);
+    }
+    let label = u32(ce_targets[row]);
+    ce_losses[row] = (top - ce_logits[base + label]) + log(sum);
+    let rows = f32(p.rows);
+    for (var c = 0u; c < p.width; c = c + 1u) {
         let prob = exp(ce_logits[base + c] - top) / sum;
         ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
     }

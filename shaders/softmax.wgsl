@@ -96,6 +96,45 @@ fn softmax_rows(
     }
 }
 
+// One invocation per row: no workgroup barriers, which on the software
+// adapters cost more than the arithmetic of a short row (every barrier
+// switches between the workgroup's SIMD batches).
+@compute @workgroup_size(64)
+fn softmax_rows_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    // Online maximum and rescaled sum, as softmax_rows per invocation.
+    var m = 0.0;
+    var sum = 0.0;
+    var found = false;
+    for (var j = 0u; j < p.cols; j = j + 1u) {
+        if (valid(g, i, j)) {
+            let s = x[base + j];
+            let top = select(s, max(m, s), found);
+            sum = select(1.0, sum * exp(m - top) + exp(s - top), found);
+            m = top;
+            found = true;
+        }
+    }
+    let inv = select(0.0, 1.0 / sum, found);
+    for (var j = 0u; j < p.cols; j = j + 1u) {
+        var out = 0.0;
+        if (valid(g, i, j)) {
+            out = exp(x[base + j] - m) * inv;
+        }
+        x[base + j] = out;
+    }
+}
+
 // ---- softmax_backward -------------------------------------------------------
 
 // dA in, dS out.
@@ -130,6 +169,35 @@ fn softmax_backward(
         var out = 0.0;
         if (valid(g, i, j)) {
             out = sb_a[base + j] * (sb_grad[base + j] - row_dot);
+        }
+        sb_grad[base + j] = out;
+    }
+}
+
+// One invocation per row, as softmax_rows_serial.
+@compute @workgroup_size(64)
+fn softmax_backward_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    var dot = 0.0;
+    for (var j = 0u; j < p.cols; j = j + 1u) {
+        if (valid(g, i, j)) {
+            dot = dot + sb_a[base + j] * sb_grad[base + j];
+        }
+    }
+    for (var j = 0u; j < p.cols; j = j + 1u) {
+        var out = 0.0;
+        if (valid(g, i, j)) {
+            out = sb_a[base + j] * (sb_grad[base + j] - dot);
         }
         sb_grad[base + j] = out;
     }

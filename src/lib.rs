@@ -75,6 +75,7 @@ pub use kernels::metrics::{
     METRIC_NAMES,
 };
 pub use kernels::optim::{lr_at, AdamW, AdamWOptions, ParamGroup};
+pub use kernels::rows::{row_layout, set_row_layout, RowLayout};
 pub use kernels::saobp::{refine_map, saobp_output_backward, Lambda, OutputGradients, Refined};
 pub use kernels::softmax::{softmax, softmax_backward, SoftmaxOptions};
 #[cfg(not(target_arch = "wasm32"))]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_within, on_every_gpu, Rng, Tolerance};
+use common::{assert_within, on_every_gpu, on_every_row_layout, Rng, Tolerance};
 use saobp::kernels::gpt::{
     bias_backward_blocking, bias_gelu_backward_blocking, bias_gelu_blocking,
     cross_entropy_blocking, embed_backward_add_blocking, embed_backward_blocking, embed_blocking,
@@ -88,7 +88,7 @@ fn bias_gelu_forward_and_backward_match_reference() {
 
 #[test]
 fn bias_backward_is_deterministic_column_sums() {
-    on_every_gpu("bias backward", |gpu| {
+    on_every_row_layout("bias backward", |gpu| {
         let mut rng = Rng::new(12);
         let mut shapes = vec![(1, 1), (3, 67), (257, 5), (1000, 33)];
         shapes.extend((0..3).map(|_| shape(&mut rng)));
@@ -112,7 +112,7 @@ fn bias_backward_is_deterministic_column_sums() {
 
 #[test]
 fn layer_norm_forward_and_backward_match_reference() {
-    on_every_gpu("LayerNorm", |gpu| {
+    on_every_row_layout("LayerNorm", |gpu| {
         let mut rng = Rng::new(13);
         let eps = 1e-5;
         for case in 0..6 {
@@ -329,7 +329,7 @@ fn check_cross_entropy(
 
 #[test]
 fn cross_entropy_matches_reference() {
-    on_every_gpu("cross-entropy", |gpu| {
+    on_every_row_layout("cross-entropy", |gpu| {
         let mut rng = Rng::new(15);
         let mut shapes = vec![(1, 1), (48, 65), (3, 84)];
         shapes.extend((0..4).map(|_| (1 + rng.below(70), 1 + rng.below(300))));
@@ -347,7 +347,7 @@ fn cross_entropy_matches_reference() {
 
 #[test]
 fn cross_entropy_of_huge_logits_is_finite_and_correct() {
-    on_every_gpu("cross-entropy ±1e4", |gpu| {
+    on_every_row_layout("cross-entropy ±1e4", |gpu| {
         let v = 67;
         let mut logits = Vec::new();
         // ±1e4 alternating, hit (target on a +1e4) and missed (on a −1e4);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{absolute, assert_within, key_mask, on_every_gpu, Rng, Tolerance};
+use common::{absolute, assert_within, key_mask, on_every_row_layout, Rng, Tolerance};
 use saobp::{reference, softmax_backward_blocking, softmax_blocking, SoftmaxOptions, Tensor};
 
 fn check(
@@ -33,7 +33,7 @@ fn check(
 
 #[test]
 fn random_rows_with_masks_match_reference() {
-    on_every_gpu("softmax random", |gpu| {
+    on_every_row_layout("softmax random", |gpu| {
         let mut rng = Rng::new(3);
         for case in 0..16 {
             let (b, h, n) = (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(150));
@@ -53,7 +53,7 @@ fn random_rows_with_masks_match_reference() {
 
 #[test]
 fn huge_equal_and_one_hot_rows_are_exact() {
-    on_every_gpu("softmax extremes", |gpu| {
+    on_every_row_layout("softmax extremes", |gpu| {
         let n = 67;
         let mut x = Vec::new();
         // Logits of magnitude 1e4, an all-equal row, a one-hot row, a constant 1e4 row.
@@ -79,7 +79,7 @@ fn huge_equal_and_one_hot_rows_are_exact() {
 
 #[test]
 fn fully_masked_rows_are_zero() {
-    on_every_gpu("softmax fully masked", |gpu| {
+    on_every_row_layout("softmax fully masked", |gpu| {
         let (b, n) = (2, 9);
         let x = Rng::new(4).vec(b * n * n, -3.0, 3.0);
         // Batch item 1: every key padded.
@@ -149,7 +149,7 @@ fn check_backward(
 
 #[test]
 fn backward_of_random_rows_with_masks_matches_reference() {
-    on_every_gpu("softmax backward random", |gpu| {
+    on_every_row_layout("softmax backward random", |gpu| {
         let mut rng = Rng::new(31);
         for case in 0..12 {
             let (b, h, n) = (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(150));
@@ -193,7 +193,7 @@ fn backward_of_random_rows_with_masks_matches_reference() {
 
 #[test]
 fn backward_ignores_masked_entries_of_its_inputs() {
-    on_every_gpu("softmax backward masked inputs", |gpu| {
+    on_every_row_layout("softmax backward masked inputs", |gpu| {
         // Rank 2 with a [C] mask, rows of odd length. A holds nonzero values
         // at masked keys and dA holds gradients there: neither may leak into
         // the row's sum or the output.
@@ -235,4 +235,42 @@ fn backward_of_mismatched_shapes_is_a_shape_error() {
     )
     .unwrap_err();
     assert!(matches!(e, saobp::Error::Shape(_)), "{e}");
+}
+
+/// Rows too long for one invocation within llvmpipe's loop budget take the
+/// workgroup layout even where one invocation per row is asked for, and stay
+/// exact; a malformed layout name is a typed error.
+#[test]
+fn rows_past_the_loop_budget_take_the_workgroup_layout() {
+    assert_eq!(
+        "Invocation".parse::<saobp::RowLayout>().unwrap(),
+        saobp::RowLayout::Invocation
+    );
+    assert!(matches!(
+        "rows".parse::<saobp::RowLayout>(),
+        Err(saobp::Error::InvalidArgument(_))
+    ));
+    let opts = saobp::GpuOptions::from_env().unwrap();
+    for gpu in saobp::Gpu::all_blocking(&opts) {
+        let gpu = &gpu.unwrap();
+        saobp::set_row_layout(gpu, Some(saobp::RowLayout::Invocation));
+        assert_eq!(
+            saobp::row_layout(gpu).unwrap(),
+            saobp::RowLayout::Invocation
+        );
+        let mut rng = Rng::new(5);
+        let n = 30_000;
+        let x = rng.vec(2 * n, -8.0, 8.0);
+        let before = gpu.work();
+        check(gpu, &x, &[2, n], false, None);
+        let ran = gpu.work().since(&before).kernels;
+        let serial = ran.iter().any(|(k, _)| k.ends_with("_serial"));
+        assert_eq!(
+            serial,
+            gpu.adapter().loop_budget().is_none(),
+            "{}: {ran:?}",
+            gpu.adapter()
+        );
+        eprintln!("rows of {n} on {}: {ran:?}", gpu.adapter());
+    }
 }

@@ -8,6 +8,7 @@ use crate::kernels::matmul::{
 };
 use crate::kernels::metrics::METRIC_COUNT;
 use crate::kernels::optim::{ParamGroup, OPTIM_ADAMW};
+use crate::kernels::rows::RowLayout;
 use crate::kernels::saobp as saobp_kernel;
 use crate::tensor::numel;
 
@@ -118,6 +119,8 @@ pub struct Case {
     pub note: Option<String>,
     /// Whether the case's grid goes over `max_compute_workgroups_per_dimension`.
     pub at_cap: bool,
+    /// The row layout the case forces (`None`: the adapter's choice).
+    pub(super) rows: Option<RowLayout>,
     pub(super) input: Input,
 }
 
@@ -376,6 +379,7 @@ impl Case {
             size,
             note,
             at_cap: false,
+            rows: None,
             input,
         }
     }
@@ -832,6 +836,39 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         16 * heads as u64,
     ));
     out.extend(training_cases(cap));
+    with_row_layouts(out)
+}
+
+/// The row kernels' cases (softmax, LayerNorm, column sums, cross-entropy)
+/// in each [`RowLayout`]: every case with one workgroup per row, as the
+/// notes of the cases over the workgroup cap say, and the others again with
+/// one invocation per row.
+fn with_row_layouts(cases: Vec<Case>) -> Vec<Case> {
+    let mut out = Vec::with_capacity(cases.len());
+    for case in cases {
+        let rows = matches!(
+            case.subject,
+            Subject::Softmax
+                | Subject::SoftmaxBackward
+                | Subject::LayerNorm
+                | Subject::LayerNormBackward
+                | Subject::BiasGeluBackward
+                | Subject::CrossEntropy
+        );
+        if !rows {
+            out.push(case);
+            continue;
+        }
+        let per = |layout: RowLayout| Case {
+            size: format!("{}, rows by {layout}", case.size),
+            rows: Some(layout),
+            ..case.clone()
+        };
+        out.push(per(RowLayout::Workgroup));
+        if !case.at_cap {
+            out.push(per(RowLayout::Invocation));
+        }
+    }
     out
 }
 

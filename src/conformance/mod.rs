@@ -314,9 +314,24 @@ pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
             return row;
         }
     }
+    // A case of one row layout forces it for its run only.
+    let layout = match (case.rows, crate::kernels::rows::forced_layout(gpu)) {
+        (Some(rows), Ok(before)) => {
+            crate::kernels::rows::set_row_layout(gpu, Some(rows));
+            Some(before)
+        }
+        (Some(_), Err(e)) => {
+            row.status = Status::Fail(format!("error: {e}"));
+            return row;
+        }
+        (None, _) => None,
+    };
     // The entry points the case dispatches are what the library really ran.
     let before = gpu.work();
     let measured = measure(gpu, case, opts).await;
+    if let Some(before) = layout {
+        crate::kernels::rows::set_row_layout(gpu, before);
+    }
     row.shaders = gpu
         .work()
         .since(&before)

@@ -118,7 +118,7 @@ pub(crate) fn map_steps<'a>(
     )?;
     let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
     let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
-    steps.push(softmax::step(gpu, &softmax, a, key_mask));
+    steps.push(softmax::step(gpu, &softmax, a, key_mask)?);
     Ok(steps)
 }
 
@@ -290,7 +290,7 @@ pub(crate) fn scores_backward_steps<'a>(
     let softmax = softmax::plan(&map, causal, key_mask.map(Tensor::shape))?;
     let grad_q_plan = matmul::plan(&map, k.shape(), &scaled(false))?;
     let grad_k_plan = matmul::plan(&map, q.shape(), &scaled(true))?;
-    let mut steps = vec![softmax::backward_step(gpu, &softmax, a, grad, key_mask)];
+    let mut steps = vec![softmax::backward_step(gpu, &softmax, a, grad, key_mask)?];
     steps.extend(matmul::steps(gpu, &grad_q_plan, grad, k, grad_q)?);
     steps.extend(matmul::steps(gpu, &grad_k_plan, grad, q, grad_k)?);
     Ok(steps)

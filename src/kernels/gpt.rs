@@ -16,7 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Step};
-use crate::kernels::to_u32;
+use crate::kernels::{rows, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("gpt.wgsl");
@@ -44,6 +44,16 @@ kernels! {
         COLUMN_SUM = "column_sum" (cs_x, cs_out);
         /// Per-row loss and `dlogits` of softmax cross-entropy.
         CROSS_ENTROPY = "cross_entropy" (ce_logits, ce_targets, ce_losses, ce_dlogits);
+        /// [`LAYER_NORM_FORWARD`] with one invocation per row ([`rows`]).
+        LAYER_NORM_FORWARD_SERIAL = "layer_norm_forward_serial" (lf_x, lf_gamma, lf_beta, lf_out, lf_stats);
+        /// [`LAYER_NORM_BACKWARD`] with one invocation per row.
+        LAYER_NORM_BACKWARD_SERIAL = "layer_norm_backward_serial" (lb_x, lb_gamma, lb_stats, lb_dy, lb_dx);
+        /// [`LAYER_NORM_PARAMS`] with one invocation per column.
+        LAYER_NORM_PARAMS_SERIAL = "layer_norm_params_serial" (lp_x, lp_stats, lp_dy, lp_dgamma, lp_dbeta);
+        /// [`COLUMN_SUM`] with one invocation per column.
+        COLUMN_SUM_SERIAL = "column_sum_serial" (cs_x, cs_out);
+        /// [`CROSS_ENTROPY`] with one invocation per row.
+        CROSS_ENTROPY_SERIAL = "cross_entropy_serial" (ce_logits, ce_targets, ce_losses, ce_dlogits);
         /// The mean of the per-row losses.
         MEAN_LOSS = "mean_loss" (ml_losses, ml_out);
         /// `out = x + y + bias`: a projection's bias and the residual add.
@@ -258,11 +268,17 @@ pub(crate) fn gelu_backward_step<'a>(
 
 /// `out[c] = Σ_r x[r, c]` for the `[rows, width]` of `p`: the gradient of a
 /// bias from the gradient of its output.
-pub(crate) fn column_sum_step<'a>(p: &GptParams, x: &'a Tensor, out: &'a Tensor) -> Step<'a> {
-    Dispatch::new(&COLUMN_SUM, p, u64::from(p.width))
+pub(crate) fn column_sum_step<'a>(
+    gpu: &Gpu,
+    p: &GptParams,
+    x: &'a Tensor,
+    out: &'a Tensor,
+) -> Result<Step<'a>> {
+    let kernels = (&COLUMN_SUM, &COLUMN_SUM_SERIAL);
+    Ok(rows::dispatch(gpu, kernels, p, p.width, p.rows)?
         .bind("cs_x", x)
         .bind("cs_out", out)
-        .step()
+        .step())
 }
 
 /// `gelu(x + bias)` with GPT-2's tanh form (`gelu_new`),
@@ -314,7 +330,7 @@ pub async fn bias_gelu_backward(
     let dbias = Tensor::scratch(gpu, bias.shape())?;
     gpu.run(&[
         gelu_backward_step(&p, x, bias, dy, &dx),
-        column_sum_step(&p, &dx, &dbias),
+        column_sum_step(gpu, &p, &dx, &dbias)?,
     ])
     .await?;
     Ok(BiasGeluGrads { dx, dbias })
@@ -341,7 +357,7 @@ pub async fn bias_backward(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
     let p = GptParams::rows(rows, width)?;
     dy.check_finite("dy")?;
     let db = Tensor::scratch(gpu, &[width])?;
-    gpu.run(&[column_sum_step(&p, dy, &db)]).await?;
+    gpu.run(&[column_sum_step(gpu, &p, dy, &db)?]).await?;
     Ok(db)
 }
 
@@ -386,26 +402,29 @@ pub(crate) fn plan_layer_norm(
 /// `out = LayerNorm(x)·γ + β` per row, writing each row's `(mean, 1/σ)` to
 /// `stats` (`[rows, 2]`).
 pub(crate) fn layer_norm_step<'a>(
+    gpu: &Gpu,
     p: &GptParams,
     x: &'a Tensor,
     gamma: &'a Tensor,
     beta: &'a Tensor,
     out: &'a Tensor,
     stats: &'a Tensor,
-) -> Step<'a> {
-    Dispatch::new(&LAYER_NORM_FORWARD, p, u64::from(p.rows))
+) -> Result<Step<'a>> {
+    let kernels = (&LAYER_NORM_FORWARD, &LAYER_NORM_FORWARD_SERIAL);
+    Ok(rows::dispatch(gpu, kernels, p, p.rows, p.width)?
         .bind("lf_x", x)
         .bind("lf_gamma", gamma)
         .bind("lf_beta", beta)
         .bind("lf_out", out)
         .bind("lf_stats", stats)
-        .step()
+        .step())
 }
 
 /// LayerNorm's `dx` from the forward's `x` and `stats`, overwritten or,
 /// with `accumulate`, added to.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm_backward_step<'a>(
+    gpu: &Gpu,
     p: &GptParams,
     accumulate: bool,
     x: &'a Tensor,
@@ -413,36 +432,39 @@ pub(crate) fn layer_norm_backward_step<'a>(
     stats: &'a Tensor,
     dy: &'a Tensor,
     dx: &'a Tensor,
-) -> Step<'a> {
+) -> Result<Step<'a>> {
     let p = GptParams {
         accumulate: accumulate.into(),
         ..*p
     };
-    Dispatch::new(&LAYER_NORM_BACKWARD, &p, u64::from(p.rows))
+    let kernels = (&LAYER_NORM_BACKWARD, &LAYER_NORM_BACKWARD_SERIAL);
+    Ok(rows::dispatch(gpu, kernels, &p, p.rows, p.width)?
         .bind("lb_x", x)
         .bind("lb_gamma", gamma)
         .bind("lb_stats", stats)
         .bind("lb_dy", dy)
         .bind("lb_dx", dx)
-        .step()
+        .step())
 }
 
 /// LayerNorm's `dγ` and `dβ` from the forward's `x` and `stats`.
 pub(crate) fn layer_norm_params_step<'a>(
+    gpu: &Gpu,
     p: &GptParams,
     x: &'a Tensor,
     stats: &'a Tensor,
     dy: &'a Tensor,
     dgamma: &'a Tensor,
     dbeta: &'a Tensor,
-) -> Step<'a> {
-    Dispatch::new(&LAYER_NORM_PARAMS, p, u64::from(p.width))
+) -> Result<Step<'a>> {
+    let kernels = (&LAYER_NORM_PARAMS, &LAYER_NORM_PARAMS_SERIAL);
+    Ok(rows::dispatch(gpu, kernels, p, p.width, p.rows)?
         .bind("lp_x", x)
         .bind("lp_stats", stats)
         .bind("lp_dy", dy)
         .bind("lp_dgamma", dgamma)
         .bind("lp_dbeta", dbeta)
-        .step()
+        .step())
 }
 
 /// What [`layer_norm`] returns.
@@ -475,7 +497,7 @@ pub async fn layer_norm(
     }
     let out = Tensor::scratch(gpu, x.shape())?;
     let stats = Tensor::scratch(gpu, &[p.rows as usize, 2])?;
-    gpu.run(&[layer_norm_step(&p, x, gamma, beta, &out, &stats)])
+    gpu.run(&[layer_norm_step(gpu, &p, x, gamma, beta, &out, &stats)?])
         .await?;
     Ok(LayerNormOutput { out, stats })
 }
@@ -525,8 +547,8 @@ pub async fn layer_norm_backward(
     let dgamma = Tensor::scratch(gpu, gamma.shape())?;
     let dbeta = Tensor::scratch(gpu, gamma.shape())?;
     gpu.run(&[
-        layer_norm_backward_step(&p, false, x, gamma, stats, dy, &dx),
-        layer_norm_params_step(&p, x, stats, dy, &dgamma, &dbeta),
+        layer_norm_backward_step(gpu, &p, false, x, gamma, stats, dy, &dx)?,
+        layer_norm_params_step(gpu, &p, x, stats, dy, &dgamma, &dbeta)?,
     ])
     .await?;
     Ok(LayerNormGrads { dx, dgamma, dbeta })
@@ -859,15 +881,17 @@ pub(crate) fn plan_cross_entropy(logits: &Tensor, targets: &TokenIds) -> Result<
 /// Per-row losses, `dlogits` and the mean loss (`[1]`) of softmax
 /// cross-entropy, in one submission's worth of steps.
 pub(crate) fn cross_entropy_steps<'a>(
+    gpu: &Gpu,
     p: &GptParams,
     logits: &'a Tensor,
     targets: &'a TokenIds,
     losses: &'a Tensor,
     dlogits: &'a Tensor,
     loss: &'a Tensor,
-) -> [Step<'a>; 2] {
-    [
-        Dispatch::new(&CROSS_ENTROPY, p, u64::from(p.rows))
+) -> Result<[Step<'a>; 2]> {
+    let kernels = (&CROSS_ENTROPY, &CROSS_ENTROPY_SERIAL);
+    Ok([
+        rows::dispatch(gpu, kernels, p, p.rows, p.width)?
             .bind("ce_logits", logits)
             .bind("ce_targets", &targets.ids)
             .bind("ce_losses", losses)
@@ -877,7 +901,7 @@ pub(crate) fn cross_entropy_steps<'a>(
             .bind("ml_losses", losses)
             .bind("ml_out", loss)
             .step(),
-    ]
+    ])
 }
 
 /// What [`cross_entropy`] returns.
@@ -905,8 +929,8 @@ pub async fn cross_entropy(gpu: &Gpu, logits: &Tensor, targets: &TokenIds) -> Re
     let dlogits = Tensor::scratch(gpu, logits.shape())?;
     let loss = Tensor::scratch(gpu, &[1])?;
     gpu.run(&cross_entropy_steps(
-        &p, logits, targets, &losses, &dlogits, &loss,
-    ))
+        gpu, &p, logits, targets, &losses, &dlogits, &loss,
+    )?)
     .await?;
     Ok(CrossEntropy {
         loss,

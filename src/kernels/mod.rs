@@ -93,6 +93,7 @@ pub mod matmul;
 pub mod metrics;
 pub mod optim;
 pub mod registry;
+pub mod rows;
 pub mod saobp;
 pub mod softmax;
 
@@ -110,7 +111,7 @@ pub(crate) fn to_u32(what: &str, v: usize) -> Result<u32> {
 /// code earlier (`Some(None)` there means "choose per adapter"), else read
 /// from the environment variable `env` (empty or `auto` forces none) on the
 /// first call and kept for the device. A malformed value is `T`'s parse
-/// error. Serves `SAOBP_MATMUL` and `SAOBP_FLASH`.
+/// error. Serves `SAOBP_MATMUL`, `SAOBP_FLASH` and `SAOBP_ROWS`.
 pub(crate) fn forced<T>(gpu: &Gpu, key: &'static str, env: &str) -> Result<Option<T>>
 where
     T: FromStr<Err = Error> + Copy + Send + Sync + 'static,

@@ -3,7 +3,8 @@
 //! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`](mod@crate::reference::softmax).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Step};
+use crate::gpu::{Gpu, Step};
+use crate::kernels::rows;
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
 
@@ -16,6 +17,10 @@ kernels! {
         /// `dS = A ⊙ (dA − rowdot(A, dA))` over the valid keys, in place of
         /// `dA`, one workgroup per row.
         SOFTMAX_BACKWARD = "softmax_backward" (sb_grad, key_mask, sb_a);
+        /// `softmax_rows` with one invocation per row.
+        SOFTMAX_ROWS_SERIAL = "softmax_rows_serial" (x, key_mask);
+        /// `softmax_backward` with one invocation per row.
+        SOFTMAX_BACKWARD_SERIAL = "softmax_backward_serial" (sb_grad, key_mask, sb_a);
     }
 }
 
@@ -73,18 +78,28 @@ pub(crate) fn plan(x: &[usize], causal: bool, mask: Option<&[usize]>) -> Result<
     })
 }
 
-/// The in-place softmax of `x`.
+/// Rows of all matrices, which the planned sizes keep within u32.
+fn row_count(params: &SoftmaxParams) -> Result<u32> {
+    to_u32(
+        "softmax rows",
+        params.matrices as usize * params.rows as usize,
+    )
+}
+
+/// The in-place softmax of `x`, its rows laid out as [`rows::row_layout`].
 pub(crate) fn step<'a>(
     gpu: &'a Gpu,
     params: &SoftmaxParams,
     x: &'a Tensor,
     mask: Option<&'a Tensor>,
-) -> Step<'a> {
-    let rows = u64::from(params.matrices) * u64::from(params.rows);
-    Dispatch::new(&SOFTMAX_ROWS, params, rows)
-        .bind("x", x)
-        .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
-        .step()
+) -> Result<Step<'a>> {
+    let kernels = (&SOFTMAX_ROWS, &SOFTMAX_ROWS_SERIAL);
+    Ok(
+        rows::dispatch(gpu, kernels, params, row_count(params)?, params.cols)?
+            .bind("x", x)
+            .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
+            .step(),
+    )
 }
 
 /// The in-place backward: `grad` holds `∂L/∂A` and becomes `∂L/∂S`, from
@@ -95,13 +110,15 @@ pub(crate) fn backward_step<'a>(
     a: &'a Tensor,
     grad: &'a Tensor,
     mask: Option<&'a Tensor>,
-) -> Step<'a> {
-    let rows = u64::from(params.matrices) * u64::from(params.rows);
-    Dispatch::new(&SOFTMAX_BACKWARD, params, rows)
-        .bind("sb_grad", grad)
-        .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
-        .bind("sb_a", a)
-        .step()
+) -> Result<Step<'a>> {
+    let kernels = (&SOFTMAX_BACKWARD, &SOFTMAX_BACKWARD_SERIAL);
+    Ok(
+        rows::dispatch(gpu, kernels, params, row_count(params)?, params.cols)?
+            .bind("sb_grad", grad)
+            .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
+            .bind("sb_a", a)
+            .step(),
+    )
 }
 
 /// Softmax over the last dimension of `x` (`[.., R, C]`), with masked entries
@@ -115,7 +132,7 @@ pub async fn softmax(gpu: &Gpu, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result
     let y = Tensor::scratch(gpu, x.shape())?;
     gpu.run(&[
         x.copy_to(0, &y, 0, x.len()),
-        step(gpu, &params, &y, opts.key_mask),
+        step(gpu, &params, &y, opts.key_mask)?,
     ])
     .await?;
     Ok(y)
@@ -159,7 +176,7 @@ pub async fn softmax_backward(
     let grad_s = Tensor::scratch(gpu, a.shape())?;
     gpu.run(&[
         grad_a.copy_to(0, &grad_s, 0, grad_a.len()),
-        backward_step(gpu, &params, a, &grad_s, opts.key_mask),
+        backward_step(gpu, &params, a, &grad_s, opts.key_mask)?,
     ])
     .await?;
     Ok(grad_s)

@@ -406,7 +406,7 @@ impl Gpt {
         self.check_batch(ws, ids, targets)?;
         let mut steps = self.forward_steps(gpu, ws, ids)?;
         if let Some(targets) = targets {
-            steps.extend(self.loss_steps(ws, targets)?);
+            steps.extend(self.loss_steps(gpu, ws, targets)?);
         }
         gpu.run(&steps).await
     }
@@ -452,7 +452,7 @@ impl Gpt {
     ) -> Result<Vec<Step<'a>>> {
         self.check_batch(ws, ids, Some(targets))?;
         let mut steps = self.forward_steps(gpu, ws, ids)?;
-        steps.extend(self.loss_steps(ws, targets)?);
+        steps.extend(self.loss_steps(gpu, ws, targets)?);
         steps.extend(self.backward_steps(gpu, ws, ids)?);
         Ok(steps)
     }
@@ -489,13 +489,14 @@ impl Gpt {
             let (x_in, x_mid, x_out) = (&ws.xs[2 * i], &ws.xs[2 * i + 1], &ws.xs[2 * i + 2]);
             // Attention block.
             steps.push(ops::layer_norm_step(
+                gpu,
                 &s.ln,
                 x_in,
                 layer.ln1.0,
                 layer.ln1.1,
                 &acts.ln1,
                 &acts.ln1_stats,
-            ));
+            )?);
             steps.extend(product(gpu, &acts.ln1, layer.attn.0, &ws.qkv, &plain)?);
             steps.push(ops::split_qkv_step(
                 &s.block,
@@ -536,13 +537,14 @@ impl Gpt {
             ));
             // MLP block.
             steps.push(ops::layer_norm_step(
+                gpu,
                 &s.ln,
                 x_mid,
                 layer.ln2.0,
                 layer.ln2.1,
                 &acts.ln2,
                 &acts.ln2_stats,
-            ));
+            )?);
             steps.extend(product(gpu, &acts.ln2, layer.fc.0, &acts.fc, &plain)?);
             steps.push(ops::bias_gelu_step(
                 &s.wide, &acts.fc, layer.fc.1, &acts.gelu,
@@ -558,13 +560,14 @@ impl Gpt {
         }
         let x_last = &ws.xs[ws.xs.len() - 1];
         steps.push(ops::layer_norm_step(
+            gpu,
             &s.ln,
             x_last,
             w.lnf.0,
             w.lnf.1,
             &ws.lnf,
             &ws.lnf_stats,
-        ));
+        )?);
         // The output head is tied to wte: logits = ln_f(x)·wteᵀ.
         let tb = MatmulOptions {
             trans_b: true,
@@ -576,18 +579,20 @@ impl Gpt {
 
     fn loss_steps<'a>(
         &'a self,
+        gpu: &Gpu,
         ws: &'a GptWorkspace,
         targets: &'a TokenIds,
     ) -> Result<[Step<'a>; 2]> {
         let p = ops::plan_cross_entropy(&ws.logits, targets)?;
-        Ok(ops::cross_entropy_steps(
+        ops::cross_entropy_steps(
+            gpu,
             &p,
             &ws.logits,
             targets,
             &ws.losses,
             &ws.dlogits,
             &ws.loss,
-        ))
+        )
     }
 
     fn backward_steps<'a>(
@@ -621,7 +626,7 @@ impl Gpt {
                       p: &GptParams|
          -> Result<()> {
             steps.extend(product(gpu, x, dy, grad.0, &ta)?);
-            steps.push(ops::column_sum_step(p, dy, grad.1));
+            steps.push(ops::column_sum_step(gpu, p, dy, grad.1)?);
             steps.extend(product(gpu, dy, weight.0, dx, &tb)?);
             Ok(())
         };
@@ -632,14 +637,16 @@ impl Gpt {
         steps.extend(product(gpu, &ws.dlogits, w.wte, &b.dc, &plain)?);
         let x_last = &ws.xs[ws.xs.len() - 1];
         steps.push(ops::layer_norm_params_step(
+            gpu,
             &s.ln,
             x_last,
             &ws.lnf_stats,
             &b.dc,
             g.lnf.0,
             g.lnf.1,
-        ));
+        )?);
         steps.push(ops::layer_norm_backward_step(
+            gpu,
             &s.ln,
             false,
             x_last,
@@ -647,7 +654,7 @@ impl Gpt {
             &ws.lnf_stats,
             &b.dc,
             &b.dres,
-        ));
+        )?);
 
         // `dres` carries ∂L/∂x of the residual stream down the layers; each
         // LayerNorm's backward adds its share to it in place.
@@ -671,14 +678,16 @@ impl Gpt {
                 &mut steps, &acts.ln2, layer.fc, grads.fc, &b.dfc, &b.dc, &s.wide,
             )?;
             steps.push(ops::layer_norm_params_step(
+                gpu,
                 &s.ln,
                 x_mid,
                 &acts.ln2_stats,
                 &b.dc,
                 grads.ln2.0,
                 grads.ln2.1,
-            ));
+            )?);
             steps.push(ops::layer_norm_backward_step(
+                gpu,
                 &s.ln,
                 true,
                 x_mid,
@@ -686,7 +695,7 @@ impl Gpt {
                 &acts.ln2_stats,
                 &b.dc,
                 &b.dres,
-            ));
+            )?);
 
             // Attention block: x_mid = x_in + attn(ln_1(x_in))·W_proj + b_proj.
             linear(
@@ -739,14 +748,16 @@ impl Gpt {
                 &mut steps, &acts.ln1, layer.attn, grads.attn, &b.dqkv, &b.dc, &s.qkv,
             )?;
             steps.push(ops::layer_norm_params_step(
+                gpu,
                 &s.ln,
                 x_in,
                 &acts.ln1_stats,
                 &b.dc,
                 grads.ln1.0,
                 grads.ln1.1,
-            ));
+            )?);
             steps.push(ops::layer_norm_backward_step(
+                gpu,
                 &s.ln,
                 true,
                 x_in,
@@ -754,7 +765,7 @@ impl Gpt {
                 &acts.ln1_stats,
                 &b.dc,
                 &b.dres,
-            ));
+            )?);
         }
         // The embedding: ∂wte gets the tokens' rows added to the head's share.
         let p = ops::plan_embed(ids, w.wte.shape(), w.wpe.shape())?;

@@ -48,6 +48,40 @@ pub fn gpus() -> &'static [Gpu] {
     })
 }
 
+/// Runs `f` on every adapter once per [`saobp::RowLayout`], each in a fresh
+/// context (so no other test changes the layout meanwhile), and checks that
+/// the row kernels `f` ran were that layout's: the `*_serial` entry points
+/// for one invocation per row, the others for one workgroup.
+pub fn on_every_row_layout(test: &str, mut f: impl FnMut(&Gpu)) {
+    let opts = GpuOptions::from_env().expect("SAOBP_* environment variables");
+    for gpu in Gpu::all_blocking(&opts) {
+        let gpu = gpu.expect("an adapter was listed but could not be opened");
+        let name = format!("{:?} {}", gpu.adapter().backend, gpu.adapter().name);
+        for layout in saobp::RowLayout::ALL {
+            saobp::set_row_layout(&gpu, Some(layout));
+            let before = gpu.work();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&gpu)));
+            if let Err(e) = r {
+                eprintln!("{test} FAILED on {name}, rows by {layout}");
+                std::panic::resume_unwind(e);
+            }
+            let work = gpu.work().since(&before);
+            let serial = work.kernels.iter().filter(|(k, _)| k.ends_with("_serial"));
+            match layout {
+                saobp::RowLayout::Invocation => assert!(
+                    serial.count() > 0,
+                    "{test} on {name}: no per-invocation row kernel ran: {:?}",
+                    work.kernels
+                ),
+                saobp::RowLayout::Workgroup => {
+                    assert_eq!(serial.count(), 0, "{test} on {name}: {:?}", work.kernels)
+                }
+            }
+            eprintln!("{test}: ok on {name}, rows by {layout}");
+        }
+    }
+}
+
 /// Runs `f` on every adapter, naming the adapter in any failure, and prints
 /// where the test ran.
 pub fn on_every_gpu(test: &str, mut f: impl FnMut(&Gpu)) {

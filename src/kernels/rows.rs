@@ -1,0 +1,121 @@
+//! Where the row kernels put a row: softmax and its backward, LayerNorm
+//! (forward, backward and its parameters' gradients), the bias gradients'
+//! column sums and cross-entropy.
+//!
+//! Each reduces along a row (or a column) and exists in two layouts, chosen
+//! per adapter like the matmul and flash variants:
+//!
+//! - [`RowLayout::Workgroup`]: one workgroup of 64 per row, the reductions
+//!   in workgroup memory. For hardware GPUs, where a row's loads then
+//!   coalesce and long rows (attention at N = 4096) spread over many lanes.
+//! - [`RowLayout::Invocation`]: one invocation per row, a plain loop. For the
+//!   software adapters, where every workgroup barrier of a reduction switches
+//!   between the workgroup's SIMD batches: at training sizes (rows of 64 to
+//!   128) the barriers cost 5–10× the arithmetic (the softmax of the tiny
+//!   preset's step went from about 190 ms to under 20 ms on lavapipe).
+//!
+//! The default is [`RowLayout::Invocation`] on software adapters and
+//! [`RowLayout::Workgroup`] elsewhere; [`set_row_layout`] or `SAOBP_ROWS`
+//! (`workgroup`, `invocation`, `auto`) force one. A row too long for one
+//! invocation within llvmpipe's loop budget (over about 21,800 values) takes
+//! the workgroup layout whatever was asked. Each layout sums in a fixed
+//! order, and both are tested against the reference.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, Gpu};
+use crate::kernels::forced;
+use crate::shader::Kernel;
+
+/// How a row kernel splits its rows over invocations (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowLayout {
+    /// One workgroup per row, reductions in workgroup memory.
+    Workgroup,
+    /// One invocation per row, no barriers.
+    Invocation,
+}
+
+impl RowLayout {
+    /// Both layouts: every device runs either.
+    pub const ALL: [RowLayout; 2] = [RowLayout::Workgroup, RowLayout::Invocation];
+}
+
+impl FromStr for RowLayout {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "workgroup" => Ok(RowLayout::Workgroup),
+            "invocation" => Ok(RowLayout::Invocation),
+            _ => Err(Error::invalid(format!(
+                "SAOBP_ROWS = `{s}`: expected workgroup, invocation or auto"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for RowLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RowLayout::Workgroup => "workgroup",
+            RowLayout::Invocation => "invocation",
+        })
+    }
+}
+
+/// The tuning-cache key of the forced layout.
+const LAYOUT_KEY: &str = "rows.layout";
+
+/// Makes every later row kernel on `gpu` use `layout`, or (`None`) go back
+/// to the choice per adapter. Wins over `SAOBP_ROWS`.
+pub fn set_row_layout(gpu: &Gpu, layout: Option<RowLayout>) {
+    gpu.set_tuned(LAYOUT_KEY, None, layout);
+}
+
+/// The layout forced on `gpu` by [`set_row_layout`] or `SAOBP_ROWS`, if any.
+pub(crate) fn forced_layout(gpu: &Gpu) -> Result<Option<RowLayout>> {
+    forced::<RowLayout>(gpu, LAYOUT_KEY, "SAOBP_ROWS")
+}
+
+/// The layout the row kernels use on `gpu` (rows within the loop budget).
+/// Fails only on a malformed `SAOBP_ROWS`.
+pub fn row_layout(gpu: &Gpu) -> Result<RowLayout> {
+    Ok(
+        forced_layout(gpu)?.unwrap_or(if gpu.adapter().is_software() {
+            RowLayout::Invocation
+        } else {
+            RowLayout::Workgroup
+        }),
+    )
+}
+
+/// Loop iterations the invocation layout may spend per row on adapters
+/// with a loop budget: up to three passes over a row of `len`, with room to
+/// spare (past the budget llvmpipe ends loops early, silently).
+fn fits(gpu: &Gpu, len: u64) -> bool {
+    gpu.adapter()
+        .loop_budget()
+        .is_none_or(|budget| 3 * len + 64 <= budget)
+}
+
+/// A row kernel's dispatch over `count` rows (or columns) of `len` values
+/// each, in [`row_layout`]: `kernels.0` with one workgroup per row, or
+/// `kernels.1` with one invocation per row. Rows too long for one
+/// invocation within the adapter's loop budget take the workgroup layout.
+pub(crate) fn dispatch<'a>(
+    gpu: &Gpu,
+    kernels: (&'static Kernel, &'static Kernel),
+    params: &impl bytemuck::NoUninit,
+    count: u32,
+    len: u32,
+) -> Result<Dispatch<'a>> {
+    Ok(match row_layout(gpu)? {
+        RowLayout::Invocation if fits(gpu, u64::from(len)) => {
+            Dispatch::new(kernels.1, params, kernels.1.groups_for(count as usize))
+        }
+        _ => Dispatch::new(kernels.0, params, u64::from(count)),
+    })
+}

@@ -35,6 +35,9 @@
 //                 come from matmul.wgsl, this pass adds the terms read off A
 //                 (A read transposed). v1: one element per invocation.
 //   value_grad    dV = A^T dY - (c - a^2) dMV - a dU. v1.
+//   diag_stats_serial, output_adjoints_serial, row_adjoints_serial: the same
+//                 with one invocation per row (the row layout for software
+//                 adapters, see kernels::rows). v1.
 //   lambda_grad   d lambda_h = sum over the batch and rows of the row shares,
 //                 one workgroup per head in a fixed order (no atomics), so the
 //                 sum is the same run to run. v1.
@@ -148,6 +151,32 @@ fn diag_stats(
         ds_stats[3u * row + 1u] = r;
         ds_stats[3u * row + 2u] = c;
     }
+}
+
+@compute @workgroup_size(64)
+fn diag_stats_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let i = row % p.n;
+    let base = (row / p.n) * p.n * p.n;
+    var r = 0.0;
+    var c = 0.0;
+    for (var k = 0u; k < p.n; k = k + 1u) {
+        let a_ik = ds_a[base + i * p.n + k];
+        r = r + a_ik;
+        if (k != i) {
+            c = c + a_ik * ds_a[base + k * p.n + i];
+        }
+    }
+    ds_stats[3u * row] = ds_a[base + i * p.n + i];
+    ds_stats[3u * row + 1u] = r;
+    ds_stats[3u * row + 2u] = c;
 }
 
 // ---- mass -------------------------------------------------------------------
@@ -310,6 +339,46 @@ fn output_adjoints(
     }
 }
 
+@compute @workgroup_size(64)
+fn output_adjoints_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let width = p.d + 1u;
+    let lambda = oa_lambda[(row / p.n) % p.heads];
+    let a = oa_stats[3u * row];
+    let r = oa_stats[3u * row + 1u];
+    let c = oa_stats[3u * row + 2u];
+    let mass = max(oa_au[row * width + p.d] - a * (r - a) - c, 0.0);
+    let s = 1.0 / (1.0 + lambda * mass);
+    var g_o = 0.0;
+    var g_mv = 0.0;
+    var g_v = 0.0;
+    var g_y = 0.0;
+    for (var x = 0u; x < p.d; x = x + 1u) {
+        let i = row * p.d + x;
+        let g = oa_grad[i];
+        let y = oa_y[i];
+        let v = oa_v[i];
+        let mv = oa_au[row * width + x] - a * y - (c - a * a) * v;
+        g_o = g_o + g * (s * (y + lambda * mv));
+        g_mv = g_mv + g * mv;
+        g_v = g_v + g * v;
+        g_y = g_y + g * y;
+        oa_w[row * width + x] = lambda * s * g;
+    }
+    oa_w[row * width + p.d] = -lambda * s * g_o;
+    oa_row[4u * row] = lambda * s * g_v;
+    oa_row[4u * row + 1u] = lambda * s * g_y;
+    oa_row[4u * row + 2u] = s;
+    oa_row[4u * row + 3u] = s * (g_mv - mass * g_o);
+}
+
 // ---- row_adjoints -----------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read> ra_grad: array<f32>;
@@ -354,6 +423,36 @@ fn row_adjoints(
         ra_diag[3u * row + 1u] = w - dm * a;
         ra_diag[3u * row + 2u] = -t - dm;
     }
+}
+
+@compute @workgroup_size(64)
+fn row_adjoints_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let width = p.d + 1u;
+    let a = ra_stats[3u * row];
+    let r = ra_stats[3u * row + 1u];
+    let s = ra_row[4u * row + 2u];
+    var u_v = 0.0;
+    for (var x = 0u; x < p.d; x = x + 1u) {
+        let i = row * p.d + x;
+        let du = ra_p[row * width + x];
+        ra_dy[i] = s * ra_grad[i] - a * ra_w[row * width + x] + du;
+        u_v = u_v + du * ra_v[i];
+    }
+    let dm = ra_w[row * width + p.d];
+    let w = ra_p[row * width + p.d];
+    let t = ra_row[4u * row];
+    let q = ra_row[4u * row + 1u];
+    ra_diag[3u * row] = -q + 2.0 * a * t - w - dm * (r - 2.0 * a) - u_v;
+    ra_diag[3u * row + 1u] = w - dm * a;
+    ra_diag[3u * row + 2u] = -t - dm;
 }
 
 // ---- attention_grad ---------------------------------------------------------

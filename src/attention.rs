@@ -437,7 +437,7 @@ async fn attention_whole(
     let mut steps: Vec<Step> = Vec::new();
     steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
     if let Some(stats) = &stats {
-        steps.push(saobp::diag_stats(&plan, &a, stats));
+        steps.push(saobp::diag_stats(gpu, &plan, &a, stats)?);
         steps.push(saobp::mass(&plan, &a, stats, &mass));
     }
     if let (Some(messages), Some(refined)) = (&messages, &refined) {

@@ -200,7 +200,9 @@ fn every_kernel_passes_on_every_adapter() {
                 // O(N²D): never the messages M, never a mass pass over A.
                 Subject::FusedOutput => {
                     assert!(
-                        ran("saobp::fused_output") && !ran("saobp::remove_echoes"),
+                        ran("saobp::fused_output")
+                            && ran(&rows("saobp::diag_stats"))
+                            && !ran("saobp::remove_echoes"),
                         "{what}: {:?}",
                         row.shaders
                     );
@@ -283,8 +285,8 @@ fn every_kernel_passes_on_every_adapter() {
                 // O(N²D): never the messages M.
                 Subject::SaobpOutputBackward => {
                     for entry in [
-                        "saobp::output_adjoints",
-                        "saobp::row_adjoints",
+                        &rows("saobp::output_adjoints"),
+                        &rows("saobp::row_adjoints"),
                         "saobp::attention_grad",
                         "saobp::value_grad",
                         "saobp::lambda_grad",

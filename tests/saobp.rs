@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    absolute, assert_near, assert_within, key_mask, on_every_gpu, spec_run, Case, Request, Rng,
-    Tolerance, SPEC_PRINTED,
+    absolute, assert_near, assert_within, key_mask, on_every_gpu, on_every_row_layout, spec_run,
+    Case, Request, Rng, Tolerance, SPEC_PRINTED,
 };
 use saobp::{attention_blocking, refine_map_blocking, AttentionOptions, Gpu, Lambda, Mode, Tensor};
 
@@ -204,7 +204,7 @@ fn saobp_case(shape: [usize; 4], dv: usize, causal: bool, masked: bool, lambda: 
 
 #[test]
 fn random_cases_match_reference_in_both_modes() {
-    on_every_gpu("saobp random", |gpu| {
+    on_every_row_layout("saobp random", |gpu| {
         let mut rng = Rng::new(11);
         for i in 0..10 {
             let h = 1 + rng.below(3);

@@ -839,8 +839,9 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     with_row_layouts(out)
 }
 
-/// The row kernels' cases (softmax, LayerNorm, column sums, cross-entropy)
-/// in each [`RowLayout`]: every case with one workgroup per row, as the
+/// The row kernels' cases (softmax, LayerNorm, column sums, cross-entropy,
+/// the fused SAOBP output's row stats and its backward's row adjoints) in
+/// each [`RowLayout`]: every case with one workgroup per row, as the
 /// notes of the cases over the workgroup cap say, and the others again with
 /// one invocation per row.
 fn with_row_layouts(cases: Vec<Case>) -> Vec<Case> {
@@ -854,6 +855,8 @@ fn with_row_layouts(cases: Vec<Case>) -> Vec<Case> {
                 | Subject::LayerNormBackward
                 | Subject::BiasGeluBackward
                 | Subject::CrossEntropy
+                | Subject::FusedOutput
+                | Subject::SaobpOutputBackward
         );
         if !rows {
             out.push(case);

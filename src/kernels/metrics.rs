@@ -469,7 +469,7 @@ async fn metrics_of(
         lambda.is_some(),
     )?;
     let mut steps = vec![
-        saobp::diag_stats(&plan, mass_of, &stats),
+        saobp::diag_stats(gpu, &plan, mass_of, &stats)?,
         saobp::mass(&plan, mass_of, &stats, &mass),
     ];
     steps.extend(job.steps(gpu, p, opts.key_mask, &mass, lambda.as_ref()));

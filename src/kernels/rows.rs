@@ -109,13 +109,16 @@ pub(crate) fn dispatch<'a>(
     gpu: &Gpu,
     kernels: (&'static Kernel, &'static Kernel),
     params: &impl bytemuck::NoUninit,
-    count: u32,
+    count: impl Into<u64>,
     len: u32,
 ) -> Result<Dispatch<'a>> {
+    let count: u64 = count.into();
     Ok(match row_layout(gpu)? {
-        RowLayout::Invocation if fits(gpu, u64::from(len)) => {
-            Dispatch::new(kernels.1, params, kernels.1.groups_for(count as usize))
-        }
-        _ => Dispatch::new(kernels.0, params, u64::from(count)),
+        RowLayout::Invocation if fits(gpu, u64::from(len)) => Dispatch::new(
+            kernels.1,
+            params,
+            count.div_ceil(u64::from(kernels.1.workgroup_size)),
+        ),
+        _ => Dispatch::new(kernels.0, params, count),
     })
 }

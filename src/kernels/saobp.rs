@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, Gpu, Step};
-use crate::kernels::{matmul, to_u32};
+use crate::kernels::{matmul, rows, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
@@ -35,6 +35,12 @@ kernels! {
         VALUE_GRAD = "value_grad" (vg_w, vg_p, vg_stats, vg_out);
         /// Backward: dλ per head, summed in a fixed order.
         LAMBDA_GRAD = "lambda_grad" (lg_row, lg_out);
+        /// [`DIAG_STATS`] with one invocation per row ([`rows`]).
+        DIAG_STATS_SERIAL = "diag_stats_serial" (ds_a, ds_stats);
+        /// [`OUTPUT_ADJOINTS`] with one invocation per row.
+        OUTPUT_ADJOINTS_SERIAL = "output_adjoints_serial" (oa_grad, oa_y, oa_v, oa_au, oa_stats, oa_lambda, oa_w, oa_row);
+        /// [`ROW_ADJOINTS`] with one invocation per row.
+        ROW_ADJOINTS_SERIAL = "row_adjoints_serial" (ra_grad, ra_w, ra_p, ra_v, ra_stats, ra_row, ra_dy, ra_diag);
     }
 }
 
@@ -164,11 +170,19 @@ pub(crate) fn refine<'a>(
 }
 
 /// Per row `(a_i, r_i, c_i)` into `stats` (`[G·N, 3]`).
-pub(crate) fn diag_stats<'a>(plan: &Plan, a: &'a Tensor, stats: &'a Tensor) -> Step<'a> {
-    Dispatch::new(&DIAG_STATS, &plan.params, plan.rows)
-        .bind("ds_a", a)
-        .bind("ds_stats", stats)
-        .step()
+pub(crate) fn diag_stats<'a>(
+    gpu: &Gpu,
+    plan: &Plan,
+    a: &'a Tensor,
+    stats: &'a Tensor,
+) -> Result<Step<'a>> {
+    let kernels = (&DIAG_STATS, &DIAG_STATS_SERIAL);
+    Ok(
+        rows::dispatch(gpu, kernels, &plan.params, plan.rows, plan.params.n)?
+            .bind("ds_a", a)
+            .bind("ds_stats", stats)
+            .step(),
+    )
 }
 
 /// Multi-hop mass `m` from `A` and its row stats, without `M`.
@@ -265,7 +279,7 @@ impl FusedIntermediates {
         let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
         let au_plan = matmul::plan(a.shape(), self.u.shape(), &plain)?;
         let mut shared = matmul::SharedA::default();
-        let mut steps = vec![diag_stats(plan, a, &self.stats)];
+        let mut steps = vec![diag_stats(gpu, plan, a, &self.stats)?];
         steps.extend(matmul::steps_sharing_a(
             gpu,
             &y_plan,
@@ -542,7 +556,9 @@ pub(crate) fn output_backward_steps<'a>(
     let s = scratch;
 
     // Through O, then through M·V and m: dU and w = Aᵀ·dm in one product.
-    let mut steps = vec![Dispatch::new(&OUTPUT_ADJOINTS, &plan.params, plan.rows)
+    let d = plan.params.d;
+    let kernels = (&OUTPUT_ADJOINTS, &OUTPUT_ADJOINTS_SERIAL);
+    let mut steps = vec![rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
         .bind("oa_grad", grad_output)
         .bind("oa_y", &fwd.y)
         .bind("oa_v", v)
@@ -561,8 +577,9 @@ pub(crate) fn output_backward_steps<'a>(
         &s.p,
         &mut shared_t,
     )?);
+    let kernels = (&ROW_ADJOINTS, &ROW_ADJOINTS_SERIAL);
     steps.push(
-        Dispatch::new(&ROW_ADJOINTS, &plan.params, plan.rows)
+        rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
             .bind("ra_grad", grad_output)
             .bind("ra_w", &s.w)
             .bind("ra_p", &s.p)

@@ -14,7 +14,7 @@
 // Fused path (O(N^2 D), never forms M):
 //   diag_stats    per row: a_i = A_ii, r_i = sum_j A_ij, c_i = sum_{k != i} A_ik A_ki.
 //   mass          m_i = sum_k A_ik (r_k - a_k) - a_i (r_i - a_i) - c_i.
-//   two_hop_values U'_k = [Y_k - a_k V_k | r_k - a_k]   (Y = A V comes from matmul.wgsl),
+//   two_hop_values U'_k = [Y_k - a_k V_k | r_k - a_k | 0 ..]   (Y = A V comes from matmul.wgsl),
 //                 one column wider than V so that A U' also gives m's first term.
 //   fused_output  m_i = (A U')_{i,D} - a_i (r_i - a_i) - c_i, written once per row,
 //                 O_i = (Y_i + lambda (M V)_i) / (1 + lambda m_i),
@@ -48,7 +48,10 @@ struct Params {
     // Value width D (elementwise kernels).
     d: u32,
     heads: u32,
-    _pad3: u32,
+    // Columns of U', A U', W and A^T W: D + 1, padded with zero columns to
+    // a multiple of 4 on the fused path (whole texels, which the matmul
+    // copies instead of packing), exactly D + 1 on the streaming path.
+    width: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -224,7 +227,7 @@ fn two_hop_values(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let width = p.d + 1u;
+    let width = p.width;
     let idx = element_id(wid, nwg, lid);
     if (idx >= p.matrices * p.n * width) {
         return;
@@ -232,7 +235,10 @@ fn two_hop_values(
     let row = idx / width;
     let col = idx % width;
     let a = tv_stats[3u * row];
-    if (col == p.d) {
+    if (col > p.d) {
+        // Padding to whole texels.
+        tv_u[idx] = 0.0;
+    } else if (col == p.d) {
         // r_k - a_k: A times this column gives the first term of m.
         tv_u[idx] = tv_stats[3u * row + 1u] - a;
     } else {
@@ -263,7 +269,7 @@ fn fused_output(
     }
     let row = idx / p.d;
     let col = idx % p.d;
-    let width = p.d + 1u;
+    let width = p.width;
     let lambda = fo_lambda[(row / p.n) % p.heads];
     let a = fo_stats[3u * row];
     let r = fo_stats[3u * row + 1u];
@@ -301,7 +307,7 @@ fn output_adjoints(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.d + 1u;
+    let width = p.width;
     let lambda = oa_lambda[(row / p.n) % p.heads];
     let a = oa_stats[3u * row];
     let r = oa_stats[3u * row + 1u];
@@ -332,6 +338,9 @@ fn output_adjoints(
     g_y = sums.w;
     if (lid == 0u) {
         oa_w[row * width + p.d] = -lambda * s * g_o;
+        for (var x = p.d + 1u; x < width; x = x + 1u) {
+            oa_w[row * width + x] = 0.0;
+        }
         oa_row[4u * row] = lambda * s * g_v;
         oa_row[4u * row + 1u] = lambda * s * g_y;
         oa_row[4u * row + 2u] = s;
@@ -349,7 +358,7 @@ fn output_adjoints_serial(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.d + 1u;
+    let width = p.width;
     let lambda = oa_lambda[(row / p.n) % p.heads];
     let a = oa_stats[3u * row];
     let r = oa_stats[3u * row + 1u];
@@ -373,6 +382,9 @@ fn output_adjoints_serial(
         oa_w[row * width + x] = lambda * s * g;
     }
     oa_w[row * width + p.d] = -lambda * s * g_o;
+    for (var x = p.d + 1u; x < width; x = x + 1u) {
+        oa_w[row * width + x] = 0.0;
+    }
     oa_row[4u * row] = lambda * s * g_v;
     oa_row[4u * row + 1u] = lambda * s * g_y;
     oa_row[4u * row + 2u] = s;
@@ -402,7 +414,7 @@ fn row_adjoints(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.d + 1u;
+    let width = p.width;
     let a = ra_stats[3u * row];
     let r = ra_stats[3u * row + 1u];
     let s = ra_row[4u * row + 2u];
@@ -435,7 +447,7 @@ fn row_adjoints_serial(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.d + 1u;
+    let width = p.width;
     let a = ra_stats[3u * row];
     let r = ra_stats[3u * row + 1u];
     let s = ra_row[4u * row + 2u];
@@ -505,7 +517,7 @@ fn value_grad(
         return;
     }
     let row = idx / p.d;
-    let at = row * (p.d + 1u) + idx % p.d;
+    let at = row * p.width + idx % p.d;
     let a = vg_stats[3u * row];
     let c = vg_stats[3u * row + 2u];
     vg_out[idx] = vg_out[idx] - (c - a * a) * vg_w[at] - a * vg_p[at];

@@ -562,7 +562,8 @@ async fn attention_streaming(
     let mass = Tensor::scratch(gpu, &shape.row_shape())?;
     let output = Tensor::scratch(gpu, &shape.output_shape())?;
     let lambda = Tensor::from_slice(gpu, &[shape.heads], &lambda_values)?;
-    let out_plan = saobp::plan(shape.batch * shape.heads, shape.heads, shape.n, shape.dv)?;
+    let out_plan = saobp::plan(shape.batch * shape.heads, shape.heads, shape.n, shape.dv)?
+        .with_width(shape.dv + 1)?;
     steps.push(flash::values(&plan, &y, v, &keys, &u));
     steps.extend(flash::refine(gpu, &plan, &operands, &u, &keys, &au, &stats));
     steps.push(saobp::fused_output(

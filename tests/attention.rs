@@ -238,8 +238,9 @@ fn fused_metrics_do_no_cubic_work_unless_r_is_measured() {
     let mut rng = Rng::new(73);
     let x = rng.vec(b * h * n * d, -1.0, 1.0);
     let (bh, n64, d64) = ((b * h) as u64, n as u64, d as u64);
-    // 2 FLOPs per multiply-add: Q·Kᵀ (D), A·V (D) and A·U (D + 1) per entry of A.
-    let quadratic = 2 * bh * n64 * n64 * (3 * d64 + 1);
+    // 2 FLOPs per multiply-add: Q·Kᵀ (D), A·V (D) and A·U' per entry of A,
+    // U' being D + 1 wide padded with zero columns to a multiple of 4.
+    let quadratic = 2 * bh * n64 * n64 * (2 * d64 + (d64 + 1).next_multiple_of(4));
     let cubic = 2 * bh * n64 * n64 * n64;
     on_every_gpu("fused work", |shared| {
         let gpu = reopen(shared, None);

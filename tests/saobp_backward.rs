@@ -248,10 +248,12 @@ fn work_is_of_order_n2d_in_one_submission() {
                 .unwrap();
         let work = gpu.work().since(&before);
         // Six products of N×N by N×k: Y = A·V, A·U', Aᵀ·W, dY·Vᵀ, W·U'ᵀ and
-        // Aᵀ·dY, with k = Dv for three and Dv + 1 for the other three.
+        // Aᵀ·dY, with k = Dv for three and for the other three Dv + 1
+        // padded with zero columns to a multiple of 4 (whole texels).
         let maps = (b * h) as u64;
         let (n, dv) = (n as u64, dv as u64);
-        assert_eq!(work.product_flops, 2 * maps * n * n * (6 * dv + 3));
+        let wide = (dv + 1).next_multiple_of(4);
+        assert_eq!(work.product_flops, 2 * maps * n * n * (3 * dv + 3 * wide));
         // A single N³ product (A·A, as the materialized path does) would be
         // more than all of them together at this N.
         assert!(work.product_flops < 2 * maps * n * n * n);

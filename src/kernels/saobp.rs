@@ -100,7 +100,16 @@ pub(crate) struct SaobpParams {
     n: u32,
     d: u32,
     heads: u32,
-    _pad: [u32; 4],
+    width: u32,
+    _pad: [u32; 3],
+}
+
+/// Columns of the fused form's wide operands (`U'`, `A·U'`, `W`, `Aᵀ·W`):
+/// `d + 1`, padded with zero columns to whole texels, so that the matmul
+/// copies `U'` and `W` into textures as they lie (and `A`, shared with
+/// `A·V`, only once) where it would otherwise pack them.
+pub(crate) fn wide(d: usize) -> usize {
+    (d + 1).next_multiple_of(4)
 }
 
 /// Shapes of one SAOBP problem: `matrices` = B·H attention maps of `n`×`n`,
@@ -112,6 +121,15 @@ pub(crate) struct Plan {
     elements: usize,
 }
 
+impl Plan {
+    /// The same problem with wide operands `width` columns wide (the
+    /// streaming path's `U'` and `A·U'` are exactly `d + 1`).
+    pub(crate) fn with_width(mut self, width: usize) -> Result<Plan> {
+        self.params.width = to_u32("D", width)?;
+        Ok(self)
+    }
+}
+
 pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<Plan> {
     Ok(Plan {
         params: SaobpParams {
@@ -119,7 +137,8 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
             n: to_u32("N", n)?,
             d: to_u32("D", d)?,
             heads: to_u32("heads", heads.max(1))?,
-            _pad: [0; 4],
+            width: to_u32("D", wide(d))?,
+            _pad: [0; 3],
         },
         rows: (matrices * n) as u64,
         elements: matrices * n * d,
@@ -207,7 +226,7 @@ pub(crate) fn two_hop_values<'a>(
     stats: &'a Tensor,
     u: &'a Tensor,
 ) -> Step<'a> {
-    let groups = TWO_HOP_VALUES.groups_for(plan.elements + plan.rows as usize);
+    let groups = TWO_HOP_VALUES.groups_for(plan.rows as usize * plan.params.width as usize);
     Dispatch::new(&TWO_HOP_VALUES, &plan.params, groups)
         .bind("tv_y", y)
         .bind("tv_v", v)
@@ -257,7 +276,7 @@ pub(crate) struct FusedIntermediates {
 impl FusedIntermediates {
     /// Scratch for `[b, h, n, dv]` values.
     pub fn new(gpu: &Gpu, [b, h, n, dv]: [usize; 4]) -> Result<FusedIntermediates> {
-        let wide = [b, h, n, dv + 1];
+        let wide = [b, h, n, wide(dv)];
         Ok(FusedIntermediates {
             stats: Tensor::scratch(gpu, &[b * h * n, 3])?,
             y: Tensor::scratch(gpu, &[b, h, n, dv])?,
@@ -505,7 +524,7 @@ pub(crate) struct BackwardScratch {
 
 impl BackwardScratch {
     pub fn new(gpu: &Gpu, [b, h, n, dv]: [usize; 4]) -> Result<BackwardScratch> {
-        let (rows, wide) = (b * h * n, [b, h, n, dv + 1]);
+        let (rows, wide) = (b * h * n, [b, h, n, wide(dv)]);
         Ok(BackwardScratch {
             w: Tensor::scratch(gpu, &wide)?,
             row_terms: Tensor::scratch(gpu, &[rows, 4])?,

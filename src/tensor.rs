@@ -144,7 +144,10 @@ impl Tensor {
     ///
     /// The buffer must belong to `gpu`'s device (wgpu reports any other as a
     /// validation error when it is first used) and have `STORAGE` usage;
-    /// reading it back ([`Tensor::to_vec`]) also needs `COPY_SRC`. Its data is
+    /// reading it back ([`Tensor::to_vec`]) also needs `COPY_SRC`, and so do
+    /// the softmax and chunked attention, which copy their input. With
+    /// `COPY_SRC`, the matmul on software adapters copies it into a texture
+    /// instead of packing it with a shader (faster); without, it packs. Its data is
     /// not checked for NaN or ±Inf on the host; the library's outputs are
     /// finite whenever their inputs are. When the last clone of the tensor
     /// drops, the buffer is the caller's again and never enters the pool.

@@ -14,11 +14,20 @@ use saobp::{attention_blocking, AttentionOptions, Error, Gpu, Lambda, Mode, Tens
 /// A device of `gpu`'s adapter, opened here as a caller would, with an
 /// uncaptured-error handler of the caller's that records what reaches it.
 fn callers_device(gpu: &Gpu) -> (wgpu::Device, wgpu::Queue, Arc<Mutex<Vec<String>>>) {
+    callers_device_with(gpu, wgpu::Features::empty())
+}
+
+/// [`callers_device`] with those of `features` the adapter has.
+fn callers_device_with(
+    gpu: &Gpu,
+    features: wgpu::Features,
+) -> (wgpu::Device, wgpu::Queue, Arc<Mutex<Vec<String>>>) {
     let adapter = gpu
         .wgpu_adapter()
         .expect("the test's contexts own their adapter");
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         required_limits: adapter.limits(),
+        required_features: adapter.features() & features,
         ..Default::default()
     }))
     .expect("a second device on the adapter");
@@ -175,6 +184,74 @@ fn a_callers_buffer_is_checked_and_never_pooled() {
         assert_eq!(
             again.to_vec_blocking(&gpu).unwrap(),
             [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+    });
+}
+
+/// A caller's buffer with `STORAGE` only (no `COPY_SRC`): the matmul cannot
+/// copy it into a texture (on a device with subgroups of 8, where it copies
+/// the library's own tensors), so it packs it, and the product is right.
+#[test]
+fn matmul_of_storage_only_buffers_packs_them() {
+    on_every_gpu("storage-only matmul", |shared| {
+        let (device, queue, seen) = callers_device_with(shared, wgpu::Features::SUBGROUP);
+        let gpu = Gpu::from_device(device.clone(), queue.clone()).unwrap();
+        let mut rng = Rng::new(31);
+        let (m, k, n) = (72, 64, 80);
+        let (a, b) = (rng.vec(m * k, -1.0, 1.0), rng.vec(k * n, -1.0, 1.0));
+        let storage_only = |data: &[f32]| {
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("caller's, storage only"),
+                size: (data.len() * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+            buffer
+        };
+        let ta = Tensor::from_buffer(&gpu, storage_only(&a), &[m, k]).unwrap();
+        let tb = Tensor::from_buffer(&gpu, storage_only(&b), &[k, n]).unwrap();
+        let opts = saobp::MatmulOptions::default();
+        let want = reference::matmul(&a, &[m, k], &b, &[k, n], &opts).unwrap();
+        let before = gpu.work();
+        let c = saobp::matmul_blocking(&gpu, &ta, &tb, &opts).unwrap();
+        assert_within(
+            "storage-only matmul",
+            &c.to_vec_blocking(&gpu).unwrap(),
+            &want,
+            Tolerance::matmul(k),
+        );
+        let ran = gpu.work().since(&before).kernels;
+        assert!(
+            !ran.iter()
+                .any(|(l, _)| l.starts_with("matmul_linear_subgroup")),
+            "{ran:?}"
+        );
+        // The library's own tensors have COPY_SRC: copied where the device
+        // has subgroups of 8.
+        let (oa, ob) = (
+            Tensor::from_slice(&gpu, &[m, k], &a).unwrap(),
+            Tensor::from_slice(&gpu, &[k, n], &b).unwrap(),
+        );
+        let before = gpu.work();
+        let c = saobp::matmul_blocking(&gpu, &oa, &ob, &opts).unwrap();
+        assert_within(
+            "matmul",
+            &c.to_vec_blocking(&gpu).unwrap(),
+            &want,
+            Tolerance::matmul(k),
+        );
+        let ran = gpu.work().since(&before).kernels;
+        assert_eq!(
+            ran.iter()
+                .any(|(l, _)| l.starts_with("matmul_linear_subgroup")),
+            gpu.subgroup_size() == Some(8),
+            "{ran:?}"
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
         );
     });
 }

@@ -416,7 +416,10 @@ impl Case {
                 shape: [b, h, n],
                 dv,
                 ..
-            } => vec![vec![*b, *h, *n, *n], vec![*b, *h, *n, dv + 1]],
+            } => vec![
+                vec![*b, *h, *n, *n],
+                vec![*b, *h, *n, saobp_kernel::wide(*dv)],
+            ],
             Input::Activations { shape, .. } => vec![shape.clone()],
             Input::Embed {
                 batch,

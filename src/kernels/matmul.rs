@@ -15,7 +15,8 @@
 //!   shared with `subgroupBroadcast`. Packing is a shader of its own, whose
 //!   storage-buffer loads cost more than the product at training sizes; so
 //!   with subgroups, operands whose stored rows are whole texels (K a
-//!   multiple of 4, and M for a stored `Aᵀ`, N for a stored `B`) are instead
+//!   multiple of 4, and M for a stored `Aᵀ`, N for a stored `B`; buffers
+//!   with `COPY_SRC`, as every tensor the library makes) are instead
 //!   copied into textures as they lie, by buffer-to-texture copies (a memcpy
 //!   on lavapipe, 20–30× faster than the pack), and multiplied by
 //!   `matmul_linear_subgroup.wgsl`, which reads the stored layouts.
@@ -533,7 +534,8 @@ pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> Result<MatmulVariant> {
         && wanted.check_k(gpu, plan).is_ok()
         && match wanted {
             MatmulVariant::Texture { subgroups, .. } => {
-                TextureLayout::new(gpu, plan, subgroups).is_ok()
+                // Packed panels are never smaller than copied operands.
+                TextureLayout::new(gpu, plan, subgroups, false).is_ok()
             }
             _ => true,
         };
@@ -545,7 +547,7 @@ pub(crate) fn choose(gpu: &Gpu, plan: &MatmulPlan) -> Result<MatmulVariant> {
     } else if MatmulVariant::Buffer.check_k(gpu, plan).is_err()
         && texture.check(gpu).is_ok()
         && texture.check_k(gpu, plan).is_ok()
-        && TextureLayout::new(gpu, plan, texture.uses_subgroups()).is_ok()
+        && TextureLayout::new(gpu, plan, texture.uses_subgroups(), false).is_ok()
     {
         // The longest products fit the loop budget only four k per iteration.
         texture
@@ -733,7 +735,10 @@ struct TextureLayout {
 }
 
 impl TextureLayout {
-    fn new(gpu: &Gpu, plan: &MatmulPlan, subgroups: bool) -> Result<TextureLayout> {
+    /// The panels of `plan`; `copyable`: both operands' buffers allow
+    /// copies out of them (`COPY_SRC`; a caller's own buffer may not), which
+    /// the linear layout needs.
+    fn new(gpu: &Gpu, plan: &MatmulPlan, subgroups: bool, copyable: bool) -> Result<TextureLayout> {
         let p = &plan.params;
         // B panel width in texels: 32 columns per subgroup of 8 (one texel
         // each), 64 per group of the plain kernel (two texels each).
@@ -746,6 +751,7 @@ impl TextureLayout {
         // Copies need every stored row to be whole texels; then K needs no
         // padding and each texel holds 4 values of one row.
         let linear = subgroups
+            && copyable
             && p.k.is_multiple_of(4)
             && (p.trans_a == 0 || p.m.is_multiple_of(4))
             && (p.trans_b != 0 || p.n.is_multiple_of(4));
@@ -781,7 +787,10 @@ fn texture_steps<'a>(
     c: &'a Tensor,
     shared: Option<&mut SharedA>,
 ) -> Result<Vec<Step<'a>>> {
-    let layout = TextureLayout::new(gpu, plan, subgroups)?;
+    let copyable = [a, b]
+        .iter()
+        .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));
+    let layout = TextureLayout::new(gpu, plan, subgroups, copyable)?;
     let p = &plan.params;
     let params = TextureParams {
         batch: p.batch,
@@ -1043,7 +1052,7 @@ pub async fn tune_matmul(gpu: &Gpu) -> Result<Tuning> {
         let plan = plan(a.shape(), b.shape(), &MatmulOptions::default())?;
         let mut timings = Vec::new();
         for &v in &candidates {
-            if matches!(v, MatmulVariant::Texture { subgroups, .. } if TextureLayout::new(gpu, &plan, subgroups).is_err())
+            if matches!(v, MatmulVariant::Texture { subgroups, .. } if TextureLayout::new(gpu, &plan, subgroups, false).is_err())
             {
                 continue;
             }

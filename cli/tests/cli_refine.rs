@@ -640,8 +640,9 @@ fn fused_refine_without_json_does_no_cubic_work() {
         gpu_work(&stderr)
     };
     let (bh, n) = ((b * h) as f64, n as f64);
-    // In GFLOP, 2 per multiply-add.
-    let quadratic = 2.0 * bh * n * n * (3 * d + 1) as f64 / 1e9;
+    // In GFLOP, 2 per multiply-add: Q·Kᵀ and A·V (D each) and A·U', U'
+    // being D + 1 wide padded with zero columns to a multiple of 4.
+    let quadratic = 2.0 * bh * n * n * (2 * d + (d + 1).next_multiple_of(4)) as f64 / 1e9;
     let cubic = 2.0 * bh * n * n * n / 1e9;
     let (dispatches, gflop) = run(&[]);
     assert!(dispatches > 0 && gflop > 0.0, "{dispatches} {gflop}");

@@ -125,6 +125,31 @@ fn refine(
 // [matrices * n, 3]: a_i, r_i, c_i.
 @group(0) @binding(2) var<storage, read_write> ds_stats: array<f32>;
 
+// The row's (r, c) partial sums over k = first, first + step, ...: the
+// workgroup layout strides by its width, the invocation layout takes all.
+fn diag_sums(row: u32, first: u32, step: u32) -> vec2<f32> {
+    let i = row % p.n;
+    let base = (row / p.n) * p.n * p.n;
+    var r = 0.0;
+    var c = 0.0;
+    for (var k = first; k < p.n; k = k + step) {
+        let a_ik = ds_a[base + i * p.n + k];
+        r = r + a_ik;
+        if (k != i) {
+            c = c + a_ik * ds_a[base + k * p.n + i];
+        }
+    }
+    return vec2<f32>(r, c);
+}
+
+fn diag_store(row: u32, rc: vec2<f32>) {
+    let i = row % p.n;
+    let base = (row / p.n) * p.n * p.n;
+    ds_stats[3u * row] = ds_a[base + i * p.n + i];
+    ds_stats[3u * row + 1u] = rc.x;
+    ds_stats[3u * row + 2u] = rc.y;
+}
+
 @compute @workgroup_size(64)
 fn diag_stats(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -135,24 +160,9 @@ fn diag_stats(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let i = row % p.n;
-    let base = (row / p.n) * p.n * p.n;
-    var r = 0.0;
-    var c = 0.0;
-    for (var k = lid; k < p.n; k = k + WG) {
-        let a_ik = ds_a[base + i * p.n + k];
-        r = r + a_ik;
-        if (k != i) {
-            c = c + a_ik * ds_a[base + k * p.n + i];
-        }
-    }
-    let rc = reduce_sum2(lid, vec2<f32>(r, c));
-    r = rc.x;
-    c = rc.y;
+    let rc = reduce_sum2(lid, diag_sums(row, lid, WG));
     if (lid == 0u) {
-        ds_stats[3u * row] = ds_a[base + i * p.n + i];
-        ds_stats[3u * row + 1u] = r;
-        ds_stats[3u * row + 2u] = c;
+        diag_store(row, rc);
     }
 }
 
@@ -166,20 +176,7 @@ fn diag_stats_serial(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let i = row % p.n;
-    let base = (row / p.n) * p.n * p.n;
-    var r = 0.0;
-    var c = 0.0;
-    for (var k = 0u; k < p.n; k = k + 1u) {
-        let a_ik = ds_a[base + i * p.n + k];
-        r = r + a_ik;
-        if (k != i) {
-            c = c + a_ik * ds_a[base + k * p.n + i];
-        }
-    }
-    ds_stats[3u * row] = ds_a[base + i * p.n + i];
-    ds_stats[3u * row + 1u] = r;
-    ds_stats[3u * row + 2u] = c;
+    diag_store(row, diag_sums(row, 0u, 1u));
 }
 
 // ---- mass -------------------------------------------------------------------
@@ -297,6 +294,56 @@ fn fused_output(
 // [matrices * n, 4]: t = dMV . V, q = dMV . Y, s, s (G . MV - m G . O).
 @group(0) @binding(8) var<storage, read_write> oa_row: array<f32>;
 
+// What output_adjoints needs of a row besides its columns: λ of its head,
+// a and c, and m and s = 1 / (1 + λ m) exactly as fused_output forms m.
+struct OaTerms {
+    lambda: f32,
+    a: f32,
+    c: f32,
+    mass: f32,
+    s: f32,
+}
+
+fn oa_terms(row: u32) -> OaTerms {
+    var t: OaTerms;
+    t.lambda = oa_lambda[(row / p.n) % p.heads];
+    t.a = oa_stats[3u * row];
+    let r = oa_stats[3u * row + 1u];
+    t.c = oa_stats[3u * row + 2u];
+    t.mass = max(oa_au[row * p.width + p.d] - t.a * (r - t.a) - t.c, 0.0);
+    t.s = 1.0 / (1.0 + t.lambda * t.mass);
+    return t;
+}
+
+// Writes W's columns x = first, first + step, ... of the row and returns
+// their shares of the rowdots (G . O, G . MV, G . V, G . Y).
+fn oa_columns(row: u32, t: OaTerms, first: u32, step: u32) -> vec4<f32> {
+    var sums = vec4<f32>(0.0);
+    for (var x = first; x < p.d; x = x + step) {
+        let i = row * p.d + x;
+        let g = oa_grad[i];
+        let y = oa_y[i];
+        let v = oa_v[i];
+        let mv = oa_au[row * p.width + x] - t.a * y - (t.c - t.a * t.a) * v;
+        sums = sums + g * vec4<f32>(t.s * (y + t.lambda * mv), mv, v, y);
+        oa_w[row * p.width + x] = t.lambda * t.s * g;
+    }
+    return sums;
+}
+
+// W's last column and padding, and the row's terms, from the full rowdots.
+fn oa_finish(row: u32, t: OaTerms, sums: vec4<f32>) {
+    let ls = t.lambda * t.s;
+    oa_w[row * p.width + p.d] = -ls * sums.x;
+    for (var x = p.d + 1u; x < p.width; x = x + 1u) {
+        oa_w[row * p.width + x] = 0.0;
+    }
+    oa_row[4u * row] = ls * sums.z;
+    oa_row[4u * row + 1u] = ls * sums.w;
+    oa_row[4u * row + 2u] = t.s;
+    oa_row[4u * row + 3u] = t.s * (sums.y - t.mass * sums.x);
+}
+
 @compute @workgroup_size(64)
 fn output_adjoints(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -307,44 +354,10 @@ fn output_adjoints(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.width;
-    let lambda = oa_lambda[(row / p.n) % p.heads];
-    let a = oa_stats[3u * row];
-    let r = oa_stats[3u * row + 1u];
-    let c = oa_stats[3u * row + 2u];
-    // m and M V exactly as fused_output forms them.
-    let mass = max(oa_au[row * width + p.d] - a * (r - a) - c, 0.0);
-    let s = 1.0 / (1.0 + lambda * mass);
-    var g_o = 0.0;
-    var g_mv = 0.0;
-    var g_v = 0.0;
-    var g_y = 0.0;
-    for (var x = lid; x < p.d; x = x + WG) {
-        let i = row * p.d + x;
-        let g = oa_grad[i];
-        let y = oa_y[i];
-        let v = oa_v[i];
-        let mv = oa_au[row * width + x] - a * y - (c - a * a) * v;
-        g_o = g_o + g * (s * (y + lambda * mv));
-        g_mv = g_mv + g * mv;
-        g_v = g_v + g * v;
-        g_y = g_y + g * y;
-        oa_w[row * width + x] = lambda * s * g;
-    }
-    let sums = reduce_sum4(lid, vec4<f32>(g_o, g_mv, g_v, g_y));
-    g_o = sums.x;
-    g_mv = sums.y;
-    g_v = sums.z;
-    g_y = sums.w;
+    let t = oa_terms(row);
+    let sums = reduce_sum4(lid, oa_columns(row, t, lid, WG));
     if (lid == 0u) {
-        oa_w[row * width + p.d] = -lambda * s * g_o;
-        for (var x = p.d + 1u; x < width; x = x + 1u) {
-            oa_w[row * width + x] = 0.0;
-        }
-        oa_row[4u * row] = lambda * s * g_v;
-        oa_row[4u * row + 1u] = lambda * s * g_y;
-        oa_row[4u * row + 2u] = s;
-        oa_row[4u * row + 3u] = s * (g_mv - mass * g_o);
+        oa_finish(row, t, sums);
     }
 }
 
@@ -358,37 +371,8 @@ fn output_adjoints_serial(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.width;
-    let lambda = oa_lambda[(row / p.n) % p.heads];
-    let a = oa_stats[3u * row];
-    let r = oa_stats[3u * row + 1u];
-    let c = oa_stats[3u * row + 2u];
-    let mass = max(oa_au[row * width + p.d] - a * (r - a) - c, 0.0);
-    let s = 1.0 / (1.0 + lambda * mass);
-    var g_o = 0.0;
-    var g_mv = 0.0;
-    var g_v = 0.0;
-    var g_y = 0.0;
-    for (var x = 0u; x < p.d; x = x + 1u) {
-        let i = row * p.d + x;
-        let g = oa_grad[i];
-        let y = oa_y[i];
-        let v = oa_v[i];
-        let mv = oa_au[row * width + x] - a * y - (c - a * a) * v;
-        g_o = g_o + g * (s * (y + lambda * mv));
-        g_mv = g_mv + g * mv;
-        g_v = g_v + g * v;
-        g_y = g_y + g * y;
-        oa_w[row * width + x] = lambda * s * g;
-    }
-    oa_w[row * width + p.d] = -lambda * s * g_o;
-    for (var x = p.d + 1u; x < width; x = x + 1u) {
-        oa_w[row * width + x] = 0.0;
-    }
-    oa_row[4u * row] = lambda * s * g_v;
-    oa_row[4u * row + 1u] = lambda * s * g_y;
-    oa_row[4u * row + 2u] = s;
-    oa_row[4u * row + 3u] = s * (g_mv - mass * g_o);
+    let t = oa_terms(row);
+    oa_finish(row, t, oa_columns(row, t, 0u, 1u));
 }
 
 // ---- row_adjoints -----------------------------------------------------------
@@ -404,6 +388,34 @@ fn output_adjoints_serial(
 // [matrices * n, 3]: da, dr, dc.
 @group(0) @binding(8) var<storage, read_write> ra_diag: array<f32>;
 
+// Writes dY's columns x = first, first + step, ... of the row and returns
+// their share of dU . V.
+fn ra_columns(row: u32, first: u32, step: u32) -> f32 {
+    let a = ra_stats[3u * row];
+    let s = ra_row[4u * row + 2u];
+    var u_v = 0.0;
+    for (var x = first; x < p.d; x = x + step) {
+        let i = row * p.d + x;
+        let du = ra_p[row * p.width + x];
+        ra_dy[i] = s * ra_grad[i] - a * ra_w[row * p.width + x] + du;
+        u_v = u_v + du * ra_v[i];
+    }
+    return u_v;
+}
+
+// (da, dr, dc) of the row from the full dU . V.
+fn ra_finish(row: u32, u_v: f32) {
+    let a = ra_stats[3u * row];
+    let r = ra_stats[3u * row + 1u];
+    let dm = ra_w[row * p.width + p.d];
+    let w = ra_p[row * p.width + p.d];
+    let t = ra_row[4u * row];
+    let q = ra_row[4u * row + 1u];
+    ra_diag[3u * row] = -q + 2.0 * a * t - w - dm * (r - 2.0 * a) - u_v;
+    ra_diag[3u * row + 1u] = w - dm * a;
+    ra_diag[3u * row + 2u] = -t - dm;
+}
+
 @compute @workgroup_size(64)
 fn row_adjoints(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -414,26 +426,9 @@ fn row_adjoints(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.width;
-    let a = ra_stats[3u * row];
-    let r = ra_stats[3u * row + 1u];
-    let s = ra_row[4u * row + 2u];
-    var u_v = 0.0;
-    for (var x = lid; x < p.d; x = x + WG) {
-        let i = row * p.d + x;
-        let du = ra_p[row * width + x];
-        ra_dy[i] = s * ra_grad[i] - a * ra_w[row * width + x] + du;
-        u_v = u_v + du * ra_v[i];
-    }
-    u_v = reduce_sum(lid, u_v);
+    let u_v = reduce_sum(lid, ra_columns(row, lid, WG));
     if (lid == 0u) {
-        let dm = ra_w[row * width + p.d];
-        let w = ra_p[row * width + p.d];
-        let t = ra_row[4u * row];
-        let q = ra_row[4u * row + 1u];
-        ra_diag[3u * row] = -q + 2.0 * a * t - w - dm * (r - 2.0 * a) - u_v;
-        ra_diag[3u * row + 1u] = w - dm * a;
-        ra_diag[3u * row + 2u] = -t - dm;
+        ra_finish(row, u_v);
     }
 }
 
@@ -447,24 +442,7 @@ fn row_adjoints_serial(
     if (row >= p.matrices * p.n) {
         return;
     }
-    let width = p.width;
-    let a = ra_stats[3u * row];
-    let r = ra_stats[3u * row + 1u];
-    let s = ra_row[4u * row + 2u];
-    var u_v = 0.0;
-    for (var x = 0u; x < p.d; x = x + 1u) {
-        let i = row * p.d + x;
-        let du = ra_p[row * width + x];
-        ra_dy[i] = s * ra_grad[i] - a * ra_w[row * width + x] + du;
-        u_v = u_v + du * ra_v[i];
-    }
-    let dm = ra_w[row * width + p.d];
-    let w = ra_p[row * width + p.d];
-    let t = ra_row[4u * row];
-    let q = ra_row[4u * row + 1u];
-    ra_diag[3u * row] = -q + 2.0 * a * t - w - dm * (r - 2.0 * a) - u_v;
-    ra_diag[3u * row + 1u] = w - dm * a;
-    ra_diag[3u * row + 2u] = -t - dm;
+    ra_finish(row, ra_columns(row, 0u, 1u));
 }
 
 // ---- attention_grad ---------------------------------------------------------

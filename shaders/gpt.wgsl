@@ -144,6 +144,39 @@ fn embed_backward_positions(
 @group(0) @binding(4) var<storage, read_write> lf_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> lf_stats: array<f32>;
 
+// Each row kernel's body takes the first column (row) and the stride: the
+// workgroup entry points stride by their width and reduce the partial sums
+// in workgroup memory, the _serial ones take every column themselves.
+
+// Σ x and, given the mean, Σ (x - mean)² over the row's columns first, first + step, ...
+fn lf_sum(base: u32, first: u32, step: u32) -> f32 {
+    var s = 0.0;
+    for (var c = first; c < p.width; c = c + step) {
+        s = s + lf_x[base + c];
+    }
+    return s;
+}
+
+fn lf_squares(base: u32, mean: f32, first: u32, step: u32) -> f32 {
+    var q = 0.0;
+    for (var c = first; c < p.width; c = c + step) {
+        let d = lf_x[base + c] - mean;
+        q = q + d * d;
+    }
+    return q;
+}
+
+fn lf_write(base: u32, mean: f32, rstd: f32, first: u32, step: u32) {
+    for (var c = first; c < p.width; c = c + step) {
+        lf_out[base + c] = (lf_x[base + c] - mean) * rstd * lf_gamma[c] + lf_beta[c];
+    }
+}
+
+fn lf_stats_store(row: u32, mean: f32, rstd: f32) {
+    lf_stats[2u * row] = mean;
+    lf_stats[2u * row + 1u] = rstd;
+}
+
 @compute @workgroup_size(64)
 fn layer_norm_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -156,23 +189,11 @@ fn layer_norm_forward(
     }
     let base = row * p.width;
     let w = f32(p.width);
-    var s = 0.0;
-    for (var c = lid; c < p.width; c = c + WG) {
-        s = s + lf_x[base + c];
-    }
-    let mean = reduce_sum(lid, s) / w;
-    var q = 0.0;
-    for (var c = lid; c < p.width; c = c + WG) {
-        let d = lf_x[base + c] - mean;
-        q = q + d * d;
-    }
-    let rstd = inverseSqrt(reduce_sum(lid, q) / w + p.eps);
-    for (var c = lid; c < p.width; c = c + WG) {
-        lf_out[base + c] = (lf_x[base + c] - mean) * rstd * lf_gamma[c] + lf_beta[c];
-    }
+    let mean = reduce_sum(lid, lf_sum(base, lid, WG)) / w;
+    let rstd = inverseSqrt(reduce_sum(lid, lf_squares(base, mean, lid, WG)) / w + p.eps);
+    lf_write(base, mean, rstd, lid, WG);
     if (lid == 0u) {
-        lf_stats[2u * row] = mean;
-        lf_stats[2u * row + 1u] = rstd;
+        lf_stats_store(row, mean, rstd);
     }
 }
 
@@ -188,22 +209,10 @@ fn layer_norm_forward_serial(
     }
     let base = row * p.width;
     let w = f32(p.width);
-    var s = 0.0;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        s = s + lf_x[base + c];
-    }
-    let mean = s / w;
-    var q = 0.0;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        let d = lf_x[base + c] - mean;
-        q = q + d * d;
-    }
-    let rstd = inverseSqrt(q / w + p.eps);
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        lf_out[base + c] = (lf_x[base + c] - mean) * rstd * lf_gamma[c] + lf_beta[c];
-    }
-    lf_stats[2u * row] = mean;
-    lf_stats[2u * row + 1u] = rstd;
+    let mean = lf_sum(base, 0u, 1u) / w;
+    let rstd = inverseSqrt(lf_squares(base, mean, 0u, 1u) / w + p.eps);
+    lf_write(base, mean, rstd, 0u, 1u);
+    lf_stats_store(row, mean, rstd);
 }
 
 // ---- layer_norm_backward ----------------------------------------------------
@@ -213,6 +222,34 @@ fn layer_norm_forward_serial(
 @group(0) @binding(3) var<storage, read> lb_stats: array<f32>;
 @group(0) @binding(4) var<storage, read> lb_dy: array<f32>;
 @group(0) @binding(5) var<storage, read_write> lb_dx: array<f32>;
+
+// (Σ g, Σ g·xh) with g = dy·γ over the row's columns first, first + step, ...
+fn lb_sums(row: u32, first: u32, step: u32) -> vec2<f32> {
+    let base = row * p.width;
+    let mean = lb_stats[2u * row];
+    let rstd = lb_stats[2u * row + 1u];
+    var sums = vec2<f32>(0.0);
+    for (var c = first; c < p.width; c = c + step) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        sums = sums + vec2<f32>(g, g * (lb_x[base + c] - mean) * rstd);
+    }
+    return sums;
+}
+
+fn lb_write(row: u32, sums: vec2<f32>, first: u32, step: u32) {
+    let base = row * p.width;
+    let w = f32(p.width);
+    let mean = lb_stats[2u * row];
+    let rstd = lb_stats[2u * row + 1u];
+    let mean_g = sums.x / w;
+    let mean_gx = sums.y / w;
+    for (var c = first; c < p.width; c = c + step) {
+        let g = lb_dy[base + c] * lb_gamma[c];
+        let xh = (lb_x[base + c] - mean) * rstd;
+        let prior = select(0.0, lb_dx[base + c], p.accumulate != 0u);
+        lb_dx[base + c] = prior + rstd * (g - mean_g - xh * mean_gx);
+    }
+}
 
 @compute @workgroup_size(64)
 fn layer_norm_backward(
@@ -224,26 +261,7 @@ fn layer_norm_backward(
     if (row >= p.rows) {
         return;
     }
-    let base = row * p.width;
-    let w = f32(p.width);
-    let mean = lb_stats[2u * row];
-    let rstd = lb_stats[2u * row + 1u];
-    var sg = 0.0;
-    var sgx = 0.0;
-    for (var c = lid; c < p.width; c = c + WG) {
-        let g = lb_dy[base + c] * lb_gamma[c];
-        sg = sg + g;
-        sgx = sgx + g * (lb_x[base + c] - mean) * rstd;
-    }
-    let sums = reduce_sum2(lid, vec2<f32>(sg, sgx));
-    let mean_g = sums.x / w;
-    let mean_gx = sums.y / w;
-    for (var c = lid; c < p.width; c = c + WG) {
-        let g = lb_dy[base + c] * lb_gamma[c];
-        let xh = (lb_x[base + c] - mean) * rstd;
-        let prior = select(0.0, lb_dx[base + c], p.accumulate != 0u);
-        lb_dx[base + c] = prior + rstd * (g - mean_g - xh * mean_gx);
-    }
+    lb_write(row, reduce_sum2(lid, lb_sums(row, lid, WG)), lid, WG);
 }
 
 @compute @workgroup_size(64)
@@ -256,25 +274,7 @@ fn layer_norm_backward_serial(
     if (row >= p.rows) {
         return;
     }
-    let base = row * p.width;
-    let w = f32(p.width);
-    let mean = lb_stats[2u * row];
-    let rstd = lb_stats[2u * row + 1u];
-    var sg = 0.0;
-    var sgx = 0.0;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        let g = lb_dy[base + c] * lb_gamma[c];
-        sg = sg + g;
-        sgx = sgx + g * (lb_x[base + c] - mean) * rstd;
-    }
-    let mean_g = sg / w;
-    let mean_gx = sgx / w;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        let g = lb_dy[base + c] * lb_gamma[c];
-        let xh = (lb_x[base + c] - mean) * rstd;
-        let prior = select(0.0, lb_dx[base + c], p.accumulate != 0u);
-        lb_dx[base + c] = prior + rstd * (g - mean_g - xh * mean_gx);
-    }
+    lb_write(row, lb_sums(row, 0u, 1u), 0u, 1u);
 }
 
 // ---- layer_norm_params ------------------------------------------------------
@@ -284,6 +284,22 @@ fn layer_norm_backward_serial(
 @group(0) @binding(3) var<storage, read> lp_dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> lp_dgamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> lp_dbeta: array<f32>;
+
+// (dγ, dβ) of column col over rows first, first + step, ...
+fn lp_sums(col: u32, first: u32, step: u32) -> vec2<f32> {
+    var sums = vec2<f32>(0.0);
+    for (var r = first; r < p.rows; r = r + step) {
+        let i = r * p.width + col;
+        let xh = (lp_x[i] - lp_stats[2u * r]) * lp_stats[2u * r + 1u];
+        sums = sums + vec2<f32>(lp_dy[i] * xh, lp_dy[i]);
+    }
+    return sums;
+}
+
+fn lp_store(col: u32, sums: vec2<f32>) {
+    lp_dgamma[col] = sums.x;
+    lp_dbeta[col] = sums.y;
+}
 
 @compute @workgroup_size(64)
 fn layer_norm_params(
@@ -295,20 +311,9 @@ fn layer_norm_params(
     if (col >= p.width) {
         return;
     }
-    var sg = 0.0;
-    var sb = 0.0;
-    for (var r = lid; r < p.rows; r = r + WG) {
-        let i = r * p.width + col;
-        let xh = (lp_x[i] - lp_stats[2u * r]) * lp_stats[2u * r + 1u];
-        sg = sg + lp_dy[i] * xh;
-        sb = sb + lp_dy[i];
-    }
-    let sums = reduce_sum2(lid, vec2<f32>(sg, sb));
-    let dgamma = sums.x;
-    let dbeta = sums.y;
+    let sums = reduce_sum2(lid, lp_sums(col, lid, WG));
     if (lid == 0u) {
-        lp_dgamma[col] = dgamma;
-        lp_dbeta[col] = dbeta;
+        lp_store(col, sums);
     }
 }
 
@@ -322,16 +327,7 @@ fn layer_norm_params_serial(
     if (col >= p.width) {
         return;
     }
-    var sg = 0.0;
-    var sb = 0.0;
-    for (var r = 0u; r < p.rows; r = r + 1u) {
-        let i = r * p.width + col;
-        let xh = (lp_x[i] - lp_stats[2u * r]) * lp_stats[2u * r + 1u];
-        sg = sg + lp_dy[i] * xh;
-        sb = sb + lp_dy[i];
-    }
-    lp_dgamma[col] = sg;
-    lp_dbeta[col] = sb;
+    lp_store(col, lp_sums(col, 0u, 1u));
 }
 
 // ---- bias_gelu / gelu_backward ----------------------------------------------
@@ -398,6 +394,15 @@ fn gelu_backward(
 @group(0) @binding(1) var<storage, read> cs_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cs_out: array<f32>;
 
+// Σ x[r, col] over rows first, first + step, ...
+fn cs_sum(col: u32, first: u32, step: u32) -> f32 {
+    var s = 0.0;
+    for (var r = first; r < p.rows; r = r + step) {
+        s = s + cs_x[r * p.width + col];
+    }
+    return s;
+}
+
 @compute @workgroup_size(64)
 fn column_sum(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -408,11 +413,7 @@ fn column_sum(
     if (col >= p.width) {
         return;
     }
-    var s = 0.0;
-    for (var r = lid; r < p.rows; r = r + WG) {
-        s = s + cs_x[r * p.width + col];
-    }
-    let total = reduce_sum(lid, s);
+    let total = reduce_sum(lid, cs_sum(col, lid, WG));
     if (lid == 0u) {
         cs_out[col] = total;
     }
@@ -428,11 +429,7 @@ fn column_sum_serial(
     if (col >= p.width) {
         return;
     }
-    var s = 0.0;
-    for (var r = 0u; r < p.rows; r = r + 1u) {
-        s = s + cs_x[r * p.width + col];
-    }
-    cs_out[col] = s;
+    cs_out[col] = cs_sum(col, 0u, 1u);
 }
 
 // ---- cross_entropy ----------------------------------------------------------
@@ -441,6 +438,39 @@ fn column_sum_serial(
 @group(0) @binding(2) var<storage, read> ce_targets: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ce_losses: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ce_dlogits: array<f32>;
+
+// The row's maximum, and given it Σ exp(l - top), over its columns first,
+// first + step, ...
+fn ce_max(base: u32, first: u32, step: u32) -> f32 {
+    var m = -3.4028234663852886e38; // -f32::MAX, exactly: Tint rejects literals beyond it
+    for (var c = first; c < p.width; c = c + step) {
+        m = max(m, ce_logits[base + c]);
+    }
+    return m;
+}
+
+fn ce_sum(base: u32, top: f32, first: u32, step: u32) -> f32 {
+    var s = 0.0;
+    for (var c = first; c < p.width; c = c + step) {
+        s = s + exp(ce_logits[base + c] - top);
+    }
+    return s;
+}
+
+// The row's loss (where `loss`) and its dlogits at columns first, first + step, ...;
+// sum >= 1: the maximum contributes exp(0).
+fn ce_write(row: u32, top: f32, sum: f32, loss: bool, first: u32, step: u32) {
+    let base = row * p.width;
+    let label = u32(ce_targets[row]);
+    if (loss) {
+        ce_losses[row] = (top - ce_logits[base + label]) + log(sum);
+    }
+    let rows = f32(p.rows);
+    for (var c = first; c < p.width; c = c + step) {
+        let prob = exp(ce_logits[base + c] - top) / sum;
+        ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
+    }
+}
 
 @compute @workgroup_size(64)
 fn cross_entropy(
@@ -453,26 +483,9 @@ fn cross_entropy(
         return;
     }
     let base = row * p.width;
-    var m = -3.4028234663852886e38; // -f32::MAX, exactly: Tint rejects literals beyond it
-    for (var c = lid; c < p.width; c = c + WG) {
-        m = max(m, ce_logits[base + c]);
-    }
-    let top = reduce_max(lid, m);
-    var s = 0.0;
-    for (var c = lid; c < p.width; c = c + WG) {
-        s = s + exp(ce_logits[base + c] - top);
-    }
-    // s >= 1: the maximum contributes exp(0).
-    let sum = reduce_sum(lid, s);
-    let label = u32(ce_targets[row]);
-    if (lid == 0u) {
-        ce_losses[row] = (top - ce_logits[base + label]) + log(sum);
-    }
-    let rows = f32(p.rows);
-    for (var c = lid; c < p.width; c = c + WG) {
-        let prob = exp(ce_logits[base + c] - top) / sum;
-        ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
-    }
+    let top = reduce_max(lid, ce_max(base, lid, WG));
+    let sum = reduce_sum(lid, ce_sum(base, top, lid, WG));
+    ce_write(row, top, sum, lid == 0u, lid, WG);
 }
 
 @compute @workgroup_size(64)
@@ -486,21 +499,8 @@ fn cross_entropy_serial(
         return;
     }
     let base = row * p.width;
-    var top = -3.4028234663852886e38;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        top = max(top, ce_logits[base + c]);
-    }
-    var sum = 0.0;
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        sum = sum + exp(ce_logits[base + c] - top);
-    }
-    let label = u32(ce_targets[row]);
-    ce_losses[row] = (top - ce_logits[base + label]) + log(sum);
-    let rows = f32(p.rows);
-    for (var c = 0u; c < p.width; c = c + 1u) {
-        let prob = exp(ce_logits[base + c] - top) / sum;
-        ce_dlogits[base + c] = (prob - select(0.0, 1.0, c == label)) / rows;
-    }
+    let top = ce_max(base, 0u, 1u);
+    ce_write(row, top, ce_sum(base, top, 0u, 1u), true, 0u, 1u);
 }
 
 // ---- mean_loss --------------------------------------------------------------

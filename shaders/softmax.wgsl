@@ -45,6 +45,49 @@ fn valid(g: u32, i: u32, j: u32) -> bool {
     return true;
 }
 
+// Each kernel's body takes the first column and the stride: the workgroup
+// entry points stride by their width and reduce in workgroup memory, the
+// _serial ones (one invocation per row: no workgroup barriers, which on the
+// software adapters cost more than a short row's arithmetic, every barrier
+// switching between the workgroup's SIMD batches) take every column.
+
+// Maximum and sum of exponentials over the valid columns first, first +
+// step, ... in one pass (online softmax: the running sum is rescaled
+// whenever the maximum grows), and whether any was valid (1 or 0).
+fn row_stats(row: u32, first: u32, step: u32) -> vec3<f32> {
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    var m = -3.0e38;
+    var sum = 0.0;
+    var found = false;
+    for (var j = first; j < p.cols; j = j + step) {
+        if (valid(g, i, j)) {
+            let s = x[base + j];
+            let top = select(s, max(m, s), found);
+            sum = select(1.0, sum * exp(m - top) + exp(s - top), found);
+            m = top;
+            found = true;
+        }
+    }
+    return vec3<f32>(m, sum, select(0.0, 1.0, found));
+}
+
+// Writes the row's columns first, first + step, ...: exp(x - top) · inv on
+// valid ones where the row has any, 0 elsewhere.
+fn row_write(row: u32, top: f32, inv: f32, any: bool, first: u32, step: u32) {
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    for (var j = first; j < p.cols; j = j + step) {
+        var out = 0.0;
+        if (any && valid(g, i, j)) {
+            out = exp(x[base + j] - top) * inv;
+        }
+        x[base + j] = out;
+    }
+}
+
 @compute @workgroup_size(64)
 fn softmax_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -56,49 +99,14 @@ fn softmax_rows(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let base = row * p.cols;
-
-    // Maximum and sum of exponentials in one pass (online softmax): each
-    // invocation rescales its running sum whenever its maximum grows.
-    var m = -3.0e38;
-    var sum = 0.0;
-    var found = 0.0;
-    for (var j = lid; j < p.cols; j = j + WG) {
-        if (valid(g, i, j)) {
-            let s = x[base + j];
-            if (found == 0.0) {
-                m = s;
-                sum = 1.0;
-                found = 1.0;
-            } else if (s > m) {
-                sum = sum * exp(m - s) + 1.0;
-                m = s;
-            } else {
-                sum = sum + exp(s - m);
-            }
-        }
-    }
-    let maxima = reduce_max2(lid, vec2<f32>(m, found));
-    let row_max = maxima.x;
-    let row_any = maxima.y;
+    let stats = row_stats(row, lid, WG);
+    let maxima = reduce_max2(lid, stats.xz);
     // An invocation without valid keys adds nothing (its m is no score).
-    sum = select(0.0, sum * exp(m - row_max), found > 0.0);
+    let sum = select(0.0, stats.y * exp(stats.x - maxima.x), stats.z > 0.0);
     let inv = 1.0 / reduce_sum(lid, sum);
-
-    for (var j = lid; j < p.cols; j = j + WG) {
-        var out = 0.0;
-        if (row_any > 0.0 && valid(g, i, j)) {
-            out = exp(x[base + j] - row_max) * inv;
-        }
-        x[base + j] = out;
-    }
+    row_write(row, maxima.x, inv, maxima.y > 0.0, lid, WG);
 }
 
-// One invocation per row: no workgroup barriers, which on the software
-// adapters cost more than the arithmetic of a short row (every barrier
-// switches between the workgroup's SIMD batches).
 @compute @workgroup_size(64)
 fn softmax_rows_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -109,30 +117,9 @@ fn softmax_rows_serial(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let base = row * p.cols;
-    // Online maximum and rescaled sum, as softmax_rows per invocation.
-    var m = 0.0;
-    var sum = 0.0;
-    var found = false;
-    for (var j = 0u; j < p.cols; j = j + 1u) {
-        if (valid(g, i, j)) {
-            let s = x[base + j];
-            let top = select(s, max(m, s), found);
-            sum = select(1.0, sum * exp(m - top) + exp(s - top), found);
-            m = top;
-            found = true;
-        }
-    }
-    let inv = select(0.0, 1.0 / sum, found);
-    for (var j = 0u; j < p.cols; j = j + 1u) {
-        var out = 0.0;
-        if (valid(g, i, j)) {
-            out = exp(x[base + j] - m) * inv;
-        }
-        x[base + j] = out;
-    }
+    let stats = row_stats(row, 0u, 1u);
+    let any = stats.z > 0.0;
+    row_write(row, stats.x, select(0.0, 1.0 / stats.y, any), any, 0u, 1u);
 }
 
 // ---- softmax_backward -------------------------------------------------------
@@ -140,6 +127,35 @@ fn softmax_rows_serial(
 // dA in, dS out.
 @group(0) @binding(1) var<storage, read_write> sb_grad: array<f32>;
 @group(0) @binding(3) var<storage, read> sb_a: array<f32>;
+
+// Σ A·dA over the row's valid columns first, first + step, ...
+fn row_dot(row: u32, first: u32, step: u32) -> f32 {
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    var dot = 0.0;
+    for (var j = first; j < p.cols; j = j + step) {
+        if (valid(g, i, j)) {
+            dot = dot + sb_a[base + j] * sb_grad[base + j];
+        }
+    }
+    return dot;
+}
+
+// Rewrites the columns first, first + step, ... (those row_dot read with
+// the same arguments): A (dA - dot) on valid ones, 0 elsewhere.
+fn row_grad(row: u32, dot: f32, first: u32, step: u32) {
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let base = row * p.cols;
+    for (var j = first; j < p.cols; j = j + step) {
+        var out = 0.0;
+        if (valid(g, i, j)) {
+            out = sb_a[base + j] * (sb_grad[base + j] - dot);
+        }
+        sb_grad[base + j] = out;
+    }
+}
 
 @compute @workgroup_size(64)
 fn softmax_backward(
@@ -152,29 +168,9 @@ fn softmax_backward(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let base = row * p.cols;
-
-    var dot = 0.0;
-    for (var j = lid; j < p.cols; j = j + WG) {
-        if (valid(g, i, j)) {
-            dot = dot + sb_a[base + j] * sb_grad[base + j];
-        }
-    }
-    let row_dot = reduce_sum(lid, dot);
-
-    // Each invocation rewrites only the columns it read above.
-    for (var j = lid; j < p.cols; j = j + WG) {
-        var out = 0.0;
-        if (valid(g, i, j)) {
-            out = sb_a[base + j] * (sb_grad[base + j] - row_dot);
-        }
-        sb_grad[base + j] = out;
-    }
+    row_grad(row, reduce_sum(lid, row_dot(row, lid, WG)), lid, WG);
 }
 
-// One invocation per row, as softmax_rows_serial.
 @compute @workgroup_size(64)
 fn softmax_backward_serial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -185,20 +181,5 @@ fn softmax_backward_serial(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let base = row * p.cols;
-    var dot = 0.0;
-    for (var j = 0u; j < p.cols; j = j + 1u) {
-        if (valid(g, i, j)) {
-            dot = dot + sb_a[base + j] * sb_grad[base + j];
-        }
-    }
-    for (var j = 0u; j < p.cols; j = j + 1u) {
-        var out = 0.0;
-        if (valid(g, i, j)) {
-            out = sb_a[base + j] * (sb_grad[base + j] - dot);
-        }
-        sb_grad[base + j] = out;
-    }
+    row_grad(row, row_dot(row, 0u, 1u), 0u, 1u);
 }

@@ -28,28 +28,9 @@
 //                   indices are literals, as in matmul_texture_subgroup.
 //
 // Parameters, texel placement, bindings, group placement and the store of C
-// come from shared/matmul_panels.wgsl, put in front; of Params this uses
-// batch, m, n, k, the batch strides, alpha, k4 and the tiling fields.
-
-override TRANS_A: u32 = 0u;
-override TRANS_B: u32 = 0u;
-
-fn load_a(i: u32) -> vec4<f32> {
-    let at = texel(i, p.a_layer_shift);
-    return textureLoad(a_panels, at.xy, at.z);
-}
-
-fn load_b(i: u32) -> vec4<f32> {
-    let at = texel(i, p.b_layer_shift);
-    return textureLoad(b_panels, at.xy, at.z);
-}
-
-// One k step of a row: acc + a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3,
-// where a holds the row's 4 values of A and b0 .. b3 the lane's 4 columns of
-// B at the same 4 k.
-fn fma4(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
-    return acc + a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
-}
+// come from shared/matmul_panels.wgsl, the loads of the stored layouts from
+// shared/matmul_linear.wgsl, both put in front; of Params this uses batch,
+// m, n, k, the batch strides, alpha, k4 and the tiling fields.
 
 @compute @workgroup_size(64)
 fn matmul_linear_subgroup(
@@ -63,9 +44,8 @@ fn matmul_linear_subgroup(
     if (!g.ok) {
         return;
     }
-    // Texel offsets of this batch item's matrices (strides are whole texels).
-    let a_base = select(g.batch, 0u, p.a_batch_stride == 0u) * (p.a_batch_stride / 4u);
-    let b_base = select(g.batch, 0u, p.b_batch_stride == 0u) * (p.b_batch_stride / 4u);
+    let a_base = a_offset(g.batch);
+    let b_base = b_offset(g.batch);
     // Where this lane's A texels start; the k step adds kc (A) or 4 kc rows (A^T).
     var a_lo: u32;
     var a_hi: u32;
@@ -97,46 +77,31 @@ fn matmul_linear_subgroup(
     // acc[r]: row r of the block, this invocation's 4 columns.
     var acc: array<vec4<f32>, 16>;
     for (var kc = 0u; kc < p.k4; kc = kc + 1u) {
-        var b0: vec4<f32>;
-        var b1: vec4<f32>;
-        var b2: vec4<f32>;
-        var b3: vec4<f32>;
+        var b: Quad;
         if (TRANS_B == 0u) {
-            let n4 = p.n / 4u;
-            let i = b_col + kc * 4u * n4;
-            b0 = load_b(i);
-            b1 = load_b(i + n4);
-            b2 = load_b(i + 2u * n4);
-            b3 = load_b(i + 3u * n4);
+            b = b_stored(b_col, kc);
         } else {
-            let t0 = load_b(b_c0 + kc);
-            let t1 = load_b(b_c1 + kc);
-            let t2 = load_b(b_c2 + kc);
-            let t3 = load_b(b_c3 + kc);
-            b0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
-            b1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
-            b2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
-            b3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
+            b = b_transposed(b_c0, b_c1, b_c2, b_c3, kc);
         }
         if (TRANS_A == 0u) {
             let lo = load_a(a_lo + kc);
             let hi = load_a(a_hi + kc);
-            acc[0] = fma4(acc[0], subgroupBroadcast(lo, 0u), b0, b1, b2, b3);
-            acc[8] = fma4(acc[8], subgroupBroadcast(hi, 0u), b0, b1, b2, b3);
-            acc[1] = fma4(acc[1], subgroupBroadcast(lo, 1u), b0, b1, b2, b3);
-            acc[9] = fma4(acc[9], subgroupBroadcast(hi, 1u), b0, b1, b2, b3);
-            acc[2] = fma4(acc[2], subgroupBroadcast(lo, 2u), b0, b1, b2, b3);
-            acc[10] = fma4(acc[10], subgroupBroadcast(hi, 2u), b0, b1, b2, b3);
-            acc[3] = fma4(acc[3], subgroupBroadcast(lo, 3u), b0, b1, b2, b3);
-            acc[11] = fma4(acc[11], subgroupBroadcast(hi, 3u), b0, b1, b2, b3);
-            acc[4] = fma4(acc[4], subgroupBroadcast(lo, 4u), b0, b1, b2, b3);
-            acc[12] = fma4(acc[12], subgroupBroadcast(hi, 4u), b0, b1, b2, b3);
-            acc[5] = fma4(acc[5], subgroupBroadcast(lo, 5u), b0, b1, b2, b3);
-            acc[13] = fma4(acc[13], subgroupBroadcast(hi, 5u), b0, b1, b2, b3);
-            acc[6] = fma4(acc[6], subgroupBroadcast(lo, 6u), b0, b1, b2, b3);
-            acc[14] = fma4(acc[14], subgroupBroadcast(hi, 6u), b0, b1, b2, b3);
-            acc[7] = fma4(acc[7], subgroupBroadcast(lo, 7u), b0, b1, b2, b3);
-            acc[15] = fma4(acc[15], subgroupBroadcast(hi, 7u), b0, b1, b2, b3);
+            acc[0] = fma4(acc[0], subgroupBroadcast(lo, 0u), b);
+            acc[8] = fma4(acc[8], subgroupBroadcast(hi, 0u), b);
+            acc[1] = fma4(acc[1], subgroupBroadcast(lo, 1u), b);
+            acc[9] = fma4(acc[9], subgroupBroadcast(hi, 1u), b);
+            acc[2] = fma4(acc[2], subgroupBroadcast(lo, 2u), b);
+            acc[10] = fma4(acc[10], subgroupBroadcast(hi, 2u), b);
+            acc[3] = fma4(acc[3], subgroupBroadcast(lo, 3u), b);
+            acc[11] = fma4(acc[11], subgroupBroadcast(hi, 3u), b);
+            acc[4] = fma4(acc[4], subgroupBroadcast(lo, 4u), b);
+            acc[12] = fma4(acc[12], subgroupBroadcast(hi, 4u), b);
+            acc[5] = fma4(acc[5], subgroupBroadcast(lo, 5u), b);
+            acc[13] = fma4(acc[13], subgroupBroadcast(hi, 5u), b);
+            acc[6] = fma4(acc[6], subgroupBroadcast(lo, 6u), b);
+            acc[14] = fma4(acc[14], subgroupBroadcast(hi, 6u), b);
+            acc[7] = fma4(acc[7], subgroupBroadcast(lo, 7u), b);
+            acc[15] = fma4(acc[15], subgroupBroadcast(hi, 7u), b);
         } else {
             let step = kc * 4u * (p.m / 4u);
             let lo = load_a(a_lo + step);
@@ -151,34 +116,34 @@ fn matmul_linear_subgroup(
             x1 = subgroupBroadcast(lo, 4u);
             x2 = subgroupBroadcast(hi, 0u);
             x3 = subgroupBroadcast(hi, 4u);
-            acc[0] = fma4(acc[0], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
-            acc[1] = fma4(acc[1], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
-            acc[2] = fma4(acc[2], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
-            acc[3] = fma4(acc[3], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            acc[0] = fma4(acc[0], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b);
+            acc[1] = fma4(acc[1], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b);
+            acc[2] = fma4(acc[2], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b);
+            acc[3] = fma4(acc[3], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b);
             x0 = subgroupBroadcast(lo, 1u);
             x1 = subgroupBroadcast(lo, 5u);
             x2 = subgroupBroadcast(hi, 1u);
             x3 = subgroupBroadcast(hi, 5u);
-            acc[4] = fma4(acc[4], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
-            acc[5] = fma4(acc[5], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
-            acc[6] = fma4(acc[6], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
-            acc[7] = fma4(acc[7], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            acc[4] = fma4(acc[4], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b);
+            acc[5] = fma4(acc[5], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b);
+            acc[6] = fma4(acc[6], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b);
+            acc[7] = fma4(acc[7], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b);
             x0 = subgroupBroadcast(lo, 2u);
             x1 = subgroupBroadcast(lo, 6u);
             x2 = subgroupBroadcast(hi, 2u);
             x3 = subgroupBroadcast(hi, 6u);
-            acc[8] = fma4(acc[8], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
-            acc[9] = fma4(acc[9], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
-            acc[10] = fma4(acc[10], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
-            acc[11] = fma4(acc[11], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            acc[8] = fma4(acc[8], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b);
+            acc[9] = fma4(acc[9], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b);
+            acc[10] = fma4(acc[10], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b);
+            acc[11] = fma4(acc[11], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b);
             x0 = subgroupBroadcast(lo, 3u);
             x1 = subgroupBroadcast(lo, 7u);
             x2 = subgroupBroadcast(hi, 3u);
             x3 = subgroupBroadcast(hi, 7u);
-            acc[12] = fma4(acc[12], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b0, b1, b2, b3);
-            acc[13] = fma4(acc[13], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b0, b1, b2, b3);
-            acc[14] = fma4(acc[14], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b0, b1, b2, b3);
-            acc[15] = fma4(acc[15], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b0, b1, b2, b3);
+            acc[12] = fma4(acc[12], vec4<f32>(x0.x, x1.x, x2.x, x3.x), b);
+            acc[13] = fma4(acc[13], vec4<f32>(x0.y, x1.y, x2.y, x3.y), b);
+            acc[14] = fma4(acc[14], vec4<f32>(x0.z, x1.z, x2.z, x3.z), b);
+            acc[15] = fma4(acc[15], vec4<f32>(x0.w, x1.w, x2.w, x3.w), b);
         }
     }
     store(g.batch, g.row0 + 0u, g.col0 + lane * 4u, acc[0]);

@@ -239,13 +239,17 @@ fn every_kernel_passes_on_every_adapter() {
                 }
                 // Packed panels, or operands copied as stored (no shader
                 // packs them) for the linear kernels.
-                Subject::MatmulTexture if row.size.starts_with("subgroup") => {
-                    let packed = ran("matmul_pack::pack")
-                        && ran("matmul_texture_subgroup::matmul_texture_subgroup");
-                    let copied = row
-                        .shaders
-                        .iter()
-                        .all(|s| s.starts_with("matmul_linear_subgroup"));
+                Subject::MatmulTexture => {
+                    let (product, linear) = if row.size.starts_with("subgroup") {
+                        (
+                            "matmul_texture_subgroup::matmul_texture_subgroup",
+                            "::matmul_linear_subgroup",
+                        )
+                    } else {
+                        ("matmul_texture::matmul_texture", "::matmul_linear")
+                    };
+                    let packed = ran("matmul_pack::pack") && ran(product);
+                    let copied = row.shaders.iter().all(|s| s.ends_with(linear));
                     assert!(packed != copied, "{what}: {:?}", row.shaders)
                 }
                 Subject::MatmulTiled if row.size.starts_with("128") => {

@@ -234,9 +234,9 @@ fn every_variant_matches_reference_over_many_panels() {
 /// Batch dimensions of A and of B, then m, n, k.
 type Case = (&'static [usize], &'static [usize], usize, usize, usize);
 
-/// With subgroups of 8, the texture variants copy operands whose stored rows
-/// are whole texels straight into textures for `matmul_linear_subgroup`, and
-/// pack the others; without subgroups they always pack. Both layouts, every
+/// The texture variants copy operands whose stored rows are whole texels
+/// straight into textures, for `matmul_linear_subgroup` with subgroups of 8
+/// and `matmul_linear` without, and pack the others. Both layouts, every
 /// transpose, ragged edges of the 16 × 32 blocks, batches and broadcasts, and
 /// which kernels ran (in fresh contexts, whose counts no other test shares).
 #[test]
@@ -288,17 +288,24 @@ fn copied_and_packed_operands_match_reference() {
                             ..
                         }
                     );
-                    let copied = subgroups
-                        && k % 4 == 0
-                        && (!trans_a || m % 4 == 0)
-                        && (trans_b || n % 4 == 0);
+                    let copied = k % 4 == 0 && (!trans_a || m % 4 == 0) && (trans_b || n % 4 == 0);
                     let kernel = match (copied, trans_a, trans_b) {
-                        (false, _, _) if subgroups => "matmul_texture_subgroup",
-                        (false, _, _) => "matmul_texture",
-                        (true, false, false) => "matmul_linear_subgroup",
-                        (true, true, false) => "matmul_linear_subgroup_ta",
-                        (true, false, true) => "matmul_linear_subgroup_tb",
-                        (true, true, true) => "matmul_linear_subgroup_tatb",
+                        (false, _, _) if subgroups => "matmul_texture_subgroup".to_string(),
+                        (false, _, _) => "matmul_texture".to_string(),
+                        (true, _, _) => {
+                            let family = if subgroups {
+                                "matmul_linear_subgroup"
+                            } else {
+                                "matmul_linear"
+                            };
+                            let suffix = match (trans_a, trans_b) {
+                                (false, false) => "",
+                                (true, false) => "_ta",
+                                (false, true) => "_tb",
+                                (true, true) => "_tatb",
+                            };
+                            format!("{family}{suffix}")
+                        }
                     };
                     let work = gpu.work().since(&before);
                     let ran: Vec<&str> = work.kernels.iter().map(|(k, _)| k.as_str()).collect();

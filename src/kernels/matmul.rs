@@ -14,12 +14,13 @@
 //!   buffers, so this is their fast path; with subgroups of 8 (lavapipe) A is
 //!   shared with `subgroupBroadcast`. Packing is a shader of its own, whose
 //!   storage-buffer loads cost more than the product at training sizes; so
-//!   with subgroups, operands whose stored rows are whole texels (K a
-//!   multiple of 4, and M for a stored `Aᵀ`, N for a stored `B`; buffers
-//!   with `COPY_SRC`, as every tensor the library makes) are instead
-//!   copied into textures as they lie, by buffer-to-texture copies (a memcpy
-//!   on lavapipe, 20–30× faster than the pack), and multiplied by
-//!   `matmul_linear_subgroup.wgsl`, which reads the stored layouts.
+//!   operands whose stored rows are whole texels (K a multiple of 4, and M
+//!   for a stored `Aᵀ`, N for a stored `B`; buffers with `COPY_SRC`, as
+//!   every tensor the library makes) are instead copied into textures as
+//!   they lie, by buffer-to-texture copies (a memcpy on lavapipe, 20–30×
+//!   faster than the pack), and multiplied by `matmul_linear_subgroup.wgsl`
+//!   (with subgroups) or `matmul_linear.wgsl` (without), which read the
+//!   stored layouts.
 //!
 //! Which one runs ([`MatmulVariant`]) is chosen per adapter and size: the
 //! family forced by [`set_matmul_family`] or the `SAOBP_MATMUL` environment
@@ -55,13 +56,25 @@ pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
 #[cfg(target_arch = "wasm32")]
 pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
     shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
+pub(crate) const LINEAR_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
 /// Uses subgroup builtins, as [`TEXTURE_SUBGROUP_SOURCE`].
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) const LINEAR_SUBGROUP_SOURCE: &str =
-    shader!("shared/matmul_panels.wgsl", "matmul_linear_subgroup.wgsl");
+pub(crate) const LINEAR_SUBGROUP_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl"
+);
 #[cfg(target_arch = "wasm32")]
-pub(crate) const LINEAR_SUBGROUP_SOURCE: &str =
-    shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_linear_subgroup.wgsl");
+pub(crate) const LINEAR_SUBGROUP_SOURCE: &str = shader!(
+    enable "subgroups",
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl"
+);
 
 kernels! {
     "matmul" in SOURCE, params MatmulParams, workgroup 64 {
@@ -92,6 +105,20 @@ kernels! {
     "matmul_texture_subgroup" in TEXTURE_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
         /// The product from packed panels, A shared by `subgroupBroadcast`.
         MATMUL_TEXTURE_SUBGROUP = "matmul_texture_subgroup" (a_panels, b_panels, c);
+    }
+    "matmul_linear" in LINEAR_SOURCE, params TextureParams, workgroup 64 {
+        /// `matmul_texture`'s product from operands copied as stored: A
+        /// `[M, K]`, B `[K, N]`.
+        MATMUL_LINEAR = "matmul_linear" (a_panels, b_panels, c) as "matmul_linear" with [];
+        /// The same with A stored `[K, M]`.
+        MATMUL_LINEAR_TA = "matmul_linear" (a_panels, b_panels, c)
+            as "matmul_linear_ta" with [TRANS_A = 1];
+        /// The same with B stored `[N, K]`.
+        MATMUL_LINEAR_TB = "matmul_linear" (a_panels, b_panels, c)
+            as "matmul_linear_tb" with [TRANS_B = 1];
+        /// The same with A stored `[K, M]` and B stored `[N, K]`.
+        MATMUL_LINEAR_TATB = "matmul_linear" (a_panels, b_panels, c)
+            as "matmul_linear_tatb" with [TRANS_A = 1, TRANS_B = 1];
     }
     "matmul_linear_subgroup" in LINEAR_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
         /// `matmul_texture_subgroup`'s product from operands copied as
@@ -157,9 +184,9 @@ pub enum MatmulVariant {
     /// `matmul_tiled` with the given tile.
     Tiled(TiledTile),
     /// Pack both operands into texture panels, then `matmul_texture_subgroup`
-    /// (`subgroups`, needs subgroups of exactly 8) or `matmul_texture`. With
-    /// `subgroups`, operands whose stored rows are whole texels are copied
-    /// as they lie instead, for `matmul_linear_subgroup` (see the
+    /// (`subgroups`, needs subgroups of exactly 8) or `matmul_texture`.
+    /// Operands whose stored rows are whole texels are copied as they lie
+    /// instead, for `matmul_linear_subgroup` or `matmul_linear` (see the
     /// [module docs](self)).
     /// `group_rows` (1, 2, 4 or 8) of a workgroup's 8 invocation groups lie
     /// along M, the others along N.
@@ -724,7 +751,8 @@ impl PanelTexture {
 #[derive(Debug, Clone, Copy)]
 struct TextureLayout {
     /// The operands are copied into their textures as stored, for
-    /// `matmul_linear_subgroup`, rather than packed into panels.
+    /// `matmul_linear_subgroup` or `matmul_linear`, rather than packed into
+    /// panels.
     linear: bool,
     k4: u32,
     row_blocks: u32,
@@ -750,8 +778,7 @@ impl TextureLayout {
         let b_batches = u64::from(if p.b_batch_stride == 0 { 1 } else { p.batch });
         // Copies need every stored row to be whole texels; then K needs no
         // padding and each texel holds 4 values of one row.
-        let linear = subgroups
-            && copyable
+        let linear = copyable
             && p.k.is_multiple_of(4)
             && (p.trans_a == 0 || p.m.is_multiple_of(4))
             && (p.trans_b != 0 || p.n.is_multiple_of(4));
@@ -870,10 +897,14 @@ fn texture_steps<'a>(
         steps.push(pack(1, layout.b.texels, b, &b_panels));
     }
     let kernel = match (layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0) {
-        (true, _, false, false) => &MATMUL_LINEAR_SUBGROUP,
-        (true, _, true, false) => &MATMUL_LINEAR_SUBGROUP_TA,
-        (true, _, false, true) => &MATMUL_LINEAR_SUBGROUP_TB,
-        (true, _, true, true) => &MATMUL_LINEAR_SUBGROUP_TATB,
+        (true, true, false, false) => &MATMUL_LINEAR_SUBGROUP,
+        (true, true, true, false) => &MATMUL_LINEAR_SUBGROUP_TA,
+        (true, true, false, true) => &MATMUL_LINEAR_SUBGROUP_TB,
+        (true, true, true, true) => &MATMUL_LINEAR_SUBGROUP_TATB,
+        (true, false, false, false) => &MATMUL_LINEAR,
+        (true, false, true, false) => &MATMUL_LINEAR_TA,
+        (true, false, false, true) => &MATMUL_LINEAR_TB,
+        (true, false, true, true) => &MATMUL_LINEAR_TATB,
         (false, true, _, _) => &MATMUL_TEXTURE_SUBGROUP,
         (false, false, _, _) => &MATMUL_TEXTURE,
     };

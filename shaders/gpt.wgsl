@@ -332,21 +332,7 @@ fn layer_norm_params_serial(
 
 // ---- bias_gelu / gelu_backward ----------------------------------------------
 
-// gelu(x) = 0.5x(1 + tanh(u)) with u = sqrt(2/pi)(x + 0.044715x^3), written as
-// x*sigmoid(2u) with e = exp(-2|u|) <= 1: the textbook (e^2u - 1)/(e^2u + 1)
-// is inf/inf beyond |u| ~ 44, and 1 + tanh(u) cancels for negative u.
-const GELU_K: f32 = 0.7978845608028654;
-const GELU_C: f32 = 0.044715;
-
-// (sigmoid(2u), sigmoid(2u)*(1 - sigmoid(2u))) of the x above.
-fn gelu_parts(x: f32) -> vec2<f32> {
-    // Beyond |x| = 20, e is 0 in f32; the clamp keeps x^3 finite.
-    let xc = clamp(x, -20.0, 20.0);
-    let u = GELU_K * (xc + GELU_C * xc * xc * xc);
-    let e = exp(-2.0 * abs(u));
-    let s = select(1.0 / (1.0 + e), e / (1.0 + e), u < 0.0);
-    return vec2<f32>(s, e / ((1.0 + e) * (1.0 + e)));
-}
+// gelu_parts, GELU_K and GELU_C come from shared/gelu.wgsl, put in front.
 
 @group(0) @binding(1) var<storage, read> bg_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bg_bias: array<f32>;

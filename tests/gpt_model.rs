@@ -130,6 +130,65 @@ fn gradients_without_lambda_match_the_reference() {
     });
 }
 
+/// The forward fuses the projections' bias + residual, the MLP's bias +
+/// GELU and c_attn's bias + split into heads into the product's store where the matmul copies both
+/// operands for a linear texture kernel, and runs the elementwise kernels
+/// after the product elsewhere: both paths against the reference, with each
+/// matmul family forced, in fresh contexts (their kernel counts are their
+/// own), checking which path ran.
+#[test]
+fn fused_and_separate_epilogues_match_the_reference() {
+    use saobp::{set_matmul_family, GpuOptions, MatmulFamily, MatmulVariant};
+    let opts = GpuOptions::from_env().unwrap();
+    let v = values(&config(), 8, None);
+    for gpu in Gpu::all_blocking(&opts) {
+        let gpu = gpu.unwrap();
+        let mut families: Vec<MatmulFamily> = MatmulVariant::available(&gpu)
+            .into_iter()
+            .map(|v| v.family())
+            .collect();
+        families.dedup();
+        for &family in &families {
+            set_matmul_family(&gpu, Some(family));
+            let before = gpu.work();
+            check_against_reference(&gpu, &format!("{family:?}"), &v, 80);
+            let work = gpu.work().since(&before);
+            let ran = |label: &str| work.kernels.iter().any(|(k, _)| k.contains(label));
+            let fused = family == MatmulFamily::Texture;
+            assert_eq!(
+                ran("_bias_residual::"),
+                fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(ran("_bias_gelu::"), fused, "{family:?}: {:?}", work.kernels);
+            assert_eq!(
+                ran("gpt::bias_residual"),
+                !fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(
+                ran("gpt::bias_gelu"),
+                !fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(ran("_split_qkv::"), fused, "{family:?}: {:?}", work.kernels);
+            assert_eq!(
+                ran("gpt::split_qkv"),
+                !fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+        }
+        eprintln!(
+            "fused and separate epilogues: ok with {families:?} on {}",
+            gpu.adapter()
+        );
+    }
+}
+
 #[test]
 fn gradients_with_learned_lambda_match_the_reference() {
     on_every_gpu("GPT gradients, λ", |gpu| {

@@ -1,10 +1,11 @@
 // Shared by the texture-panel matmul kernels: the host puts this in front of
 // matmul_pack.wgsl, matmul_texture.wgsl and matmul_texture_subgroup.wgsl
 // (WGSL has no includes). It holds their common parameters, where a texel of
-// a panel texture lies, and for the two multiply kernels their bindings, the
-// place of a group of 8 invocations and the masked store of C. The pack
-// kernel binds its own resources at bindings 1 and 2; no entry point uses
-// both sets.
+// a panel texture lies, and for the multiply kernels their bindings and the
+// place of a group of 8 invocations; the store of C, with the bindings it
+// writes (binding 3 and on), comes from shared/matmul_store*.wgsl, put after
+// this. The pack kernel binds its own
+// resources at bindings 1 and 2; no entry point uses both sets.
 
 struct Params {
     batch: u32,
@@ -35,12 +36,17 @@ struct Params {
     operand: u32,
     // Pack only: texels to write.
     texels: u32,
+    // The split-heads store only (shared/matmul_store_split_qkv.wgsl): heads
+    // H and tokens per sequence T.
+    split_heads: u32,
+    split_seq: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var a_panels: texture_storage_2d_array<rgba32float, read>;
 @group(0) @binding(2) var b_panels: texture_storage_2d_array<rgba32float, read>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 // This group's place: its batch item, A panel and B panel, or `ok = false`
 // past the edge. A group is 8 invocations computing a 16-row block of C
@@ -75,18 +81,4 @@ fn place(tile: u32, group: u32) -> Place {
     out.row0 = rb * 16u;
     out.col0 = cb * p.panel_texels * 4u;
     return out;
-}
-
-// Writes alpha * v to C[batch][row][col .. col + 4], masked at the edges.
-fn store(batch: u32, row: u32, col: u32, v: vec4<f32>) {
-    if (row >= p.m) {
-        return;
-    }
-    let base = batch * p.m * p.n + row * p.n;
-    let s = p.alpha * v;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if (col + j < p.n) {
-            c[base + col + j] = s[j];
-        }
-    }
 }

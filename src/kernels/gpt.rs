@@ -5,7 +5,7 @@
 //! form) and its backward, the bias gradient, and cross-entropy from logits
 //! with its gradient.
 //!
-//! Shader: `shaders/gpt.wgsl`. Reference: [`crate::reference::gpt`](mod@crate::reference::gpt).
+//! Shader: `shaders/gpt.wgsl` (GELU from `shaders/shared/gelu.wgsl`). Reference: [`crate::reference::gpt`](mod@crate::reference::gpt).
 //!
 //! Rows are tokens: activations are `[rows, width]` (any leading shape whose
 //! product is `rows`). Token ids and targets are checked on the host and
@@ -19,7 +19,7 @@ use crate::gpu::{Dispatch, Gpu, Step};
 use crate::kernels::{rows, to_u32};
 use crate::tensor::Tensor;
 
-pub(crate) const SOURCE: &str = shader!("gpt.wgsl");
+pub(crate) const SOURCE: &str = shader!("shared/gelu.wgsl", "gpt.wgsl");
 
 kernels! {
     "gpt" in SOURCE, params GptParams, workgroup 64 {

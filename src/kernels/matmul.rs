@@ -47,34 +47,87 @@ use crate::tensor::Tensor;
 pub(crate) const SOURCE: &str = shader!("shared/matmul_params.wgsl", "matmul.wgsl");
 pub(crate) const TILED_SOURCE: &str = shader!("shared/matmul_params.wgsl", "matmul_tiled.wgsl");
 pub(crate) const PACK_SOURCE: &str = shader!("shared/matmul_panels.wgsl", "matmul_pack.wgsl");
-pub(crate) const TEXTURE_SOURCE: &str = shader!("shared/matmul_panels.wgsl", "matmul_texture.wgsl");
-/// Uses subgroup builtins. naga (native) takes them without a directive, and
-/// rejects `enable subgroups;`; browsers require it.
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
-    shader!("shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
-#[cfg(target_arch = "wasm32")]
-pub(crate) const TEXTURE_SUBGROUP_SOURCE: &str =
-    shader!(enable "subgroups", "shared/matmul_panels.wgsl", "matmul_texture_subgroup.wgsl");
+pub(crate) const TEXTURE_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store.wgsl",
+    "matmul_texture.wgsl"
+);
 pub(crate) const LINEAR_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear.wgsl"
 );
-/// Uses subgroup builtins, as [`TEXTURE_SUBGROUP_SOURCE`].
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) const LINEAR_SUBGROUP_SOURCE: &str = shader!(
+/// [`LINEAR_SOURCE`] storing `residual + (product + bias)`.
+pub(crate) const LINEAR_BIAS_RESIDUAL_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
+    "shared/matmul_store_bias_residual.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
+/// [`LINEAR_SOURCE`] storing the product and `gelu(product + bias)`.
+pub(crate) const LINEAR_BIAS_GELU_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/gelu.wgsl",
+    "shared/matmul_store_bias_gelu.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
+/// [`LINEAR_SOURCE`] storing `product + bias` split into q, k and v heads.
+pub(crate) const LINEAR_SPLIT_QKV_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_split_qkv.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
+
+/// A source that uses subgroup builtins. naga (native) takes them without a
+/// directive, and rejects `enable subgroups;`; browsers require it.
+macro_rules! subgroup_source {
+    ($(#[$meta:meta])* $name:ident = $($file:literal),+) => {
+        $(#[$meta])*
+        #[cfg(not(target_arch = "wasm32"))]
+        pub(crate) const $name: &str = shader!($($file),+);
+        $(#[$meta])*
+        #[cfg(target_arch = "wasm32")]
+        pub(crate) const $name: &str = shader!(enable "subgroups", $($file),+);
+    };
+}
+
+subgroup_source!(
+    TEXTURE_SUBGROUP_SOURCE = "shared/matmul_panels.wgsl",
+    "shared/matmul_store.wgsl",
+    "matmul_texture_subgroup.wgsl"
+);
+subgroup_source!(
+    LINEAR_SUBGROUP_SOURCE = "shared/matmul_panels.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl"
 );
-#[cfg(target_arch = "wasm32")]
-pub(crate) const LINEAR_SUBGROUP_SOURCE: &str = shader!(
-    enable "subgroups",
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing `residual + (product + bias)`.
+    LINEAR_SUBGROUP_BIAS_RESIDUAL_SOURCE =
     "shared/matmul_panels.wgsl",
+    "shared/matmul_store_bias_residual.wgsl",
     "shared/matmul_linear.wgsl",
-    "matmul_linear_subgroup.wgsl"
-);
+    "matmul_linear_subgroup.wgsl");
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing the product and `gelu(product + bias)`.
+    LINEAR_SUBGROUP_BIAS_GELU_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/gelu.wgsl",
+    "shared/matmul_store_bias_gelu.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing `product + bias` split into q, k
+    /// and v heads.
+    LINEAR_SUBGROUP_SPLIT_QKV_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_split_qkv.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
 
 kernels! {
     "matmul" in SOURCE, params MatmulParams, workgroup 64 {
@@ -119,6 +172,42 @@ kernels! {
         /// The same with A stored `[K, M]` and B stored `[N, K]`.
         MATMUL_LINEAR_TATB = "matmul_linear" (a_panels, b_panels, c)
             as "matmul_linear_tatb" with [TRANS_A = 1, TRANS_B = 1];
+    }
+    "matmul_linear" in LINEAR_BIAS_RESIDUAL_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR`] whose store adds a bias per column and a
+        /// residual (`Epilogue::BiasResidual`).
+        MATMUL_LINEAR_BIAS_RESIDUAL = "matmul_linear" (a_panels, b_panels, c, bias, residual)
+            as "matmul_linear_bias_residual" with [];
+    }
+    "matmul_linear" in LINEAR_BIAS_GELU_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR`] whose store also writes `gelu(C + bias)`
+        /// (`Epilogue::BiasGelu`).
+        MATMUL_LINEAR_BIAS_GELU = "matmul_linear" (a_panels, b_panels, c, bias, act)
+            as "matmul_linear_bias_gelu" with [];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_BIAS_RESIDUAL_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP`] whose store adds a bias per column and
+        /// a residual (`Epilogue::BiasResidual`).
+        MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, residual)
+            as "matmul_linear_subgroup_bias_residual" with [];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_BIAS_GELU_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP`] whose store also writes
+        /// `gelu(C + bias)` (`Epilogue::BiasGelu`).
+        MATMUL_LINEAR_SUBGROUP_BIAS_GELU = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, act)
+            as "matmul_linear_subgroup_bias_gelu" with [];
+    }
+    "matmul_linear" in LINEAR_SPLIT_QKV_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR`] whose store adds a bias per column and splits
+        /// C into q, k and v heads (`Epilogue::SplitQkv`).
+        MATMUL_LINEAR_SPLIT_QKV = "matmul_linear" (a_panels, b_panels, bias, q, k, v)
+            as "matmul_linear_split_qkv" with [];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_SPLIT_QKV_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP`] whose store adds a bias per column
+        /// and splits C into q, k and v heads (`Epilogue::SplitQkv`).
+        MATMUL_LINEAR_SUBGROUP_SPLIT_QKV = "matmul_linear_subgroup" (a_panels, b_panels, bias, q, k, v)
+            as "matmul_linear_subgroup_split_qkv" with [];
     }
     "matmul_linear_subgroup" in LINEAR_SUBGROUP_SOURCE, params TextureParams, workgroup 64 {
         /// `matmul_texture_subgroup`'s product from operands copied as
@@ -438,6 +527,10 @@ pub(crate) struct TextureParams {
     b_layer_shift: u32,
     operand: u32,
     texels: u32,
+    // The split-heads epilogue only: heads H and tokens per sequence T.
+    split_heads: u32,
+    split_seq: u32,
+    _pad: [u32; 2],
 }
 
 /// A validated product: its parameters and the shape of `C`.
@@ -594,6 +687,127 @@ pub(crate) fn steps<'a>(
     steps_for(gpu, choose(gpu, plan)?, plan, a, b, c)
 }
 
+/// What a product's store can add, fused into the linear texture kernels
+/// (their `shared/matmul_store_*.wgsl` builds): a pass over `C` fewer, on
+/// the software adapters a pass of per-lane storage-buffer loads and
+/// stores. The values are those of the product followed by the GPT's own
+/// elementwise kernel, bit for bit.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
+pub(crate) enum Epilogue<'a> {
+    /// `C = residual + (product + bias)`: a projection's bias and the
+    /// residual add (`bias` `[N]`, `residual` shaped as `C`).
+    BiasResidual {
+        bias: &'a Tensor,
+        residual: &'a Tensor,
+    },
+    /// `C = product` and `act = gelu(product + bias)` (`bias` `[N]`, `act`
+    /// shaped as `C`).
+    BiasGelu { bias: &'a Tensor, act: &'a Tensor },
+    /// A GPT's c_attn: `product + bias`, `[B·T, 3·C]`, split into `q`, `k`
+    /// and `v`, each `[B, H, T, C/H]`; `C` itself is not written.
+    SplitQkv {
+        bias: &'a Tensor,
+        q: &'a Tensor,
+        k: &'a Tensor,
+        v: &'a Tensor,
+        heads: usize,
+        seq: usize,
+    },
+}
+
+/// The steps of `c = plan(a, b)` with `epilogue` fused into the product's
+/// store, where the variant [`choose`] picks copies both operands for a
+/// linear texture kernel and neither is transposed; `None` elsewhere, and
+/// the caller runs the product and the epilogue's own kernel.
+#[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
+pub(crate) fn fused_steps<'a>(
+    gpu: &Gpu,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    epilogue: Epilogue<'a>,
+) -> Result<Option<Vec<Step<'a>>>> {
+    let p = &plan.params;
+    let outputs = p.batch as usize * p.m as usize * p.n as usize;
+    let (bias, others): (&Tensor, &[&Tensor]) = match &epilogue {
+        Epilogue::BiasResidual { bias, residual } => (bias, &[residual, c]),
+        Epilogue::BiasGelu { bias, act } => (bias, &[act, c]),
+        Epilogue::SplitQkv {
+            bias,
+            q,
+            k,
+            v,
+            heads,
+            seq,
+        } => {
+            let width = p.n as usize / 3;
+            let fits = p.batch == 1
+                && p.n.is_multiple_of(3)
+                && *heads > 0
+                && width.is_multiple_of(*heads)
+                && (width / heads).is_multiple_of(4)
+                && *seq > 0
+                && (p.m as usize).is_multiple_of(*seq);
+            if !fits {
+                return Err(Error::shape(format!(
+                    "split-heads epilogue: a product of {} rows by {} columns does not split into {heads} heads of sequences of {seq}",
+                    p.m, p.n
+                )));
+            }
+            (bias, &[q, k, v])
+        }
+    };
+    let part = match epilogue {
+        Epilogue::SplitQkv { .. } => outputs / 3,
+        _ => outputs,
+    };
+    if bias.len() != p.n as usize || others.iter().any(|t| t.len() != part) {
+        return Err(Error::shape(format!(
+            "matmul epilogue: a bias of {} values and outputs of {:?} for a product of {} rows by {} columns",
+            bias.len(),
+            others.iter().map(|t| t.len()).collect::<Vec<_>>(),
+            p.batch as usize * p.m as usize,
+            p.n
+        )));
+    }
+    let MatmulVariant::Texture {
+        subgroups,
+        group_rows,
+    } = choose(gpu, plan)?
+    else {
+        return Ok(None);
+    };
+    let copyable = [a, b]
+        .iter()
+        .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));
+    if plan.work() == 0 || p.trans_a != 0 || p.trans_b != 0 {
+        return Ok(None);
+    }
+    let variant = MatmulVariant::Texture {
+        subgroups,
+        group_rows,
+    };
+    variant.check(gpu)?;
+    variant.check_k(gpu, plan)?;
+    if !TextureLayout::new(gpu, plan, subgroups, copyable)?.linear {
+        return Ok(None);
+    }
+    let steps = texture_steps(
+        gpu,
+        plan,
+        subgroups,
+        group_rows,
+        a,
+        b,
+        c,
+        None,
+        Some(epilogue),
+    )?;
+    Ok(Some(steps))
+}
+
 /// `op(A)` as one product packed it into texture panels, kept so that a
 /// later product of the same `A` (same tensor, shape, transpose and variant)
 /// binds the panels instead of packing `A` again. The fused SAOBP output
@@ -623,7 +837,17 @@ pub(crate) fn steps_sharing_a<'a>(
         } if plan.work() > 0 => {
             variant.check(gpu)?;
             variant.check_k(gpu, plan)?;
-            texture_steps(gpu, plan, subgroups, group_rows, a, b, c, Some(shared))
+            texture_steps(
+                gpu,
+                plan,
+                subgroups,
+                group_rows,
+                a,
+                b,
+                c,
+                Some(shared),
+                None,
+            )
         }
         _ => steps_for(gpu, variant, plan, a, b, c),
     }
@@ -665,7 +889,7 @@ fn steps_for<'a>(
         MatmulVariant::Texture {
             subgroups,
             group_rows,
-        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c, None),
+        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c, None, None),
     }
 }
 
@@ -813,6 +1037,7 @@ fn texture_steps<'a>(
     b: &'a Tensor,
     c: &'a Tensor,
     shared: Option<&mut SharedA>,
+    epilogue: Option<Epilogue<'a>>,
 ) -> Result<Vec<Step<'a>>> {
     let copyable = [a, b]
         .iter()
@@ -840,6 +1065,9 @@ fn texture_steps<'a>(
         b_layer_shift: layout.b.layer_shift,
         operand: 0,
         texels: 0,
+        split_heads: 0,
+        split_seq: 0,
+        _pad: [0; 2],
     };
     // Everything the packed A depends on.
     let a_key = [
@@ -896,7 +1124,58 @@ fn texture_steps<'a>(
         }
         steps.push(pack(1, layout.b.texels, b, &b_panels));
     }
-    let kernel = match (layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0) {
+    let plain = p.trans_a == 0 && p.trans_b == 0;
+    let kernel = match (epilogue, layout.linear && plain, subgroups) {
+        (None, ..) => texture_kernel(layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0),
+        (Some(Epilogue::BiasResidual { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL,
+        (Some(Epilogue::BiasResidual { .. }), true, false) => &MATMUL_LINEAR_BIAS_RESIDUAL,
+        (Some(Epilogue::BiasGelu { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_GELU,
+        (Some(Epilogue::BiasGelu { .. }), true, false) => &MATMUL_LINEAR_BIAS_GELU,
+        (Some(Epilogue::SplitQkv { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_SPLIT_QKV,
+        (Some(Epilogue::SplitQkv { .. }), true, false) => &MATMUL_LINEAR_SPLIT_QKV,
+        (Some(_), false, _) => {
+            return Err(Error::Internal(
+                "a fused epilogue needs both operands copied, untransposed".into(),
+            ))
+        }
+    };
+    let tiles = u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n);
+    let params = match epilogue {
+        Some(Epilogue::SplitQkv { heads, seq, .. }) => TextureParams {
+            split_heads: to_u32("heads", heads)?,
+            split_seq: to_u32("sequence length", seq)?,
+            ..params
+        },
+        _ => params,
+    };
+    let dispatch = Dispatch::new(kernel, &params, tiles)
+        .bind("a_panels", Binding::Texture(a_panels))
+        .bind("b_panels", Binding::Texture(b_panels))
+        .flops(2 * plan.work());
+    steps.push(
+        match epilogue {
+            None => dispatch.bind("c", c),
+            Some(Epilogue::BiasResidual { bias, residual }) => dispatch
+                .bind("c", c)
+                .bind("bias", bias)
+                .bind("residual", residual),
+            Some(Epilogue::BiasGelu { bias, act }) => {
+                dispatch.bind("c", c).bind("bias", bias).bind("act", act)
+            }
+            Some(Epilogue::SplitQkv { bias, q, k, v, .. }) => dispatch
+                .bind("bias", bias)
+                .bind("q", q)
+                .bind("k", k)
+                .bind("v", v),
+        }
+        .step(),
+    );
+    Ok(steps)
+}
+
+/// The product kernel of the texture family for these layouts.
+fn texture_kernel(linear: bool, subgroups: bool, trans_a: bool, trans_b: bool) -> &'static Kernel {
+    match (linear, subgroups, trans_a, trans_b) {
         (true, true, false, false) => &MATMUL_LINEAR_SUBGROUP,
         (true, true, true, false) => &MATMUL_LINEAR_SUBGROUP_TA,
         (true, true, false, true) => &MATMUL_LINEAR_SUBGROUP_TB,
@@ -907,17 +1186,7 @@ fn texture_steps<'a>(
         (true, false, true, true) => &MATMUL_LINEAR_TATB,
         (false, true, _, _) => &MATMUL_TEXTURE_SUBGROUP,
         (false, false, _, _) => &MATMUL_TEXTURE,
-    };
-    let tiles = u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n);
-    steps.push(
-        Dispatch::new(kernel, &params, tiles)
-            .bind("a_panels", Binding::Texture(a_panels))
-            .bind("b_panels", Binding::Texture(b_panels))
-            .bind("c", c)
-            .flops(2 * plan.work())
-            .step(),
-    );
-    Ok(steps)
+    }
 }
 
 /// The `matmul_blocked` dispatch of `kernel` (the real one, or the

@@ -48,7 +48,7 @@ use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{map_steps, scores_backward_steps, AttentionShape};
 use crate::kernels::bert::{self, Dims};
 use crate::kernels::gpt::{self as ops, GptParams, TokenIds};
-use crate::kernels::matmul::{self, MatmulOptions};
+use crate::kernels::matmul::{self, Epilogue, MatmulOptions};
 use crate::kernels::saobp::{self, BackwardScratch, FusedIntermediates, Lambda};
 use crate::tensor::Tensor;
 use crate::workload::SplitMix64;
@@ -497,15 +497,25 @@ impl Gpt {
                 &acts.ln1,
                 &acts.ln1_stats,
             )?);
-            steps.extend(product(gpu, &acts.ln1, layer.attn.0, &ws.qkv, &plain)?);
-            steps.push(ops::split_qkv_step(
-                &s.block,
-                &ws.qkv,
-                layer.attn.1,
-                &acts.q,
-                &acts.k,
-                &acts.v,
-            ));
+            let (attn, attn_bias) = layer.attn;
+            let epilogue = Epilogue::SplitQkv {
+                bias: attn_bias,
+                q: &acts.q,
+                k: &acts.k,
+                v: &acts.v,
+                heads: self.config.n_head,
+                seq: ws.n(),
+            };
+            let p = matmul::plan(acts.ln1.shape(), attn.shape(), &plain)?;
+            match matmul::fused_steps(gpu, &p, &acts.ln1, attn, &ws.qkv, epilogue)? {
+                Some(fused) => steps.extend(fused),
+                None => {
+                    steps.extend(matmul::steps(gpu, &p, &acts.ln1, attn, &ws.qkv)?);
+                    steps.push(ops::split_qkv_step(
+                        &s.block, &ws.qkv, attn_bias, &acts.q, &acts.k, &acts.v,
+                    ));
+                }
+            }
             steps.extend(map_steps(
                 gpu,
                 &s.attention,
@@ -527,14 +537,14 @@ impl Gpt {
                 }
             }
             steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
-            steps.extend(product(gpu, &acts.merged, layer.proj.0, &ws.proj, &plain)?);
-            steps.push(ops::bias_residual_step(
+            steps.extend(product_bias_residual(
+                gpu,
                 &s.block,
+                (&acts.merged, layer.proj),
                 x_in,
                 &ws.proj,
-                layer.proj.1,
                 x_mid,
-            ));
+            )?);
             // MLP block.
             steps.push(ops::layer_norm_step(
                 gpu,
@@ -545,18 +555,27 @@ impl Gpt {
                 &acts.ln2,
                 &acts.ln2_stats,
             )?);
-            steps.extend(product(gpu, &acts.ln2, layer.fc.0, &acts.fc, &plain)?);
-            steps.push(ops::bias_gelu_step(
-                &s.wide, &acts.fc, layer.fc.1, &acts.gelu,
-            ));
-            steps.extend(product(gpu, &acts.gelu, layer.mproj.0, &ws.proj, &plain)?);
-            steps.push(ops::bias_residual_step(
+            let (fc, fc_bias) = layer.fc;
+            let epilogue = Epilogue::BiasGelu {
+                bias: fc_bias,
+                act: &acts.gelu,
+            };
+            let p = matmul::plan(acts.ln2.shape(), fc.shape(), &plain)?;
+            match matmul::fused_steps(gpu, &p, &acts.ln2, fc, &acts.fc, epilogue)? {
+                Some(fused) => steps.extend(fused),
+                None => {
+                    steps.extend(matmul::steps(gpu, &p, &acts.ln2, fc, &acts.fc)?);
+                    steps.push(ops::bias_gelu_step(&s.wide, &acts.fc, fc_bias, &acts.gelu));
+                }
+            }
+            steps.extend(product_bias_residual(
+                gpu,
                 &s.block,
+                (&acts.gelu, layer.mproj),
                 x_mid,
                 &ws.proj,
-                layer.mproj.1,
                 x_out,
-            ));
+            )?);
         }
         let x_last = &ws.xs[ws.xs.len() - 1];
         steps.push(ops::layer_norm_step(
@@ -779,6 +798,28 @@ impl Gpt {
         ));
         Ok(steps)
     }
+}
+
+/// The steps of `out = residual + (x·W + b)` for `linear` = (x, (W, b)): the
+/// bias and residual fused into the product's store where the matmul can
+/// (see [`Epilogue`]), else the product into `scratch` and `bias_residual`.
+fn product_bias_residual<'a>(
+    gpu: &Gpu,
+    p: &GptParams,
+    linear: (&'a Tensor, (&'a Tensor, &'a Tensor)),
+    residual: &'a Tensor,
+    scratch: &'a Tensor,
+    out: &'a Tensor,
+) -> Result<Vec<Step<'a>>> {
+    let (x, (weight, bias)) = linear;
+    let plan = matmul::plan(x.shape(), weight.shape(), &MatmulOptions::default())?;
+    let epilogue = Epilogue::BiasResidual { bias, residual };
+    if let Some(steps) = matmul::fused_steps(gpu, &plan, x, weight, out, epilogue)? {
+        return Ok(steps);
+    }
+    let mut steps = matmul::steps(gpu, &plan, x, weight, scratch)?;
+    steps.push(ops::bias_residual_step(p, residual, scratch, bias, out));
+    Ok(steps)
 }
 
 /// The steps of `out = op(a)·op(b)` through the matmul kernels.

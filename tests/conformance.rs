@@ -252,6 +252,17 @@ fn every_kernel_passes_on_every_adapter() {
                     let copied = row.shaders.iter().all(|s| s.ends_with(linear));
                     assert!(packed != copied, "{what}: {:?}", row.shaders)
                 }
+                // Only the fused builds of the linear kernels: no product
+                // then an elementwise kernel.
+                Subject::MatmulEpilogue => {
+                    let fused = ["_bias_residual::", "_bias_gelu::", "_split_qkv::"];
+                    assert!(
+                        row.shaders.iter().all(|s| s.starts_with("matmul_linear")
+                            && fused.iter().any(|f| s.contains(f))),
+                        "{what}: {:?}",
+                        row.shaders
+                    )
+                }
                 Subject::MatmulTiled if row.size.starts_with("128") => {
                     assert!(
                         ran("matmul_tiled_128::matmul_tiled"),
@@ -496,6 +507,7 @@ fn kernels_over_the_device_limits_skip_naming_them() {
                 | Subject::MatmulBuffer
                 | Subject::MatmulTiled
                 | Subject::MatmulTexture
+                | Subject::MatmulEpilogue
                 | Subject::Softmax
                 | Subject::Attention
                 | Subject::SoftmaxBackward

@@ -25,6 +25,19 @@ pub(super) enum Input {
         opts: MatmulOptions,
         variant: Option<MatmulVariant>,
     },
+    /// `x` `[rows, k]` times `W` `[k, n]` with `epilogue` fused into the
+    /// store by `variant`; values uniform in [-1, 1). For
+    /// [`Epilogue::SplitQkv`], `n` = 3·C
+    /// and the rows are sequences of `seq` tokens split into `heads` heads.
+    MatmulEpilogue {
+        epilogue: Epilogue,
+        rows: usize,
+        k: usize,
+        n: usize,
+        heads: usize,
+        seq: usize,
+        variant: MatmulVariant,
+    },
     /// Scores of `shape` uniform in [-range, range).
     Softmax {
         shape: Vec<usize>,
@@ -228,6 +241,27 @@ fn family_variants(family: MatmulFamily) -> Vec<MatmulVariant> {
     }
 }
 
+/// The epilogue a [`Input::MatmulEpilogue`] case fuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Epilogue {
+    /// `C = residual + (x·W + bias)`.
+    BiasResidual,
+    /// `C = x·W`, `act = gelu(C + bias)`.
+    BiasGelu,
+    /// `x·W + bias` split into q, k, v heads.
+    SplitQkv,
+}
+
+impl Epilogue {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Epilogue::BiasResidual => "bias+residual",
+            Epilogue::BiasGelu => "bias+gelu",
+            Epilogue::SplitQkv => "bias+split qkv",
+        }
+    }
+}
+
 /// A variant as its row labels name it: without the family, which is the
 /// kernel's name (`64x64x16 4x4`, `subgroup 8x1 groups`); the buffer
 /// family's one variant has no label.
@@ -266,6 +300,26 @@ impl Case {
                     t(opts.trans_a),
                     dims(b),
                     t(opts.trans_b)
+                )
+            }
+            Input::MatmulEpilogue {
+                epilogue,
+                rows,
+                k,
+                n,
+                heads,
+                seq,
+                variant,
+            } => {
+                let split = if *epilogue == Epilogue::SplitQkv {
+                    format!(" heads={heads} T={seq}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{}: [{rows},{k}]x[{k},{n}] {}{split}",
+                    variant_label(*variant),
+                    epilogue.name()
                 )
             }
             Input::Softmax {
@@ -392,6 +446,9 @@ impl Case {
                     .map(|p| p.out_shape)
                     .unwrap_or_default();
                 vec![a.clone(), b.clone(), out]
+            }
+            Input::MatmulEpilogue { rows, k, n, .. } => {
+                vec![vec![*rows, *k], vec![*k, *n], vec![*rows, *n]]
             }
             Input::Softmax { shape, .. } => vec![shape.clone()],
             Input::Attention { shape, dv, .. } => {
@@ -641,6 +698,36 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
                 "one tile per matrix",
                 batch as u64,
             ));
+        }
+    }
+
+    // The GPT's fused epilogues, by the texture layouts with and without
+    // subgroups (whose linear kernels they are builds of): ragged edges of
+    // the 16-row blocks and 32- or 64-column panels, the tiny preset's
+    // shapes, and a split into heads of 12 and of 32 columns.
+    let texture_defaults = [false, true].map(|subgroups| MatmulVariant::Texture {
+        subgroups,
+        group_rows: 8,
+    });
+    for variant in texture_defaults {
+        let fused = |epilogue, rows, k, n, heads, seq| Input::MatmulEpilogue {
+            epilogue,
+            rows,
+            k,
+            n,
+            heads,
+            seq,
+            variant,
+        };
+        for input in [
+            fused(Epilogue::BiasResidual, 37, 28, 52, 0, 0),
+            fused(Epilogue::BiasResidual, 768, 128, 128, 0, 0),
+            fused(Epilogue::BiasGelu, 37, 28, 52, 0, 0),
+            fused(Epilogue::BiasGelu, 768, 128, 512, 0, 0),
+            fused(Epilogue::SplitQkv, 15, 28, 72, 2, 5),
+            fused(Epilogue::SplitQkv, 768, 128, 384, 4, 64),
+        ] {
+            out.push(Case::new(Subject::MatmulEpilogue, input, None));
         }
     }
 

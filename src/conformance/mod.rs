@@ -61,6 +61,11 @@ pub enum Subject {
     /// [`crate::matmul_variant()`] with each [`crate::MatmulVariant::Texture`]
     /// layout, with and without subgroups.
     MatmulTexture,
+    /// The GPT's products with their elementwise epilogue fused into the
+    /// store (bias + residual, bias + GELU, bias + split into q, k, v
+    /// heads), by each [`crate::MatmulVariant::Texture`] layout that copies
+    /// its operands.
+    MatmulEpilogue,
     /// [`crate::softmax()`], causal and key-masked.
     Softmax,
     /// [`crate::attention()`] in [`crate::Mode::Plain`]: the map `A` and `O = A·V`.
@@ -118,11 +123,12 @@ pub enum Subject {
 
 impl Subject {
     /// Every kernel, in report order.
-    pub const ALL: [Subject; 25] = [
+    pub const ALL: [Subject; 26] = [
         Subject::Matmul,
         Subject::MatmulBuffer,
         Subject::MatmulTiled,
         Subject::MatmulTexture,
+        Subject::MatmulEpilogue,
         Subject::Softmax,
         Subject::Attention,
         Subject::Flash,
@@ -153,6 +159,7 @@ impl Subject {
             Subject::MatmulBuffer => "matmul_buffer",
             Subject::MatmulTiled => "matmul_tiled",
             Subject::MatmulTexture => "matmul_texture",
+            Subject::MatmulEpilogue => "matmul_epilogue",
             Subject::Flash => "flash",
             Subject::Streaming => "streaming",
             Subject::Softmax => "softmax",
@@ -297,10 +304,14 @@ pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
     }
     // A variant the adapter lacks (no subgroups of 8, too few storage
     // textures, too small workgroups) is a skip that says why.
-    if let Input::Matmul {
-        variant: Some(v), ..
-    } = &case.input
-    {
+    let variant = match &case.input {
+        Input::Matmul {
+            variant: Some(v), ..
+        }
+        | Input::MatmulEpilogue { variant: v, .. } => Some(v),
+        _ => None,
+    };
+    if let Some(v) = variant {
         if let Err(e) = v.check(gpu) {
             row.status = Status::Skip(e.to_string());
             return row;

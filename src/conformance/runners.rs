@@ -16,7 +16,7 @@ use crate::reference::{self, compare, RefOptions, Tolerance};
 use crate::tensor::{numel, Tensor};
 use crate::workload::SplitMix64;
 
-use super::catalogue::{key_mask, lambdas, Input};
+use super::catalogue::{key_mask, lambdas, Epilogue, Input};
 use super::report::Check;
 use super::training;
 use super::{Case, Fault, Options, Subject};
@@ -131,6 +131,121 @@ async fn run_matmul(
         outputs: vec![Output::new("C", c.shape(), got, want, Tolerance::matmul(k))],
         time,
         reference_time,
+    })
+}
+
+/// A product with its epilogue fused into the store, by `variant`, which
+/// must fuse it: `x` `[rows, k]`, `W` `[k, n]`, bias and residual uniform in
+/// [-1, 1).
+#[allow(clippy::too_many_arguments)]
+async fn run_matmul_epilogue(
+    gpu: &Gpu,
+    rng: &mut SplitMix64,
+    epilogue: Epilogue,
+    (rows, k, n): (usize, usize, usize),
+    heads: usize,
+    seq: usize,
+    variant: MatmulVariant,
+) -> Result<Measured> {
+    use crate::kernels::matmul::{fused_steps_with, Epilogue as Fused};
+    let plain = MatmulOptions::default();
+    let x = uniform(rng, rows * k, -1.0, 1.0);
+    let w = uniform(rng, k * n, -1.0, 1.0);
+    let bias = uniform(rng, n, -1.0, 1.0);
+    let residual = uniform(rng, rows * n, -1.0, 1.0);
+    let plan = matmul_kernel::plan(&[rows, k], &[k, n], &plain)?;
+    let start = Instant::now();
+    let tx = Tensor::from_slice(gpu, &[rows, k], &x)?;
+    let tw = Tensor::from_slice(gpu, &[k, n], &w)?;
+    let tb = Tensor::from_slice(gpu, &[n], &bias)?;
+    let c = Tensor::zeros(gpu, &[rows, n])?;
+    // q, k and v of the split: [B, H, T, C/H].
+    let head_shape = [rows / seq.max(1), heads, seq, n / 3 / heads.max(1)];
+    let extra = match epilogue {
+        Epilogue::BiasResidual => vec![Tensor::from_slice(gpu, &[rows, n], &residual)?],
+        Epilogue::BiasGelu => vec![Tensor::zeros(gpu, &[rows, n])?],
+        Epilogue::SplitQkv => vec![
+            Tensor::zeros(gpu, &head_shape)?,
+            Tensor::zeros(gpu, &head_shape)?,
+            Tensor::zeros(gpu, &head_shape)?,
+        ],
+    };
+    let spec = match epilogue {
+        Epilogue::BiasResidual => Fused::BiasResidual {
+            bias: &tb,
+            residual: &extra[0],
+        },
+        Epilogue::BiasGelu => Fused::BiasGelu {
+            bias: &tb,
+            act: &extra[0],
+        },
+        Epilogue::SplitQkv => Fused::SplitQkv {
+            bias: &tb,
+            q: &extra[0],
+            k: &extra[1],
+            v: &extra[2],
+            heads,
+            seq,
+        },
+    };
+    let steps = fused_steps_with(gpu, variant, &plan, &tx, &tw, &c, spec)?.ok_or_else(|| {
+        Error::Internal(format!(
+            "{variant} did not fuse the {} epilogue",
+            epilogue.name()
+        ))
+    })?;
+    gpu.run(&steps).await?;
+    let mut got = Vec::with_capacity(extra.len() + 1);
+    if epilogue != Epilogue::SplitQkv {
+        got.push(c.to_vec(gpu).await?);
+    }
+    for t in &extra {
+        if epilogue != Epilogue::BiasResidual {
+            got.push(t.to_vec(gpu).await?);
+        }
+    }
+    let time = start.elapsed();
+    let start = Instant::now();
+    let product = reference::matmul(&x, &[rows, k], &w, &[k, n], &plain)?;
+    let biased = |i: usize| product[i] + f64::from(bias[i % n]);
+    let tolerance = Tolerance::matmul(k);
+    let outputs = match epilogue {
+        Epilogue::BiasResidual => {
+            let want = (0..rows * n)
+                .map(|i| f64::from(residual[i]) + biased(i))
+                .collect();
+            vec![Output::new("C", &[rows, n], got.remove(0), want, tolerance)]
+        }
+        Epilogue::BiasGelu => {
+            let act = (0..rows * n)
+                .map(|i| reference::gpt::gelu(biased(i)))
+                .collect();
+            vec![
+                Output::new("C", &[rows, n], got.remove(0), product, tolerance),
+                Output::new("act", &[rows, n], got.remove(0), act, tolerance),
+            ]
+        }
+        Epilogue::SplitQkv => {
+            let width = n / 3;
+            let hd = width / heads;
+            let mut want = vec![vec![0.0; rows * width]; 3];
+            for i in 0..rows * n {
+                let (row, col) = (i / n, i % n);
+                let (part, h, d) = (col / width, col % width / hd, col % hd);
+                let (b, t) = (row / seq, row % seq);
+                want[part][((b * heads + h) * seq + t) * hd + d] = biased(i);
+            }
+            ["q", "k", "v"]
+                .into_iter()
+                .zip(want)
+                .map(|(name, want)| Output::new(name, &head_shape, got.remove(0), want, tolerance))
+                .collect()
+        }
+    };
+    Ok(Measured {
+        outputs,
+        time,
+        reference_time: start.elapsed(),
     })
 }
 
@@ -473,6 +588,26 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
         } => {
             let fault = opts.fault.filter(|f| f.subject() == case.subject);
             run_matmul(gpu, &mut rng, a, b, m, *variant, fault).await
+        }
+        Input::MatmulEpilogue {
+            epilogue,
+            rows,
+            k,
+            n,
+            heads,
+            seq,
+            variant,
+        } => {
+            run_matmul_epilogue(
+                gpu,
+                &mut rng,
+                *epilogue,
+                (*rows, *k, *n),
+                *heads,
+                *seq,
+                *variant,
+            )
+            .await
         }
         Input::Softmax {
             shape,

@@ -729,6 +729,20 @@ pub(crate) fn fused_steps<'a>(
     c: &'a Tensor,
     epilogue: Epilogue<'a>,
 ) -> Result<Option<Vec<Step<'a>>>> {
+    fused_steps_with(gpu, choose(gpu, plan)?, plan, a, b, c, epilogue)
+}
+
+/// [`fused_steps`] by `variant`: `None` unless it is a texture layout that
+/// copies both operands. Tensors of the wrong size are a shape error.
+pub(crate) fn fused_steps_with<'a>(
+    gpu: &Gpu,
+    variant: MatmulVariant,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    epilogue: Epilogue<'a>,
+) -> Result<Option<Vec<Step<'a>>>> {
     let p = &plan.params;
     let outputs = p.batch as usize * p.m as usize * p.n as usize;
     let (bias, others): (&Tensor, &[&Tensor]) = match &epilogue {
@@ -775,7 +789,7 @@ pub(crate) fn fused_steps<'a>(
     let MatmulVariant::Texture {
         subgroups,
         group_rows,
-    } = choose(gpu, plan)?
+    } = variant
     else {
         return Ok(None);
     };
@@ -785,10 +799,6 @@ pub(crate) fn fused_steps<'a>(
     if plan.work() == 0 || p.trans_a != 0 || p.trans_b != 0 {
         return Ok(None);
     }
-    let variant = MatmulVariant::Texture {
-        subgroups,
-        group_rows,
-    };
     variant.check(gpu)?;
     variant.check_k(gpu, plan)?;
     if !TextureLayout::new(gpu, plan, subgroups, copyable)?.linear {

@@ -733,7 +733,9 @@ pub(crate) fn fused_steps<'a>(
 }
 
 /// [`fused_steps`] by `variant`: `None` unless it is a texture layout that
-/// copies both operands. Tensors of the wrong size are a shape error.
+/// copies both operands (and, for the split, heads a whole number of
+/// texels wide). Outputs of the wrong size are a shape error, an output
+/// sharing a buffer with another binding an invalid argument.
 pub(crate) fn fused_steps_with<'a>(
     gpu: &Gpu,
     variant: MatmulVariant,
@@ -744,10 +746,17 @@ pub(crate) fn fused_steps_with<'a>(
     epilogue: Epilogue<'a>,
 ) -> Result<Option<Vec<Step<'a>>>> {
     let p = &plan.params;
+    let MatmulVariant::Texture {
+        subgroups,
+        group_rows,
+    } = variant
+    else {
+        return Ok(None);
+    };
     let outputs = p.batch as usize * p.m as usize * p.n as usize;
-    let (bias, others): (&Tensor, &[&Tensor]) = match &epilogue {
-        Epilogue::BiasResidual { bias, residual } => (bias, &[residual, c]),
-        Epilogue::BiasGelu { bias, act } => (bias, &[act, c]),
+    let (bias, others, part): (&Tensor, &[&Tensor], usize) = match &epilogue {
+        Epilogue::BiasResidual { bias, residual } => (bias, &[residual, c], outputs),
+        Epilogue::BiasGelu { bias, act } => (bias, &[act, c], outputs),
         Epilogue::SplitQkv {
             bias,
             q,
@@ -756,6 +765,8 @@ pub(crate) fn fused_steps_with<'a>(
             heads,
             seq,
         } => {
+            // The store places 4 columns at once, so heads must be whole
+            // texels; other head widths take the separate kernel.
             let width = p.n as usize / 3;
             let fits = p.batch == 1
                 && p.n.is_multiple_of(3)
@@ -765,17 +776,10 @@ pub(crate) fn fused_steps_with<'a>(
                 && *seq > 0
                 && (p.m as usize).is_multiple_of(*seq);
             if !fits {
-                return Err(Error::shape(format!(
-                    "split-heads epilogue: a product of {} rows by {} columns does not split into {heads} heads of sequences of {seq}",
-                    p.m, p.n
-                )));
+                return Ok(None);
             }
-            (bias, &[q, k, v])
+            (bias, &[q, k, v], outputs / 3)
         }
-    };
-    let part = match epilogue {
-        Epilogue::SplitQkv { .. } => outputs / 3,
-        _ => outputs,
     };
     if bias.len() != p.n as usize || others.iter().any(|t| t.len() != part) {
         return Err(Error::shape(format!(
@@ -786,13 +790,19 @@ pub(crate) fn fused_steps_with<'a>(
             p.n
         )));
     }
-    let MatmulVariant::Texture {
-        subgroups,
-        group_rows,
-    } = variant
-    else {
-        return Ok(None);
+    // One dispatch may not bind a buffer it writes twice.
+    let written: Vec<&wgpu::Buffer> = match &epilogue {
+        Epilogue::SplitQkv { q, k, v, .. } => vec![q.buffer(), k.buffer(), v.buffer()],
+        _ => others.iter().map(|t| t.buffer()).collect(),
     };
+    let read = [a.buffer(), b.buffer(), bias.buffer()];
+    for (i, w) in written.iter().enumerate() {
+        if written[..i].contains(w) || read.contains(w) {
+            return Err(Error::InvalidArgument(
+                "matmul epilogue: an output shares its buffer with another input or output".into(),
+            ));
+        }
+    }
     let copyable = [a, b]
         .iter()
         .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));

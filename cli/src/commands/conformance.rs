@@ -17,8 +17,8 @@ pub struct ConformanceArgs {
     /// Also write the report as JSON: every row, plus each adapter's limits and features.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these kernels: matmul, matmul_buffer, matmul_tiled, matmul_texture, softmax,
-    /// attention, flash, messages, refine, fused_output, streaming, materialized_output,
+    /// Only these kernels: matmul, matmul_buffer, matmul_tiled, matmul_texture,
+    /// matmul_epilogue, softmax, attention, flash, messages, refine, fused_output, streaming, materialized_output,
     /// metrics, softmax_backward, matmul_backward, attention_backward,
     /// saobp_output_backward, layer_norm, layer_norm_backward, bias_gelu,
     /// bias_gelu_backward, embed, embed_backward, cross_entropy, adamw. Repeat or

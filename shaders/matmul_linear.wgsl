@@ -61,28 +61,15 @@ fn matmul_linear(
     // rows of its 8 columns (B^T).
     var b_left: u32;
     var b_right: u32;
-    var l0: u32;
-    var l1: u32;
-    var l2: u32;
-    var l3: u32;
-    var r0: u32;
-    var r1: u32;
-    var r2: u32;
-    var r3: u32;
+    var left_cols: vec4<u32>;
+    var right_cols: vec4<u32>;
     if (TRANS_B == 0u) {
         let n4 = p.n / 4u;
         b_left = b_base + min(g.col0 / 4u + lane, n4 - 1u);
         b_right = b_base + min(g.col0 / 4u + lane + 8u, n4 - 1u);
     } else {
-        let c = g.col0 + lane * 4u;
-        l0 = b_base + min(c, p.n - 1u) * p.k4;
-        l1 = b_base + min(c + 1u, p.n - 1u) * p.k4;
-        l2 = b_base + min(c + 2u, p.n - 1u) * p.k4;
-        l3 = b_base + min(c + 3u, p.n - 1u) * p.k4;
-        r0 = b_base + min(c + 32u, p.n - 1u) * p.k4;
-        r1 = b_base + min(c + 33u, p.n - 1u) * p.k4;
-        r2 = b_base + min(c + 34u, p.n - 1u) * p.k4;
-        r3 = b_base + min(c + 35u, p.n - 1u) * p.k4;
+        left_cols = b_rows(b_base, g.col0 + lane * 4u);
+        right_cols = b_rows(b_base, g.col0 + 32u + lane * 4u);
     }
     // left[r], right[r]: row r of the block, the lane's two groups of 4 columns.
     var left: array<vec4<f32>, 16>;
@@ -95,8 +82,8 @@ fn matmul_linear(
             b = b_stored(b_left, kc);
             d = b_stored(b_right, kc);
         } else {
-            b = b_transposed(l0, l1, l2, l3, kc);
-            d = b_transposed(r0, r1, r2, r3, kc);
+            b = b_transposed(left_cols, kc);
+            d = b_transposed(right_cols, kc);
         }
         if (TRANS_A == 0u) {
             var x: vec4<f32>;

@@ -61,18 +61,11 @@ fn matmul_linear_subgroup(
     // Where this lane's B texels start: its column texel (B), or its 4
     // columns' rows (B^T).
     var b_col: u32;
-    var b_c0: u32;
-    var b_c1: u32;
-    var b_c2: u32;
-    var b_c3: u32;
+    var b_cols: vec4<u32>;
     if (TRANS_B == 0u) {
         b_col = b_base + min(g.col0 / 4u + lane, p.n / 4u - 1u);
     } else {
-        let c = g.col0 + lane * 4u;
-        b_c0 = b_base + min(c, p.n - 1u) * p.k4;
-        b_c1 = b_base + min(c + 1u, p.n - 1u) * p.k4;
-        b_c2 = b_base + min(c + 2u, p.n - 1u) * p.k4;
-        b_c3 = b_base + min(c + 3u, p.n - 1u) * p.k4;
+        b_cols = b_rows(b_base, g.col0 + lane * 4u);
     }
     // acc[r]: row r of the block, this invocation's 4 columns.
     var acc: array<vec4<f32>, 16>;
@@ -81,7 +74,7 @@ fn matmul_linear_subgroup(
         if (TRANS_B == 0u) {
             b = b_stored(b_col, kc);
         } else {
-            b = b_transposed(b_c0, b_c1, b_c2, b_c3, kc);
+            b = b_transposed(b_cols, kc);
         }
         if (TRANS_A == 0u) {
             let lo = load_a(a_lo + kc);

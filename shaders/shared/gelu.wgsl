@@ -1,6 +1,6 @@
 // GELU's tanh form (gelu_new), shared by gpt.wgsl's bias_gelu and
 // gelu_backward and the matmul store that fuses bias + GELU
-// (shared/matmul_store_bias_gelu.wgsl); the host puts it in front of them.
+// (shared/matmul_put_bias_gelu.wgsl); the host puts it in front of them.
 
 // gelu(x) = 0.5x(1 + tanh(u)) with u = sqrt(2/pi)(x + 0.044715x^3), written as
 // x*sigmoid(2u) with e = exp(-2|u|) <= 1: the textbook (e^2u - 1)/(e^2u + 1)

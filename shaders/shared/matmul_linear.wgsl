@@ -50,13 +50,21 @@ fn b_stored(col: u32, kc: u32) -> Quad {
     return Quad(load_b(i), load_b(i + n4), load_b(i + 2u * n4), load_b(i + 3u * n4));
 }
 
-// B stored [N, K]: the same from the rows c0 .. c3 (texel offsets of 4
-// columns), one texel (4 k) each, transposed in registers.
-fn b_transposed(c0: u32, c1: u32, c2: u32, c3: u32, kc: u32) -> Quad {
-    let t0 = load_b(c0 + kc);
-    let t1 = load_b(c1 + kc);
-    let t2 = load_b(c2 + kc);
-    let t3 = load_b(c3 + kc);
+// B stored [N, K]: the texel offsets of the rows of columns c .. c + 4
+// (`base`: the batch item's offset), clamped to the last column.
+fn b_rows(base: u32, c: u32) -> vec4<u32> {
+    let last = p.n - 1u;
+    let cols = vec4<u32>(min(c, last), min(c + 1u, last), min(c + 2u, last), min(c + 3u, last));
+    return base + cols * p.k4;
+}
+
+// B stored [N, K]: the 4 columns of b_rows() at k = 4 kc .. 4 kc + 4, one
+// texel (4 k) each, transposed in registers.
+fn b_transposed(rows: vec4<u32>, kc: u32) -> Quad {
+    let t0 = load_b(rows.x + kc);
+    let t1 = load_b(rows.y + kc);
+    let t2 = load_b(rows.z + kc);
+    let t3 = load_b(rows.w + kc);
     return Quad(
         vec4<f32>(t0.x, t1.x, t2.x, t3.x),
         vec4<f32>(t0.y, t1.y, t2.y, t3.y),

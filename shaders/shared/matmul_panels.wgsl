@@ -3,8 +3,9 @@
 // (WGSL has no includes). It holds their common parameters, where a texel of
 // a panel texture lies, and for the multiply kernels their bindings and the
 // place of a group of 8 invocations; the store of C, with the bindings it
-// writes (binding 3 and on), comes from shared/matmul_store*.wgsl, put after
-// this. The pack kernel binds its own
+// writes (binding 3 and on), comes from shared/matmul_put*.wgsl and
+// shared/matmul_store.wgsl (or shared/matmul_store_split_qkv.wgsl), put
+// after this. The pack kernel binds its own
 // resources at bindings 1 and 2; no entry point uses both sets.
 
 struct Params {

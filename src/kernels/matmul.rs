@@ -49,11 +49,13 @@ pub(crate) const TILED_SOURCE: &str = shader!("shared/matmul_params.wgsl", "matm
 pub(crate) const PACK_SOURCE: &str = shader!("shared/matmul_panels.wgsl", "matmul_pack.wgsl");
 pub(crate) const TEXTURE_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
+    "shared/matmul_put.wgsl",
     "shared/matmul_store.wgsl",
     "matmul_texture.wgsl"
 );
 pub(crate) const LINEAR_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
+    "shared/matmul_put.wgsl",
     "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear.wgsl"
@@ -61,7 +63,8 @@ pub(crate) const LINEAR_SOURCE: &str = shader!(
 /// [`LINEAR_SOURCE`] storing `residual + (product + bias)`.
 pub(crate) const LINEAR_BIAS_RESIDUAL_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
-    "shared/matmul_store_bias_residual.wgsl",
+    "shared/matmul_put_bias_residual.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear.wgsl"
 );
@@ -69,7 +72,8 @@ pub(crate) const LINEAR_BIAS_RESIDUAL_SOURCE: &str = shader!(
 pub(crate) const LINEAR_BIAS_GELU_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
     "shared/gelu.wgsl",
-    "shared/matmul_store_bias_gelu.wgsl",
+    "shared/matmul_put_bias_gelu.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear.wgsl"
 );
@@ -96,11 +100,13 @@ macro_rules! subgroup_source {
 
 subgroup_source!(
     TEXTURE_SUBGROUP_SOURCE = "shared/matmul_panels.wgsl",
+    "shared/matmul_put.wgsl",
     "shared/matmul_store.wgsl",
     "matmul_texture_subgroup.wgsl"
 );
 subgroup_source!(
     LINEAR_SUBGROUP_SOURCE = "shared/matmul_panels.wgsl",
+    "shared/matmul_put.wgsl",
     "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl"
@@ -109,7 +115,8 @@ subgroup_source!(
     /// [`LINEAR_SUBGROUP_SOURCE`] storing `residual + (product + bias)`.
     LINEAR_SUBGROUP_BIAS_RESIDUAL_SOURCE =
     "shared/matmul_panels.wgsl",
-    "shared/matmul_store_bias_residual.wgsl",
+    "shared/matmul_put_bias_residual.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 subgroup_source!(
@@ -117,7 +124,8 @@ subgroup_source!(
     LINEAR_SUBGROUP_BIAS_GELU_SOURCE =
     "shared/matmul_panels.wgsl",
     "shared/gelu.wgsl",
-    "shared/matmul_store_bias_gelu.wgsl",
+    "shared/matmul_put_bias_gelu.wgsl",
+    "shared/matmul_store.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 subgroup_source!(
@@ -688,7 +696,8 @@ pub(crate) fn steps<'a>(
 }
 
 /// What a product's store can add, fused into the linear texture kernels
-/// (their `shared/matmul_store_*.wgsl` builds): a pass over `C` fewer, on
+/// (their builds with `shared/matmul_put_*.wgsl` or
+/// `shared/matmul_store_split_qkv.wgsl`): a pass over `C` fewer, on
 /// the software adapters a pass of per-lane storage-buffer loads and
 /// stores. The values are those of the product followed by the GPT's own
 /// elementwise kernel, bit for bit.

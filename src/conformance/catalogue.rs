@@ -25,19 +25,8 @@ pub(super) enum Input {
         opts: MatmulOptions,
         variant: Option<MatmulVariant>,
     },
-    /// `x` `[rows, k]` times `W` `[k, n]` with `epilogue` fused into the
-    /// store by `variant`; values uniform in [-1, 1). For
-    /// [`Epilogue::SplitQkv`], `n` = 3·C
-    /// and the rows are sequences of `seq` tokens split into `heads` heads.
-    MatmulEpilogue {
-        epilogue: Epilogue,
-        rows: usize,
-        k: usize,
-        n: usize,
-        heads: usize,
-        seq: usize,
-        variant: MatmulVariant,
-    },
+    /// A product with its epilogue fused into the store.
+    MatmulEpilogue(FusedCase),
     /// Scores of `shape` uniform in [-range, range).
     Softmax {
         shape: Vec<usize>,
@@ -241,6 +230,21 @@ fn family_variants(family: MatmulFamily) -> Vec<MatmulVariant> {
     }
 }
 
+/// `x` `[rows, k]` times `W` `[k, n]` with `epilogue` fused into the store
+/// by `variant`; values uniform in [-1, 1). For [`Epilogue::SplitQkv`],
+/// `n` = 3·C and the rows are sequences of `seq` tokens split into `heads`
+/// heads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FusedCase {
+    pub epilogue: Epilogue,
+    pub rows: usize,
+    pub k: usize,
+    pub n: usize,
+    pub heads: usize,
+    pub seq: usize,
+    pub variant: MatmulVariant,
+}
+
 /// The epilogue a [`Input::MatmulEpilogue`] case fuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Epilogue {
@@ -302,24 +306,20 @@ impl Case {
                     t(opts.trans_b)
                 )
             }
-            Input::MatmulEpilogue {
-                epilogue,
-                rows,
-                k,
-                n,
-                heads,
-                seq,
-                variant,
-            } => {
-                let split = if *epilogue == Epilogue::SplitQkv {
-                    format!(" heads={heads} T={seq}")
+            Input::MatmulEpilogue(f) => {
+                let split = if f.epilogue == Epilogue::SplitQkv {
+                    format!(" heads={} T={}", f.heads, f.seq)
                 } else {
                     String::new()
                 };
                 format!(
-                    "{}: [{rows},{k}]x[{k},{n}] {}{split}",
-                    variant_label(*variant),
-                    epilogue.name()
+                    "{}: [{},{}]x[{},{}] {}{split}",
+                    variant_label(f.variant),
+                    f.rows,
+                    f.k,
+                    f.k,
+                    f.n,
+                    f.epilogue.name()
                 )
             }
             Input::Softmax {
@@ -447,9 +447,7 @@ impl Case {
                     .unwrap_or_default();
                 vec![a.clone(), b.clone(), out]
             }
-            Input::MatmulEpilogue { rows, k, n, .. } => {
-                vec![vec![*rows, *k], vec![*k, *n], vec![*rows, *n]]
-            }
+            Input::MatmulEpilogue(f) => vec![vec![f.rows, f.k], vec![f.k, f.n], vec![f.rows, f.n]],
             Input::Softmax { shape, .. } => vec![shape.clone()],
             Input::Attention { shape, dv, .. } => {
                 let [b, h, n, _] = *shape;
@@ -710,14 +708,16 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         group_rows: 8,
     });
     for variant in texture_defaults {
-        let fused = |epilogue, rows, k, n, heads, seq| Input::MatmulEpilogue {
-            epilogue,
-            rows,
-            k,
-            n,
-            heads,
-            seq,
-            variant,
+        let fused = |epilogue, rows, k, n, heads, seq| {
+            Input::MatmulEpilogue(FusedCase {
+                epilogue,
+                rows,
+                k,
+                n,
+                heads,
+                seq,
+                variant,
+            })
         };
         for input in [
             fused(Epilogue::BiasResidual, 37, 28, 52, 0, 0),

@@ -308,7 +308,7 @@ pub async fn run_case(gpu: &Gpu, case: &Case, opts: &Options) -> Row {
         Input::Matmul {
             variant: Some(v), ..
         }
-        | Input::MatmulEpilogue { variant: v, .. } => Some(v),
+        | Input::MatmulEpilogue(catalogue::FusedCase { variant: v, .. }) => Some(v),
         _ => None,
     };
     if let Some(v) = variant {

@@ -16,7 +16,7 @@ use crate::reference::{self, compare, RefOptions, Tolerance};
 use crate::tensor::{numel, Tensor};
 use crate::workload::SplitMix64;
 
-use super::catalogue::{key_mask, lambdas, Epilogue, Input};
+use super::catalogue::{key_mask, lambdas, Epilogue, FusedCase, Input};
 use super::report::Check;
 use super::training;
 use super::{Case, Fault, Options, Subject};
@@ -134,20 +134,24 @@ async fn run_matmul(
     })
 }
 
-/// A product with its epilogue fused into the store, by `variant`, which
-/// must fuse it: `x` `[rows, k]`, `W` `[k, n]`, bias and residual uniform in
-/// [-1, 1).
-#[allow(clippy::too_many_arguments)]
+/// A product with its epilogue fused into the store, by the case's variant,
+/// which must fuse it: `x` `[rows, k]`, `W` `[k, n]`, bias and residual
+/// uniform in [-1, 1).
 async fn run_matmul_epilogue(
     gpu: &Gpu,
     rng: &mut SplitMix64,
-    epilogue: Epilogue,
-    (rows, k, n): (usize, usize, usize),
-    heads: usize,
-    seq: usize,
-    variant: MatmulVariant,
+    case: &FusedCase,
 ) -> Result<Measured> {
     use crate::kernels::matmul::{fused_steps_with, Epilogue as Fused};
+    let FusedCase {
+        epilogue,
+        rows,
+        k,
+        n,
+        heads,
+        seq,
+        variant,
+    } = *case;
     let plain = MatmulOptions::default();
     let x = uniform(rng, rows * k, -1.0, 1.0);
     let w = uniform(rng, k * n, -1.0, 1.0);
@@ -195,14 +199,16 @@ async fn run_matmul_epilogue(
         ))
     })?;
     gpu.run(&steps).await?;
-    let mut got = Vec::with_capacity(extra.len() + 1);
-    if epilogue != Epilogue::SplitQkv {
-        got.push(c.to_vec(gpu).await?);
-    }
-    for t in &extra {
-        if epilogue != Epilogue::BiasResidual {
-            got.push(t.to_vec(gpu).await?);
-        }
+    // What the epilogue writes: C (not the residual it reads), the
+    // activation, or q, k and v (not C).
+    let written: Vec<&Tensor> = match epilogue {
+        Epilogue::BiasResidual => vec![&c],
+        Epilogue::BiasGelu => vec![&c, &extra[0]],
+        Epilogue::SplitQkv => extra.iter().collect(),
+    };
+    let mut got = Vec::with_capacity(written.len());
+    for t in written {
+        got.push(t.to_vec(gpu).await?);
     }
     let time = start.elapsed();
     let start = Instant::now();
@@ -589,26 +595,7 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
             let fault = opts.fault.filter(|f| f.subject() == case.subject);
             run_matmul(gpu, &mut rng, a, b, m, *variant, fault).await
         }
-        Input::MatmulEpilogue {
-            epilogue,
-            rows,
-            k,
-            n,
-            heads,
-            seq,
-            variant,
-        } => {
-            run_matmul_epilogue(
-                gpu,
-                &mut rng,
-                *epilogue,
-                (*rows, *k, *n),
-                *heads,
-                *seq,
-                *variant,
-            )
-            .await
-        }
+        Input::MatmulEpilogue(f) => run_matmul_epilogue(gpu, &mut rng, f).await,
         Input::Softmax {
             shape,
             causal,

@@ -799,33 +799,31 @@ pub(crate) fn fused_steps_with<'a>(
             p.n
         )));
     }
-    // One dispatch may not bind a buffer it writes twice.
-    let written: Vec<&wgpu::Buffer> = match &epilogue {
-        Epilogue::SplitQkv { q, k, v, .. } => vec![q.buffer(), k.buffer(), v.buffer()],
-        _ => others.iter().map(|t| t.buffer()).collect(),
-    };
+    // One dispatch may not bind a buffer it writes twice: the epilogue's
+    // tensors (outputs, or a residual beside C) must be distinct from each
+    // other and from the operands and the bias.
     let read = [a.buffer(), b.buffer(), bias.buffer()];
-    for (i, w) in written.iter().enumerate() {
-        if written[..i].contains(w) || read.contains(w) {
+    for (i, t) in others.iter().enumerate() {
+        let buffer = t.buffer();
+        if others[..i].iter().any(|o| o.buffer() == buffer) || read.contains(&buffer) {
             return Err(Error::InvalidArgument(
                 "matmul epilogue: an output shares its buffer with another input or output".into(),
             ));
         }
     }
-    let copyable = [a, b]
-        .iter()
-        .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));
     if plan.work() == 0 || p.trans_a != 0 || p.trans_b != 0 {
         return Ok(None);
     }
     variant.check(gpu)?;
     variant.check_k(gpu, plan)?;
-    if !TextureLayout::new(gpu, plan, subgroups, copyable)?.linear {
+    let layout = TextureLayout::of(gpu, plan, subgroups, a, b)?;
+    if !layout.linear {
         return Ok(None);
     }
     let steps = texture_steps(
         gpu,
         plan,
+        layout,
         subgroups,
         group_rows,
         a,
@@ -866,9 +864,11 @@ pub(crate) fn steps_sharing_a<'a>(
         } if plan.work() > 0 => {
             variant.check(gpu)?;
             variant.check_k(gpu, plan)?;
+            let layout = TextureLayout::of(gpu, plan, subgroups, a, b)?;
             texture_steps(
                 gpu,
                 plan,
+                layout,
                 subgroups,
                 group_rows,
                 a,
@@ -918,7 +918,12 @@ fn steps_for<'a>(
         MatmulVariant::Texture {
             subgroups,
             group_rows,
-        } => texture_steps(gpu, plan, subgroups, group_rows, a, b, c, None, None),
+        } => {
+            let layout = TextureLayout::of(gpu, plan, subgroups, a, b)?;
+            texture_steps(
+                gpu, plan, layout, subgroups, group_rows, a, b, c, None, None,
+            )
+        }
     }
 }
 
@@ -1016,6 +1021,21 @@ struct TextureLayout {
 }
 
 impl TextureLayout {
+    /// The panels of `plan` for operands `a` and `b`: copied where their
+    /// buffers allow it.
+    fn of(
+        gpu: &Gpu,
+        plan: &MatmulPlan,
+        subgroups: bool,
+        a: &Tensor,
+        b: &Tensor,
+    ) -> Result<TextureLayout> {
+        let copyable = [a, b]
+            .iter()
+            .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));
+        TextureLayout::new(gpu, plan, subgroups, copyable)
+    }
+
     /// The panels of `plan`; `copyable`: both operands' buffers allow
     /// copies out of them (`COPY_SRC`; a caller's own buffer may not), which
     /// the linear layout needs.
@@ -1060,6 +1080,7 @@ impl TextureLayout {
 fn texture_steps<'a>(
     gpu: &Gpu,
     plan: &MatmulPlan,
+    layout: TextureLayout,
     subgroups: bool,
     group_rows: u32,
     a: &'a Tensor,
@@ -1068,10 +1089,6 @@ fn texture_steps<'a>(
     shared: Option<&mut SharedA>,
     epilogue: Option<Epilogue<'a>>,
 ) -> Result<Vec<Step<'a>>> {
-    let copyable = [a, b]
-        .iter()
-        .all(|t| t.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC));
-    let layout = TextureLayout::new(gpu, plan, subgroups, copyable)?;
     let p = &plan.params;
     let params = TextureParams {
         batch: p.batch,

@@ -506,16 +506,15 @@ impl Gpt {
                 heads: self.config.n_head,
                 seq: ws.n(),
             };
-            let p = matmul::plan(acts.ln1.shape(), attn.shape(), &plain)?;
-            match matmul::fused_steps(gpu, &p, &acts.ln1, attn, &ws.qkv, epilogue)? {
-                Some(fused) => steps.extend(fused),
-                None => {
-                    steps.extend(matmul::steps(gpu, &p, &acts.ln1, attn, &ws.qkv)?);
-                    steps.push(ops::split_qkv_step(
-                        &s.block, &ws.qkv, attn_bias, &acts.q, &acts.k, &acts.v,
-                    ));
-                }
-            }
+            let separate =
+                ops::split_qkv_step(&s.block, &ws.qkv, attn_bias, &acts.q, &acts.k, &acts.v);
+            steps.extend(product_with(
+                gpu,
+                (&acts.ln1, attn),
+                &ws.qkv,
+                epilogue,
+                (&ws.qkv, separate),
+            )?);
             steps.extend(map_steps(
                 gpu,
                 &s.attention,
@@ -537,13 +536,18 @@ impl Gpt {
                 }
             }
             steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
-            steps.extend(product_bias_residual(
+            let (proj, proj_bias) = layer.proj;
+            let epilogue = Epilogue::BiasResidual {
+                bias: proj_bias,
+                residual: x_in,
+            };
+            let separate = ops::bias_residual_step(&s.block, x_in, &ws.proj, proj_bias, x_mid);
+            steps.extend(product_with(
                 gpu,
-                &s.block,
-                (&acts.merged, layer.proj),
-                x_in,
-                &ws.proj,
+                (&acts.merged, proj),
                 x_mid,
+                epilogue,
+                (&ws.proj, separate),
             )?);
             // MLP block.
             steps.push(ops::layer_norm_step(
@@ -560,21 +564,26 @@ impl Gpt {
                 bias: fc_bias,
                 act: &acts.gelu,
             };
-            let p = matmul::plan(acts.ln2.shape(), fc.shape(), &plain)?;
-            match matmul::fused_steps(gpu, &p, &acts.ln2, fc, &acts.fc, epilogue)? {
-                Some(fused) => steps.extend(fused),
-                None => {
-                    steps.extend(matmul::steps(gpu, &p, &acts.ln2, fc, &acts.fc)?);
-                    steps.push(ops::bias_gelu_step(&s.wide, &acts.fc, fc_bias, &acts.gelu));
-                }
-            }
-            steps.extend(product_bias_residual(
+            let separate = ops::bias_gelu_step(&s.wide, &acts.fc, fc_bias, &acts.gelu);
+            steps.extend(product_with(
                 gpu,
-                &s.block,
-                (&acts.gelu, layer.mproj),
-                x_mid,
-                &ws.proj,
+                (&acts.ln2, fc),
+                &acts.fc,
+                epilogue,
+                (&acts.fc, separate),
+            )?);
+            let (mproj, mproj_bias) = layer.mproj;
+            let epilogue = Epilogue::BiasResidual {
+                bias: mproj_bias,
+                residual: x_mid,
+            };
+            let separate = ops::bias_residual_step(&s.block, x_mid, &ws.proj, mproj_bias, x_out);
+            steps.extend(product_with(
+                gpu,
+                (&acts.gelu, mproj),
                 x_out,
+                epilogue,
+                (&ws.proj, separate),
             )?);
         }
         let x_last = &ws.xs[ws.xs.len() - 1];
@@ -800,25 +809,25 @@ impl Gpt {
     }
 }
 
-/// The steps of `out = residual + (x·W + b)` for `linear` = (x, (W, b)): the
-/// bias and residual fused into the product's store where the matmul can
-/// (see [`Epilogue`]), else the product into `scratch` and `bias_residual`.
-fn product_bias_residual<'a>(
+/// The steps of the product `x·W` (`product` = (x, W)) with `epilogue`
+/// fused into its store, writing `c`, where the matmul can (see
+/// [`Epilogue`]); else the product into `fallback.0` and then `fallback.1`,
+/// the epilogue's own kernel.
+fn product_with<'a>(
     gpu: &Gpu,
-    p: &GptParams,
-    linear: (&'a Tensor, (&'a Tensor, &'a Tensor)),
-    residual: &'a Tensor,
-    scratch: &'a Tensor,
-    out: &'a Tensor,
+    product: (&'a Tensor, &'a Tensor),
+    c: &'a Tensor,
+    epilogue: Epilogue<'a>,
+    fallback: (&'a Tensor, Step<'a>),
 ) -> Result<Vec<Step<'a>>> {
-    let (x, (weight, bias)) = linear;
+    let (x, weight) = product;
     let plan = matmul::plan(x.shape(), weight.shape(), &MatmulOptions::default())?;
-    let epilogue = Epilogue::BiasResidual { bias, residual };
-    if let Some(steps) = matmul::fused_steps(gpu, &plan, x, weight, out, epilogue)? {
+    if let Some(steps) = matmul::fused_steps(gpu, &plan, x, weight, c, epilogue)? {
         return Ok(steps);
     }
-    let mut steps = matmul::steps(gpu, &plan, x, weight, scratch)?;
-    steps.push(ops::bias_residual_step(p, residual, scratch, bias, out));
+    let (out, separate) = fallback;
+    let mut steps = matmul::steps(gpu, &plan, x, weight, out)?;
+    steps.push(separate);
     Ok(steps)
 }
 

@@ -35,6 +35,12 @@
 //                 come from matmul.wgsl, this pass adds the terms read off A
 //                 (A read transposed). v1: one element per invocation.
 //   value_grad    dV = A^T dY - (c - a^2) dMV - a dU. v1.
+//   diag_stats_texture  v1: diag_stats from A in a texture (texel i = floats
+//                 4i .. 4i + 4 of A, placed by texel(); N a multiple of 4),
+//                 one invocation per 4 rows: each k step reads the 4 rows'
+//                 texels at columns k .. k + 4 and rows k .. k + 4's texels at
+//                 the 4 rows' columns, 16 products of c from 8 texel loads.
+//                 The diagonal block is summed apart, without k = i.
 //   diag_stats_serial, output_adjoints_serial, row_adjoints_serial: the same
 //                 with one invocation per row (the row layout for software
 //                 adapters, see kernels::rows). v1.
@@ -52,7 +58,8 @@ struct Params {
     // a multiple of 4 on the fused path (whole texels, which the matmul
     // copies instead of packing), exactly D + 1 on the streaming path.
     width: u32,
-    _pad0: u32,
+    // diag_stats_texture only: log2 of the rows per layer of A's texture.
+    map_shift: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -177,6 +184,91 @@ fn diag_stats_serial(
         return;
     }
     diag_store(row, diag_sums(row, 0u, 1u));
+}
+
+// ---- diag_stats_texture -----------------------------------------------------
+
+@group(0) @binding(1) var dt_map: texture_storage_2d_array<rgba32float, read>;
+
+fn map_texel(t: u32) -> vec4<f32> {
+    let at = texel(t, p.map_shift);
+    return textureLoad(dt_map, at.xy, at.z);
+}
+
+// The 4 rows' (r, c) partial sums over the column texels t = lo .. hi
+// (first: the texel index of the first of the 4 rows, mat: of the matrix,
+// q: the 4 rows' own column texel).
+struct DiagSums {
+    r: vec4<f32>,
+    c: vec4<f32>,
+}
+
+fn diag_block_sums(acc: DiagSums, first: u32, mat: u32, q: u32, lo: u32, hi: u32) -> DiagSums {
+    let n4 = p.n / 4u;
+    var r = acc.r;
+    var c = acc.c;
+    for (var t = lo; t < hi; t = t + 1u) {
+        let r0 = map_texel(first + t);
+        let r1 = map_texel(first + n4 + t);
+        let r2 = map_texel(first + 2u * n4 + t);
+        let r3 = map_texel(first + 3u * n4 + t);
+        // Rows 4t .. 4t + 4 at the 4 rows' columns.
+        let col = mat + 4u * t * n4 + q;
+        let c0 = map_texel(col);
+        let c1 = map_texel(col + n4);
+        let c2 = map_texel(col + 2u * n4);
+        let c3 = map_texel(col + 3u * n4);
+        let one = vec4<f32>(1.0);
+        r = r + vec4<f32>(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one));
+        c = c + vec4<f32>(
+            dot(r0, vec4<f32>(c0.x, c1.x, c2.x, c3.x)),
+            dot(r1, vec4<f32>(c0.y, c1.y, c2.y, c3.y)),
+            dot(r2, vec4<f32>(c0.z, c1.z, c2.z, c3.z)),
+            dot(r3, vec4<f32>(c0.w, c1.w, c2.w, c3.w)),
+        );
+    }
+    return DiagSums(r, c);
+}
+
+@compute @workgroup_size(64)
+fn diag_stats_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let quad = element_id(wid, nwg, lid);
+    let n4 = p.n / 4u;
+    if (quad >= p.matrices * n4) {
+        return;
+    }
+    // Rows 4q .. 4q + 4 of matrix g, whose diagonal lies in column texel q.
+    let g = quad / n4;
+    let q = quad % n4;
+    let mat = g * p.n * n4;
+    let first = mat + 4u * q * n4;
+    var sums = DiagSums(vec4<f32>(0.0), vec4<f32>(0.0));
+    sums = diag_block_sums(sums, first, mat, q, 0u, q);
+    sums = diag_block_sums(sums, first, mat, q, q + 1u, n4);
+    // The diagonal block: d_r[j] = A_{4q+r, 4q+j}, c without j = r.
+    let d0 = map_texel(first + q);
+    let d1 = map_texel(first + n4 + q);
+    let d2 = map_texel(first + 2u * n4 + q);
+    let d3 = map_texel(first + 3u * n4 + q);
+    let one = vec4<f32>(1.0);
+    let r = sums.r + vec4<f32>(dot(d0, one), dot(d1, one), dot(d2, one), dot(d3, one));
+    let c = sums.c + vec4<f32>(
+        d0.y * d1.x + d0.z * d2.x + d0.w * d3.x,
+        d1.x * d0.y + d1.z * d2.y + d1.w * d3.y,
+        d2.x * d0.z + d2.y * d1.z + d2.w * d3.z,
+        d3.x * d0.w + d3.y * d1.w + d3.z * d2.w,
+    );
+    let a = vec4<f32>(d0.x, d1.y, d2.z, d3.w);
+    let row = g * p.n + 4u * q;
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        ds_stats[3u * (row + k)] = a[k];
+        ds_stats[3u * (row + k) + 1u] = r[k];
+        ds_stats[3u * (row + k) + 2u] = c[k];
+    }
 }
 
 // ---- mass -------------------------------------------------------------------

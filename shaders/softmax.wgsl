@@ -18,6 +18,16 @@
 //                 elsewhere (so a row with no valid key is all zeros, whatever
 //                 dA held). It shares Params, valid() and key_mask (binding 2)
 //                 with the forward.
+//   softmax_texture  v1: the fused SAOBP path's softmax, one invocation per
+//                 row: the scores come from a texture and the map goes to
+//                 one (texel i = floats 4i .. 4i + 4 of the [matrices, rows,
+//                 cols] map, placed by texel() of common.wgsl; cols a
+//                 multiple of 4), which the products then read without a
+//                 copy. Three texel reads of the row (max, sum, write), two
+//                 exponentials per valid score instead of the online
+//                 softmax's three, and a causal row stops at its diagonal
+//                 texel. STORE_MAP = 1 also writes the map into st_out for
+//                 the other readers of A (metrics, the returned map).
 
 struct Params {
     matrices: u32,
@@ -27,8 +37,10 @@ struct Params {
     heads: u32,
     causal: u32,
     has_mask: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // softmax_texture only: log2 of the rows per layer of the scores' and
+    // of the map's texture.
+    scores_shift: u32,
+    map_shift: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -182,4 +194,77 @@ fn softmax_backward_serial(
         return;
     }
     row_grad(row, row_dot(row, 0u, 1u), 0u, 1u);
+}
+
+// ---- softmax_texture --------------------------------------------------------
+
+override STORE_MAP: u32 = 0u;
+
+@group(0) @binding(1) var<storage, read_write> st_out: array<vec4<f32>>;
+@group(0) @binding(3) var st_scores: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(4) var st_map: texture_storage_2d_array<rgba32float, write>;
+
+fn scores_texel(t: u32) -> vec4<f32> {
+    let at = texel(t, p.scores_shift);
+    return textureLoad(st_scores, at.xy, at.z);
+}
+
+// Which of columns j .. j + 4 of row i of matrix g are valid keys.
+fn valid4(g: u32, i: u32, j: u32) -> vec4<bool> {
+    var ok = vec4<bool>(true);
+    if (p.causal != 0u) {
+        ok = vec4<u32>(j, j + 1u, j + 2u, j + 3u) <= vec4<u32>(i);
+    }
+    if (p.has_mask != 0u) {
+        let m = (g / p.heads) * p.cols + j;
+        let keep = vec4<f32>(key_mask[m], key_mask[m + 1u], key_mask[m + 2u], key_mask[m + 3u]);
+        ok = ok & (keep != vec4<f32>(0.0));
+    }
+    return ok;
+}
+
+@compute @workgroup_size(64)
+fn softmax_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let cols4 = p.cols / 4u;
+    let first = row * cols4;
+    // Past the diagonal texel a causal row has no valid key.
+    let end = select(cols4, min(i / 4u + 1u, cols4), p.causal != 0u);
+    let lowest = vec4<f32>(-3.0e38);
+    var top4 = lowest;
+    var found = false;
+    for (var t = 0u; t < end; t = t + 1u) {
+        let ok = valid4(g, i, 4u * t);
+        top4 = max(top4, select(lowest, scores_texel(first + t), ok));
+        found = found || any(ok);
+    }
+    let top = max(max(top4.x, top4.y), max(top4.z, top4.w));
+    var sum4 = vec4<f32>(0.0);
+    for (var t = 0u; t < end; t = t + 1u) {
+        let ok = valid4(g, i, 4u * t);
+        sum4 = sum4 + select(vec4<f32>(0.0), exp(scores_texel(first + t) - top), ok);
+    }
+    // A row without valid keys is all zeros.
+    let inv = select(0.0, 1.0 / (sum4.x + sum4.y + sum4.z + sum4.w), found);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        var out = vec4<f32>(0.0);
+        if (t < end) {
+            let ok = valid4(g, i, 4u * t);
+            out = select(vec4<f32>(0.0), exp(scores_texel(first + t) - top) * inv, ok);
+        }
+        let at = texel(first + t, p.map_shift);
+        textureStore(st_map, at.xy, at.z, out);
+        if (STORE_MAP != 0u) {
+            st_out[first + t] = out;
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Step};
-use crate::kernels::attention::{map_steps, AttentionShape};
+use crate::kernels::attention::{map_steps, map_steps_to_texture, AttentionShape};
 use crate::kernels::flash;
 use crate::kernels::matmul::{self, MatmulOptions};
 use crate::kernels::metrics::{MapMetrics, Metric, MetricsJob, METRIC_COUNT};
@@ -434,8 +434,29 @@ async fn attention_whole(
         .then(|| Tensor::scratch(gpu, &rows))
         .transpose()?;
 
+    // Where the products read `A` copied into a texture as stored, the
+    // softmax writes it there itself; into `a` as well only when something
+    // else reads it.
+    let plain = MatmulOptions::default();
+    let av_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
+    let mut map = match (&fused, opts.mode) {
+        (Some(fused), _) => fused.map_texture(gpu, &a, v)?,
+        (None, Mode::Plain) => matmul::map_texture(gpu, &[(&av_plan, v)], &a)?,
+        _ => None,
+    };
+    let store = opts.return_attention || opts.metrics || form_r;
     let mut steps: Vec<Step> = Vec::new();
-    steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
+    let to_texture = match &map {
+        Some(m) => map_steps_to_texture(gpu, shape, q, k, opts.causal, opts.key_mask, &a, m, store)?,
+        None => None,
+    };
+    match to_texture {
+        Some(s) => steps.extend(s),
+        None => {
+            map = None;
+            steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
+        }
+    }
     if let Some(stats) = &stats {
         steps.push(saobp::diag_stats(gpu, &plan, &a, stats)?);
         steps.push(saobp::mass(&plan, &a, stats, &mass));
@@ -445,14 +466,20 @@ async fn attention_whole(
         steps.extend(saobp::messages(gpu, &plan, &a, messages)?);
         steps.push(saobp::refine(&plan, &a, messages, &lambda, refined, m_out));
     }
-    let plain = MatmulOptions::default();
     match opts.mode {
         // `attention` sends these to `attention_streaming` before any map exists.
         Mode::Flash | Mode::Streaming => {}
-        Mode::Plain => {
-            let p = matmul::plan(a.shape(), v.shape(), &plain)?;
-            steps.extend(matmul::steps(gpu, &p, &a, v, &output)?);
-        }
+        Mode::Plain => match map {
+            Some(mut m) => steps.extend(matmul::steps_sharing_a(
+                gpu,
+                &av_plan,
+                &a,
+                v,
+                &output,
+                &mut m.shared,
+            )?),
+            None => steps.extend(matmul::steps(gpu, &av_plan, &a, v, &output)?),
+        },
         Mode::Materialized => {
             let r = refined.as_ref().unwrap_or(&a);
             let p = matmul::plan(r.shape(), v.shape(), &plain)?;
@@ -461,7 +488,7 @@ async fn attention_whole(
         Mode::Fused => {
             // The fused output computes m itself, from one more column of A·U.
             if let Some(fused) = &fused {
-                steps.extend(fused.output_steps(gpu, &plan, &a, v, &lambda, &mass, &output)?);
+                steps.extend(fused.output_steps(gpu, &plan, &a, v, map, &lambda, &mass, &output)?);
             }
         }
     }

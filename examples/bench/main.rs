@@ -86,7 +86,8 @@ struct Args {
     /// this batch (the `small` preset's own is 64), after one step.
     #[arg(long, value_name = "SMALL_BATCH")]
     memory: Option<usize>,
-    /// Print where a training step's time goes, kernel by kernel.
+    /// Print where the time goes, kernel by kernel: each attention mode at
+    /// the largest N, and each training step.
     #[arg(long)]
     profile: bool,
 }
@@ -302,6 +303,41 @@ impl AttentionRow {
     }
 }
 
+/// Where one attention call's time goes: each kernel's wall time with every
+/// dispatch submitted and waited for on its own ([`Gpu::set_profiling`]),
+/// longest first.
+fn profile_mode(gpu: &Gpu, n: usize, d: usize, mode: Mode) -> Result<Vec<(String, Duration)>, Error> {
+    let shape = [1, HEADS, n, d];
+    let w = inputs(HEADS, n, d);
+    let q = Tensor::from_slice(gpu, &shape, &w.q)?;
+    let k = Tensor::from_slice(gpu, &shape, &w.k)?;
+    let v = Tensor::from_slice(gpu, &shape, &w.v)?;
+    let opts = AttentionOptions {
+        mode,
+        lambda: Lambda::Scalar(1.0),
+        ..Default::default()
+    };
+    // Pipelines are built outside the profile.
+    attention_blocking(gpu, &q, &k, &v, &opts)?.output.to_vec_blocking(gpu)?;
+    let before = gpu.work();
+    gpu.set_profiling(true);
+    let run = attention_blocking(gpu, &q, &k, &v, &opts).and_then(|o| o.output.to_vec_blocking(gpu));
+    gpu.set_profiling(false);
+    run?;
+    let mut times = gpu.work().since(&before).kernel_time;
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
+    Ok(times)
+}
+
+/// Prints a profile's total and its twelve longest kernels.
+fn print_profile(what: &str, times: &[(String, Duration)]) {
+    let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
+    println!("  profile ({what}, each dispatch alone): {:.1} ms", total * 1e3);
+    for (name, t) in times.iter().take(12) {
+        println!("  {:>8.1} ms  {name}", t.as_secs_f64() * 1e3);
+    }
+}
+
 /// Streaming SAOBP on one long head: its time, and the GPU memory the call
 /// took (where the backend reports allocations).
 fn long_sequence(gpu: &Gpu, n: usize, d: usize) -> Result<(Duration, Option<u64>), Error> {
@@ -394,6 +430,12 @@ fn run() -> Result<(), String> {
         .iter()
         .map(|&n| AttentionRow::measure(&gpu, n, args.head_dim, args.repeat, args.max_materialized))
         .collect();
+    if let (true, Some(&n)) = (args.profile, sizes.iter().max()) {
+        for mode in [Mode::Plain, Mode::Flash, Mode::Fused, Mode::Streaming] {
+            let times = profile_mode(&gpu, n, args.head_dim, mode).map_err(|e| e.to_string())?;
+            print_profile(&format!("{mode} N={n}"), &times);
+        }
+    }
     let long = (args.attention() && args.long_n > 0).then(|| {
         let r = long_sequence(&gpu, args.long_n, args.head_dim);
         match &r {
@@ -456,14 +498,7 @@ fn run() -> Result<(), String> {
             training.push(row);
             if args.profile {
                 let times = train::profile(&gpu, preset, lambda).map_err(|e| e.to_string())?;
-                let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
-                println!(
-                    "  profile (forward + backward, each dispatch alone): {:.1} ms",
-                    total * 1e3
-                );
-                for (name, t) in times.iter().take(12) {
-                    println!("  {:>8.1} ms  {name}", t.as_secs_f64() * 1e3);
-                }
+                print_profile("forward + backward", &times);
             }
         }
     }

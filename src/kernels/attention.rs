@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
-use crate::kernels::{matmul, softmax};
+use crate::kernels::{matmul, rows, softmax};
 use crate::tensor::Tensor;
 
 /// Checked sizes of one attention problem.
@@ -107,7 +107,59 @@ pub(crate) fn map_steps<'a>(
     key_mask: Option<&'a Tensor>,
     a: &'a Tensor,
 ) -> Result<Vec<Step<'a>>> {
-    let scores = matmul::plan(
+    let scores = scores_plan(shape, q, k)?;
+    let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
+    let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
+    steps.push(softmax::step(gpu, &softmax, a, key_mask)?);
+    Ok(steps)
+}
+
+/// [`map_steps`] writing `A` into `map`'s texture (for the products that
+/// share it, [`matmul::map_texture`]), and into `a` as well when `store`;
+/// otherwise `a` ends holding the scores. The scores go from `a` into a
+/// texture of their own by a copy, and the softmax reads them from there
+/// ([`softmax::texture_step`]): on the software adapters it then reads the
+/// N×N scores as texels, not one lane at a time from a storage buffer.
+/// One invocation per row: `None` where the row kernels take workgroups
+/// ([`rows::row_layout`]) or a row is too long for one invocation within
+/// the adapter's loop budget; then use [`map_steps`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn map_steps_to_texture<'a>(
+    gpu: &'a Gpu,
+    shape: &AttentionShape,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    causal: bool,
+    key_mask: Option<&'a Tensor>,
+    a: &'a Tensor,
+    map: &matmul::MapTexture,
+    store: bool,
+) -> Result<Option<Vec<Step<'a>>>> {
+    if rows::row_layout(gpu)? != rows::RowLayout::Invocation
+        || !rows::fits(gpu, shape.n.div_ceil(4) as u64)
+    {
+        return Ok(None);
+    }
+    let scores = scores_plan(shape, q, k)?;
+    let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
+    let texture = matmul::PanelTexture::new(gpu, "the scores", a.len().div_ceil(4) as u64)?;
+    let panels = texture.create(gpu);
+    let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
+    steps.push(texture.copy_from(a, &panels));
+    steps.push(softmax::texture_step(
+        gpu,
+        &softmax,
+        (&panels, texture.layer_shift),
+        (&map.panels, map.shift),
+        (a, store),
+        key_mask,
+    )?);
+    Ok(Some(steps))
+}
+
+/// The plan of the scores `scale · Q Kᵀ`.
+fn scores_plan(shape: &AttentionShape, q: &Tensor, k: &Tensor) -> Result<matmul::MatmulPlan> {
+    matmul::plan(
         q.shape(),
         k.shape(),
         &matmul::MatmulOptions {
@@ -115,11 +167,7 @@ pub(crate) fn map_steps<'a>(
             trans_b: true,
             alpha: shape.scale,
         },
-    )?;
-    let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
-    let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
-    steps.push(softmax::step(gpu, &softmax, a, key_mask)?);
-    Ok(steps)
+    )
 }
 
 /// Options of [`attention_backward`]: those of the forward, and optionally

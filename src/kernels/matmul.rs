@@ -845,6 +845,61 @@ pub(crate) struct SharedA {
     packed: Option<(wgpu::Buffer, MatmulVariant, [u32; 11], Panels)>,
 }
 
+/// A texture that a caller writes `A` into for the products that share it
+/// (from [`map_texture`]): they bind it through `shared` instead of copying
+/// `A` from its buffer.
+pub(crate) struct MapTexture {
+    /// Holds the panels, for [`steps_sharing_a`].
+    pub(crate) shared: SharedA,
+    pub(crate) panels: Panels,
+    /// log2 of the rows per layer.
+    pub(crate) shift: u32,
+}
+
+/// The texture to write `A` into for `products`, each `(plan, b)` with
+/// `plan` multiplying `a` by `b`, where the variant and layout
+/// [`steps_sharing_a`] would choose for each is the texture family's,
+/// copying `A` as stored (texel `i` = floats `4i .. 4i + 4` of `a`), and the
+/// same for all. The products then read whatever the caller writes there as
+/// their `A`, whatever `a`'s buffer holds. `None` otherwise: the caller
+/// writes `a` as usual.
+pub(crate) fn map_texture(
+    gpu: &Gpu,
+    products: &[(&MatmulPlan, &Tensor)],
+    a: &Tensor,
+) -> Result<Option<MapTexture>> {
+    let mut agreed: Option<(MatmulVariant, [u32; 11], PanelTexture)> = None;
+    for &(plan, b) in products {
+        let variant = choose(gpu, plan)?;
+        let MatmulVariant::Texture { subgroups, .. } = variant else {
+            return Ok(None);
+        };
+        if plan.work() == 0 || variant.check(gpu).is_err() || variant.check_k(gpu, plan).is_err() {
+            return Ok(None);
+        }
+        let layout = TextureLayout::of(gpu, plan, subgroups, a, b)?;
+        if !layout.linear || plan.params.trans_a != 0 {
+            return Ok(None);
+        }
+        let key = a_key(&layout, &plan.params);
+        match &agreed {
+            Some((v, k, _)) if (*v, *k) != (variant, key) => return Ok(None),
+            _ => agreed = Some((variant, key, layout.a)),
+        }
+    }
+    let Some((variant, key, texture)) = agreed else {
+        return Ok(None);
+    };
+    let panels = texture.create(gpu);
+    Ok(Some(MapTexture {
+        shared: SharedA {
+            packed: Some((a.buffer().clone(), variant, key, panels.clone())),
+        },
+        panels,
+        shift: texture.layer_shift,
+    }))
+}
+
 /// [`steps`], reusing `A`'s packed panels from an earlier product recorded
 /// with the same `shared` (and leaving them there for a later one). Only
 /// the texture family packs; other variants ignore `shared`.
@@ -995,7 +1050,7 @@ impl PanelTexture {
 
     /// The step copying the first texels of `src` into `dst` (a texture of
     /// this size) as they lie in the buffer.
-    fn copy_from<'a>(&self, src: &'a Tensor, dst: &Panels) -> Step<'a> {
+    pub(crate) fn copy_from<'a>(&self, src: &'a Tensor, dst: &Panels) -> Step<'a> {
         Step::Texels {
             src: src.buffer(),
             texels: self.texels,
@@ -1076,6 +1131,23 @@ impl TextureLayout {
     }
 }
 
+/// Everything a texture-family product's copied or packed `A` depends on.
+fn a_key(layout: &TextureLayout, p: &MatmulParams) -> [u32; 11] {
+    [
+        layout.linear.into(),
+        p.batch,
+        p.m,
+        p.k,
+        p.trans_a,
+        p.a_batch_stride,
+        layout.k4,
+        layout.row_blocks,
+        layout.a.texels,
+        layout.a.layer_shift,
+        layout.a.layers,
+    ]
+}
+
 #[allow(clippy::too_many_arguments)]
 fn texture_steps<'a>(
     gpu: &Gpu,
@@ -1115,20 +1187,7 @@ fn texture_steps<'a>(
         split_seq: 0,
         _pad: [0; 2],
     };
-    // Everything the packed A depends on.
-    let a_key = [
-        layout.linear.into(),
-        p.batch,
-        p.m,
-        p.k,
-        p.trans_a,
-        p.a_batch_stride,
-        layout.k4,
-        layout.row_blocks,
-        layout.a.texels,
-        layout.a.layer_shift,
-        layout.a.layers,
-    ];
+    let a_key = a_key(&layout, p);
     let variant = MatmulVariant::Texture {
         subgroups,
         group_rows,

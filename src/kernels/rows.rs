@@ -95,7 +95,7 @@ pub fn row_layout(gpu: &Gpu) -> Result<RowLayout> {
 /// Loop iterations the invocation layout may spend per row on adapters
 /// with a loop budget: up to three passes over a row of `len`, with room to
 /// spare (past the budget llvmpipe ends loops early, silently).
-fn fits(gpu: &Gpu, len: u64) -> bool {
+pub(crate) fn fits(gpu: &Gpu, len: u64) -> bool {
     gpu.adapter()
         .loop_budget()
         .is_none_or(|budget| 3 * len + 64 <= budget)

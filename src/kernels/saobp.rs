@@ -5,8 +5,9 @@
 //! The pipeline that strings them together is [`crate::attention`](mod@crate::attention).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Step};
-use crate::kernels::{matmul, rows, to_u32};
+use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
+use crate::kernels::matmul::{self, MapTexture};
+use crate::kernels::{rows, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
@@ -37,6 +38,8 @@ kernels! {
         LAMBDA_GRAD = "lambda_grad" (lg_row, lg_out);
         /// [`DIAG_STATS`] with one invocation per row ([`rows`]).
         DIAG_STATS_SERIAL = "diag_stats_serial" (ds_a, ds_stats);
+        /// [`DIAG_STATS`] from `A` in a texture, one invocation per 4 rows.
+        DIAG_STATS_TEXTURE = "diag_stats_texture" (dt_map, ds_stats);
         /// [`OUTPUT_ADJOINTS`] with one invocation per row.
         OUTPUT_ADJOINTS_SERIAL = "output_adjoints_serial" (oa_grad, oa_y, oa_v, oa_au, oa_stats, oa_lambda, oa_w, oa_row);
         /// [`ROW_ADJOINTS`] with one invocation per row.
@@ -101,7 +104,9 @@ pub(crate) struct SaobpParams {
     d: u32,
     heads: u32,
     width: u32,
-    _pad: [u32; 3],
+    /// [`diag_stats_texture`] only: log2 of the rows per layer of `A`'s texture.
+    map_shift: u32,
+    _pad: [u32; 2],
 }
 
 /// Columns of the fused form's wide operands (`U'`, `A·U'`, `W`, `Aᵀ·W`):
@@ -138,7 +143,8 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
             d: to_u32("D", d)?,
             heads: to_u32("heads", heads.max(1))?,
             width: to_u32("D", wide(d))?,
-            _pad: [0; 3],
+            map_shift: 0,
+            _pad: [0; 2],
         },
         rows: (matrices * n) as u64,
         elements: matrices * n * d,
@@ -202,6 +208,31 @@ pub(crate) fn diag_stats<'a>(
             .bind("ds_stats", stats)
             .step(),
     )
+}
+
+/// [`diag_stats`] from `A` in texture `map` (with its layer shift; texel
+/// `i` holds floats `4i .. 4i + 4` of `A`, `N` a multiple of 4), one
+/// invocation per 4 rows, each reading its rows and its columns as texels.
+pub(crate) fn diag_stats_texture<'a>(
+    plan: &Plan,
+    (map, map_shift): (&Panels, u32),
+    stats: &'a Tensor,
+) -> Result<Step<'a>> {
+    if !plan.params.n.is_multiple_of(4) {
+        return Err(Error::Internal(format!(
+            "diag_stats_texture needs whole texels per row, got N = {}",
+            plan.params.n
+        )));
+    }
+    let params = SaobpParams {
+        map_shift,
+        ..plan.params
+    };
+    let groups = DIAG_STATS_TEXTURE.groups_for(plan.rows as usize / 4);
+    Ok(Dispatch::new(&DIAG_STATS_TEXTURE, &params, groups)
+        .bind("dt_map", Binding::Texture(map.clone()))
+        .bind("ds_stats", stats)
+        .step())
 }
 
 /// Multi-hop mass `m` from `A` and its row stats, without `M`.
@@ -285,20 +316,47 @@ impl FusedIntermediates {
         })
     }
 
+    /// Where the softmax may write `A` for both products of
+    /// [`FusedIntermediates::steps`] (`A·V` and `A·U'`) so that neither
+    /// copies it: a texture, where both read `A` copied as stored
+    /// ([`matmul::map_texture`]); `None` otherwise.
+    pub(crate) fn map_texture(
+        &self,
+        gpu: &Gpu,
+        a: &Tensor,
+        v: &Tensor,
+    ) -> Result<Option<MapTexture>> {
+        let plain = matmul::MatmulOptions::default();
+        let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
+        let au_plan = matmul::plan(a.shape(), self.u.shape(), &plain)?;
+        matmul::map_texture(gpu, &[(&y_plan, v), (&au_plan, &self.u)], a)
+    }
+
     /// The steps writing them from `a` and `v`. Both products read `A`:
-    /// packed once where the matmul packs operands.
-    pub fn steps<'a>(
+    /// packed once where the matmul packs operands. With `map`, `A` is
+    /// already in its texture (written there by the softmax, whatever `a`
+    /// holds), and the row statistics read it from there.
+    pub(crate) fn steps<'a>(
         &'a self,
         gpu: &Gpu,
         plan: &Plan,
         a: &'a Tensor,
         v: &'a Tensor,
+        map: Option<MapTexture>,
     ) -> Result<Vec<Step<'a>>> {
         let plain = matmul::MatmulOptions::default();
         let y_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
         let au_plan = matmul::plan(a.shape(), self.u.shape(), &plain)?;
-        let mut shared = matmul::SharedA::default();
-        let mut steps = vec![diag_stats(gpu, plan, a, &self.stats)?];
+        let (mut shared, mut steps) = match map {
+            Some(m) => {
+                let stats = diag_stats_texture(plan, (&m.panels, m.shift), &self.stats)?;
+                (m.shared, vec![stats])
+            }
+            None => (
+                matmul::SharedA::default(),
+                vec![diag_stats(gpu, plan, a, &self.stats)?],
+            ),
+        };
         steps.extend(matmul::steps_sharing_a(
             gpu,
             &y_plan,
@@ -322,17 +380,18 @@ impl FusedIntermediates {
     /// [`FusedIntermediates::steps`], then the refined output `out` and `m`
     /// into `mass`.
     #[allow(clippy::too_many_arguments)]
-    pub fn output_steps<'a>(
+    pub(crate) fn output_steps<'a>(
         &'a self,
         gpu: &Gpu,
         plan: &Plan,
         a: &'a Tensor,
         v: &'a Tensor,
+        map: Option<MapTexture>,
         lambda: &'a Tensor,
         mass: &'a Tensor,
         out: &'a Tensor,
     ) -> Result<Vec<Step<'a>>> {
-        let mut steps = self.steps(gpu, plan, a, v)?;
+        let mut steps = self.steps(gpu, plan, a, v, map)?;
         steps.push(fused_output(
             plan,
             &self.y,
@@ -491,7 +550,7 @@ pub async fn saobp_output_backward(
         grad_lambda: Tensor::scratch(gpu, &[h])?,
     };
     // The forward's intermediates, as the fused output forms them.
-    let mut steps = fwd.steps(gpu, &plan, a, v)?;
+    let mut steps = fwd.steps(gpu, &plan, a, v, None)?;
     steps.extend(output_backward_steps(
         gpu,
         &plan,

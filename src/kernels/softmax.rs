@@ -3,7 +3,7 @@
 //! Shader: `shaders/softmax.wgsl`. Reference: [`crate::reference::softmax`](mod@crate::reference::softmax).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Step};
+use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
 use crate::kernels::rows;
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
@@ -21,6 +21,12 @@ kernels! {
         SOFTMAX_ROWS_SERIAL = "softmax_rows_serial" (x, key_mask);
         /// `softmax_backward` with one invocation per row.
         SOFTMAX_BACKWARD_SERIAL = "softmax_backward_serial" (sb_grad, key_mask, sb_a);
+        /// The softmax of scores in a texture into a texture (the fused
+        /// SAOBP path's), one invocation per row.
+        SOFTMAX_TEXTURE = "softmax_texture" (st_out, key_mask, st_scores, st_map);
+        /// [`SOFTMAX_TEXTURE`], also writing the map into a buffer.
+        SOFTMAX_TEXTURE_STORE = "softmax_texture" (st_out, key_mask, st_scores, st_map)
+            as "softmax_texture_store" with [STORE_MAP = 1];
     }
 }
 
@@ -44,7 +50,10 @@ pub(crate) struct SoftmaxParams {
     heads: u32,
     causal: u32,
     has_mask: u32,
-    _pad: [u32; 2],
+    /// [`texture_step`] only: log2 of the rows per layer of the scores' and
+    /// of the map's texture.
+    scores_shift: u32,
+    map_shift: u32,
 }
 
 /// Checks `x` ([.., R, C]) and the mask against each other.
@@ -74,7 +83,8 @@ pub(crate) fn plan(x: &[usize], causal: bool, mask: Option<&[usize]>) -> Result<
         heads: to_u32("heads", heads.max(1))?,
         causal: causal.into(),
         has_mask: mask.is_some().into(),
-        _pad: [0; 2],
+        scores_shift: 0,
+        map_shift: 0,
     })
 }
 
@@ -100,6 +110,44 @@ pub(crate) fn step<'a>(
             .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
             .step(),
     )
+}
+
+/// The softmax of the scores in texture `scores` into texture `map` (each
+/// with its layer shift; texel `i` holds floats `4i .. 4i + 4` of the
+/// `[matrices, rows, cols]` map, `cols` a multiple of 4), and into `out` as
+/// well when `store` (`out` is bound either way, and left as it is without
+/// `store`). One invocation per row.
+pub(crate) fn texture_step<'a>(
+    gpu: &'a Gpu,
+    params: &SoftmaxParams,
+    (scores, scores_shift): (&Panels, u32),
+    (map, map_shift): (&Panels, u32),
+    (out, store): (&'a Tensor, bool),
+    mask: Option<&'a Tensor>,
+) -> Result<Step<'a>> {
+    if !params.cols.is_multiple_of(4) {
+        return Err(Error::Internal(format!(
+            "softmax_texture needs whole texels per row, got {} columns",
+            params.cols
+        )));
+    }
+    let params = SoftmaxParams {
+        scores_shift,
+        map_shift,
+        ..*params
+    };
+    let kernel = if store {
+        &SOFTMAX_TEXTURE_STORE
+    } else {
+        &SOFTMAX_TEXTURE
+    };
+    let groups = kernel.groups_for(row_count(&params)? as usize);
+    Ok(Dispatch::new(kernel, &params, groups)
+        .bind("st_out", out)
+        .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
+        .bind("st_scores", Binding::Texture(scores.clone()))
+        .bind("st_map", Binding::Texture(map.clone()))
+        .step())
 }
 
 /// The in-place backward: `grad` holds `∂L/∂A` and becomes `∂L/∂S`, from

@@ -528,7 +528,7 @@ impl Gpt {
                 (Some((fused, mass)), Some(lambda)) => {
                     steps
                         .extend(fused.output_steps(
-                            gpu, &s.saobp, &acts.a, &acts.v, lambda, mass, &acts.o,
+                            gpu, &s.saobp, &acts.a, &acts.v, None, lambda, mass, &acts.o,
                         )?);
                 }
                 _ => {

@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Step};
-use crate::kernels::attention::{map_steps, map_steps_to_texture, AttentionShape};
+use crate::kernels::attention::{map_steps_via, AttentionShape};
 use crate::kernels::flash;
 use crate::kernels::matmul::{self, MatmulOptions};
 use crate::kernels::metrics::{MapMetrics, Metric, MetricsJob, METRIC_COUNT};
@@ -439,24 +439,14 @@ async fn attention_whole(
     // else reads it.
     let plain = MatmulOptions::default();
     let av_plan = matmul::plan(a.shape(), v.shape(), &plain)?;
-    let mut map = match (&fused, opts.mode) {
+    let map = match (&fused, opts.mode) {
         (Some(fused), _) => fused.map_texture(gpu, &a, v)?,
         (None, Mode::Plain) => matmul::map_texture(gpu, &[(&av_plan, v)], &a)?,
         _ => None,
     };
     let store = opts.return_attention || opts.metrics || form_r;
-    let mut steps: Vec<Step> = Vec::new();
-    let to_texture = match &map {
-        Some(m) => map_steps_to_texture(gpu, shape, q, k, opts.causal, opts.key_mask, &a, m, store)?,
-        None => None,
-    };
-    match to_texture {
-        Some(s) => steps.extend(s),
-        None => {
-            map = None;
-            steps.extend(map_steps(gpu, shape, q, k, opts.causal, opts.key_mask, &a)?);
-        }
-    }
+    let (mut steps, map) =
+        map_steps_via(gpu, shape, q, k, opts.causal, opts.key_mask, &a, map, store)?;
     if let Some(stats) = &stats {
         steps.push(saobp::diag_stats(gpu, &plan, &a, stats)?);
         steps.push(saobp::mass(&plan, &a, stats, &mass));

@@ -175,6 +175,23 @@ fn every_kernel_passes_on_every_adapter() {
                 .any(|r| r.subject == kernel && r.status == Status::Pass);
             assert_eq!(ran, offered, "{adapter}: {kernel}");
         }
+        // On the software adapters, the maps of whole texels go straight
+        // into the products' texture, from scores the product stored as
+        // texels: plain attention's (returned, so into its buffer as well)
+        // and the fused output's (into the texture only).
+        if gpu.adapter().is_software() {
+            for (kernel, entry) in [
+                (Subject::Attention, "softmax_texture_store::softmax_texture"),
+                (Subject::FusedOutput, "softmax::softmax_texture"),
+            ] {
+                assert!(
+                    report.rows.iter().any(|r| r.subject == kernel
+                        && r.shaders.iter().any(|s| s == entry)
+                        && r.shaders.iter().any(|s| s.contains("_tb_texels::"))),
+                    "{adapter}: no {kernel} row ran {entry} after a texels store"
+                );
+            }
+        }
         // The entry points are recorded from what ran: every row that ran
         // lists some, and each mode lists what its promise says.
         for row in report.rows.iter().filter(|r| r.status == Status::Pass) {
@@ -198,11 +215,16 @@ fn every_kernel_passes_on_every_adapter() {
             };
             match row.subject {
                 // O(N²D): never the messages M, never a mass pass over A.
+                // Its row statistics read `A` from the products' texture
+                // where the softmax wrote it there.
                 Subject::FusedOutput => {
+                    let stats = if ran("softmax::softmax_texture") {
+                        "saobp::diag_stats_texture".to_string()
+                    } else {
+                        rows("saobp::diag_stats")
+                    };
                     assert!(
-                        ran("saobp::fused_output")
-                            && ran(&rows("saobp::diag_stats"))
-                            && !ran("saobp::remove_echoes"),
+                        ran("saobp::fused_output") && ran(&stats) && !ran("saobp::remove_echoes"),
                         "{what}: {:?}",
                         row.shaders
                     );

@@ -244,7 +244,8 @@ fn edge_shapes_match_reference() {
 
 /// Where the products read `A` copied into a texture as stored (the texture
 /// matmul family, rows one invocation each, `N` a multiple of 4), the
-/// softmax writes `A` into that texture itself and the row statistics read
+/// scores product stores its scores as texels, the softmax reads them and
+/// writes `A` into the products' texture itself, and the row statistics read
 /// it from there; into `A`'s buffer as well only when something else reads
 /// it (returned maps, metrics). Both, and the paths that keep the buffer
 /// (`N` not a multiple of 4, another family, workgroup rows), against the
@@ -255,7 +256,13 @@ fn softmax_into_the_products_texture_matches_the_reference() {
     use saobp::{set_matmul_family, set_row_layout, GpuOptions, MatmulFamily, RowLayout};
     let opts = GpuOptions::from_env().unwrap();
     let cases = [
-        saobp_case([2, 2, 12, 8], 8, true, true, Lambda::PerHead(vec![0.5, 2.0])),
+        saobp_case(
+            [2, 2, 12, 8],
+            8,
+            true,
+            true,
+            Lambda::PerHead(vec![0.5, 2.0]),
+        ),
         saobp_case([1, 3, 64, 16], 16, false, true, Lambda::Scalar(1.0)),
         saobp_case([1, 1, 36, 4], 12, false, false, Lambda::Scalar(3.0)),
         saobp_case([2, 1, 8, 3], 4, true, false, Lambda::Scalar(0.7)),
@@ -272,7 +279,13 @@ fn softmax_into_the_products_texture_matches_the_reference() {
         set_row_layout(&gpu, Some(RowLayout::Invocation));
         let before = gpu.work();
         for c in &cases {
-            common::check(&gpu, &mut rng, c, &[Mode::Plain, Mode::Fused], Request::default());
+            common::check(
+                &gpu,
+                &mut rng,
+                c,
+                &[Mode::Plain, Mode::Fused],
+                Request::default(),
+            );
             common::check(&gpu, &mut rng, c, &[Mode::Plain, Mode::Fused], everything);
         }
         let work = gpu.work().since(&before);
@@ -292,8 +305,28 @@ fn softmax_into_the_products_texture_matches_the_reference() {
             "{:?}",
             work.kernels
         );
-        assert_eq!(runs("saobp::diag_stats_texture"), maps, "{:?}", work.kernels);
-        assert_eq!(runs("softmax::softmax_rows_serial"), 0, "{:?}", work.kernels);
+        assert_eq!(
+            runs("saobp::diag_stats_texture"),
+            maps,
+            "{:?}",
+            work.kernels
+        );
+        // The scores go into their texture from the product's store where
+        // it copies Q and K (D a multiple of 4), else by a copy.
+        let whole = cases.iter().filter(|c| c.shape[3] % 4 == 0).count() as u64;
+        let texels: u64 = work
+            .kernels
+            .iter()
+            .filter(|(k, _)| k.contains("_tb_texels::"))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(texels, 4 * whole, "{:?}", work.kernels);
+        assert_eq!(
+            runs("softmax::softmax_rows_serial"),
+            0,
+            "{:?}",
+            work.kernels
+        );
 
         // The buffer path: rows not whole texels (N, then V's width),
         // another family, workgroup rows.
@@ -302,21 +335,44 @@ fn softmax_into_the_products_texture_matches_the_reference() {
             saobp_case([1, 2, 10, 8], 4, false, true, Lambda::Scalar(1.0)),
             saobp_case([1, 2, 12, 8], 5, true, false, Lambda::Scalar(1.0)),
         ] {
-            common::check(&gpu, &mut rng, &odd, &[Mode::Plain, Mode::Fused], Request::default());
+            common::check(
+                &gpu,
+                &mut rng,
+                &odd,
+                &[Mode::Plain, Mode::Fused],
+                Request::default(),
+            );
         }
         set_matmul_family(&gpu, Some(MatmulFamily::Buffer));
-        common::check(&gpu, &mut rng, &cases[1], &[Mode::Plain, Mode::Fused], Request::default());
+        common::check(
+            &gpu,
+            &mut rng,
+            &cases[1],
+            &[Mode::Plain, Mode::Fused],
+            Request::default(),
+        );
         set_matmul_family(&gpu, Some(MatmulFamily::Texture));
         set_row_layout(&gpu, Some(RowLayout::Workgroup));
-        common::check(&gpu, &mut rng, &cases[1], &[Mode::Plain, Mode::Fused], Request::default());
+        common::check(
+            &gpu,
+            &mut rng,
+            &cases[1],
+            &[Mode::Plain, Mode::Fused],
+            Request::default(),
+        );
         let work = gpu.work().since(&before);
         assert!(
-            !work.kernels.iter().any(|(k, _)| k.contains("softmax_texture")
-                || k.contains("diag_stats_texture")),
+            !work
+                .kernels
+                .iter()
+                .any(|(k, _)| k.contains("softmax_texture") || k.contains("diag_stats_texture")),
             "{:?}",
             work.kernels
         );
-        eprintln!("softmax into the products' texture: ok on {}", gpu.adapter());
+        eprintln!(
+            "softmax into the products' texture: ok on {}",
+            gpu.adapter()
+        );
     }
 }
 

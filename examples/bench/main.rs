@@ -306,7 +306,12 @@ impl AttentionRow {
 /// Where one attention call's time goes: each kernel's wall time with every
 /// dispatch submitted and waited for on its own ([`Gpu::set_profiling`]),
 /// longest first.
-fn profile_mode(gpu: &Gpu, n: usize, d: usize, mode: Mode) -> Result<Vec<(String, Duration)>, Error> {
+fn profile_mode(
+    gpu: &Gpu,
+    n: usize,
+    d: usize,
+    mode: Mode,
+) -> Result<Vec<(String, Duration)>, Error> {
     let shape = [1, HEADS, n, d];
     let w = inputs(HEADS, n, d);
     let q = Tensor::from_slice(gpu, &shape, &w.q)?;
@@ -318,10 +323,13 @@ fn profile_mode(gpu: &Gpu, n: usize, d: usize, mode: Mode) -> Result<Vec<(String
         ..Default::default()
     };
     // Pipelines are built outside the profile.
-    attention_blocking(gpu, &q, &k, &v, &opts)?.output.to_vec_blocking(gpu)?;
+    attention_blocking(gpu, &q, &k, &v, &opts)?
+        .output
+        .to_vec_blocking(gpu)?;
     let before = gpu.work();
     gpu.set_profiling(true);
-    let run = attention_blocking(gpu, &q, &k, &v, &opts).and_then(|o| o.output.to_vec_blocking(gpu));
+    let run =
+        attention_blocking(gpu, &q, &k, &v, &opts).and_then(|o| o.output.to_vec_blocking(gpu));
     gpu.set_profiling(false);
     run?;
     let mut times = gpu.work().since(&before).kernel_time;
@@ -329,11 +337,14 @@ fn profile_mode(gpu: &Gpu, n: usize, d: usize, mode: Mode) -> Result<Vec<(String
     Ok(times)
 }
 
-/// Prints a profile's total and its twelve longest kernels.
+/// Prints a profile's total and its thirty longest kernels.
 fn print_profile(what: &str, times: &[(String, Duration)]) {
     let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
-    println!("  profile ({what}, each dispatch alone): {:.1} ms", total * 1e3);
-    for (name, t) in times.iter().take(12) {
+    println!(
+        "  profile ({what}, each dispatch alone): {:.1} ms",
+        total * 1e3
+    );
+    for (name, t) in times.iter().take(30) {
         println!("  {:>8.1} ms  {name}", t.as_secs_f64() * 1e3);
     }
 }

@@ -4,7 +4,8 @@
 // a panel texture lies, and for the multiply kernels their bindings and the
 // place of a group of 8 invocations; the store of C, with the bindings it
 // writes (binding 3 and on), comes from shared/matmul_put*.wgsl and
-// shared/matmul_store.wgsl (or shared/matmul_store_split_qkv.wgsl), put
+// shared/matmul_store.wgsl (or shared/matmul_store_split_qkv.wgsl or
+// shared/matmul_store_texels.wgsl), put
 // after this. The pack kernel binds its own
 // resources at bindings 1 and 2; no entry point uses both sets.
 
@@ -41,7 +42,9 @@ struct Params {
     // H and tokens per sequence T.
     split_heads: u32,
     split_seq: u32,
-    pad0: u32,
+    // The texels store only (shared/matmul_store_texels.wgsl): log2 of the
+    // rows of one layer of C's texture.
+    c_layer_shift: u32,
     pad1: u32,
 }
 

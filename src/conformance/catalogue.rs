@@ -744,10 +744,13 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
         masked,
         with_lambda,
     };
-    let shapes: [([usize; 4], usize, bool, bool); 5] = [
+    // Rows and values of whole texels (N = 36, 256) let the softmax write
+    // `A` into the texture the products read where the matmul copies it.
+    let shapes: [([usize; 4], usize, bool, bool); 6] = [
         ([1, 1, 1, 1], 1, false, false),
         ([2, 3, 7, 5], 3, true, true),
         ([2, 2, 33, 1], 7, false, true),
+        ([2, 2, 36, 8], 12, true, true),
         ([1, 2, 65, 16], 16, true, true),
         ([1, 1, 256, 64], 64, false, false),
     ];

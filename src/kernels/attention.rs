@@ -114,17 +114,23 @@ pub(crate) fn map_steps<'a>(
     Ok(steps)
 }
 
-/// [`map_steps`] writing `A` into `map`'s texture (for the products that
-/// share it, [`matmul::map_texture`]), and into `a` as well when `store`;
-/// otherwise `a` ends holding the scores. The scores go from `a` into a
-/// texture of their own by a copy, and the softmax reads them from there
-/// ([`softmax::texture_step`]): on the software adapters it then reads the
-/// N×N scores as texels, not one lane at a time from a storage buffer.
-/// One invocation per row: `None` where the row kernels take workgroups
-/// ([`rows::row_layout`]) or a row is too long for one invocation within
-/// the adapter's loop budget; then use [`map_steps`].
+/// The steps writing the attention map of `q`, `k`: into `map`'s texture
+/// where one is given and the softmax can write it there (for the products
+/// that share it, [`matmul::map_texture`]), and into `a` as well when
+/// `store` (otherwise `a` is left holding anything); else into `a`, as
+/// [`map_steps`]. Returns the steps and `map` if `A` went into it (`None`:
+/// the products read `a`).
+///
+/// On the texture path the scores go into a texture of their own (stored
+/// as texels by the product where [`matmul::texel_steps`] can, else copied
+/// from `a`), and the softmax reads them from there and writes `A` as
+/// texels ([`softmax::texture_step`]): on the software adapters nothing
+/// N×N then goes one lane at a time through a storage buffer unless
+/// `store`. It runs one invocation per row, so it is taken only where the
+/// row kernels do ([`rows::row_layout`]) and a row fits the adapter's loop
+/// budget.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn map_steps_to_texture<'a>(
+pub(crate) fn map_steps_via<'a>(
     gpu: &'a Gpu,
     shape: &AttentionShape,
     q: &'a Tensor,
@@ -132,20 +138,33 @@ pub(crate) fn map_steps_to_texture<'a>(
     causal: bool,
     key_mask: Option<&'a Tensor>,
     a: &'a Tensor,
-    map: &matmul::MapTexture,
+    map: Option<matmul::MapTexture>,
     store: bool,
-) -> Result<Option<Vec<Step<'a>>>> {
-    if rows::row_layout(gpu)? != rows::RowLayout::Invocation
-        || !rows::fits(gpu, shape.n.div_ceil(4) as u64)
-    {
-        return Ok(None);
-    }
+) -> Result<(Vec<Step<'a>>, Option<matmul::MapTexture>)> {
+    let map = match map {
+        Some(m)
+            if rows::row_layout(gpu)? == rows::RowLayout::Invocation
+                && rows::fits(gpu, shape.n.div_ceil(4) as u64) =>
+        {
+            m
+        }
+        _ => {
+            let steps = map_steps(gpu, shape, q, k, causal, key_mask, a)?;
+            return Ok((steps, None));
+        }
+    };
     let scores = scores_plan(shape, q, k)?;
     let softmax = softmax::plan(&scores.out_shape, causal, key_mask.map(Tensor::shape))?;
     let texture = matmul::PanelTexture::new(gpu, "the scores", a.len().div_ceil(4) as u64)?;
     let panels = texture.create(gpu);
-    let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
-    steps.push(texture.copy_from(a, &panels));
+    let mut steps = match matmul::texel_steps(gpu, &scores, q, k, (&panels, texture.layer_shift))? {
+        Some(steps) => steps,
+        None => {
+            let mut steps = matmul::steps(gpu, &scores, q, k, a)?;
+            steps.push(texture.copy_from(a, &panels));
+            steps
+        }
+    };
     steps.push(softmax::texture_step(
         gpu,
         &softmax,
@@ -154,7 +173,7 @@ pub(crate) fn map_steps_to_texture<'a>(
         (a, store),
         key_mask,
     )?);
-    Ok(Some(steps))
+    Ok((steps, Some(map)))
 }
 
 /// The plan of the scores `scale · Q Kᵀ`.

@@ -85,6 +85,14 @@ pub(crate) const LINEAR_SPLIT_QKV_SOURCE: &str = shader!(
     "matmul_linear.wgsl"
 );
 
+/// [`LINEAR_SOURCE`] storing C into a texture.
+pub(crate) const LINEAR_TEXELS_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_texels.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
+
 /// A source that uses subgroup builtins. naga (native) takes them without a
 /// directive, and rejects `enable subgroups;`; browsers require it.
 macro_rules! subgroup_source {
@@ -134,6 +142,14 @@ subgroup_source!(
     LINEAR_SUBGROUP_SPLIT_QKV_SOURCE =
     "shared/matmul_panels.wgsl",
     "shared/matmul_store_split_qkv.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
+
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing C into a texture.
+    LINEAR_SUBGROUP_TEXELS_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_texels.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 
@@ -204,6 +220,17 @@ kernels! {
         /// `gelu(C + bias)` (`Epilogue::BiasGelu`).
         MATMUL_LINEAR_SUBGROUP_BIAS_GELU = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, act)
             as "matmul_linear_subgroup_bias_gelu" with [];
+    }
+    "matmul_linear" in LINEAR_TEXELS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_TB`] storing C into a texture (`Epilogue::Texels`).
+        MATMUL_LINEAR_TB_TEXELS = "matmul_linear" (a_panels, b_panels, c_texels)
+            as "matmul_linear_tb_texels" with [TRANS_B = 1];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_TEXELS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP_TB`] storing C into a texture
+        /// (`Epilogue::Texels`).
+        MATMUL_LINEAR_SUBGROUP_TB_TEXELS = "matmul_linear_subgroup" (a_panels, b_panels, c_texels)
+            as "matmul_linear_subgroup_tb_texels" with [TRANS_B = 1];
     }
     "matmul_linear" in LINEAR_SPLIT_QKV_SOURCE, params TextureParams, workgroup 64 {
         /// [`MATMUL_LINEAR`] whose store adds a bias per column and splits
@@ -538,7 +565,9 @@ pub(crate) struct TextureParams {
     // The split-heads epilogue only: heads H and tokens per sequence T.
     split_heads: u32,
     split_seq: u32,
-    _pad: [u32; 2],
+    // The texels store only: log2 of the rows per layer of C's texture.
+    c_layer_shift: u32,
+    _pad: u32,
 }
 
 /// A validated product: its parameters and the shape of `C`.
@@ -701,7 +730,7 @@ pub(crate) fn steps<'a>(
 /// the software adapters a pass of per-lane storage-buffer loads and
 /// stores. The values are those of the product followed by the GPT's own
 /// elementwise kernel, bit for bit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "model"), allow(dead_code))] // The GPT model uses these.
 pub(crate) enum Epilogue<'a> {
     /// `C = residual + (product + bias)`: a projection's bias and the
@@ -723,6 +752,12 @@ pub(crate) enum Epilogue<'a> {
         heads: usize,
         seq: usize,
     },
+    /// `C` into texture `out` (with its layer shift) instead of a buffer,
+    /// texel `i` holding floats `4i .. 4i + 4` of `C` as a buffer would (`N`
+    /// a multiple of 4), for a kernel that reads `C` as texels next: the
+    /// attention scores, which the softmax reads from a texture. Built for
+    /// `B` transposed only ([`texel_steps`]).
+    Texels { out: Panels, shift: u32 },
 }
 
 /// The steps of `c = plan(a, b)` with `epilogue` fused into the product's
@@ -764,6 +799,11 @@ pub(crate) fn fused_steps_with<'a>(
     };
     let outputs = p.batch as usize * p.m as usize * p.n as usize;
     let (bias, others, part): (&Tensor, &[&Tensor], usize) = match &epilogue {
+        Epilogue::Texels { .. } => {
+            return Err(Error::Internal(
+                "the texels store goes through texel_steps".into(),
+            ))
+        }
         Epilogue::BiasResidual { bias, residual } => (bias, &[residual, c], outputs),
         Epilogue::BiasGelu { bias, act } => (bias, &[act, c], outputs),
         Epilogue::SplitQkv {
@@ -829,6 +869,60 @@ pub(crate) fn fused_steps_with<'a>(
         a,
         b,
         c,
+        None,
+        Some(epilogue),
+    )?;
+    Ok(Some(steps))
+}
+
+/// The steps of `plan(a, b)` (`B` transposed, as the attention scores
+/// `Q·Kᵀ`) storing C into texture `out` ([`Epilogue::Texels`]), where the
+/// variant [`choose`] picks copies both operands for a linear texture
+/// kernel, `N` is a multiple of 4 and the device binds three storage
+/// textures; `None` elsewhere, and the caller stores C into a buffer.
+pub(crate) fn texel_steps<'a>(
+    gpu: &Gpu,
+    plan: &MatmulPlan,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    (out, shift): (&Panels, u32),
+) -> Result<Option<Vec<Step<'a>>>> {
+    let p = &plan.params;
+    let variant = choose(gpu, plan)?;
+    let MatmulVariant::Texture {
+        subgroups,
+        group_rows,
+    } = variant
+    else {
+        return Ok(None);
+    };
+    if plan.work() == 0
+        || p.trans_a != 0
+        || p.trans_b == 0
+        || !p.n.is_multiple_of(4)
+        || gpu.limits().max_storage_textures_per_shader_stage < 3
+    {
+        return Ok(None);
+    }
+    variant.check(gpu)?;
+    variant.check_k(gpu, plan)?;
+    let layout = TextureLayout::of(gpu, plan, subgroups, a, b)?;
+    if !layout.linear {
+        return Ok(None);
+    }
+    let epilogue = Epilogue::Texels {
+        out: out.clone(),
+        shift,
+    };
+    let steps = texture_steps(
+        gpu,
+        plan,
+        layout,
+        subgroups,
+        group_rows,
+        a,
+        b,
+        a,
         None,
         Some(epilogue),
     )?;
@@ -1185,7 +1279,8 @@ fn texture_steps<'a>(
         texels: 0,
         split_heads: 0,
         split_seq: 0,
-        _pad: [0; 2],
+        c_layer_shift: 0,
+        _pad: 0,
     };
     let a_key = a_key(&layout, p);
     let variant = MatmulVariant::Texture {
@@ -1230,7 +1325,16 @@ fn texture_steps<'a>(
         steps.push(pack(1, layout.b.texels, b, &b_panels));
     }
     let plain = p.trans_a == 0 && p.trans_b == 0;
-    let kernel = match (epilogue, layout.linear && plain, subgroups) {
+    let kernel = match (&epilogue, layout.linear && plain, subgroups) {
+        (Some(Epilogue::Texels { .. }), _, _)
+            if !layout.linear || p.trans_a != 0 || p.trans_b == 0 =>
+        {
+            return Err(Error::Internal(
+                "the texels store needs both operands copied, B transposed".into(),
+            ))
+        }
+        (Some(Epilogue::Texels { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
+        (Some(Epilogue::Texels { .. }), _, false) => &MATMUL_LINEAR_TB_TEXELS,
         (None, ..) => texture_kernel(layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0),
         (Some(Epilogue::BiasResidual { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL,
         (Some(Epilogue::BiasResidual { .. }), true, false) => &MATMUL_LINEAR_BIAS_RESIDUAL,
@@ -1249,6 +1353,10 @@ fn texture_steps<'a>(
         Some(Epilogue::SplitQkv { heads, seq, .. }) => TextureParams {
             split_heads: to_u32("heads", heads)?,
             split_seq: to_u32("sequence length", seq)?,
+            ..params
+        },
+        Some(Epilogue::Texels { shift, .. }) => TextureParams {
+            c_layer_shift: shift,
             ..params
         },
         _ => params,
@@ -1272,6 +1380,9 @@ fn texture_steps<'a>(
                 .bind("q", q)
                 .bind("k", k)
                 .bind("v", v),
+            Some(Epilogue::Texels { out, .. }) => {
+                dispatch.bind("c_texels", Binding::Texture(out.clone()))
+            }
         }
         .step(),
     );

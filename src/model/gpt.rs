@@ -45,7 +45,7 @@ use super::gpt_config::{GptConfig, ParamSpec};
 use crate::attention::{attention, AttentionOptions, Metrics, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
-use crate::kernels::attention::{map_steps, scores_backward_steps, AttentionShape};
+use crate::kernels::attention::{map_steps_via, scores_backward_steps, AttentionShape};
 use crate::kernels::bert::{self, Dims};
 use crate::kernels::gpt::{self as ops, GptParams, TokenIds};
 use crate::kernels::matmul::{self, Epilogue, MatmulOptions};
@@ -515,7 +515,18 @@ impl Gpt {
                 epilogue,
                 (&ws.qkv, separate),
             )?);
-            steps.extend(map_steps(
+            // The softmax writes A into the texture its products read
+            // where they copy it, and into its buffer for the backward.
+            let refined = match (&acts.fused, layer.lambda) {
+                (Some((fused, mass)), Some(lambda)) => Some((fused, mass, lambda)),
+                _ => None,
+            };
+            let av = matmul::plan(acts.a.shape(), acts.v.shape(), &plain)?;
+            let map = match refined {
+                Some((fused, ..)) => fused.map_texture(gpu, &acts.a, &acts.v)?,
+                None => matmul::map_texture(gpu, &[(&av, &acts.v)], &acts.a)?,
+            };
+            let (map_steps, map) = map_steps_via(
                 gpu,
                 &s.attention,
                 &acts.q,
@@ -523,17 +534,25 @@ impl Gpt {
                 true,
                 None,
                 &acts.a,
-            )?);
-            match (&acts.fused, layer.lambda) {
-                (Some((fused, mass)), Some(lambda)) => {
-                    steps
-                        .extend(fused.output_steps(
-                            gpu, &s.saobp, &acts.a, &acts.v, None, lambda, mass, &acts.o,
-                        )?);
+                map,
+                true,
+            )?;
+            steps.extend(map_steps);
+            match (refined, map) {
+                (Some((fused, mass, lambda)), map) => {
+                    steps.extend(fused.output_steps(
+                        gpu, &s.saobp, &acts.a, &acts.v, map, lambda, mass, &acts.o,
+                    )?);
                 }
-                _ => {
-                    steps.extend(product(gpu, &acts.a, &acts.v, &acts.o, &plain)?);
-                }
+                (None, Some(mut map)) => steps.extend(matmul::steps_sharing_a(
+                    gpu,
+                    &av,
+                    &acts.a,
+                    &acts.v,
+                    &acts.o,
+                    &mut map.shared,
+                )?),
+                (None, None) => steps.extend(matmul::steps(gpu, &av, &acts.a, &acts.v, &acts.o)?),
             }
             steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
             let (proj, proj_bias) = layer.proj;

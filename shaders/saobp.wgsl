@@ -35,6 +35,8 @@
 //                 come from matmul.wgsl, this pass adds the terms read off A
 //                 (A read transposed). v1: one element per invocation.
 //   value_grad    dV = A^T dY - (c - a^2) dMV - a dU. v1.
+//   fused_output_merged, value_grad_merged: the same, written into token
+//                 rows (MERGED, out_index()). v1.
 //   diag_stats_texture  v1: diag_stats from A in a texture (texel i = floats
 //                 4i .. 4i + 4 of A, placed by texel(); N a multiple of 4),
 //                 one invocation per 4 rows: each k step reads the 4 rows'
@@ -60,8 +62,10 @@ struct Params {
     width: u32,
     // diag_stats_texture only: log2 of the rows per layer of A's texture.
     map_shift: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // fused_output_merged and value_grad_merged only: the output goes into
+    // token rows [B * n, merge_parts * heads * d] as part merge_part.
+    merge_parts: u32,
+    merge_part: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -337,6 +341,24 @@ fn two_hop_values(
 
 // ---- fused_output -----------------------------------------------------------
 
+// MERGED = 1 (fused_output_merged, value_grad_merged): value idx of the
+// [matrices, n, d] output goes to its place in token rows instead,
+// [B * n, merge_parts * heads * d] as part merge_part (the GPT's merge of
+// the heads, or of dq, dk, dv into dqkv, without its own pass).
+override MERGED: u32 = 0u;
+
+fn out_index(idx: u32) -> u32 {
+    if (MERGED == 0u) {
+        return idx;
+    }
+    let g = idx / (p.n * p.d);
+    let t = (idx / p.d) % p.n;
+    let b = g / p.heads;
+    let h = g - b * p.heads;
+    let width = p.merge_parts * p.heads * p.d;
+    return (b * p.n + t) * width + (p.merge_part * p.heads + h) * p.d + idx % p.d;
+}
+
 @group(0) @binding(1) var<storage, read> fo_y: array<f32>;
 @group(0) @binding(2) var<storage, read> fo_v: array<f32>;
 // A U' with U' = [U | r - a], [matrices * n, d + 1].
@@ -368,7 +390,7 @@ fn fused_output(
         fo_mass[row] = mass;
     }
     let mv = fo_au[row * width + col] - a * fo_y[idx] - (c - a * a) * fo_v[idx];
-    fo_out[idx] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * mass);
+    fo_out[out_index(idx)] = (fo_y[idx] + lambda * mv) / (1.0 + lambda * mass);
 }
 
 // ---- output_adjoints --------------------------------------------------------
@@ -573,8 +595,18 @@ fn attention_grad(
 @group(0) @binding(1) var<storage, read> vg_w: array<f32>;
 @group(0) @binding(2) var<storage, read> vg_p: array<f32>;
 @group(0) @binding(3) var<storage, read> vg_stats: array<f32>;
-// In: A^T dY (from matmul.wgsl). Out: dV.
+// In: A^T dY (from matmul.wgsl). Out: dV (value_grad), or kept and dV
+// written into vg_merged's token rows (value_grad_merged, MERGED = 1).
 @group(0) @binding(4) var<storage, read_write> vg_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> vg_merged: array<f32>;
+
+fn value_grad_at(idx: u32) -> f32 {
+    let row = idx / p.d;
+    let at = row * p.width + idx % p.d;
+    let a = vg_stats[3u * row];
+    let c = vg_stats[3u * row + 2u];
+    return vg_out[idx] - (c - a * a) * vg_w[at] - a * vg_p[at];
+}
 
 @compute @workgroup_size(64)
 fn value_grad(
@@ -586,11 +618,20 @@ fn value_grad(
     if (idx >= p.matrices * p.n * p.d) {
         return;
     }
-    let row = idx / p.d;
-    let at = row * p.width + idx % p.d;
-    let a = vg_stats[3u * row];
-    let c = vg_stats[3u * row + 2u];
-    vg_out[idx] = vg_out[idx] - (c - a * a) * vg_w[at] - a * vg_p[at];
+    vg_out[idx] = value_grad_at(idx);
+}
+
+@compute @workgroup_size(64)
+fn value_grad_merged(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = element_id(wid, nwg, lid);
+    if (idx >= p.matrices * p.n * p.d) {
+        return;
+    }
+    vg_merged[out_index(idx)] = value_grad_at(idx);
 }
 
 // ---- lambda_grad ------------------------------------------------------------

@@ -478,7 +478,9 @@ async fn attention_whole(
         Mode::Fused => {
             // The fused output computes m itself, from one more column of A·U.
             if let Some(fused) = &fused {
-                steps.extend(fused.output_steps(gpu, &plan, &a, v, map, &lambda, &mass, &output)?);
+                steps.extend(
+                    fused.output_steps(gpu, &plan, &a, v, map, &lambda, &mass, &output, None)?,
+                );
             }
         }
     }
@@ -584,8 +586,8 @@ async fn attention_streaming(
     steps.push(flash::values(&plan, &y, v, &keys, &u));
     steps.extend(flash::refine(gpu, &plan, &operands, &u, &keys, &au, &stats));
     steps.push(saobp::fused_output(
-        &out_plan, &y, v, &au, &stats, &mass, &lambda, &output,
-    ));
+        &out_plan, &y, v, &au, &stats, &mass, &lambda, &output, None,
+    )?);
     gpu.run(&steps).await?;
     drop(steps);
     Ok(AttentionOutput {

@@ -41,6 +41,7 @@ fn training_outputs(subject: Subject) -> Option<&'static [&'static str]> {
         Subject::MatmulBackward => &["dA", "dB"],
         Subject::AttentionBackward => &["dQ", "dK", "dV"],
         Subject::SaobpOutputBackward => &["dA", "dV", "dλ"],
+        Subject::MergedOutputs => &["O", "dV"],
         Subject::LayerNorm => &["y", "mean", "1/σ"],
         Subject::LayerNormBackward => &["dx", "dγ", "dβ"],
         Subject::BiasGelu => &["y"],
@@ -256,6 +257,14 @@ fn every_kernel_passes_on_every_adapter() {
                     "{what}: {:?}",
                     row.shaders
                 ),
+                Subject::MergedOutputs => assert!(
+                    ran("fused_output_merged::fused_output")
+                        && ran("value_grad_merged::value_grad_merged")
+                        && !ran("saobp::fused_output")
+                        && !ran("saobp::value_grad"),
+                    "{what}: {:?}",
+                    row.shaders
+                ),
                 Subject::MaterializedOutput | Subject::Messages | Subject::Refine => {
                     assert!(ran("saobp::remove_echoes"), "{what}: {:?}", row.shaders)
                 }
@@ -277,7 +286,12 @@ fn every_kernel_passes_on_every_adapter() {
                 // Only the fused builds of the linear kernels: no product
                 // then an elementwise kernel.
                 Subject::MatmulEpilogue => {
-                    let fused = ["_bias_residual::", "_bias_gelu::", "_split_qkv::"];
+                    let fused = [
+                        "_bias_residual::",
+                        "_bias_gelu::",
+                        "_split_qkv::",
+                        "_merge_heads::",
+                    ];
                     assert!(
                         row.shaders.iter().all(|s| s.starts_with("matmul_linear")
                             && fused.iter().any(|f| s.contains(f))),

@@ -141,9 +141,10 @@ fn gradients_without_lambda_match_the_reference() {
 }
 
 /// The forward fuses the projections' bias + residual, the MLP's bias +
-/// GELU and c_attn's bias + split into heads into the product's store where the matmul copies both
-/// operands for a linear texture kernel, and runs the elementwise kernels
-/// after the product elsewhere: both paths against the reference, with each
+/// GELU, c_attn's bias + split into heads and the merge of O's heads, and
+/// the backward the merge of dq, dk and dv, into the product's store where
+/// the matmul copies both operands for a linear texture kernel, and runs
+/// the elementwise kernels after the product elsewhere: both paths against the reference, with each
 /// matmul family forced, in fresh contexts (their kernel counts are their
 /// own), checking which path ran.
 #[test]
@@ -185,6 +186,43 @@ fn fused_and_separate_epilogues_match_the_reference() {
                 work.kernels
             );
             assert_eq!(ran("_split_qkv::"), fused, "{family:?}: {:?}", work.kernels);
+            // The heads of O (forward) and of dq, dk, dv (backward) go
+            // into token rows from the products' stores.
+            assert_eq!(
+                ran("_merge_heads::"),
+                fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(
+                ran("_ta_merge_heads::"),
+                fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            for separate in ["bert::merge_heads", "gpt::merge_qkv"] {
+                assert_eq!(ran(separate), !fused, "{family:?}: {:?}", work.kernels);
+            }
+            // With λ > 0 the refined output writes its heads into token
+            // rows whatever the products; dv's last kernel and dq and dk's
+            // products where the products fuse.
+            let before = gpu.work();
+            let lambda = vec![vec![0.4, 1.1], vec![0.0, 0.7]];
+            let with_lambda = values(&config(), 6, Some(&lambda));
+            check_against_reference(&gpu, &format!("{family:?} λ"), &with_lambda, 60);
+            let work = gpu.work().since(&before);
+            let ran = |label: &str| work.kernels.iter().any(|(k, _)| k.contains(label));
+            let merged = (ran("fused_output_merged::"), ran("bert::merge_heads"));
+            assert_eq!(merged, (true, false), "{family:?} λ: {:?}", work.kernels);
+            for merged in ["value_grad_merged::", "_merge_heads::"] {
+                assert_eq!(ran(merged), fused, "{family:?} λ: {:?}", work.kernels);
+            }
+            assert_eq!(
+                ran("gpt::merge_qkv"),
+                !fused,
+                "{family:?} λ: {:?}",
+                work.kernels
+            );
             assert_eq!(
                 ran("gpt::split_qkv"),
                 !fused,

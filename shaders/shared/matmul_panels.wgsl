@@ -4,8 +4,8 @@
 // a panel texture lies, and for the multiply kernels their bindings and the
 // place of a group of 8 invocations; the store of C, with the bindings it
 // writes (binding 3 and on), comes from shared/matmul_put*.wgsl and
-// shared/matmul_store.wgsl (or shared/matmul_store_split_qkv.wgsl or
-// shared/matmul_store_texels.wgsl), put
+// shared/matmul_store.wgsl (or one of shared/matmul_store_split_qkv.wgsl,
+// shared/matmul_store_merge_heads.wgsl and shared/matmul_store_texels.wgsl), put
 // after this. The pack kernel binds its own
 // resources at bindings 1 and 2; no entry point uses both sets.
 
@@ -45,7 +45,13 @@ struct Params {
     // The texels store only (shared/matmul_store_texels.wgsl): log2 of the
     // rows of one layer of C's texture.
     c_layer_shift: u32,
+    // The heads' merge only (shared/matmul_store_merge_heads.wgsl): parts of
+    // a token row, and this product's part.
+    merge_parts: u32,
+    merge_part: u32,
+    pad0: u32,
     pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -254,6 +254,12 @@ pub(super) enum Epilogue {
     BiasGelu,
     /// `x·W + bias` split into q, k, v heads.
     SplitQkv,
+    /// Per-head products merged into token rows, as the second of three
+    /// parts (the GPT's dk into dqkv): `x` `[B·H, T, k]`, `W` `[B·H, k, hd]`
+    /// (`rows` = T, `n` = hd, `seq` = B).
+    MergeHeads,
+    /// [`Epilogue::MergeHeads`] with `x` stored `[B·H, k, T]` and transposed.
+    MergeHeadsTransposed,
 }
 
 impl Epilogue {
@@ -262,7 +268,14 @@ impl Epilogue {
             Epilogue::BiasResidual => "bias+residual",
             Epilogue::BiasGelu => "bias+gelu",
             Epilogue::SplitQkv => "bias+split qkv",
+            Epilogue::MergeHeads => "merge heads",
+            Epilogue::MergeHeadsTransposed => "merge heads, x^T",
         }
+    }
+
+    /// The heads' merge, which multiplies per-head matrices.
+    pub(super) fn merges(self) -> bool {
+        matches!(self, Epilogue::MergeHeads | Epilogue::MergeHeadsTransposed)
     }
 }
 
@@ -306,6 +319,21 @@ impl Case {
                     t(opts.trans_b)
                 )
             }
+            Input::MatmulEpilogue(f) if f.epilogue.merges() => format!(
+                "{}: {}x[{},{},{}] {} (B={} H={}, part 2 of 3)",
+                variant_label(f.variant),
+                if f.epilogue == Epilogue::MergeHeads {
+                    format!("[{},{},{}]", f.seq * f.heads, f.rows, f.k)
+                } else {
+                    format!("[{},{},{}]^T", f.seq * f.heads, f.k, f.rows)
+                },
+                f.seq * f.heads,
+                f.k,
+                f.n,
+                f.epilogue.name(),
+                f.seq,
+                f.heads
+            ),
             Input::MatmulEpilogue(f) => {
                 let split = if f.epilogue == Epilogue::SplitQkv {
                     format!(" heads={} T={}", f.heads, f.seq)
@@ -446,6 +474,14 @@ impl Case {
                     .map(|p| p.out_shape)
                     .unwrap_or_default();
                 vec![a.clone(), b.clone(), out]
+            }
+            Input::MatmulEpilogue(f) if f.epilogue.merges() => {
+                let g = f.seq * f.heads;
+                vec![
+                    vec![g, f.rows, f.k],
+                    vec![g, f.k, f.n],
+                    vec![g, f.rows, 3 * f.n],
+                ]
             }
             Input::MatmulEpilogue(f) => vec![vec![f.rows, f.k], vec![f.k, f.n], vec![f.rows, f.n]],
             Input::Softmax { shape, .. } => vec![shape.clone()],
@@ -702,7 +738,10 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     // The GPT's fused epilogues, by the texture layouts with and without
     // subgroups (whose linear kernels they are builds of): ragged edges of
     // the 16-row blocks and 32- or 64-column panels, the tiny preset's
-    // shapes, and a split into heads of 12 and of 32 columns.
+    // shapes, a split into heads of 12 and of 32 columns, and merges of
+    // heads 8 and 32 wide (the tiny preset's attention, T = 64, batch 12),
+    // from x as stored and transposed (whose rows, T, and columns are then
+    // whole texels: the store is built for operands copied as stored).
     let texture_defaults = [false, true].map(|subgroups| MatmulVariant::Texture {
         subgroups,
         group_rows: 8,
@@ -726,6 +765,10 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             fused(Epilogue::BiasGelu, 768, 128, 512, 0, 0),
             fused(Epilogue::SplitQkv, 15, 28, 72, 2, 5),
             fused(Epilogue::SplitQkv, 768, 128, 384, 4, 64),
+            fused(Epilogue::MergeHeads, 9, 12, 8, 3, 2),
+            fused(Epilogue::MergeHeads, 64, 64, 32, 4, 12),
+            fused(Epilogue::MergeHeadsTransposed, 12, 20, 8, 3, 2),
+            fused(Epilogue::MergeHeadsTransposed, 64, 64, 32, 4, 12),
         ] {
             out.push(Case::new(Subject::MatmulEpilogue, input, None));
         }
@@ -1093,6 +1136,18 @@ fn training_cases(cap: u64) -> Vec<Case> {
         ob([1, 1, 256], 64, false, false, true),
     ] {
         out.push(Case::new(Subject::SaobpOutputBackward, input, None));
+    }
+    // The same kernels writing into token rows, on shapes of whole and
+    // ragged texels, one head and several, several batch items, and the
+    // mid size.
+    for input in [
+        ob([1, 1, 4], 4, false, false, true),
+        ob([2, 3, 7], 5, false, false, true),
+        ob([2, 2, 12], 8, false, false, true),
+        ob([3, 4, 64], 32, false, false, true),
+        ob([1, 1, 256], 64, false, false, true),
+    ] {
+        out.push(Case::new(Subject::MergedOutputs, input, None));
     }
     let heads = over(16);
     out.push(at_cap(

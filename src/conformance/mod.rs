@@ -98,6 +98,10 @@ pub enum Subject {
     /// [`crate::saobp_output_backward()`]: `∂L/∂A`, `∂L/∂V` and `∂L/∂λ`, with
     /// λ = 0 and λ > 0.
     SaobpOutputBackward,
+    /// The GPT's per-head outputs written by the kernels that form them
+    /// straight into token rows: SAOBP's refined output `O` (its heads side
+    /// by side) and `∂L/∂V` (the third part of `∂L/∂qkv`).
+    MergedOutputs,
     /// [`crate::kernels::gpt::layer_norm()`]: the output and each row's mean and `1/σ`.
     LayerNorm,
     /// [`crate::kernels::gpt::layer_norm_backward()`]: `∂L/∂x`, `∂L/∂γ` and `∂L/∂β`.
@@ -123,7 +127,7 @@ pub enum Subject {
 
 impl Subject {
     /// Every kernel, in report order.
-    pub const ALL: [Subject; 26] = [
+    pub const ALL: [Subject; 27] = [
         Subject::Matmul,
         Subject::MatmulBuffer,
         Subject::MatmulTiled,
@@ -142,6 +146,7 @@ impl Subject {
         Subject::MatmulBackward,
         Subject::AttentionBackward,
         Subject::SaobpOutputBackward,
+        Subject::MergedOutputs,
         Subject::LayerNorm,
         Subject::LayerNormBackward,
         Subject::BiasGelu,
@@ -173,6 +178,7 @@ impl Subject {
             Subject::MatmulBackward => "matmul_backward",
             Subject::AttentionBackward => "attention_backward",
             Subject::SaobpOutputBackward => "saobp_output_backward",
+            Subject::MergedOutputs => "merged_outputs",
             Subject::LayerNorm => "layer_norm",
             Subject::LayerNormBackward => "layer_norm_backward",
             Subject::BiasGelu => "bias_gelu",

@@ -152,6 +152,21 @@ async fn run_matmul_epilogue(
         seq,
         variant,
     } = *case;
+    // The epilogues with a bias; the heads' merge multiplies per-head matrices.
+    enum Bias {
+        Residual,
+        Gelu,
+        SplitQkv,
+    }
+    let name = epilogue.name();
+    let epilogue = match epilogue {
+        Epilogue::BiasResidual => Bias::Residual,
+        Epilogue::BiasGelu => Bias::Gelu,
+        Epilogue::SplitQkv => Bias::SplitQkv,
+        Epilogue::MergeHeads | Epilogue::MergeHeadsTransposed => {
+            return run_merge_heads(gpu, rng, case).await
+        }
+    };
     let plain = MatmulOptions::default();
     let x = uniform(rng, rows * k, -1.0, 1.0);
     let w = uniform(rng, k * n, -1.0, 1.0);
@@ -166,24 +181,24 @@ async fn run_matmul_epilogue(
     // q, k and v of the split: [B, H, T, C/H].
     let head_shape = [rows / seq.max(1), heads, seq, n / 3 / heads.max(1)];
     let extra = match epilogue {
-        Epilogue::BiasResidual => vec![Tensor::from_slice(gpu, &[rows, n], &residual)?],
-        Epilogue::BiasGelu => vec![Tensor::zeros(gpu, &[rows, n])?],
-        Epilogue::SplitQkv => vec![
+        Bias::Residual => vec![Tensor::from_slice(gpu, &[rows, n], &residual)?],
+        Bias::Gelu => vec![Tensor::zeros(gpu, &[rows, n])?],
+        Bias::SplitQkv => vec![
             Tensor::zeros(gpu, &head_shape)?,
             Tensor::zeros(gpu, &head_shape)?,
             Tensor::zeros(gpu, &head_shape)?,
         ],
     };
     let spec = match epilogue {
-        Epilogue::BiasResidual => Fused::BiasResidual {
+        Bias::Residual => Fused::BiasResidual {
             bias: &tb,
             residual: &extra[0],
         },
-        Epilogue::BiasGelu => Fused::BiasGelu {
+        Bias::Gelu => Fused::BiasGelu {
             bias: &tb,
             act: &extra[0],
         },
-        Epilogue::SplitQkv => Fused::SplitQkv {
+        Bias::SplitQkv => Fused::SplitQkv {
             bias: &tb,
             q: &extra[0],
             k: &extra[1],
@@ -192,19 +207,15 @@ async fn run_matmul_epilogue(
             seq,
         },
     };
-    let steps = fused_steps_with(gpu, variant, &plan, &tx, &tw, &c, spec)?.ok_or_else(|| {
-        Error::Internal(format!(
-            "{variant} did not fuse the {} epilogue",
-            epilogue.name()
-        ))
-    })?;
+    let steps = fused_steps_with(gpu, variant, &plan, &tx, &tw, &c, spec, None)?
+        .ok_or_else(|| Error::Internal(format!("{variant} did not fuse the {name} epilogue")))?;
     gpu.run(&steps).await?;
     // What the epilogue writes: C (not the residual it reads), the
     // activation, or q, k and v (not C).
     let written: Vec<&Tensor> = match epilogue {
-        Epilogue::BiasResidual => vec![&c],
-        Epilogue::BiasGelu => vec![&c, &extra[0]],
-        Epilogue::SplitQkv => extra.iter().collect(),
+        Bias::Residual => vec![&c],
+        Bias::Gelu => vec![&c, &extra[0]],
+        Bias::SplitQkv => extra.iter().collect(),
     };
     let mut got = Vec::with_capacity(written.len());
     for t in written {
@@ -216,13 +227,13 @@ async fn run_matmul_epilogue(
     let biased = |i: usize| product[i] + f64::from(bias[i % n]);
     let tolerance = Tolerance::matmul(k);
     let outputs = match epilogue {
-        Epilogue::BiasResidual => {
+        Bias::Residual => {
             let want = (0..rows * n)
                 .map(|i| f64::from(residual[i]) + biased(i))
                 .collect();
             vec![Output::new("C", &[rows, n], got.remove(0), want, tolerance)]
         }
-        Epilogue::BiasGelu => {
+        Bias::Gelu => {
             let act = (0..rows * n)
                 .map(|i| reference::gpt::gelu(biased(i)))
                 .collect();
@@ -231,7 +242,7 @@ async fn run_matmul_epilogue(
                 Output::new("act", &[rows, n], got.remove(0), act, tolerance),
             ]
         }
-        Epilogue::SplitQkv => {
+        Bias::SplitQkv => {
             let width = n / 3;
             let hd = width / heads;
             let mut want = vec![vec![0.0; rows * width]; 3];
@@ -250,6 +261,73 @@ async fn run_matmul_epilogue(
     };
     Ok(Measured {
         outputs,
+        time,
+        reference_time: start.elapsed(),
+    })
+}
+
+/// A [`Epilogue::MergeHeads`] case: the per-head products stored as part 2
+/// of 3 of token rows, the other parts left as they were (zeros).
+async fn run_merge_heads(gpu: &Gpu, rng: &mut SplitMix64, case: &FusedCase) -> Result<Measured> {
+    use crate::kernels::matmul::{fused_steps_with, Epilogue as Fused};
+    let FusedCase {
+        epilogue,
+        rows: t,
+        k,
+        n: hd,
+        heads,
+        seq: items,
+        variant,
+    } = *case;
+    let g = items * heads;
+    let trans_a = epilogue == Epilogue::MergeHeadsTransposed;
+    let opts = MatmulOptions {
+        trans_a,
+        ..MatmulOptions::default()
+    };
+    let x_shape = if trans_a { [g, k, t] } else { [g, t, k] };
+    let x = uniform(rng, g * t * k, -1.0, 1.0);
+    let w = uniform(rng, g * k * hd, -1.0, 1.0);
+    let plan = matmul_kernel::plan(&x_shape, &[g, k, hd], &opts)?;
+    let start = Instant::now();
+    let tx = Tensor::from_slice(gpu, &x_shape, &x)?;
+    let tw = Tensor::from_slice(gpu, &[g, k, hd], &w)?;
+    let c = Tensor::zeros(gpu, &[g, t, hd])?;
+    let merged_shape = [items * t, 3 * heads * hd];
+    let merged = Tensor::zeros(gpu, &merged_shape)?;
+    let spec = Fused::MergeHeads {
+        out: &merged,
+        heads,
+        parts: 3,
+        part: 1,
+    };
+    let steps =
+        fused_steps_with(gpu, variant, &plan, &tx, &tw, &c, spec, None)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "{variant} did not fuse the {} epilogue",
+                epilogue.name()
+            ))
+        })?;
+    gpu.run(&steps).await?;
+    let got = merged.to_vec(gpu).await?;
+    let time = start.elapsed();
+    let start = Instant::now();
+    let product = reference::matmul(&x, &x_shape, &w, &[g, k, hd], &opts)?;
+    let width = 3 * heads * hd;
+    let mut want = vec![0.0; items * t * width];
+    for (i, value) in product.into_iter().enumerate() {
+        let (matrix, row, d) = (i / (t * hd), i / hd % t, i % hd);
+        let (b, h) = (matrix / heads, matrix % heads);
+        want[(b * t + row) * width + (heads + h) * hd + d] = value;
+    }
+    Ok(Measured {
+        outputs: vec![Output::new(
+            "merged",
+            &merged_shape,
+            got,
+            want,
+            Tolerance::matmul(k),
+        )],
         time,
         reference_time: start.elapsed(),
     })
@@ -657,6 +735,9 @@ pub(super) async fn measure(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Me
         } => {
             training::run_attention_backward(gpu, &mut rng, *shape, *dv, *causal, *masked, *given_a)
                 .await
+        }
+        Input::OutputBackward { shape, dv, .. } if case.subject == Subject::MergedOutputs => {
+            training::run_merged_outputs(gpu, &mut rng, *shape, *dv, &lambdas(shape[1])).await
         }
         Input::OutputBackward {
             shape,

@@ -265,6 +265,98 @@ pub(super) async fn run_output_backward(
     })
 }
 
+/// SAOBP's refined output and `∂L/∂V` of a map made as
+/// [`run_output_backward`] makes it, each written into token rows by the
+/// kernel that forms it: `O`'s heads side by side (`[B·N, H·dv]`) and
+/// `∂L/∂V` as the third of three parts (`[B·N, 3·H·dv]`, the others left
+/// at zero).
+pub(super) async fn run_merged_outputs(
+    gpu: &Gpu,
+    rng: &mut SplitMix64,
+    [b, h, n]: [usize; 3],
+    dv: usize,
+    lambda: &[f32],
+) -> Result<Measured> {
+    use crate::kernels::saobp::{self as saobp_kernel, FusedIntermediates, Merge};
+    let map_shape = [b, h, n, n];
+    let o_shape = [b, h, n, dv];
+    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
+    let a = to_f32(&reference::softmax(&scores, &map_shape, false, None)?);
+    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let grad_o = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let start = Instant::now();
+    let ta = Tensor::from_slice(gpu, &map_shape, &a)?;
+    let tv = Tensor::from_slice(gpu, &o_shape, &v)?;
+    let tg = Tensor::from_slice(gpu, &o_shape, &grad_o)?;
+    let tl = Tensor::from_slice(gpu, &[h], lambda)?;
+    let o_merged_shape = [b * n, h * dv];
+    let v_merged_shape = [b * n, 3 * h * dv];
+    let o_merged = Tensor::zeros(gpu, &o_merged_shape)?;
+    let v_merged = Tensor::zeros(gpu, &v_merged_shape)?;
+    let plan = saobp_kernel::plan(b * h, h, n, dv)?;
+    let fused = FusedIntermediates::new(gpu, o_shape)?;
+    let (mass, o) = (
+        Tensor::scratch(gpu, &[b, h, n])?,
+        Tensor::scratch(gpu, &o_shape)?,
+    );
+    let merge = Merge {
+        out: &o_merged,
+        parts: 1,
+        part: 0,
+    };
+    let steps = fused.output_steps(gpu, &plan, &ta, &tv, None, &tl, &mass, &o, Some(merge))?;
+    gpu.run(&steps).await?;
+    drop(steps);
+    let merge = Merge {
+        out: &v_merged,
+        parts: 3,
+        part: 2,
+    };
+    let lambdas = Lambda::PerHead(lambda.to_vec());
+    saobp_kernel::output_backward_merging(gpu, &ta, &tv, &lambdas, &tg, Some(merge)).await?;
+    let got_o = o_merged.to_vec(gpu).await?;
+    let got_v = v_merged.to_vec(gpu).await?;
+    let time = start.elapsed();
+    let start = Instant::now();
+    let lambda64 = to_f64(lambda);
+    let a64 = to_f64(&a);
+    let messages = reference::saobp::messages(&a64, n)?;
+    let m = reference::saobp::multi_hop_mass(&messages, n)?;
+    let r = reference::saobp::refine(&a64, &messages, &m, &lambda64, n)?;
+    let output = reference::saobp::apply(&r, &v, n, dv)?;
+    let grads = reference::saobp::output_backward(&a, &v, &lambda64, n, dv, &grad_o)?;
+    // Value (g, t, d) of a [B·H, N, dv] output into part `part` of `parts`.
+    let merged = |values: &[f64], parts: usize, part: usize| {
+        let width = parts * h * dv;
+        let mut out = vec![0.0; b * n * width];
+        for (i, &x) in values.iter().enumerate() {
+            let (g, t, d) = (i / (n * dv), i / dv % n, i % dv);
+            out[(g / h * n + t) * width + (part * h + g % h) * dv + d] = x;
+        }
+        out
+    };
+    Ok(Measured {
+        outputs: vec![
+            Output::new(
+                "O",
+                &o_merged_shape,
+                got_o,
+                merged(&output, 1, 0),
+                Tolerance::SPEC,
+            ),
+            Output::new(
+                "dV",
+                &v_merged_shape,
+                got_v,
+                merged(&grads.grad_v, 3, 2),
+                Tolerance::SPEC,
+            ),
+        ],
+        time,
+        reference_time: start.elapsed(),
+    })
+}
+
 /// LayerNorm forward or backward of `x` (`shape`) uniform in `[lo, hi)`,
 /// with `γ` in [0.5, 1.5), `β` in [-0.5, 0.5) and `∂L/∂y` in [-1, 1).
 pub(super) async fn run_layer_norm(

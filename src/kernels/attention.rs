@@ -354,13 +354,28 @@ pub(crate) fn scores_backward_steps<'a>(
         trans_b: false,
         alpha: shape.scale,
     };
-    let softmax = softmax::plan(&map, causal, key_mask.map(Tensor::shape))?;
     let grad_q_plan = matmul::plan(&map, k.shape(), &scaled(false))?;
     let grad_k_plan = matmul::plan(&map, q.shape(), &scaled(true))?;
-    let mut steps = vec![softmax::backward_step(gpu, &softmax, a, grad, key_mask)?];
+    let mut steps = vec![scores_backward_softmax_step(
+        gpu, shape, a, causal, key_mask, grad,
+    )?];
     steps.extend(matmul::steps(gpu, &grad_q_plan, grad, k, grad_q)?);
     steps.extend(matmul::steps(gpu, &grad_k_plan, grad, q, grad_k)?);
     Ok(steps)
+}
+
+/// The first step of [`scores_backward_steps`]: `grad = ∂L/∂A` turned into
+/// `∂L/∂S` in place, for a caller that runs the products itself.
+pub(crate) fn scores_backward_softmax_step<'a>(
+    gpu: &'a Gpu,
+    shape: &AttentionShape,
+    a: &'a Tensor,
+    causal: bool,
+    key_mask: Option<&'a Tensor>,
+    grad: &'a Tensor,
+) -> Result<Step<'a>> {
+    let softmax = softmax::plan(&shape.map_shape(), causal, key_mask.map(Tensor::shape))?;
+    softmax::backward_step(gpu, &softmax, a, grad, key_mask)
 }
 
 /// Blocking form of [`attention_backward`].

@@ -85,6 +85,13 @@ pub(crate) const LINEAR_SPLIT_QKV_SOURCE: &str = shader!(
     "matmul_linear.wgsl"
 );
 
+/// [`LINEAR_SOURCE`] storing per-head C back into token rows.
+pub(crate) const LINEAR_MERGE_HEADS_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_merge_heads.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
 /// [`LINEAR_SOURCE`] storing C into a texture.
 pub(crate) const LINEAR_TEXELS_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
@@ -145,6 +152,13 @@ subgroup_source!(
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing per-head C back into token rows.
+    LINEAR_SUBGROUP_MERGE_HEADS_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_merge_heads.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
 subgroup_source!(
     /// [`LINEAR_SUBGROUP_SOURCE`] storing C into a texture.
     LINEAR_SUBGROUP_TEXELS_SOURCE =
@@ -220,6 +234,24 @@ kernels! {
         /// `gelu(C + bias)` (`Epilogue::BiasGelu`).
         MATMUL_LINEAR_SUBGROUP_BIAS_GELU = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, act)
             as "matmul_linear_subgroup_bias_gelu" with [];
+    }
+    "matmul_linear" in LINEAR_MERGE_HEADS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR`] storing per-head C into token rows
+        /// (`Epilogue::MergeHeads`).
+        MATMUL_LINEAR_MERGE_HEADS = "matmul_linear" (a_panels, b_panels, merged)
+            as "matmul_linear_merge_heads" with [];
+        /// The same with A stored `[K, M]`.
+        MATMUL_LINEAR_TA_MERGE_HEADS = "matmul_linear" (a_panels, b_panels, merged)
+            as "matmul_linear_ta_merge_heads" with [TRANS_A = 1];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_MERGE_HEADS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP`] storing per-head C into token rows
+        /// (`Epilogue::MergeHeads`).
+        MATMUL_LINEAR_SUBGROUP_MERGE_HEADS = "matmul_linear_subgroup" (a_panels, b_panels, merged)
+            as "matmul_linear_subgroup_merge_heads" with [];
+        /// The same with A stored `[K, M]`.
+        MATMUL_LINEAR_SUBGROUP_TA_MERGE_HEADS = "matmul_linear_subgroup" (a_panels, b_panels, merged)
+            as "matmul_linear_subgroup_ta_merge_heads" with [TRANS_A = 1];
     }
     "matmul_linear" in LINEAR_TEXELS_SOURCE, params TextureParams, workgroup 64 {
         /// [`MATMUL_LINEAR_TB`] storing C into a texture (`Epilogue::Texels`).
@@ -567,7 +599,10 @@ pub(crate) struct TextureParams {
     split_seq: u32,
     // The texels store only: log2 of the rows per layer of C's texture.
     c_layer_shift: u32,
-    _pad: u32,
+    // The heads' merge only: parts of a token row, and this product's.
+    merge_parts: u32,
+    merge_part: u32,
+    _pad: [u32; 3],
 }
 
 /// A validated product: its parameters and the shape of `C`.
@@ -752,6 +787,18 @@ pub(crate) enum Epilogue<'a> {
         heads: usize,
         seq: usize,
     },
+    /// Per-head `C` (`batch` = B·H matrices of `[T, hd]`, matrix `b·H + h`)
+    /// stored back into token rows: value `(t, d)` of matrix `(b, h)` goes
+    /// to `out[b·T + t][part·H·hd + h·hd + d]`, `out` `[B·T, parts·H·hd]`,
+    /// and `C` itself is not written: the GPT's merge of its heads (one
+    /// part) and of its q, k and v gradients (three parts). `A` may be
+    /// transposed.
+    MergeHeads {
+        out: &'a Tensor,
+        heads: usize,
+        parts: usize,
+        part: usize,
+    },
     /// `C` into texture `out` (with its layer shift) instead of a buffer,
     /// texel `i` holding floats `4i .. 4i + 4` of `C` as a buffer would (`N`
     /// a multiple of 4), for a kernel that reads `C` as texels next: the
@@ -773,13 +820,15 @@ pub(crate) fn fused_steps<'a>(
     c: &'a Tensor,
     epilogue: Epilogue<'a>,
 ) -> Result<Option<Vec<Step<'a>>>> {
-    fused_steps_with(gpu, choose(gpu, plan)?, plan, a, b, c, epilogue)
+    fused_steps_with(gpu, choose(gpu, plan)?, plan, a, b, c, epilogue, None)
 }
 
-/// [`fused_steps`] by `variant`: `None` unless it is a texture layout that
-/// copies both operands (and, for the split, heads a whole number of
-/// texels wide). Outputs of the wrong size are a shape error, an output
-/// sharing a buffer with another binding an invalid argument.
+/// [`fused_steps`] by `variant`, sharing `A`'s texture through `shared`
+/// where given (as [`steps_sharing_a`]): `None` unless it is a texture
+/// layout that copies both operands (and, for the split, heads a whole
+/// number of texels wide). Outputs of the wrong size are a shape error, an
+/// output sharing a buffer with another binding an invalid argument.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_steps_with<'a>(
     gpu: &Gpu,
     variant: MatmulVariant,
@@ -788,6 +837,7 @@ pub(crate) fn fused_steps_with<'a>(
     b: &'a Tensor,
     c: &'a Tensor,
     epilogue: Epilogue<'a>,
+    shared: Option<&mut SharedA>,
 ) -> Result<Option<Vec<Step<'a>>>> {
     let p = &plan.params;
     let MatmulVariant::Texture {
@@ -798,14 +848,28 @@ pub(crate) fn fused_steps_with<'a>(
         return Ok(None);
     };
     let outputs = p.batch as usize * p.m as usize * p.n as usize;
-    let (bias, others, part): (&Tensor, &[&Tensor], usize) = match &epilogue {
+    let (bias, others, part): (Option<&Tensor>, &[&Tensor], usize) = match &epilogue {
         Epilogue::Texels { .. } => {
             return Err(Error::Internal(
                 "the texels store goes through texel_steps".into(),
             ))
         }
-        Epilogue::BiasResidual { bias, residual } => (bias, &[residual, c], outputs),
-        Epilogue::BiasGelu { bias, act } => (bias, &[act, c], outputs),
+        Epilogue::MergeHeads {
+            out,
+            heads,
+            parts,
+            part,
+        } => {
+            if *heads == 0 || !(p.batch as usize).is_multiple_of(*heads) || part >= parts {
+                return Err(Error::shape(format!(
+                    "matmul epilogue: {} matrices are not whole items of {heads} heads, or part {part} is not one of {parts}",
+                    p.batch
+                )));
+            }
+            (None, std::slice::from_ref(out), outputs * parts)
+        }
+        Epilogue::BiasResidual { bias, residual } => (Some(bias), &[residual, c], outputs),
+        Epilogue::BiasGelu { bias, act } => (Some(bias), &[act, c], outputs),
         Epilogue::SplitQkv {
             bias,
             q,
@@ -827,13 +891,13 @@ pub(crate) fn fused_steps_with<'a>(
             if !fits {
                 return Ok(None);
             }
-            (bias, &[q, k, v], outputs / 3)
+            (Some(bias), &[q, k, v], outputs / 3)
         }
     };
-    if bias.len() != p.n as usize || others.iter().any(|t| t.len() != part) {
+    if bias.is_some_and(|b| b.len() != p.n as usize) || others.iter().any(|t| t.len() != part) {
         return Err(Error::shape(format!(
             "matmul epilogue: a bias of {} values and outputs of {:?} for a product of {} rows by {} columns",
-            bias.len(),
+            bias.map_or(0, Tensor::len),
             others.iter().map(|t| t.len()).collect::<Vec<_>>(),
             p.batch as usize * p.m as usize,
             p.n
@@ -842,16 +906,18 @@ pub(crate) fn fused_steps_with<'a>(
     // One dispatch may not bind a buffer it writes twice: the epilogue's
     // tensors (outputs, or a residual beside C) must be distinct from each
     // other and from the operands and the bias.
-    let read = [a.buffer(), b.buffer(), bias.buffer()];
+    let read = [Some(a), Some(b), bias].map(|t| t.map(Tensor::buffer));
     for (i, t) in others.iter().enumerate() {
         let buffer = t.buffer();
-        if others[..i].iter().any(|o| o.buffer() == buffer) || read.contains(&buffer) {
+        if others[..i].iter().any(|o| o.buffer() == buffer) || read.contains(&Some(buffer)) {
             return Err(Error::InvalidArgument(
                 "matmul epilogue: an output shares its buffer with another input or output".into(),
             ));
         }
     }
-    if plan.work() == 0 || p.trans_a != 0 || p.trans_b != 0 {
+    // Only the heads' merge is built with A transposed.
+    let trans_a_ok = matches!(epilogue, Epilogue::MergeHeads { .. });
+    if plan.work() == 0 || (p.trans_a != 0 && !trans_a_ok) || p.trans_b != 0 {
         return Ok(None);
     }
     variant.check(gpu)?;
@@ -869,7 +935,7 @@ pub(crate) fn fused_steps_with<'a>(
         a,
         b,
         c,
-        None,
+        shared,
         Some(epilogue),
     )?;
     Ok(Some(steps))
@@ -1280,7 +1346,9 @@ fn texture_steps<'a>(
         split_heads: 0,
         split_seq: 0,
         c_layer_shift: 0,
-        _pad: 0,
+        merge_parts: 0,
+        merge_part: 0,
+        _pad: [0; 3],
     };
     let a_key = a_key(&layout, p);
     let variant = MatmulVariant::Texture {
@@ -1335,6 +1403,19 @@ fn texture_steps<'a>(
         }
         (Some(Epilogue::Texels { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
         (Some(Epilogue::Texels { .. }), _, false) => &MATMUL_LINEAR_TB_TEXELS,
+        (Some(Epilogue::MergeHeads { .. }), _, _) if !layout.linear || p.trans_b != 0 => {
+            return Err(Error::Internal(
+                "the heads' merge needs both operands copied, B untransposed".into(),
+            ))
+        }
+        (Some(Epilogue::MergeHeads { .. }), _, true) if p.trans_a != 0 => {
+            &MATMUL_LINEAR_SUBGROUP_TA_MERGE_HEADS
+        }
+        (Some(Epilogue::MergeHeads { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_MERGE_HEADS,
+        (Some(Epilogue::MergeHeads { .. }), _, false) if p.trans_a != 0 => {
+            &MATMUL_LINEAR_TA_MERGE_HEADS
+        }
+        (Some(Epilogue::MergeHeads { .. }), _, false) => &MATMUL_LINEAR_MERGE_HEADS,
         (None, ..) => texture_kernel(layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0),
         (Some(Epilogue::BiasResidual { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL,
         (Some(Epilogue::BiasResidual { .. }), true, false) => &MATMUL_LINEAR_BIAS_RESIDUAL,
@@ -1357,6 +1438,14 @@ fn texture_steps<'a>(
         },
         Some(Epilogue::Texels { shift, .. }) => TextureParams {
             c_layer_shift: shift,
+            ..params
+        },
+        Some(Epilogue::MergeHeads {
+            heads, parts, part, ..
+        }) => TextureParams {
+            split_heads: to_u32("heads", heads)?,
+            merge_parts: to_u32("parts", parts)?,
+            merge_part: to_u32("part", part)?,
             ..params
         },
         _ => params,
@@ -1383,6 +1472,7 @@ fn texture_steps<'a>(
             Some(Epilogue::Texels { out, .. }) => {
                 dispatch.bind("c_texels", Binding::Texture(out.clone()))
             }
+            Some(Epilogue::MergeHeads { out, .. }) => dispatch.bind("merged", out),
         }
         .step(),
     );

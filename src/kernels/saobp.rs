@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
 use crate::kernels::matmul::{self, MapTexture};
 use crate::kernels::{rows, to_u32};
+use crate::shader::Kernel;
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("saobp.wgsl");
@@ -34,6 +35,12 @@ kernels! {
         ATTENTION_GRAD = "attention_grad" (ag_a, ag_wu, ag_diag, ag_out);
         /// Backward: adds the diagonal terms to `Aᵀ·dY`, giving `dV`.
         VALUE_GRAD = "value_grad" (vg_w, vg_p, vg_stats, vg_out);
+        /// [`FUSED_OUTPUT`] written into token rows ([`Merge`]).
+        FUSED_OUTPUT_MERGED = "fused_output" (fo_y, fo_v, fo_au, fo_stats, fo_mass, fo_lambda, fo_out)
+            as "fused_output_merged" with [MERGED = 1];
+        /// [`VALUE_GRAD`] written into token rows ([`Merge`]).
+        VALUE_GRAD_MERGED = "value_grad_merged" (vg_w, vg_p, vg_stats, vg_out, vg_merged)
+            as "value_grad_merged" with [MERGED = 1];
         /// Backward: dλ per head, summed in a fixed order.
         LAMBDA_GRAD = "lambda_grad" (lg_row, lg_out);
         /// [`DIAG_STATS`] with one invocation per row ([`rows`]).
@@ -106,7 +113,9 @@ pub(crate) struct SaobpParams {
     width: u32,
     /// [`diag_stats_texture`] only: log2 of the rows per layer of `A`'s texture.
     map_shift: u32,
-    _pad: [u32; 2],
+    /// The merged outputs only ([`Merge`]).
+    merge_parts: u32,
+    merge_part: u32,
 }
 
 /// Columns of the fused form's wide operands (`U'`, `A·U'`, `W`, `Aᵀ·W`):
@@ -144,7 +153,8 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
             heads: to_u32("heads", heads.max(1))?,
             width: to_u32("D", wide(d))?,
             map_shift: 0,
-            _pad: [0; 2],
+            merge_parts: 0,
+            merge_part: 0,
         },
         rows: (matrices * n) as u64,
         elements: matrices * n * d,
@@ -266,7 +276,38 @@ pub(crate) fn two_hop_values<'a>(
         .step()
 }
 
-/// Refined output from `Y = AV`, `AU'`, the row stats and λ; writes `m` too.
+/// Where a per-head output `[B, H, n, d]` goes instead of its own tensor:
+/// into token rows `[B·n, parts·H·d]` of `out`, as part `part` (the GPT's
+/// merge of its heads, parts 1, or of dq, dk and dv into dqkv, parts 3).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Merge<'a> {
+    pub out: &'a Tensor,
+    pub parts: usize,
+    pub part: usize,
+}
+
+impl Merge<'_> {
+    /// `plan`'s parameters for this merge, after checking its sizes.
+    fn params(&self, plan: &Plan) -> Result<SaobpParams> {
+        if self.part >= self.parts || self.out.len() != plan.elements * self.parts {
+            return Err(Error::shape(format!(
+                "merged output: {} values for part {} of {} of {} values per part",
+                self.out.len(),
+                self.part,
+                self.parts,
+                plan.elements
+            )));
+        }
+        Ok(SaobpParams {
+            merge_parts: to_u32("parts", self.parts)?,
+            merge_part: to_u32("part", self.part)?,
+            ..plan.params
+        })
+    }
+}
+
+/// Refined output from `Y = AV`, `AU'`, the row stats and λ into `out`, or
+/// into `merge`'s token rows when given; writes `m` too.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_output<'a>(
     plan: &Plan,
@@ -277,20 +318,23 @@ pub(crate) fn fused_output<'a>(
     mass: &'a Tensor,
     lambda: &'a Tensor,
     out: &'a Tensor,
-) -> Step<'a> {
-    Dispatch::new(
-        &FUSED_OUTPUT,
-        &plan.params,
-        FUSED_OUTPUT.groups_for(plan.elements),
+    merge: Option<Merge<'a>>,
+) -> Result<Step<'a>> {
+    let (kernel, params, out) = match merge {
+        Some(m) => (&FUSED_OUTPUT_MERGED, m.params(plan)?, m.out),
+        None => (&FUSED_OUTPUT, plan.params, out),
+    };
+    Ok(
+        Dispatch::new(kernel, &params, kernel.groups_for(plan.elements))
+            .bind("fo_y", y)
+            .bind("fo_v", v)
+            .bind("fo_au", au)
+            .bind("fo_stats", stats)
+            .bind("fo_mass", mass)
+            .bind("fo_lambda", lambda)
+            .bind("fo_out", out)
+            .step(),
     )
-    .bind("fo_y", y)
-    .bind("fo_v", v)
-    .bind("fo_au", au)
-    .bind("fo_stats", stats)
-    .bind("fo_mass", mass)
-    .bind("fo_lambda", lambda)
-    .bind("fo_out", out)
-    .step()
 }
 
 /// The fused form's intermediates of `B·H` maps `N`×`N` with values `Dv`
@@ -377,8 +421,8 @@ impl FusedIntermediates {
         Ok(steps)
     }
 
-    /// [`FusedIntermediates::steps`], then the refined output `out` and `m`
-    /// into `mass`.
+    /// [`FusedIntermediates::steps`], then the refined output `out` (or
+    /// into `merge`'s token rows) and `m` into `mass`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn output_steps<'a>(
         &'a self,
@@ -390,6 +434,7 @@ impl FusedIntermediates {
         lambda: &'a Tensor,
         mass: &'a Tensor,
         out: &'a Tensor,
+        merge: Option<Merge<'a>>,
     ) -> Result<Vec<Step<'a>>> {
         let mut steps = self.steps(gpu, plan, a, v, map)?;
         steps.push(fused_output(
@@ -401,7 +446,8 @@ impl FusedIntermediates {
             mass,
             lambda,
             out,
-        ));
+            merge,
+        )?);
         Ok(steps)
     }
 }
@@ -535,6 +581,19 @@ pub async fn saobp_output_backward(
     lambda: &Lambda,
     grad_output: &Tensor,
 ) -> Result<OutputGradients> {
+    output_backward_merging(gpu, a, v, lambda, grad_output, None).await
+}
+
+/// [`saobp_output_backward`], writing `∂L/∂V` into `v_merged`'s token rows
+/// when given (its `grad_v` is then scratch), as the GPT's backward does.
+pub(crate) async fn output_backward_merging(
+    gpu: &Gpu,
+    a: &Tensor,
+    v: &Tensor,
+    lambda: &Lambda,
+    grad_output: &Tensor,
+    v_merged: Option<Merge<'_>>,
+) -> Result<OutputGradients> {
     let [b, h, n, dv] = check_backward(a.shape(), v.shape(), grad_output.shape())?;
     let lambda = lambda.per_head(h)?;
     for (name, t) in [("a", a), ("v", v), ("grad_output", grad_output)] {
@@ -564,6 +623,7 @@ pub async fn saobp_output_backward(
             attention: &out.grad_attention,
             v: &out.grad_v,
             lambda: &out.grad_lambda,
+            v_merged,
         },
     )?);
     gpu.run(&steps).await?;
@@ -595,11 +655,13 @@ impl BackwardScratch {
     }
 }
 
-/// Where [`output_backward_steps`] writes `∂L/∂A`, `∂L/∂V` and `∂L/∂λ`.
+/// Where [`output_backward_steps`] writes `∂L/∂A`, `∂L/∂V` and `∂L/∂λ`;
+/// `∂L/∂V` into `v_merged`'s token rows when given (and `v` is scratch).
 pub(crate) struct Grads<'a> {
     pub attention: &'a Tensor,
     pub v: &'a Tensor,
     pub lambda: &'a Tensor,
+    pub v_merged: Option<Merge<'a>>,
 }
 
 /// The steps of SAOBP's output backward ([`saobp_output_backward`]) into
@@ -695,18 +757,19 @@ pub(crate) fn output_backward_steps<'a>(
         out.v,
         &mut shared_t,
     )?);
-    steps.push(
-        Dispatch::new(
-            &VALUE_GRAD,
-            &plan.params,
-            VALUE_GRAD.groups_for(plan.elements),
-        )
-        .bind("vg_w", &s.w)
-        .bind("vg_p", &s.p)
-        .bind("vg_stats", &fwd.stats)
-        .bind("vg_out", out.v)
-        .step(),
-    );
+    let value_grad = |kernel: &'static Kernel, params: &SaobpParams| {
+        Dispatch::new(kernel, params, kernel.groups_for(plan.elements))
+            .bind("vg_w", &s.w)
+            .bind("vg_p", &s.p)
+            .bind("vg_stats", &fwd.stats)
+            .bind("vg_out", out.v)
+    };
+    steps.push(match out.v_merged {
+        Some(m) => value_grad(&VALUE_GRAD_MERGED, &m.params(plan)?)
+            .bind("vg_merged", m.out)
+            .step(),
+        None => value_grad(&VALUE_GRAD, &plan.params).step(),
+    });
     steps.push(
         Dispatch::new(&LAMBDA_GRAD, &plan.params, u64::from(plan.params.heads))
             .bind("lg_row", &s.row_terms)

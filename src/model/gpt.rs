@@ -45,7 +45,9 @@ use super::gpt_config::{GptConfig, ParamSpec};
 use crate::attention::{attention, AttentionOptions, Metrics, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
-use crate::kernels::attention::{map_steps_via, scores_backward_steps, AttentionShape};
+use crate::kernels::attention::{
+    map_steps_via, scores_backward_softmax_step, scores_backward_steps, AttentionShape,
+};
 use crate::kernels::bert::{self, Dims};
 use crate::kernels::gpt::{self as ops, GptParams, TokenIds};
 use crate::kernels::matmul::{self, Epilogue, MatmulOptions};
@@ -540,21 +542,56 @@ impl Gpt {
             steps.extend(map_steps);
             match (refined, map) {
                 (Some((fused, mass, lambda)), map) => {
+                    // The output kernel writes O's heads into token rows.
+                    let merge = saobp::Merge {
+                        out: &acts.merged,
+                        parts: 1,
+                        part: 0,
+                    };
                     steps.extend(fused.output_steps(
-                        gpu, &s.saobp, &acts.a, &acts.v, map, lambda, mass, &acts.o,
+                        gpu,
+                        &s.saobp,
+                        &acts.a,
+                        &acts.v,
+                        map,
+                        lambda,
+                        mass,
+                        &acts.o,
+                        Some(merge),
                     )?);
                 }
-                (None, Some(mut map)) => steps.extend(matmul::steps_sharing_a(
-                    gpu,
-                    &av,
-                    &acts.a,
-                    &acts.v,
-                    &acts.o,
-                    &mut map.shared,
-                )?),
-                (None, None) => steps.extend(matmul::steps(gpu, &av, &acts.a, &acts.v, &acts.o)?),
+                (None, mut map) => {
+                    // O's heads go straight into token rows where the
+                    // product's store can put them there.
+                    let merge = Epilogue::MergeHeads {
+                        out: &acts.merged,
+                        heads: self.config.n_head,
+                        parts: 1,
+                        part: 0,
+                    };
+                    let shared = map.as_mut().map(|m| &mut m.shared);
+                    let variant = matmul::choose(gpu, &av)?;
+                    let fused = matmul::fused_steps_with(
+                        gpu, variant, &av, &acts.a, &acts.v, &acts.o, merge, shared,
+                    )?;
+                    if let Some(fused) = fused {
+                        steps.extend(fused);
+                    } else {
+                        steps.extend(match map {
+                            Some(mut map) => matmul::steps_sharing_a(
+                                gpu,
+                                &av,
+                                &acts.a,
+                                &acts.v,
+                                &acts.o,
+                                &mut map.shared,
+                            )?,
+                            None => matmul::steps(gpu, &av, &acts.a, &acts.v, &acts.o)?,
+                        });
+                        steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
+                    }
+                }
             }
-            steps.push(bert::merge_heads(&s.dims, &acts.o, &acts.merged)?);
             let (proj, proj_bias) = layer.proj;
             let epilogue = Epilogue::BiasResidual {
                 bias: proj_bias,
@@ -648,6 +685,7 @@ impl Gpt {
         ws: &'a GptWorkspace,
         ids: &'a TokenIds,
     ) -> Result<Vec<Step<'a>>> {
+        let heads = self.config.n_head;
         let w = self.layout();
         let g = layout(&ws.grads, self.config.n_layer, self.has_lambda);
         let s = &ws.shapes;
@@ -757,6 +795,15 @@ impl Gpt {
             steps.push(bert::split_heads(&s.dims, &b.dc, &b.d_o)?);
             match (&acts.fused, layer.lambda, grads.lambda, &b.saobp) {
                 (Some((fused, _)), Some(lambda), Some(d_lambda), Some(scratch)) => {
+                    // dq and dk go straight into dqkv's token rows where both
+                    // products' stores can put them there, and then so does
+                    // dv from the output backward's last kernel.
+                    let merged = merged_qkv_grads(gpu, &s.attention, acts, b, heads, false)?;
+                    let v_merged = merged.is_some().then_some(saobp::Merge {
+                        out: &b.dqkv,
+                        parts: 3,
+                        part: 2,
+                    });
                     steps.extend(saobp::output_backward_steps(
                         gpu,
                         &s.saobp,
@@ -770,27 +817,23 @@ impl Gpt {
                             attention: &b.da,
                             v: &b.dv,
                             lambda: d_lambda,
+                            v_merged,
                         },
                     )?);
+                    qkv_grads(gpu, &mut steps, s, acts, b, merged)?;
                 }
                 _ => {
-                    steps.extend(product(gpu, &acts.a, &b.d_o, &b.dv, &ta)?);
+                    // dq, dk and dv go straight into dqkv's token rows
+                    // where all three products' stores can put them there.
+                    let mut merged = merged_qkv_grads(gpu, &s.attention, acts, b, heads, true)?;
                     steps.extend(product(gpu, &b.d_o, &acts.v, &b.da, &tb)?);
+                    match merged.as_mut() {
+                        Some(products) => steps.extend(products.remove(0)),
+                        None => steps.extend(product(gpu, &acts.a, &b.d_o, &b.dv, &ta)?),
+                    }
+                    qkv_grads(gpu, &mut steps, s, acts, b, merged)?;
                 }
             }
-            steps.extend(scores_backward_steps(
-                gpu,
-                &s.attention,
-                &acts.q,
-                &acts.k,
-                &acts.a,
-                true,
-                None,
-                &b.da,
-                &b.dq,
-                &b.dk,
-            )?);
-            steps.push(ops::merge_qkv_step(&s.block, &b.dq, &b.dk, &b.dv, &b.dqkv));
             linear(
                 &mut steps, &acts.ln1, layer.attn, grads.attn, &b.dqkv, &b.dc, &s.qkv,
             )?;
@@ -848,6 +891,95 @@ fn product_with<'a>(
     let mut steps = matmul::steps(gpu, &plan, x, weight, out)?;
     steps.push(separate);
     Ok(steps)
+}
+
+/// The q, k and v gradients' last steps, once `dv`'s are recorded and
+/// `b.da` holds `∂L/∂A`: the softmax backward, then `merged` (the products
+/// of dq and dk from [`merged_qkv_grads`], storing into `b.dqkv`), else
+/// the products into `b.dq` and `b.dk` and the merge of all three.
+fn qkv_grads<'a>(
+    gpu: &'a Gpu,
+    steps: &mut Vec<Step<'a>>,
+    s: &Shapes,
+    acts: &'a LayerActivations,
+    b: &'a BackwardBuffers,
+    merged: Option<Vec<Vec<Step<'a>>>>,
+) -> Result<()> {
+    match merged {
+        Some(products) => {
+            steps.push(scores_backward_softmax_step(
+                gpu,
+                &s.attention,
+                &acts.a,
+                true,
+                None,
+                &b.da,
+            )?);
+            steps.extend(products.into_iter().flatten());
+        }
+        None => {
+            steps.extend(scores_backward_steps(
+                gpu,
+                &s.attention,
+                &acts.q,
+                &acts.k,
+                &acts.a,
+                true,
+                None,
+                &b.da,
+                &b.dq,
+                &b.dk,
+            )?);
+            steps.push(ops::merge_qkv_step(&s.block, &b.dq, &b.dk, &b.dv, &b.dqkv));
+        }
+    }
+    Ok(())
+}
+
+/// The products `dv = Aᵀ·dO` (plain attention's, with `with_dv`), then
+/// `dq = scale·dS·K` and `dk = scale·dSᵀ·Q` (`dS` in `b.da` once the softmax
+/// backward ran), each stored straight into `b.dqkv`'s token rows: `None`
+/// unless all their stores can (the texture family copying their
+/// operands), and the caller runs them apart and merges.
+fn merged_qkv_grads<'a>(
+    gpu: &Gpu,
+    shape: &AttentionShape,
+    acts: &'a LayerActivations,
+    b: &'a BackwardBuffers,
+    heads: usize,
+    with_dv: bool,
+) -> Result<Option<Vec<Vec<Step<'a>>>>> {
+    let scaled = |trans_a| MatmulOptions {
+        trans_a,
+        trans_b: false,
+        alpha: shape.scale,
+    };
+    let ta = MatmulOptions {
+        trans_a: true,
+        ..MatmulOptions::default()
+    };
+    // (A, B, C, options, part of dqkv)
+    let products: [(&Tensor, &Tensor, &Tensor, MatmulOptions, usize); 3] = [
+        (&acts.a, &b.d_o, &b.dv, ta, 2),
+        (&b.da, &acts.k, &b.dq, scaled(false), 0),
+        (&b.da, &acts.q, &b.dk, scaled(true), 1),
+    ];
+    let mut out = Vec::with_capacity(3);
+    for (a, x, c, opts, part) in products.into_iter().skip(usize::from(!with_dv)) {
+        let plan = matmul::plan(a.shape(), x.shape(), &opts)?;
+        let merge = Epilogue::MergeHeads {
+            out: &b.dqkv,
+            heads,
+            parts: 3,
+            part,
+        };
+        let variant = matmul::choose(gpu, &plan)?;
+        match matmul::fused_steps_with(gpu, variant, &plan, a, x, c, merge, None)? {
+            Some(steps) => out.push(steps),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The steps of `out = op(a)·op(b)` through the matmul kernels.

@@ -332,7 +332,7 @@ fn layer_norm_params_serial(
 
 // ---- bias_gelu / gelu_backward ----------------------------------------------
 
-// gelu_parts, GELU_K and GELU_C come from shared/gelu.wgsl, put in front.
+// gelu_parts and gelu_grad come from shared/gelu.wgsl, put in front.
 
 @group(0) @binding(1) var<storage, read> bg_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bg_bias: array<f32>;
@@ -367,12 +367,7 @@ fn gelu_backward(
     if (idx >= p.rows * p.width) {
         return;
     }
-    let h = gb_x[idx] + gb_bias[idx % p.width];
-    let parts = gelu_parts(h);
-    let hc = clamp(h, -20.0, 20.0);
-    // d/dh [h sigmoid(2u)] = sigmoid(2u) + h * 2 sigmoid(1 - sigmoid) * du/dh.
-    let du = GELU_K * (1.0 + 3.0 * GELU_C * hc * hc);
-    gb_dx[idx] = gb_dy[idx] * (parts.x + 2.0 * hc * parts.y * du);
+    gb_dx[idx] = gb_dy[idx] * gelu_grad(gb_x[idx] + gb_bias[idx % p.width]);
 }
 
 // ---- column_sum -------------------------------------------------------------

@@ -290,6 +290,7 @@ fn every_kernel_passes_on_every_adapter() {
                         "_bias_residual::",
                         "_bias_gelu::",
                         "_split_qkv::",
+                        "_gelu_backward::",
                         "_merge_heads::",
                     ];
                     assert!(

@@ -142,7 +142,8 @@ fn gradients_without_lambda_match_the_reference() {
 
 /// The forward fuses the projections' bias + residual, the MLP's bias +
 /// GELU, c_attn's bias + split into heads and the merge of O's heads, and
-/// the backward the merge of dq, dk and dv, into the product's store where
+/// the backward the GELU backward and the merge of dq, dk and dv, into the
+/// product's store where
 /// the matmul copies both operands for a linear texture kernel, and runs
 /// the elementwise kernels after the product elsewhere: both paths against the reference, with each
 /// matmul family forced, in fresh contexts (their kernel counts are their
@@ -186,6 +187,19 @@ fn fused_and_separate_epilogues_match_the_reference() {
                 work.kernels
             );
             assert_eq!(ran("_split_qkv::"), fused, "{family:?}: {:?}", work.kernels);
+            // The backward's GELU, in the store of the product before it.
+            assert_eq!(
+                ran("_tb_gelu_backward::"),
+                fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(
+                ran("gpt::gelu_backward"),
+                !fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
             // The heads of O (forward) and of dq, dk, dv (backward) go
             // into token rows from the products' stores.
             assert_eq!(

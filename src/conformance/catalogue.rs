@@ -254,6 +254,9 @@ pub(super) enum Epilogue {
     BiasGelu,
     /// `x·W + bias` split into q, k, v heads.
     SplitQkv,
+    /// `C = x·Wᵀ · gelu'(pre + bias)`, `W` stored `[n, k]`: the MLP's GELU
+    /// backward.
+    GeluBackward,
     /// Per-head products merged into token rows, as the second of three
     /// parts (the GPT's dk into dqkv): `x` `[B·H, T, k]`, `W` `[B·H, k, hd]`
     /// (`rows` = T, `n` = hd, `seq` = B).
@@ -268,6 +271,7 @@ impl Epilogue {
             Epilogue::BiasResidual => "bias+residual",
             Epilogue::BiasGelu => "bias+gelu",
             Epilogue::SplitQkv => "bias+split qkv",
+            Epilogue::GeluBackward => "gelu backward",
             Epilogue::MergeHeads => "merge heads",
             Epilogue::MergeHeadsTransposed => "merge heads, x^T",
         }
@@ -340,13 +344,16 @@ impl Case {
                 } else {
                     String::new()
                 };
+                let w = if f.epilogue == Epilogue::GeluBackward {
+                    format!("[{},{}]^T", f.n, f.k)
+                } else {
+                    format!("[{},{}]", f.k, f.n)
+                };
                 format!(
-                    "{}: [{},{}]x[{},{}] {}{split}",
+                    "{}: [{},{}]x{w} {}{split}",
                     variant_label(f.variant),
                     f.rows,
                     f.k,
-                    f.k,
-                    f.n,
                     f.epilogue.name()
                 )
             }
@@ -738,7 +745,8 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
     // The GPT's fused epilogues, by the texture layouts with and without
     // subgroups (whose linear kernels they are builds of): ragged edges of
     // the 16-row blocks and 32- or 64-column panels, the tiny preset's
-    // shapes, a split into heads of 12 and of 32 columns, and merges of
+    // shapes, a split into heads of 12 and of 32 columns, the GELU
+    // backward (W transposed) at the MLP's shapes, and merges of
     // heads 8 and 32 wide (the tiny preset's attention, T = 64, batch 12),
     // from x as stored and transposed (whose rows, T, and columns are then
     // whole texels: the store is built for operands copied as stored).
@@ -765,6 +773,8 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             fused(Epilogue::BiasGelu, 768, 128, 512, 0, 0),
             fused(Epilogue::SplitQkv, 15, 28, 72, 2, 5),
             fused(Epilogue::SplitQkv, 768, 128, 384, 4, 64),
+            fused(Epilogue::GeluBackward, 37, 28, 52, 0, 0),
+            fused(Epilogue::GeluBackward, 768, 128, 512, 0, 0),
             fused(Epilogue::MergeHeads, 9, 12, 8, 3, 2),
             fused(Epilogue::MergeHeads, 64, 64, 32, 4, 12),
             fused(Epilogue::MergeHeadsTransposed, 12, 20, 8, 3, 2),

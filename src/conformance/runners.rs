@@ -157,25 +157,35 @@ async fn run_matmul_epilogue(
         Residual,
         Gelu,
         SplitQkv,
+        GeluBackward,
     }
     let name = epilogue.name();
     let epilogue = match epilogue {
         Epilogue::BiasResidual => Bias::Residual,
         Epilogue::BiasGelu => Bias::Gelu,
         Epilogue::SplitQkv => Bias::SplitQkv,
+        Epilogue::GeluBackward => Bias::GeluBackward,
         Epilogue::MergeHeads | Epilogue::MergeHeadsTransposed => {
             return run_merge_heads(gpu, rng, case).await
         }
     };
-    let plain = MatmulOptions::default();
+    // The GELU backward's product is dy·Wᵀ: W stored [n, k].
+    let trans_b = matches!(epilogue, Bias::GeluBackward);
+    let opts = MatmulOptions {
+        trans_b,
+        ..MatmulOptions::default()
+    };
+    let w_shape = if trans_b { [n, k] } else { [k, n] };
     let x = uniform(rng, rows * k, -1.0, 1.0);
     let w = uniform(rng, k * n, -1.0, 1.0);
     let bias = uniform(rng, n, -1.0, 1.0);
+    // The residual, or the GELU's input before its bias (into its tails).
     let residual = uniform(rng, rows * n, -1.0, 1.0);
-    let plan = matmul_kernel::plan(&[rows, k], &[k, n], &plain)?;
+    let pre: Vec<f32> = residual.iter().map(|r| 4.0 * r).collect();
+    let plan = matmul_kernel::plan(&[rows, k], &w_shape, &opts)?;
     let start = Instant::now();
     let tx = Tensor::from_slice(gpu, &[rows, k], &x)?;
-    let tw = Tensor::from_slice(gpu, &[k, n], &w)?;
+    let tw = Tensor::from_slice(gpu, &w_shape, &w)?;
     let tb = Tensor::from_slice(gpu, &[n], &bias)?;
     let c = Tensor::zeros(gpu, &[rows, n])?;
     // q, k and v of the split: [B, H, T, C/H].
@@ -183,6 +193,7 @@ async fn run_matmul_epilogue(
     let extra = match epilogue {
         Bias::Residual => vec![Tensor::from_slice(gpu, &[rows, n], &residual)?],
         Bias::Gelu => vec![Tensor::zeros(gpu, &[rows, n])?],
+        Bias::GeluBackward => vec![Tensor::from_slice(gpu, &[rows, n], &pre)?],
         Bias::SplitQkv => vec![
             Tensor::zeros(gpu, &head_shape)?,
             Tensor::zeros(gpu, &head_shape)?,
@@ -197,6 +208,10 @@ async fn run_matmul_epilogue(
         Bias::Gelu => Fused::BiasGelu {
             bias: &tb,
             act: &extra[0],
+        },
+        Bias::GeluBackward => Fused::GeluBackward {
+            bias: &tb,
+            pre: &extra[0],
         },
         Bias::SplitQkv => Fused::SplitQkv {
             bias: &tb,
@@ -215,6 +230,7 @@ async fn run_matmul_epilogue(
     let written: Vec<&Tensor> = match epilogue {
         Bias::Residual => vec![&c],
         Bias::Gelu => vec![&c, &extra[0]],
+        Bias::GeluBackward => vec![&c],
         Bias::SplitQkv => extra.iter().collect(),
     };
     let mut got = Vec::with_capacity(written.len());
@@ -223,7 +239,7 @@ async fn run_matmul_epilogue(
     }
     let time = start.elapsed();
     let start = Instant::now();
-    let product = reference::matmul(&x, &[rows, k], &w, &[k, n], &plain)?;
+    let product = reference::matmul(&x, &[rows, k], &w, &w_shape, &opts)?;
     let biased = |i: usize| product[i] + f64::from(bias[i % n]);
     let tolerance = Tolerance::matmul(k);
     let outputs = match epilogue {
@@ -241,6 +257,12 @@ async fn run_matmul_epilogue(
                 Output::new("C", &[rows, n], got.remove(0), product, tolerance),
                 Output::new("act", &[rows, n], got.remove(0), act, tolerance),
             ]
+        }
+        Bias::GeluBackward => {
+            let want = (0..rows * n)
+                .map(|i| product[i] * reference::gpt::gelu_grad(f64::from(pre[i] + bias[i % n])))
+                .collect();
+            vec![Output::new("C", &[rows, n], got.remove(0), want, tolerance)]
         }
         Bias::SplitQkv => {
             let width = n / 3;

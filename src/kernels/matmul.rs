@@ -85,6 +85,15 @@ pub(crate) const LINEAR_SPLIT_QKV_SOURCE: &str = shader!(
     "matmul_linear.wgsl"
 );
 
+/// [`LINEAR_SOURCE`] storing `C · gelu'(pre + bias)`.
+pub(crate) const LINEAR_GELU_BACKWARD_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/gelu.wgsl",
+    "shared/matmul_put_gelu_backward.wgsl",
+    "shared/matmul_store.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
 /// [`LINEAR_SOURCE`] storing per-head C back into token rows.
 pub(crate) const LINEAR_MERGE_HEADS_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
@@ -152,6 +161,15 @@ subgroup_source!(
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing `C · gelu'(pre + bias)`.
+    LINEAR_SUBGROUP_GELU_BACKWARD_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/gelu.wgsl",
+    "shared/matmul_put_gelu_backward.wgsl",
+    "shared/matmul_store.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
 subgroup_source!(
     /// [`LINEAR_SUBGROUP_SOURCE`] storing per-head C back into token rows.
     LINEAR_SUBGROUP_MERGE_HEADS_SOURCE =
@@ -234,6 +252,18 @@ kernels! {
         /// `gelu(C + bias)` (`Epilogue::BiasGelu`).
         MATMUL_LINEAR_SUBGROUP_BIAS_GELU = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, act)
             as "matmul_linear_subgroup_bias_gelu" with [];
+    }
+    "matmul_linear" in LINEAR_GELU_BACKWARD_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_TB`] whose store multiplies by GELU's derivative
+        /// (`Epilogue::GeluBackward`).
+        MATMUL_LINEAR_TB_GELU_BACKWARD = "matmul_linear" (a_panels, b_panels, c, bias, pre)
+            as "matmul_linear_tb_gelu_backward" with [TRANS_B = 1];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_GELU_BACKWARD_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP_TB`] whose store multiplies by GELU's
+        /// derivative (`Epilogue::GeluBackward`).
+        MATMUL_LINEAR_SUBGROUP_TB_GELU_BACKWARD = "matmul_linear_subgroup" (a_panels, b_panels, c, bias, pre)
+            as "matmul_linear_subgroup_tb_gelu_backward" with [TRANS_B = 1];
     }
     "matmul_linear" in LINEAR_MERGE_HEADS_SOURCE, params TextureParams, workgroup 64 {
         /// [`MATMUL_LINEAR`] storing per-head C into token rows
@@ -787,6 +817,10 @@ pub(crate) enum Epilogue<'a> {
         heads: usize,
         seq: usize,
     },
+    /// `C = product · gelu'(pre + bias)`, the product being `∂L/∂gelu(h)`
+    /// (`bias` `[N]`, `pre` shaped as `C`): the MLP's GELU backward, whose
+    /// product is `dy·Wᵀ`, so built for `B` transposed only.
+    GeluBackward { bias: &'a Tensor, pre: &'a Tensor },
     /// Per-head `C` (`batch` = B·H matrices of `[T, hd]`, matrix `b·H + h`)
     /// stored back into token rows: value `(t, d)` of matrix `(b, h)` goes
     /// to `out[b·T + t][part·H·hd + h·hd + d]`, `out` `[B·T, parts·H·hd]`,
@@ -870,6 +904,15 @@ pub(crate) fn fused_steps_with<'a>(
         }
         Epilogue::BiasResidual { bias, residual } => (Some(bias), &[residual, c], outputs),
         Epilogue::BiasGelu { bias, act } => (Some(bias), &[act, c], outputs),
+        Epilogue::GeluBackward { bias, pre } => {
+            if pre.buffer() == c.buffer() {
+                return Err(Error::InvalidArgument(
+                    "matmul epilogue: an output shares its buffer with another input or output"
+                        .into(),
+                ));
+            }
+            (Some(bias), std::slice::from_ref(pre), outputs)
+        }
         Epilogue::SplitQkv {
             bias,
             q,
@@ -915,9 +958,14 @@ pub(crate) fn fused_steps_with<'a>(
             ));
         }
     }
-    // Only the heads' merge is built with A transposed.
-    let trans_a_ok = matches!(epilogue, Epilogue::MergeHeads { .. });
-    if plan.work() == 0 || (p.trans_a != 0 && !trans_a_ok) || p.trans_b != 0 {
+    // The heads' merge is built with A as stored or transposed, the GELU
+    // backward with B transposed only, the others untransposed.
+    let built = match epilogue {
+        Epilogue::MergeHeads { .. } => p.trans_b == 0,
+        Epilogue::GeluBackward { .. } => p.trans_a == 0 && p.trans_b != 0,
+        _ => p.trans_a == 0 && p.trans_b == 0,
+    };
+    if plan.work() == 0 || !built {
         return Ok(None);
     }
     variant.check(gpu)?;
@@ -1403,6 +1451,15 @@ fn texture_steps<'a>(
         }
         (Some(Epilogue::Texels { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
         (Some(Epilogue::Texels { .. }), _, false) => &MATMUL_LINEAR_TB_TEXELS,
+        (Some(Epilogue::GeluBackward { .. }), _, _)
+            if !layout.linear || p.trans_a != 0 || p.trans_b == 0 =>
+        {
+            return Err(Error::Internal(
+                "the GELU backward store needs both operands copied, B transposed".into(),
+            ))
+        }
+        (Some(Epilogue::GeluBackward { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_GELU_BACKWARD,
+        (Some(Epilogue::GeluBackward { .. }), _, false) => &MATMUL_LINEAR_TB_GELU_BACKWARD,
         (Some(Epilogue::MergeHeads { .. }), _, _) if !layout.linear || p.trans_b != 0 => {
             return Err(Error::Internal(
                 "the heads' merge needs both operands copied, B untransposed".into(),
@@ -1463,6 +1520,9 @@ fn texture_steps<'a>(
                 .bind("residual", residual),
             Some(Epilogue::BiasGelu { bias, act }) => {
                 dispatch.bind("c", c).bind("bias", bias).bind("act", act)
+            }
+            Some(Epilogue::GeluBackward { bias, pre }) => {
+                dispatch.bind("c", c).bind("bias", bias).bind("pre", pre)
             }
             Some(Epilogue::SplitQkv { bias, q, k, v, .. }) => dispatch
                 .bind("bias", bias)

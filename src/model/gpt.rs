@@ -512,7 +512,7 @@ impl Gpt {
                 ops::split_qkv_step(&s.block, &ws.qkv, attn_bias, &acts.q, &acts.k, &acts.v);
             steps.extend(product_with(
                 gpu,
-                (&acts.ln1, attn),
+                (&acts.ln1, attn, &plain),
                 &ws.qkv,
                 epilogue,
                 (&ws.qkv, separate),
@@ -600,7 +600,7 @@ impl Gpt {
             let separate = ops::bias_residual_step(&s.block, x_in, &ws.proj, proj_bias, x_mid);
             steps.extend(product_with(
                 gpu,
-                (&acts.merged, proj),
+                (&acts.merged, proj, &plain),
                 x_mid,
                 epilogue,
                 (&ws.proj, separate),
@@ -623,7 +623,7 @@ impl Gpt {
             let separate = ops::bias_gelu_step(&s.wide, &acts.fc, fc_bias, &acts.gelu);
             steps.extend(product_with(
                 gpu,
-                (&acts.ln2, fc),
+                (&acts.ln2, fc, &plain),
                 &acts.fc,
                 epilogue,
                 (&acts.fc, separate),
@@ -636,7 +636,7 @@ impl Gpt {
             let separate = ops::bias_residual_step(&s.block, x_mid, &ws.proj, mproj_bias, x_out);
             steps.extend(product_with(
                 gpu,
-                (&acts.gelu, mproj),
+                (&acts.gelu, mproj, &plain),
                 x_out,
                 epilogue,
                 (&ws.proj, separate),
@@ -747,18 +747,22 @@ impl Gpt {
             let (layer, grads, acts) = (&w.layers[i], &g.layers[i], &ws.layers[i]);
             let (x_in, x_mid) = (&ws.xs[2 * i], &ws.xs[2 * i + 1]);
             // MLP block: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b_fc)·W_proj + b_proj.
-            linear(
-                &mut steps,
-                &acts.gelu,
-                layer.mproj,
-                grads.mproj,
-                &b.dres,
-                &b.dwide,
-                &s.block,
-            )?;
-            steps.push(ops::gelu_backward_step(
-                &s.wide, &acts.fc, layer.fc.1, &b.dwide, &b.dfc,
-            ));
+            // ∂L/∂gelu(h) = dres·W_projᵀ, and through GELU in the same store
+            // where it can be fused.
+            steps.extend(product(gpu, &acts.gelu, &b.dres, grads.mproj.0, &ta)?);
+            steps.push(ops::column_sum_step(gpu, &s.block, &b.dres, grads.mproj.1)?);
+            let epilogue = Epilogue::GeluBackward {
+                bias: layer.fc.1,
+                pre: &acts.fc,
+            };
+            let separate = ops::gelu_backward_step(&s.wide, &acts.fc, layer.fc.1, &b.dwide, &b.dfc);
+            steps.extend(product_with(
+                gpu,
+                (&b.dres, layer.mproj.0, &tb),
+                &b.dfc,
+                epilogue,
+                (&b.dwide, separate),
+            )?);
             linear(
                 &mut steps, &acts.ln2, layer.fc, grads.fc, &b.dfc, &b.dc, &s.wide,
             )?;
@@ -871,19 +875,19 @@ impl Gpt {
     }
 }
 
-/// The steps of the product `x·W` (`product` = (x, W)) with `epilogue`
-/// fused into its store, writing `c`, where the matmul can (see
-/// [`Epilogue`]); else the product into `fallback.0` and then `fallback.1`,
-/// the epilogue's own kernel.
+/// The steps of the product `op(x)·op(W)` (`product` = (x, W, options))
+/// with `epilogue` fused into its store, writing `c`, where the matmul can
+/// (see [`Epilogue`]); else the product into `fallback.0` and then
+/// `fallback.1`, the epilogue's own kernel.
 fn product_with<'a>(
     gpu: &Gpu,
-    product: (&'a Tensor, &'a Tensor),
+    product: (&'a Tensor, &'a Tensor, &MatmulOptions),
     c: &'a Tensor,
     epilogue: Epilogue<'a>,
     fallback: (&'a Tensor, Step<'a>),
 ) -> Result<Vec<Step<'a>>> {
-    let (x, weight) = product;
-    let plan = matmul::plan(x.shape(), weight.shape(), &MatmulOptions::default())?;
+    let (x, weight, opts) = product;
+    let plan = matmul::plan(x.shape(), weight.shape(), opts)?;
     if let Some(steps) = matmul::fused_steps(gpu, &plan, x, weight, c, epilogue)? {
         return Ok(steps);
     }

@@ -34,14 +34,18 @@
 //                 + [i != j] (dc_i + dc_j) A_ji + [i == j] da_i; both products
 //                 come from matmul.wgsl, this pass adds the terms read off A
 //                 (A read transposed). v1: one element per invocation.
+//   attention_grad_texture  v1: attention_grad by 4 x 4 blocks, A^T read as
+//                 texels from the texture the backward's A^T products bind
+//                 (N a multiple of 4).
 //   value_grad    dV = A^T dY - (c - a^2) dMV - a dU. v1.
 //   fused_output_merged, value_grad_merged: the same, written into token
 //                 rows (MERGED, out_index()). v1.
 //   diag_stats_texture  v1: diag_stats from A in a texture (texel i = floats
 //                 4i .. 4i + 4 of A, placed by texel(); N a multiple of 4),
-//                 one invocation per 4 rows: each k step reads the 4 rows'
-//                 texels at columns k .. k + 4 and rows k .. k + 4's texels at
-//                 the 4 rows' columns, 16 products of c from 8 texel loads.
+//                 one invocation per 4 rows: each step over column texel t
+//                 reads the 4 rows' texels at columns 4t .. 4t + 4 and rows
+//                 4t .. 4t + 4's texels at the 4 rows' columns, 16 products
+//                 of c from 8 texel loads.
 //                 The diagonal block is summed apart, without k = i.
 //   diag_stats_serial, output_adjoints_serial, row_adjoints_serial: the same
 //                 with one invocation per row (the row layout for software
@@ -588,6 +592,67 @@ fn attention_grad(
     // c_p = sum_{k != p} A_pk A_kp, so A_pq (p != q) also enters c_q through A_qp.
     let pair = (ag_diag[3u * ri + 2u] + ag_diag[3u * rj + 2u]) * ag_a[map * nn + j * p.n + i];
     ag_out[idx] = g + select(pair, ag_diag[3u * ri], i == j);
+}
+
+// ---- attention_grad_texture -------------------------------------------------
+
+// attention_grad by 4 x 4 blocks, A read from a texture (texel i = floats
+// 4i .. 4i + 4 of A, placed by texel(); N a multiple of 4): the block's A^T
+// is 4 texel loads, dY V^T and W U'^T 4 rows of vec4 each.
+@group(0) @binding(1) var agt_map: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var<storage, read> agt_wu: array<vec4<f32>>;
+// ag_diag at binding 3 as above.
+@group(0) @binding(4) var<storage, read_write> agt_out: array<vec4<f32>>;
+
+fn agt_texel(t: u32) -> vec4<f32> {
+    let at = texel(t, p.map_shift);
+    return textureLoad(agt_map, at.xy, at.z);
+}
+
+// Row r (of 4) of the block at rows i0.., columns j0.. of matrix `map`:
+// t holds A_{j, i0 + r} for the block's 4 columns j.
+fn agt_row(map: u32, i: u32, j0: u32, t: vec4<f32>, cj: vec4<f32>) {
+    let n4 = p.n / 4u;
+    let ri = map * p.n + i;
+    let at = ri * n4 + j0 / 4u;
+    let g = agt_out[at] + agt_wu[at] + ag_diag[3u * ri + 1u];
+    let pair = (ag_diag[3u * ri + 2u] + cj) * t;
+    // The diagonal element, where j = i, takes da_i instead of its pair term.
+    let js = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u);
+    agt_out[at] = g + select(pair, vec4<f32>(ag_diag[3u * ri]), js == vec4<u32>(i));
+}
+
+@compute @workgroup_size(64)
+fn attention_grad_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = element_id(wid, nwg, lid);
+    let n4 = p.n / 4u;
+    if (block >= p.matrices * n4 * n4) {
+        return;
+    }
+    let map = block / (n4 * n4);
+    let i0 = 4u * ((block / n4) % n4);
+    let j0 = 4u * (block % n4);
+    // Rows j0 .. j0 + 4 of A at columns i0 .. i0 + 4: u_c[r] = A_{j0 + c, i0 + r}.
+    let first = (map * p.n + j0) * n4 + i0 / 4u;
+    let u0 = agt_texel(first);
+    let u1 = agt_texel(first + n4);
+    let u2 = agt_texel(first + 2u * n4);
+    let u3 = agt_texel(first + 3u * n4);
+    let rj = map * p.n + j0;
+    let cj = vec4<f32>(
+        ag_diag[3u * rj + 2u],
+        ag_diag[3u * (rj + 1u) + 2u],
+        ag_diag[3u * (rj + 2u) + 2u],
+        ag_diag[3u * (rj + 3u) + 2u],
+    );
+    agt_row(map, i0, j0, vec4<f32>(u0.x, u1.x, u2.x, u3.x), cj);
+    agt_row(map, i0 + 1u, j0, vec4<f32>(u0.y, u1.y, u2.y, u3.y), cj);
+    agt_row(map, i0 + 2u, j0, vec4<f32>(u0.z, u1.z, u2.z, u3.z), cj);
+    agt_row(map, i0 + 3u, j0, vec4<f32>(u0.w, u1.w, u2.w, u3.w), cj);
 }
 
 // ---- value_grad -------------------------------------------------------------

@@ -18,8 +18,9 @@
 //                 elsewhere (so a row with no valid key is all zeros, whatever
 //                 dA held). It shares Params, valid() and key_mask (binding 2)
 //                 with the forward.
-//   softmax_texture  v1: the fused SAOBP path's softmax, one invocation per
-//                 row: the scores come from a texture and the map goes to
+//   softmax_texture  v1: the softmax of maps whose products read A from a
+//                 texture (plain and fused attention, the GPT's forward on
+//                 the software adapters), one invocation per row: the scores come from a texture and the map goes to
 //                 one (texel i = floats 4i .. 4i + 4 of the [matrices, rows,
 //                 cols] map, placed by texel() of common.wgsl; cols a
 //                 multiple of 4), which the products then read without a
@@ -27,7 +28,8 @@
 //                 exponentials per valid score instead of the online
 //                 softmax's three, and a causal row stops at its diagonal
 //                 texel. STORE_MAP = 1 also writes the map into st_out for
-//                 the other readers of A (metrics, the returned map).
+//                 the other readers of A (metrics, the returned map, the
+//                 materialized R, the GPT's backward).
 
 struct Params {
     matrices: u32,

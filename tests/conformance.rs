@@ -335,16 +335,21 @@ fn every_kernel_passes_on_every_adapter() {
                     );
                 }
                 // O(N²D): never the messages M.
+                // ∂A's terms read off A by one of the two entry points.
                 Subject::SaobpOutputBackward => {
                     for entry in [
                         &rows("saobp::output_adjoints"),
                         &rows("saobp::row_adjoints"),
-                        "saobp::attention_grad",
                         "saobp::value_grad",
                         "saobp::lambda_grad",
                     ] {
                         assert!(ran(entry), "{what}: no {entry} in {:?}", row.shaders);
                     }
+                    assert!(
+                        ran("saobp::attention_grad") != ran("saobp::attention_grad_texture"),
+                        "{what}: {:?}",
+                        row.shaders
+                    );
                     assert!(
                         !ran("saobp::remove_echoes") && !ran("saobp::refine"),
                         "{what}: {:?}",

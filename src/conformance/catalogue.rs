@@ -484,11 +484,13 @@ impl Case {
             }
             Input::MatmulEpilogue(f) if f.epilogue.merges() => {
                 let g = f.seq * f.heads;
-                vec![
-                    vec![g, f.rows, f.k],
-                    vec![g, f.k, f.n],
-                    vec![g, f.rows, 3 * f.n],
-                ]
+                // x as stored: [g, T, k], or [g, k, T] when transposed.
+                let x = if f.epilogue == Epilogue::MergeHeads {
+                    vec![g, f.rows, f.k]
+                } else {
+                    vec![g, f.k, f.rows]
+                };
+                vec![x, vec![g, f.k, f.n], vec![g, f.rows, 3 * f.n]]
             }
             Input::MatmulEpilogue(f) => vec![vec![f.rows, f.k], vec![f.k, f.n], vec![f.rows, f.n]],
             Input::Softmax { shape, .. } => vec![shape.clone()],

@@ -904,15 +904,8 @@ pub(crate) fn fused_steps_with<'a>(
         }
         Epilogue::BiasResidual { bias, residual } => (Some(bias), &[residual, c], outputs),
         Epilogue::BiasGelu { bias, act } => (Some(bias), &[act, c], outputs),
-        Epilogue::GeluBackward { bias, pre } => {
-            if pre.buffer() == c.buffer() {
-                return Err(Error::InvalidArgument(
-                    "matmul epilogue: an output shares its buffer with another input or output"
-                        .into(),
-                ));
-            }
-            (Some(bias), std::slice::from_ref(pre), outputs)
-        }
+        // `pre` is read, but beside C it must be a distinct buffer as well.
+        Epilogue::GeluBackward { bias, pre } => (Some(bias), &[pre, c], outputs),
         Epilogue::SplitQkv {
             bias,
             q,
@@ -1051,6 +1044,19 @@ pub(crate) fn texel_steps<'a>(
 #[derive(Default)]
 pub(crate) struct SharedA {
     packed: Option<(wgpu::Buffer, MatmulVariant, [u32; 11], Panels)>,
+}
+
+impl SharedA {
+    /// The texture holding `A` copied as stored (texel `i` = floats
+    /// `4i .. 4i + 4` of its buffer, whatever the products' transposes) and
+    /// its layer shift, once a product recorded with this `SharedA` copied
+    /// it so; `None` before, or where `A` was packed into panels.
+    pub(crate) fn copied(&self) -> Option<(Panels, u32)> {
+        match &self.packed {
+            Some((_, _, key, panels)) if key[0] != 0 => Some((panels.clone(), key[9])),
+            _ => None,
+        }
+    }
 }
 
 /// A texture that a caller writes `A` into for the products that share it
@@ -1339,7 +1345,8 @@ impl TextureLayout {
     }
 }
 
-/// Everything a texture-family product's copied or packed `A` depends on.
+/// Everything a texture-family product's copied or packed `A` depends on
+/// (whether it was copied first, its layer shift tenth: [`SharedA::copied`]).
 fn a_key(layout: &TextureLayout, p: &MatmulParams) -> [u32; 11] {
     [
         layout.linear.into(),

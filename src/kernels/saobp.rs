@@ -33,6 +33,8 @@ kernels! {
         ROW_ADJOINTS = "row_adjoints" (ra_grad, ra_w, ra_p, ra_v, ra_stats, ra_row, ra_dy, ra_diag);
         /// Backward: adds the terms of `W·U'ᵀ`, `r`, `c` and `a` to `dY·Vᵀ`, giving `dA`.
         ATTENTION_GRAD = "attention_grad" (ag_a, ag_wu, ag_diag, ag_out);
+        /// [`ATTENTION_GRAD`] by 4 × 4 blocks, `A` read from a texture.
+        ATTENTION_GRAD_TEXTURE = "attention_grad_texture" (agt_map, agt_wu, ag_diag, agt_out);
         /// Backward: adds the diagonal terms to `Aᵀ·dY`, giving `dV`.
         VALUE_GRAD = "value_grad" (vg_w, vg_p, vg_stats, vg_out);
         /// [`FUSED_OUTPUT`] written into token rows ([`Merge`]).
@@ -734,9 +736,29 @@ pub(crate) fn output_backward_steps<'a>(
     // dA: dY·Vᵀ, plus [dMV | dm]·U'ᵀ, plus the terms read off A.
     steps.extend(matmul::steps(gpu, &dyv_plan, &s.dy, v, out.attention)?);
     steps.extend(matmul::steps(gpu, &wu_plan, &s.w, &fwd.u, &s.wu)?);
+    // The terms read off A: from the texture the Aᵀ products above copied it
+    // into, where they copied it as stored (one lane at a time from a
+    // storage buffer costs llvmpipe more than the rest of the kernel).
     let elements = plan.params.matrices as usize * n * n;
-    steps.push(
-        Dispatch::new(
+    steps.push(match shared_t.copied() {
+        Some((map, map_shift)) if n.is_multiple_of(4) => {
+            let params = SaobpParams {
+                map_shift,
+                ..plan.params
+            };
+            let blocks = elements / 16;
+            Dispatch::new(
+                &ATTENTION_GRAD_TEXTURE,
+                &params,
+                ATTENTION_GRAD_TEXTURE.groups_for(blocks),
+            )
+            .bind("agt_map", Binding::Texture(map))
+            .bind("agt_wu", &s.wu)
+            .bind("ag_diag", &s.diag)
+            .bind("agt_out", out.attention)
+            .step()
+        }
+        _ => Dispatch::new(
             &ATTENTION_GRAD,
             &plan.params,
             ATTENTION_GRAD.groups_for(elements),
@@ -746,7 +768,7 @@ pub(crate) fn output_backward_steps<'a>(
         .bind("ag_diag", &s.diag)
         .bind("ag_out", out.attention)
         .step(),
-    );
+    });
 
     // dV: Aᵀ·dY plus the diagonal terms; dλ per head.
     steps.extend(matmul::steps_sharing_a(

@@ -21,8 +21,8 @@ kernels! {
         SOFTMAX_ROWS_SERIAL = "softmax_rows_serial" (x, key_mask);
         /// `softmax_backward` with one invocation per row.
         SOFTMAX_BACKWARD_SERIAL = "softmax_backward_serial" (sb_grad, key_mask, sb_a);
-        /// The softmax of scores in a texture into a texture (the fused
-        /// SAOBP path's), one invocation per row.
+        /// The softmax of scores in a texture into a texture (for maps
+        /// whose products read `A` from a texture), one invocation per row.
         SOFTMAX_TEXTURE = "softmax_texture" (st_out, key_mask, st_scores, st_map);
         /// [`SOFTMAX_TEXTURE`], also writing the map into a buffer.
         SOFTMAX_TEXTURE_STORE = "softmax_texture" (st_out, key_mask, st_scores, st_map)

@@ -190,6 +190,38 @@ fn inputs(heads: usize, n: usize, d: usize) -> workload::Workload {
     )
 }
 
+/// One attention call of the table: `q`, `k`, `v` of H = 12 heads from
+/// [`inputs`] on the GPU, in `mode` with λ = 1.
+struct Call {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    opts: AttentionOptions<'static>,
+}
+
+impl Call {
+    fn new(gpu: &Gpu, n: usize, d: usize, mode: Mode) -> Result<Call, Error> {
+        let shape = [1, HEADS, n, d];
+        let w = inputs(HEADS, n, d);
+        Ok(Call {
+            q: Tensor::from_slice(gpu, &shape, &w.q)?,
+            k: Tensor::from_slice(gpu, &shape, &w.k)?,
+            v: Tensor::from_slice(gpu, &shape, &w.v)?,
+            opts: AttentionOptions {
+                mode,
+                lambda: Lambda::Scalar(1.0),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Runs it and downloads O, which waits for the whole submission.
+    fn run(&self, gpu: &Gpu) -> Result<(), Error> {
+        let out = attention_blocking(gpu, &self.q, &self.k, &self.v, &self.opts)?;
+        out.output.to_vec_blocking(gpu).map(|_| ())
+    }
+}
+
 /// Times one attention mode; `repeat` runs, after a warm-up if `warm_up`.
 #[allow(clippy::too_many_arguments)]
 fn time_mode(
@@ -201,22 +233,9 @@ fn time_mode(
     warm_up: bool,
     flops: f64,
 ) -> Cell {
-    let shape = [1, HEADS, n, d];
-    let w = inputs(HEADS, n, d);
     let run = || -> Result<Cell, Error> {
-        let q = Tensor::from_slice(gpu, &shape, &w.q)?;
-        let k = Tensor::from_slice(gpu, &shape, &w.k)?;
-        let v = Tensor::from_slice(gpu, &shape, &w.v)?;
-        let opts = AttentionOptions {
-            mode,
-            lambda: Lambda::Scalar(1.0),
-            ..Default::default()
-        };
-        let t = median_of(repeat, warm_up, || {
-            let out = attention_blocking(gpu, &q, &k, &v, &opts)?;
-            // Downloading O waits for the whole submission.
-            out.output.to_vec_blocking(gpu).map(|_| ())
-        })?;
+        let call = Call::new(gpu, n, d, mode)?;
+        let t = median_of(repeat, warm_up, || call.run(gpu))?;
         Ok(Cell::Time(t, flops / t.as_secs_f64() / 1e9))
     };
     match run() {
@@ -312,24 +331,12 @@ fn profile_mode(
     d: usize,
     mode: Mode,
 ) -> Result<Vec<(String, Duration)>, Error> {
-    let shape = [1, HEADS, n, d];
-    let w = inputs(HEADS, n, d);
-    let q = Tensor::from_slice(gpu, &shape, &w.q)?;
-    let k = Tensor::from_slice(gpu, &shape, &w.k)?;
-    let v = Tensor::from_slice(gpu, &shape, &w.v)?;
-    let opts = AttentionOptions {
-        mode,
-        lambda: Lambda::Scalar(1.0),
-        ..Default::default()
-    };
+    let call = Call::new(gpu, n, d, mode)?;
     // Pipelines are built outside the profile.
-    attention_blocking(gpu, &q, &k, &v, &opts)?
-        .output
-        .to_vec_blocking(gpu)?;
+    call.run(gpu)?;
     let before = gpu.work();
     gpu.set_profiling(true);
-    let run =
-        attention_blocking(gpu, &q, &k, &v, &opts).and_then(|o| o.output.to_vec_blocking(gpu));
+    let run = call.run(gpu);
     gpu.set_profiling(false);
     run?;
     let mut times = gpu.work().since(&before).kernel_time;

@@ -213,6 +213,24 @@ pub(super) async fn run_attention_backward(
     })
 }
 
+/// An output backward's inputs, drawn from `rng` in this order: a map
+/// `[B, H, N, N]`, the reference softmax of scores uniform in [-6, 6)
+/// rounded to f32 (rows stochastic, or empty, as the forward leaves them),
+/// then `v` and `∂L/∂O` (`[B, H, N, dv]`) uniform in [-1, 1).
+fn output_backward_inputs(
+    rng: &mut SplitMix64,
+    [b, h, n]: [usize; 3],
+    dv: usize,
+    causal: bool,
+    mask: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
+    let a = to_f32(&reference::softmax(&scores, &[b, h, n, n], causal, mask)?);
+    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let grad_o = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    Ok((a, v, grad_o))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_output_backward(
     gpu: &Gpu,
@@ -226,16 +244,8 @@ pub(super) async fn run_output_backward(
     let map_shape = [b, h, n, n];
     let o_shape = [b, h, n, dv];
     let mask = key_mask(b, n);
-    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
-    // Rows stochastic (or empty) as the forward leaves them.
-    let a = to_f32(&reference::softmax(
-        &scores,
-        &map_shape,
-        causal,
-        masked.then_some(&mask[..]),
-    )?);
-    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
-    let grad_o = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let (a, v, grad_o) =
+        output_backward_inputs(rng, [b, h, n], dv, causal, masked.then_some(&mask[..]))?;
     let start = Instant::now();
     let ta = Tensor::from_slice(gpu, &map_shape, &a)?;
     let tv = Tensor::from_slice(gpu, &o_shape, &v)?;
@@ -280,10 +290,7 @@ pub(super) async fn run_merged_outputs(
     use crate::kernels::saobp::{self as saobp_kernel, FusedIntermediates, Merge};
     let map_shape = [b, h, n, n];
     let o_shape = [b, h, n, dv];
-    let scores = uniform(rng, b * h * n * n, -6.0, 6.0);
-    let a = to_f32(&reference::softmax(&scores, &map_shape, false, None)?);
-    let v = uniform(rng, b * h * n * dv, -1.0, 1.0);
-    let grad_o = uniform(rng, b * h * n * dv, -1.0, 1.0);
+    let (a, v, grad_o) = output_backward_inputs(rng, [b, h, n], dv, false, None)?;
     let start = Instant::now();
     let ta = Tensor::from_slice(gpu, &map_shape, &a)?;
     let tv = Tensor::from_slice(gpu, &o_shape, &v)?;

@@ -841,6 +841,42 @@ pub(crate) enum Epilogue<'a> {
     Texels { out: Panels, shift: u32 },
 }
 
+impl Epilogue<'_> {
+    /// Whether this store is built for these transposes: the heads' merge
+    /// with `A` as stored or transposed, the GELU backward and the texels
+    /// store with `B` transposed, the others with neither.
+    fn built_for(&self, trans_a: bool, trans_b: bool) -> bool {
+        match self {
+            Epilogue::MergeHeads { .. } => !trans_b,
+            Epilogue::GeluBackward { .. } | Epilogue::Texels { .. } => !trans_a && trans_b,
+            _ => !trans_a && !trans_b,
+        }
+    }
+
+    /// The linear kernel built with this store ([`Epilogue::built_for`]
+    /// these transposes), with or without subgroups.
+    fn kernel(&self, subgroups: bool, trans_a: bool) -> &'static Kernel {
+        match (self, subgroups) {
+            (Epilogue::BiasResidual { .. }, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL,
+            (Epilogue::BiasResidual { .. }, false) => &MATMUL_LINEAR_BIAS_RESIDUAL,
+            (Epilogue::BiasGelu { .. }, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_GELU,
+            (Epilogue::BiasGelu { .. }, false) => &MATMUL_LINEAR_BIAS_GELU,
+            (Epilogue::SplitQkv { .. }, true) => &MATMUL_LINEAR_SUBGROUP_SPLIT_QKV,
+            (Epilogue::SplitQkv { .. }, false) => &MATMUL_LINEAR_SPLIT_QKV,
+            (Epilogue::GeluBackward { .. }, true) => &MATMUL_LINEAR_SUBGROUP_TB_GELU_BACKWARD,
+            (Epilogue::GeluBackward { .. }, false) => &MATMUL_LINEAR_TB_GELU_BACKWARD,
+            (Epilogue::MergeHeads { .. }, true) if trans_a => {
+                &MATMUL_LINEAR_SUBGROUP_TA_MERGE_HEADS
+            }
+            (Epilogue::MergeHeads { .. }, true) => &MATMUL_LINEAR_SUBGROUP_MERGE_HEADS,
+            (Epilogue::MergeHeads { .. }, false) if trans_a => &MATMUL_LINEAR_TA_MERGE_HEADS,
+            (Epilogue::MergeHeads { .. }, false) => &MATMUL_LINEAR_MERGE_HEADS,
+            (Epilogue::Texels { .. }, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
+            (Epilogue::Texels { .. }, false) => &MATMUL_LINEAR_TB_TEXELS,
+        }
+    }
+}
+
 /// The steps of `c = plan(a, b)` with `epilogue` fused into the product's
 /// store, where the variant [`choose`] picks copies both operands for a
 /// linear texture kernel and neither is transposed; `None` elsewhere, and
@@ -951,14 +987,7 @@ pub(crate) fn fused_steps_with<'a>(
             ));
         }
     }
-    // The heads' merge is built with A as stored or transposed, the GELU
-    // backward with B transposed only, the others untransposed.
-    let built = match epilogue {
-        Epilogue::MergeHeads { .. } => p.trans_b == 0,
-        Epilogue::GeluBackward { .. } => p.trans_a == 0 && p.trans_b != 0,
-        _ => p.trans_a == 0 && p.trans_b == 0,
-    };
-    if plan.work() == 0 || !built {
+    if plan.work() == 0 || !epilogue.built_for(p.trans_a != 0, p.trans_b != 0) {
         return Ok(None);
     }
     variant.check(gpu)?;
@@ -1003,9 +1032,12 @@ pub(crate) fn texel_steps<'a>(
     else {
         return Ok(None);
     };
+    let epilogue = Epilogue::Texels {
+        out: out.clone(),
+        shift,
+    };
     if plan.work() == 0
-        || p.trans_a != 0
-        || p.trans_b == 0
+        || !epilogue.built_for(p.trans_a != 0, p.trans_b != 0)
         || !p.n.is_multiple_of(4)
         || gpu.limits().max_storage_textures_per_shader_stage < 3
     {
@@ -1017,10 +1049,6 @@ pub(crate) fn texel_steps<'a>(
     if !layout.linear {
         return Ok(None);
     }
-    let epilogue = Epilogue::Texels {
-        out: out.clone(),
-        shift,
-    };
     let steps = texture_steps(
         gpu,
         plan,
@@ -1447,49 +1475,14 @@ fn texture_steps<'a>(
         }
         steps.push(pack(1, layout.b.texels, b, &b_panels));
     }
-    let plain = p.trans_a == 0 && p.trans_b == 0;
-    let kernel = match (&epilogue, layout.linear && plain, subgroups) {
-        (Some(Epilogue::Texels { .. }), _, _)
-            if !layout.linear || p.trans_a != 0 || p.trans_b == 0 =>
-        {
+    let (trans_a, trans_b) = (p.trans_a != 0, p.trans_b != 0);
+    let kernel = match &epilogue {
+        None => texture_kernel(layout.linear, subgroups, trans_a, trans_b),
+        Some(e) if layout.linear && e.built_for(trans_a, trans_b) => e.kernel(subgroups, trans_a),
+        Some(_) => {
             return Err(Error::Internal(
-                "the texels store needs both operands copied, B transposed".into(),
-            ))
-        }
-        (Some(Epilogue::Texels { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
-        (Some(Epilogue::Texels { .. }), _, false) => &MATMUL_LINEAR_TB_TEXELS,
-        (Some(Epilogue::GeluBackward { .. }), _, _)
-            if !layout.linear || p.trans_a != 0 || p.trans_b == 0 =>
-        {
-            return Err(Error::Internal(
-                "the GELU backward store needs both operands copied, B transposed".into(),
-            ))
-        }
-        (Some(Epilogue::GeluBackward { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_TB_GELU_BACKWARD,
-        (Some(Epilogue::GeluBackward { .. }), _, false) => &MATMUL_LINEAR_TB_GELU_BACKWARD,
-        (Some(Epilogue::MergeHeads { .. }), _, _) if !layout.linear || p.trans_b != 0 => {
-            return Err(Error::Internal(
-                "the heads' merge needs both operands copied, B untransposed".into(),
-            ))
-        }
-        (Some(Epilogue::MergeHeads { .. }), _, true) if p.trans_a != 0 => {
-            &MATMUL_LINEAR_SUBGROUP_TA_MERGE_HEADS
-        }
-        (Some(Epilogue::MergeHeads { .. }), _, true) => &MATMUL_LINEAR_SUBGROUP_MERGE_HEADS,
-        (Some(Epilogue::MergeHeads { .. }), _, false) if p.trans_a != 0 => {
-            &MATMUL_LINEAR_TA_MERGE_HEADS
-        }
-        (Some(Epilogue::MergeHeads { .. }), _, false) => &MATMUL_LINEAR_MERGE_HEADS,
-        (None, ..) => texture_kernel(layout.linear, subgroups, p.trans_a != 0, p.trans_b != 0),
-        (Some(Epilogue::BiasResidual { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_RESIDUAL,
-        (Some(Epilogue::BiasResidual { .. }), true, false) => &MATMUL_LINEAR_BIAS_RESIDUAL,
-        (Some(Epilogue::BiasGelu { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_BIAS_GELU,
-        (Some(Epilogue::BiasGelu { .. }), true, false) => &MATMUL_LINEAR_BIAS_GELU,
-        (Some(Epilogue::SplitQkv { .. }), true, true) => &MATMUL_LINEAR_SUBGROUP_SPLIT_QKV,
-        (Some(Epilogue::SplitQkv { .. }), true, false) => &MATMUL_LINEAR_SPLIT_QKV,
-        (Some(_), false, _) => {
-            return Err(Error::Internal(
-                "a fused epilogue needs both operands copied, untransposed".into(),
+                "a fused epilogue needs both operands copied, with the transposes it is built for"
+                    .into(),
             ))
         }
     };

@@ -35,6 +35,15 @@
 //                             each workgroup barrier of the reductions switches
 //                             between the workgroup's SIMD batches and costs more
 //                             than a short row's arithmetic (see kernels::rows).
+//   *_texture                 layer_norm_forward, layer_norm_backward,
+//                             layer_norm_params and column_sum in the invocation
+//                             layout where the width is whole texels: the operands
+//                             the loops read come from textures they were copied
+//                             into (a texel load costs about half a storage load on
+//                             the software adapters and carries four floats), and
+//                             the outputs are stored four floats at a time. Sums
+//                             run over vec4 lanes, then across them: another fixed
+//                             order, so these too are bit-identical run to run.
 //   split_qkv                 c_attn's [B*T, 3C] product plus its bias into q, k, v
 //                             [B, H, T, C/H].
 //   merge_qkv                 dq, dk, dv [B, H, T, C/H] back into [B*T, 3C].
@@ -56,6 +65,12 @@ struct Params {
     eps: f32,
     // Heads, for split_qkv and merge_qkv.
     heads: u32,
+    // The *_texture kernels: log2 of the rows per layer of the textures
+    // holding x, dy, gamma and beta (see texel() in common.wgsl).
+    x_shift: u32,
+    dy_shift: u32,
+    gamma_shift: u32,
+    beta_shift: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -588,4 +603,166 @@ fn merge_qkv(
         x = mq_dk[at.y];
     }
     mq_dqkv[idx] = x;
+}
+
+// ---- row kernels reading texels ---------------------------------------------
+
+// The operands, each copied as stored into a texture: texel i holds floats
+// 4i .. 4i + 4. Bindings count from 1 in each entry point (see kernels!), so
+// the column sum has a texture of its own.
+@group(0) @binding(3) var tx_x: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(4) var tx_gamma: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(5) var tx_beta: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(5) var tx_dy: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var cst_x: texture_storage_2d_array<rgba32float, read>;
+
+fn x4(i: u32) -> vec4<f32> {
+    let at = texel(i, p.x_shift);
+    return textureLoad(tx_x, at.xy, at.z);
+}
+
+fn dy4(i: u32) -> vec4<f32> {
+    let at = texel(i, p.dy_shift);
+    return textureLoad(tx_dy, at.xy, at.z);
+}
+
+fn gamma4(i: u32) -> vec4<f32> {
+    let at = texel(i, p.gamma_shift);
+    return textureLoad(tx_gamma, at.xy, at.z);
+}
+
+fn beta4(i: u32) -> vec4<f32> {
+    let at = texel(i, p.beta_shift);
+    return textureLoad(tx_beta, at.xy, at.z);
+}
+
+fn lanes_sum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+@group(0) @binding(1) var<storage, read_write> lft_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> lft_stats: array<f32>;
+
+@compute @workgroup_size(64)
+fn layer_norm_forward_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let cols4 = p.width / 4u;
+    let first = row * cols4;
+    let w = f32(p.width);
+    var s = vec4<f32>(0.0);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        s = s + x4(first + t);
+    }
+    let mean = lanes_sum(s) / w;
+    var q = vec4<f32>(0.0);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        let d = x4(first + t) - mean;
+        q = q + d * d;
+    }
+    let rstd = inverseSqrt(lanes_sum(q) / w + p.eps);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        lft_out[first + t] = (x4(first + t) - mean) * rstd * gamma4(t) + beta4(t);
+    }
+    lft_stats[2u * row] = mean;
+    lft_stats[2u * row + 1u] = rstd;
+}
+
+@group(0) @binding(1) var<storage, read_write> lbt_dx: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> lbt_stats: array<f32>;
+
+@compute @workgroup_size(64)
+fn layer_norm_backward_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.rows) {
+        return;
+    }
+    let cols4 = p.width / 4u;
+    let first = row * cols4;
+    let mean = lbt_stats[2u * row];
+    let rstd = lbt_stats[2u * row + 1u];
+    var sg = vec4<f32>(0.0);
+    var sgx = vec4<f32>(0.0);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        let g = dy4(first + t) * gamma4(t);
+        sg = sg + g;
+        sgx = sgx + g * ((x4(first + t) - mean) * rstd);
+    }
+    let w = f32(p.width);
+    let mean_g = lanes_sum(sg) / w;
+    let mean_gx = lanes_sum(sgx) / w;
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        let g = dy4(first + t) * gamma4(t);
+        let xh = (x4(first + t) - mean) * rstd;
+        var prior = vec4<f32>(0.0);
+        if (p.accumulate != 0u) {
+            prior = lbt_dx[first + t];
+        }
+        lbt_dx[first + t] = prior + rstd * (g - mean_g - xh * mean_gx);
+    }
+}
+
+// The column kernels take four columns (one texel) per invocation, in
+// workgroups of 8, so that a few hundred columns still spread over the
+// cores.
+fn column_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return linear_id(wid, nwg) * 8u + lid;
+}
+
+@group(0) @binding(1) var<storage, read_write> lpt_dgamma: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> lpt_dbeta: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> lpt_stats: array<f32>;
+
+@compute @workgroup_size(8)
+fn layer_norm_params_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = column_id(wid, nwg, lid);
+    let cols4 = p.width / 4u;
+    if (t >= cols4) {
+        return;
+    }
+    var dg = vec4<f32>(0.0);
+    var db = vec4<f32>(0.0);
+    for (var r = 0u; r < p.rows; r = r + 1u) {
+        let i = r * cols4 + t;
+        let d = dy4(i);
+        dg = dg + d * ((x4(i) - lpt_stats[2u * r]) * lpt_stats[2u * r + 1u]);
+        db = db + d;
+    }
+    lpt_dgamma[t] = dg;
+    lpt_dbeta[t] = db;
+}
+
+@group(0) @binding(1) var<storage, read_write> cst_out: array<vec4<f32>>;
+
+@compute @workgroup_size(8)
+fn column_sum_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = column_id(wid, nwg, lid);
+    let cols4 = p.width / 4u;
+    if (t >= cols4) {
+        return;
+    }
+    var s = vec4<f32>(0.0);
+    for (var r = 0u; r < p.rows; r = r + 1u) {
+        let at = texel(r * cols4 + t, p.x_shift);
+        s = s + textureLoad(cst_x, at.xy, at.z);
+    }
+    cst_out[t] = s;
 }

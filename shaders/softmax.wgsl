@@ -39,8 +39,8 @@ struct Params {
     heads: u32,
     causal: u32,
     has_mask: u32,
-    // softmax_texture only: log2 of the rows per layer of the scores' and
-    // of the map's texture.
+    // softmax_texture: log2 of the rows per layer of the scores' and of the
+    // map's texture; softmax_backward_texture: of dA's and of A's.
     scores_shift: u32,
     map_shift: u32,
 }
@@ -268,5 +268,53 @@ fn softmax_texture(
         if (STORE_MAP != 0u) {
             st_out[first + t] = out;
         }
+    }
+}
+
+// ---- softmax_backward_texture -----------------------------------------------
+
+@group(0) @binding(1) var<storage, read_write> sbt_grad: array<vec4<f32>>;
+@group(0) @binding(3) var sbt_a: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(4) var sbt_da: texture_storage_2d_array<rgba32float, read>;
+
+fn a_texel(t: u32) -> vec4<f32> {
+    let at = texel(t, p.map_shift);
+    return textureLoad(sbt_a, at.xy, at.z);
+}
+
+fn da_texel(t: u32) -> vec4<f32> {
+    let at = texel(t, p.scores_shift);
+    return textureLoad(sbt_da, at.xy, at.z);
+}
+
+@compute @workgroup_size(64)
+fn softmax_backward_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.rows) {
+        return;
+    }
+    let g = row / p.rows;
+    let i = row % p.rows;
+    let cols4 = p.cols / 4u;
+    let first = row * cols4;
+    // Past the diagonal texel a causal row has no valid key.
+    let end = select(cols4, min(i / 4u + 1u, cols4), p.causal != 0u);
+    var dot4 = vec4<f32>(0.0);
+    for (var t = 0u; t < end; t = t + 1u) {
+        let ok = valid4(g, i, 4u * t);
+        dot4 = dot4 + select(vec4<f32>(0.0), a_texel(first + t) * da_texel(first + t), ok);
+    }
+    let dot = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+    for (var t = 0u; t < cols4; t = t + 1u) {
+        var out = vec4<f32>(0.0);
+        if (t < end) {
+            let ok = valid4(g, i, 4u * t);
+            out = select(vec4<f32>(0.0), a_texel(first + t) * (da_texel(first + t) - dot), ok);
+        }
+        sbt_grad[first + t] = out;
     }
 }

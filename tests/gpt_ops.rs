@@ -18,7 +18,7 @@ use saobp::kernels::gpt::{
     layer_norm_backward_blocking, layer_norm_blocking, TokenIds,
 };
 use saobp::reference::gpt as reference;
-use saobp::{Error, Gpu, Tensor};
+use saobp::{row_layout, Error, Gpu, RowLayout, Tensor, Work};
 
 fn upload(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
     Tensor::from_slice(gpu, shape, data).unwrap()
@@ -30,6 +30,24 @@ fn download(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Asserts that `kernel` ran since `before` in the form `gpu`'s row layout
+/// gives it for rows `width` wide: reading texels in the invocation layout
+/// where the width is whole texels, one invocation per row (or column)
+/// elsewhere in that layout, one workgroup per row in the other.
+fn check_ran(gpu: &Gpu, what: &str, kernel: &str, width: usize, before: &Work) {
+    let want = match row_layout(gpu).unwrap() {
+        RowLayout::Invocation if width.is_multiple_of(4) => format!("gpt::{kernel}_texture"),
+        RowLayout::Invocation => format!("gpt::{kernel}_serial"),
+        RowLayout::Workgroup => format!("gpt::{kernel}"),
+    };
+    let work = gpu.work().since(before);
+    assert!(
+        work.kernels.iter().any(|(k, _)| *k == want),
+        "{what}: {want} did not run: {:?}",
+        work.kernels
+    );
 }
 
 /// Random `(rows, width)`, widths mostly not multiples of 64.
@@ -90,12 +108,23 @@ fn bias_gelu_forward_and_backward_match_reference() {
 fn bias_backward_is_deterministic_column_sums() {
     on_every_row_layout("bias backward", |gpu| {
         let mut rng = Rng::new(12);
-        let mut shapes = vec![(1, 1), (3, 67), (257, 5), (1000, 33)];
+        // Widths of whole texels too (the software adapters' texture kernel).
+        let mut shapes = vec![
+            (1, 1),
+            (3, 67),
+            (257, 5),
+            (1000, 33),
+            (768, 128),
+            (3, 4),
+            (37, 516),
+        ];
         shapes.extend((0..3).map(|_| shape(&mut rng)));
         for (rows, width) in shapes {
             let dy = rng.vec(rows * width, -1.0, 1.0);
             let t = upload(gpu, &[rows, width], &dy);
+            let before = gpu.work();
             let got = download(gpu, &bias_backward_blocking(gpu, &t).unwrap());
+            check_ran(gpu, "bias backward", "column_sum", width, &before);
             let want = reference::column_sum(&dy, width).unwrap();
             // A sum over `rows` terms.
             assert_within(
@@ -115,8 +144,10 @@ fn layer_norm_forward_and_backward_match_reference() {
     on_every_row_layout("LayerNorm", |gpu| {
         let mut rng = Rng::new(13);
         let eps = 1e-5;
-        for case in 0..6 {
-            let (rows, width) = shape(&mut rng);
+        // Widths of whole texels too (the software adapters' texture kernels).
+        let mut shapes: Vec<_> = (0..6).map(|_| shape(&mut rng)).collect();
+        shapes.extend([(768, 128), (5, 4), (33, 36)]);
+        for (case, (rows, width)) in shapes.into_iter().enumerate() {
             let width = width.max(2);
             // Rows off-centre, so the mean matters.
             let shift = if case % 2 == 0 { 3.0 } else { 0.0 };
@@ -132,7 +163,9 @@ fn layer_norm_forward_and_backward_match_reference() {
             let tx = upload(gpu, &[rows, width], &x);
             let (tg, tb) = (upload(gpu, &[width], &gamma), upload(gpu, &[width], &beta));
 
+            let before = gpu.work();
             let fwd = layer_norm_blocking(gpu, &tx, &tg, &tb, eps).unwrap();
+            check_ran(gpu, &what, "layer_norm_forward", width, &before);
             let want = reference::layer_norm(&x, &gamma, &beta, f64::from(eps)).unwrap();
             assert_within(
                 &format!("LayerNorm {what}"),
@@ -154,7 +187,11 @@ fn layer_norm_forward_and_backward_match_reference() {
             );
 
             let tdy = upload(gpu, &[rows, width], &dy);
+            let before = gpu.work();
             let g = layer_norm_backward_blocking(gpu, &tx, &tg, &fwd.stats, &tdy).unwrap();
+            for kernel in ["layer_norm_backward", "layer_norm_params"] {
+                check_ran(gpu, &what, kernel, width, &before);
+            }
             let want = reference::layer_norm_backward(&x, &gamma, &dy, f64::from(eps)).unwrap();
             assert_within(
                 &format!("LayerNorm dx {what}"),

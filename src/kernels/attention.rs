@@ -356,26 +356,24 @@ pub(crate) fn scores_backward_steps<'a>(
     };
     let grad_q_plan = matmul::plan(&map, k.shape(), &scaled(false))?;
     let grad_k_plan = matmul::plan(&map, q.shape(), &scaled(true))?;
-    let mut steps = vec![scores_backward_softmax_step(
-        gpu, shape, a, causal, key_mask, grad,
-    )?];
+    let mut steps = scores_backward_softmax_steps(gpu, shape, a, causal, key_mask, grad)?;
     steps.extend(matmul::steps(gpu, &grad_q_plan, grad, k, grad_q)?);
     steps.extend(matmul::steps(gpu, &grad_k_plan, grad, q, grad_k)?);
     Ok(steps)
 }
 
-/// The first step of [`scores_backward_steps`]: `grad = ∂L/∂A` turned into
+/// The first steps of [`scores_backward_steps`]: `grad = ∂L/∂A` turned into
 /// `∂L/∂S` in place, for a caller that runs the products itself.
-pub(crate) fn scores_backward_softmax_step<'a>(
+pub(crate) fn scores_backward_softmax_steps<'a>(
     gpu: &'a Gpu,
     shape: &AttentionShape,
     a: &'a Tensor,
     causal: bool,
     key_mask: Option<&'a Tensor>,
     grad: &'a Tensor,
-) -> Result<Step<'a>> {
+) -> Result<Vec<Step<'a>>> {
     let softmax = softmax::plan(&shape.map_shape(), causal, key_mask.map(Tensor::shape))?;
-    softmax::backward_step(gpu, &softmax, a, grad, key_mask)
+    softmax::backward_steps(gpu, &softmax, a, grad, key_mask)
 }
 
 /// Blocking form of [`attention_backward`].

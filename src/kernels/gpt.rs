@@ -15,8 +15,8 @@
 //! without atomics, so repeated runs give bit-identical results.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu, Step};
-use crate::kernels::{rows, to_u32};
+use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
+use crate::kernels::{matmul, rows, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("shared/gelu.wgsl", "gpt.wgsl");
@@ -62,6 +62,18 @@ kernels! {
         SPLIT_QKV = "split_qkv" (sq_qkv, sq_bias, sq_q, sq_k, sq_v);
         /// `dq`, `dk`, `dv` `[B, H, T, C/H]` back into `[B·T, 3C]`.
         MERGE_QKV = "merge_qkv" (mq_dq, mq_dk, mq_dv, mq_dqkv);
+        /// [`LAYER_NORM_FORWARD_SERIAL`] reading `x`, `γ` and `β` as texels.
+        LAYER_NORM_FORWARD_TEXTURE = "layer_norm_forward_texture" (lft_out, lft_stats, tx_x, tx_gamma, tx_beta);
+        /// [`LAYER_NORM_BACKWARD_SERIAL`] reading `x`, `γ` and `dy` as texels.
+        LAYER_NORM_BACKWARD_TEXTURE = "layer_norm_backward_texture" (lbt_dx, lbt_stats, tx_x, tx_gamma, tx_dy);
+    }
+    "gpt" in SOURCE, params GptParams, workgroup 8 {
+        /// [`LAYER_NORM_PARAMS_SERIAL`] reading `x` and `dy` as texels, four
+        /// columns per invocation.
+        LAYER_NORM_PARAMS_TEXTURE = "layer_norm_params_texture" (lpt_dgamma, lpt_dbeta, tx_x, lpt_stats, tx_dy);
+        /// [`COLUMN_SUM_SERIAL`] reading its input as texels, four columns
+        /// per invocation.
+        COLUMN_SUM_TEXTURE = "column_sum_texture" (cst_out, cst_x);
     }
 }
 
@@ -77,6 +89,10 @@ pub(crate) struct GptParams {
     accumulate: u32,
     eps: f32,
     heads: u32,
+    x_shift: u32,
+    dy_shift: u32,
+    gamma_shift: u32,
+    beta_shift: u32,
 }
 
 impl GptParams {
@@ -268,17 +284,73 @@ pub(crate) fn gelu_backward_step<'a>(
 
 /// `out[c] = Σ_r x[r, c]` for the `[rows, width]` of `p`: the gradient of a
 /// bias from the gradient of its output.
-pub(crate) fn column_sum_step<'a>(
+pub(crate) fn column_sum_steps<'a>(
     gpu: &Gpu,
     p: &GptParams,
     x: &'a Tensor,
     out: &'a Tensor,
-) -> Result<Step<'a>> {
+) -> Result<Vec<Step<'a>>> {
+    if reads_texels(gpu, p)? {
+        if let Some(tx) = texels(gpu, "the column sums' input", x) {
+            let k = &COLUMN_SUM_TEXTURE;
+            let params = GptParams {
+                x_shift: tx.shift,
+                ..*p
+            };
+            let sum = Dispatch::new(k, &params, k.groups_for(p.width as usize / 4))
+                .bind("cst_out", out)
+                .bind("cst_x", tx.binding());
+            return Ok(vec![tx.copy, sum.step()]);
+        }
+    }
     let kernels = (&COLUMN_SUM, &COLUMN_SUM_SERIAL);
-    Ok(rows::dispatch(gpu, kernels, p, p.width, p.rows)?
+    Ok(vec![rows::dispatch(gpu, kernels, p, p.width, p.rows)?
         .bind("cs_x", x)
         .bind("cs_out", out)
-        .step())
+        .step()])
+}
+
+// ---- row kernels reading texels ---------------------------------------------
+
+/// Whether the row kernels over `p`'s `[rows, width]` read their operands
+/// as texels on `gpu` (the `*_texture` kernels of `shaders/gpt.wgsl`): in
+/// the invocation layout of [`rows`] (the software adapters, where a texel
+/// load costs about half a storage-buffer load and carries four floats),
+/// with rows of whole texels, three storage textures per kernel, and each
+/// loop (along a row or down a column) within the adapter's loop budget.
+/// The copies into textures are buffer-to-texture copies, cheap beside the
+/// storage loads they replace.
+fn reads_texels(gpu: &Gpu, p: &GptParams) -> Result<bool> {
+    Ok(rows::row_layout(gpu)? == rows::RowLayout::Invocation
+        && p.width.is_multiple_of(4)
+        && rows::fits(gpu, u64::from(p.width / 4).max(u64::from(p.rows)))
+        && gpu.limits().max_storage_textures_per_shader_stage >= 3)
+}
+
+/// A tensor copied as stored into a scratch texture for the `*_texture`
+/// kernels: the copy, the texture and its layer shift.
+struct Texels<'a> {
+    copy: Step<'a>,
+    panels: Panels,
+    shift: u32,
+}
+
+impl Texels<'_> {
+    fn binding(&self) -> Binding<'static> {
+        Binding::Texture(self.panels.clone())
+    }
+}
+
+/// `t` (whole texels) as [`Texels`], or `None` where its texture would pass
+/// the device's texture limits (the caller then reads the buffer).
+fn texels<'a>(gpu: &Gpu, what: &str, t: &'a Tensor) -> Option<Texels<'a>> {
+    let texture = matmul::PanelTexture::new(gpu, what, t.len() as u64 / 4).ok()?;
+    let panels = texture.create(gpu);
+    Some(Texels {
+        copy: texture.copy_from(t, &panels),
+        panels,
+        shift: texture.layer_shift,
+    })
 }
 
 /// `gelu(x + bias)` with GPT-2's tanh form (`gelu_new`),
@@ -328,11 +400,9 @@ pub async fn bias_gelu_backward(
     dy.check_finite("dy")?;
     let dx = Tensor::scratch(gpu, x.shape())?;
     let dbias = Tensor::scratch(gpu, bias.shape())?;
-    gpu.run(&[
-        gelu_backward_step(&p, x, bias, dy, &dx),
-        column_sum_step(gpu, &p, &dx, &dbias)?,
-    ])
-    .await?;
+    let mut steps = vec![gelu_backward_step(&p, x, bias, dy, &dx)];
+    steps.extend(column_sum_steps(gpu, &p, &dx, &dbias)?);
+    gpu.run(&steps).await?;
     Ok(BiasGeluGrads { dx, dbias })
 }
 
@@ -357,7 +427,7 @@ pub async fn bias_backward(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
     let p = GptParams::rows(rows, width)?;
     dy.check_finite("dy")?;
     let db = Tensor::scratch(gpu, &[width])?;
-    gpu.run(&[column_sum_step(gpu, &p, dy, &db)?]).await?;
+    gpu.run(&column_sum_steps(gpu, &p, dy, &db)?).await?;
     Ok(db)
 }
 
@@ -401,7 +471,7 @@ pub(crate) fn plan_layer_norm(
 
 /// `out = LayerNorm(x)·γ + β` per row, writing each row's `(mean, 1/σ)` to
 /// `stats` (`[rows, 2]`).
-pub(crate) fn layer_norm_step<'a>(
+pub(crate) fn layer_norm_steps<'a>(
     gpu: &Gpu,
     p: &GptParams,
     x: &'a Tensor,
@@ -409,21 +479,46 @@ pub(crate) fn layer_norm_step<'a>(
     beta: &'a Tensor,
     out: &'a Tensor,
     stats: &'a Tensor,
-) -> Result<Step<'a>> {
+) -> Result<Vec<Step<'a>>> {
+    if reads_texels(gpu, p)? {
+        let operands = (
+            texels(gpu, "the LayerNorm input", x),
+            texels(gpu, "LayerNorm γ", gamma),
+            texels(gpu, "LayerNorm β", beta),
+        );
+        if let (Some(tx), Some(tg), Some(tb)) = operands {
+            let k = &LAYER_NORM_FORWARD_TEXTURE;
+            let params = GptParams {
+                x_shift: tx.shift,
+                gamma_shift: tg.shift,
+                beta_shift: tb.shift,
+                ..*p
+            };
+            let norm = Dispatch::new(k, &params, k.groups_for(p.rows as usize))
+                .bind("lft_out", out)
+                .bind("lft_stats", stats)
+                .bind("tx_x", tx.binding())
+                .bind("tx_gamma", tg.binding())
+                .bind("tx_beta", tb.binding());
+            return Ok(vec![tx.copy, tg.copy, tb.copy, norm.step()]);
+        }
+    }
     let kernels = (&LAYER_NORM_FORWARD, &LAYER_NORM_FORWARD_SERIAL);
-    Ok(rows::dispatch(gpu, kernels, p, p.rows, p.width)?
+    Ok(vec![rows::dispatch(gpu, kernels, p, p.rows, p.width)?
         .bind("lf_x", x)
         .bind("lf_gamma", gamma)
         .bind("lf_beta", beta)
         .bind("lf_out", out)
         .bind("lf_stats", stats)
-        .step())
+        .step()])
 }
 
-/// LayerNorm's `dx` from the forward's `x` and `stats`, overwritten or,
-/// with `accumulate`, added to.
+/// LayerNorm's gradients from the forward's `x` and `stats` and `dy =
+/// ∂L/∂out`, into `grads` = (`dx`, `dγ`, `dβ`): `dx` overwritten or, with
+/// `accumulate`, added to. Where the kernels read texels, both read the
+/// same copies of `x` and `dy`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_norm_backward_step<'a>(
+pub(crate) fn layer_norm_backward_steps<'a>(
     gpu: &Gpu,
     p: &GptParams,
     accumulate: bool,
@@ -431,40 +526,58 @@ pub(crate) fn layer_norm_backward_step<'a>(
     gamma: &'a Tensor,
     stats: &'a Tensor,
     dy: &'a Tensor,
-    dx: &'a Tensor,
-) -> Result<Step<'a>> {
+    grads: (&'a Tensor, &'a Tensor, &'a Tensor),
+) -> Result<Vec<Step<'a>>> {
+    let (dx, dgamma, dbeta) = grads;
     let p = GptParams {
         accumulate: accumulate.into(),
         ..*p
     };
-    let kernels = (&LAYER_NORM_BACKWARD, &LAYER_NORM_BACKWARD_SERIAL);
-    Ok(rows::dispatch(gpu, kernels, &p, p.rows, p.width)?
-        .bind("lb_x", x)
-        .bind("lb_gamma", gamma)
-        .bind("lb_stats", stats)
-        .bind("lb_dy", dy)
-        .bind("lb_dx", dx)
-        .step())
-}
-
-/// LayerNorm's `dγ` and `dβ` from the forward's `x` and `stats`.
-pub(crate) fn layer_norm_params_step<'a>(
-    gpu: &Gpu,
-    p: &GptParams,
-    x: &'a Tensor,
-    stats: &'a Tensor,
-    dy: &'a Tensor,
-    dgamma: &'a Tensor,
-    dbeta: &'a Tensor,
-) -> Result<Step<'a>> {
+    if reads_texels(gpu, &p)? {
+        let operands = (
+            texels(gpu, "the LayerNorm input", x),
+            texels(gpu, "the LayerNorm output's gradient", dy),
+            texels(gpu, "LayerNorm γ", gamma),
+        );
+        if let (Some(tx), Some(tdy), Some(tg)) = operands {
+            let params = GptParams {
+                x_shift: tx.shift,
+                dy_shift: tdy.shift,
+                gamma_shift: tg.shift,
+                ..p
+            };
+            let k = &LAYER_NORM_PARAMS_TEXTURE;
+            let sums = Dispatch::new(k, &params, k.groups_for(p.width as usize / 4))
+                .bind("lpt_dgamma", dgamma)
+                .bind("lpt_dbeta", dbeta)
+                .bind("tx_x", tx.binding())
+                .bind("lpt_stats", stats)
+                .bind("tx_dy", tdy.binding());
+            let k = &LAYER_NORM_BACKWARD_TEXTURE;
+            let back = Dispatch::new(k, &params, k.groups_for(p.rows as usize))
+                .bind("lbt_dx", dx)
+                .bind("lbt_stats", stats)
+                .bind("tx_x", tx.binding())
+                .bind("tx_gamma", tg.binding())
+                .bind("tx_dy", tdy.binding());
+            return Ok(vec![tx.copy, tdy.copy, tg.copy, sums.step(), back.step()]);
+        }
+    }
     let kernels = (&LAYER_NORM_PARAMS, &LAYER_NORM_PARAMS_SERIAL);
-    Ok(rows::dispatch(gpu, kernels, p, p.width, p.rows)?
+    let sums = rows::dispatch(gpu, kernels, &p, p.width, p.rows)?
         .bind("lp_x", x)
         .bind("lp_stats", stats)
         .bind("lp_dy", dy)
         .bind("lp_dgamma", dgamma)
-        .bind("lp_dbeta", dbeta)
-        .step())
+        .bind("lp_dbeta", dbeta);
+    let kernels = (&LAYER_NORM_BACKWARD, &LAYER_NORM_BACKWARD_SERIAL);
+    let back = rows::dispatch(gpu, kernels, &p, p.rows, p.width)?
+        .bind("lb_x", x)
+        .bind("lb_gamma", gamma)
+        .bind("lb_stats", stats)
+        .bind("lb_dy", dy)
+        .bind("lb_dx", dx);
+    Ok(vec![sums.step(), back.step()])
 }
 
 /// What [`layer_norm`] returns.
@@ -497,7 +610,7 @@ pub async fn layer_norm(
     }
     let out = Tensor::scratch(gpu, x.shape())?;
     let stats = Tensor::scratch(gpu, &[p.rows as usize, 2])?;
-    gpu.run(&[layer_norm_step(gpu, &p, x, gamma, beta, &out, &stats)?])
+    gpu.run(&layer_norm_steps(gpu, &p, x, gamma, beta, &out, &stats)?)
         .await?;
     Ok(LayerNormOutput { out, stats })
 }
@@ -546,10 +659,10 @@ pub async fn layer_norm_backward(
     let dx = Tensor::scratch(gpu, x.shape())?;
     let dgamma = Tensor::scratch(gpu, gamma.shape())?;
     let dbeta = Tensor::scratch(gpu, gamma.shape())?;
-    gpu.run(&[
-        layer_norm_backward_step(gpu, &p, false, x, gamma, stats, dy, &dx)?,
-        layer_norm_params_step(gpu, &p, x, stats, dy, &dgamma, &dbeta)?,
-    ])
+    let grads = (&dx, &dgamma, &dbeta);
+    gpu.run(&layer_norm_backward_steps(
+        gpu, &p, false, x, gamma, stats, dy, grads,
+    )?)
     .await?;
     Ok(LayerNormGrads { dx, dgamma, dbeta })
 }

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
+use crate::kernels::matmul::PanelTexture;
 use crate::kernels::rows;
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
@@ -27,6 +28,9 @@ kernels! {
         /// [`SOFTMAX_TEXTURE`], also writing the map into a buffer.
         SOFTMAX_TEXTURE_STORE = "softmax_texture" (st_out, key_mask, st_scores, st_map)
             as "softmax_texture_store" with [STORE_MAP = 1];
+        /// `softmax_backward` with one invocation per row, reading `A` and
+        /// `dA` from textures they were copied into.
+        SOFTMAX_BACKWARD_TEXTURE = "softmax_backward_texture" (sbt_grad, key_mask, sbt_a, sbt_da);
     }
 }
 
@@ -50,8 +54,8 @@ pub(crate) struct SoftmaxParams {
     heads: u32,
     causal: u32,
     has_mask: u32,
-    /// [`texture_step`] only: log2 of the rows per layer of the scores' and
-    /// of the map's texture.
+    /// [`texture_step`]: log2 of the rows per layer of the scores' and of
+    /// the map's texture; [`backward_steps`]: of `dA`'s and of `A`'s.
     scores_shift: u32,
     map_shift: u32,
 }
@@ -151,22 +155,60 @@ pub(crate) fn texture_step<'a>(
 }
 
 /// The in-place backward: `grad` holds `∂L/∂A` and becomes `∂L/∂S`, from
-/// the probabilities `a` (both shaped as `params` planned).
-pub(crate) fn backward_step<'a>(
+/// the probabilities `a` (both shaped as `params` planned). In the
+/// invocation layout of [`rows`] (the software adapters), rows of whole
+/// texels are read from textures `a` and `grad` are first copied into (a
+/// texel load there costs about half a storage-buffer load and carries four
+/// floats).
+pub(crate) fn backward_steps<'a>(
     gpu: &'a Gpu,
     params: &SoftmaxParams,
     a: &'a Tensor,
     grad: &'a Tensor,
     mask: Option<&'a Tensor>,
-) -> Result<Step<'a>> {
+) -> Result<Vec<Step<'a>>> {
+    let mask = mask.map_or(gpu.placeholder(), Tensor::buffer);
+    let texels = rows::row_layout(gpu)? == rows::RowLayout::Invocation
+        && params.cols.is_multiple_of(4)
+        && rows::fits(gpu, u64::from(params.cols / 4))
+        && gpu.limits().max_storage_textures_per_shader_stage >= 2;
+    if texels {
+        let textures = (
+            PanelTexture::new(gpu, "the map", a.len() as u64 / 4),
+            PanelTexture::new(gpu, "the map's gradient", grad.len() as u64 / 4),
+        );
+        if let (Ok(ta), Ok(tg)) = textures {
+            let (a_panels, grad_panels) = (ta.create(gpu), tg.create(gpu));
+            let params = SoftmaxParams {
+                map_shift: ta.layer_shift,
+                scores_shift: tg.layer_shift,
+                ..*params
+            };
+            let k = &SOFTMAX_BACKWARD_TEXTURE;
+            let back = Dispatch::new(k, &params, k.groups_for(row_count(&params)? as usize))
+                .bind("sbt_grad", grad)
+                .bind("key_mask", mask)
+                .bind("sbt_a", Binding::Texture(a_panels.clone()))
+                .bind("sbt_da", Binding::Texture(grad_panels.clone()));
+            return Ok(vec![
+                ta.copy_from(a, &a_panels),
+                tg.copy_from(grad, &grad_panels),
+                back.step(),
+            ]);
+        }
+    }
     let kernels = (&SOFTMAX_BACKWARD, &SOFTMAX_BACKWARD_SERIAL);
-    Ok(
-        rows::dispatch(gpu, kernels, params, row_count(params)?, params.cols)?
-            .bind("sb_grad", grad)
-            .bind("key_mask", mask.map_or(gpu.placeholder(), Tensor::buffer))
-            .bind("sb_a", a)
-            .step(),
-    )
+    Ok(vec![rows::dispatch(
+        gpu,
+        kernels,
+        params,
+        row_count(params)?,
+        params.cols,
+    )?
+    .bind("sb_grad", grad)
+    .bind("key_mask", mask)
+    .bind("sb_a", a)
+    .step()])
 }
 
 /// Softmax over the last dimension of `x` (`[.., R, C]`), with masked entries
@@ -222,11 +264,9 @@ pub async fn softmax_backward(
         m.check_finite("key_mask")?;
     }
     let grad_s = Tensor::scratch(gpu, a.shape())?;
-    gpu.run(&[
-        grad_a.copy_to(0, &grad_s, 0, grad_a.len()),
-        backward_step(gpu, &params, a, &grad_s, opts.key_mask)?,
-    ])
-    .await?;
+    let mut steps = vec![grad_a.copy_to(0, &grad_s, 0, grad_a.len())];
+    steps.extend(backward_steps(gpu, &params, a, &grad_s, opts.key_mask)?);
+    gpu.run(&steps).await?;
     Ok(grad_s)
 }
 

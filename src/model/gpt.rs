@@ -46,7 +46,7 @@ use crate::attention::{attention, AttentionOptions, Metrics, Mode};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step};
 use crate::kernels::attention::{
-    map_steps_via, scores_backward_softmax_step, scores_backward_steps, AttentionShape,
+    map_steps_via, scores_backward_softmax_steps, scores_backward_steps, AttentionShape,
 };
 use crate::kernels::bert::{self, Dims};
 use crate::kernels::gpt::{self as ops, GptParams, TokenIds};
@@ -490,7 +490,7 @@ impl Gpt {
         for (i, (layer, acts)) in w.layers.iter().zip(&ws.layers).enumerate() {
             let (x_in, x_mid, x_out) = (&ws.xs[2 * i], &ws.xs[2 * i + 1], &ws.xs[2 * i + 2]);
             // Attention block.
-            steps.push(ops::layer_norm_step(
+            steps.extend(ops::layer_norm_steps(
                 gpu,
                 &s.ln,
                 x_in,
@@ -606,7 +606,7 @@ impl Gpt {
                 (&ws.proj, separate),
             )?);
             // MLP block.
-            steps.push(ops::layer_norm_step(
+            steps.extend(ops::layer_norm_steps(
                 gpu,
                 &s.ln,
                 x_mid,
@@ -643,7 +643,7 @@ impl Gpt {
             )?);
         }
         let x_last = &ws.xs[ws.xs.len() - 1];
-        steps.push(ops::layer_norm_step(
+        steps.extend(ops::layer_norm_steps(
             gpu,
             &s.ln,
             x_last,
@@ -711,7 +711,7 @@ impl Gpt {
                       p: &GptParams|
          -> Result<()> {
             steps.extend(product(gpu, x, dy, grad.0, &ta)?);
-            steps.push(ops::column_sum_step(gpu, p, dy, grad.1)?);
+            steps.extend(ops::column_sum_steps(gpu, p, dy, grad.1)?);
             steps.extend(product(gpu, dy, weight.0, dx, &tb)?);
             Ok(())
         };
@@ -721,16 +721,7 @@ impl Gpt {
         steps.extend(product(gpu, &ws.dlogits, &ws.lnf, g.wte, &ta)?);
         steps.extend(product(gpu, &ws.dlogits, w.wte, &b.dc, &plain)?);
         let x_last = &ws.xs[ws.xs.len() - 1];
-        steps.push(ops::layer_norm_params_step(
-            gpu,
-            &s.ln,
-            x_last,
-            &ws.lnf_stats,
-            &b.dc,
-            g.lnf.0,
-            g.lnf.1,
-        )?);
-        steps.push(ops::layer_norm_backward_step(
+        steps.extend(ops::layer_norm_backward_steps(
             gpu,
             &s.ln,
             false,
@@ -738,7 +729,7 @@ impl Gpt {
             w.lnf.0,
             &ws.lnf_stats,
             &b.dc,
-            &b.dres,
+            (&b.dres, g.lnf.0, g.lnf.1),
         )?);
 
         // `dres` carries ∂L/∂x of the residual stream down the layers; each
@@ -750,7 +741,12 @@ impl Gpt {
             // ∂L/∂gelu(h) = dres·W_projᵀ, and through GELU in the same store
             // where it can be fused.
             steps.extend(product(gpu, &acts.gelu, &b.dres, grads.mproj.0, &ta)?);
-            steps.push(ops::column_sum_step(gpu, &s.block, &b.dres, grads.mproj.1)?);
+            steps.extend(ops::column_sum_steps(
+                gpu,
+                &s.block,
+                &b.dres,
+                grads.mproj.1,
+            )?);
             let epilogue = Epilogue::GeluBackward {
                 bias: layer.fc.1,
                 pre: &acts.fc,
@@ -766,16 +762,7 @@ impl Gpt {
             linear(
                 &mut steps, &acts.ln2, layer.fc, grads.fc, &b.dfc, &b.dc, &s.wide,
             )?;
-            steps.push(ops::layer_norm_params_step(
-                gpu,
-                &s.ln,
-                x_mid,
-                &acts.ln2_stats,
-                &b.dc,
-                grads.ln2.0,
-                grads.ln2.1,
-            )?);
-            steps.push(ops::layer_norm_backward_step(
+            steps.extend(ops::layer_norm_backward_steps(
                 gpu,
                 &s.ln,
                 true,
@@ -783,7 +770,7 @@ impl Gpt {
                 layer.ln2.0,
                 &acts.ln2_stats,
                 &b.dc,
-                &b.dres,
+                (&b.dres, grads.ln2.0, grads.ln2.1),
             )?);
 
             // Attention block: x_mid = x_in + attn(ln_1(x_in))·W_proj + b_proj.
@@ -841,16 +828,7 @@ impl Gpt {
             linear(
                 &mut steps, &acts.ln1, layer.attn, grads.attn, &b.dqkv, &b.dc, &s.qkv,
             )?;
-            steps.push(ops::layer_norm_params_step(
-                gpu,
-                &s.ln,
-                x_in,
-                &acts.ln1_stats,
-                &b.dc,
-                grads.ln1.0,
-                grads.ln1.1,
-            )?);
-            steps.push(ops::layer_norm_backward_step(
+            steps.extend(ops::layer_norm_backward_steps(
                 gpu,
                 &s.ln,
                 true,
@@ -858,7 +836,7 @@ impl Gpt {
                 layer.ln1.0,
                 &acts.ln1_stats,
                 &b.dc,
-                &b.dres,
+                (&b.dres, grads.ln1.0, grads.ln1.1),
             )?);
         }
         // The embedding: ∂wte gets the tokens' rows added to the head's share.
@@ -911,7 +889,7 @@ fn qkv_grads<'a>(
 ) -> Result<()> {
     match merged {
         Some(products) => {
-            steps.push(scores_backward_softmax_step(
+            steps.extend(scores_backward_softmax_steps(
                 gpu,
                 &s.attention,
                 &acts.a,

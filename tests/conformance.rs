@@ -308,6 +308,7 @@ fn every_kernel_passes_on_every_adapter() {
                         "_split_qkv::",
                         "_gelu_backward::",
                         "_merge_heads::",
+                        "_split_heads::",
                     ];
                     assert!(
                         row.shaders.iter().all(|s| s.starts_with("matmul_linear")

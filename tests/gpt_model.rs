@@ -213,6 +213,19 @@ fn fused_and_separate_epilogues_match_the_reference() {
             for separate in ["bert::merge_heads", "gpt::merge_qkv"] {
                 assert_eq!(ran(separate), !fused, "{family:?}: {:?}", work.kernels);
             }
+            // ∂L/∂O into heads from the store of dy·W_projᵀ.
+            assert_eq!(
+                ran("_tb_split_heads::"),
+                fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
+            assert_eq!(
+                ran("bert::split_heads"),
+                !fused,
+                "{family:?}: {:?}",
+                work.kernels
+            );
             // With λ > 0 the refined output writes its heads into token
             // rows whatever the products; dv's last kernel and dq and dk's
             // products where the products fuse.

@@ -21,7 +21,7 @@ struct Params {
     alpha: f32,
     // ceil(K / 4): texels per row of an A panel, and steps of the k loop.
     k4: u32,
-    // ceil(M / 16): A panels per matrix.
+    // ceil(M / block_rows): A panels (blocks of rows of C) per matrix.
     row_blocks: u32,
     // ceil(N / (4 * panel_texels)): B panels per matrix.
     col_blocks: u32,
@@ -49,9 +49,11 @@ struct Params {
     // a token row, and this product's part.
     merge_parts: u32,
     merge_part: u32,
+    // Rows of C per group: 32 for matmul_linear_subgroup reading A as
+    // stored, 16 elsewhere (a packed A panel is 16 rows).
+    block_rows: u32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,8 +61,9 @@ struct Params {
 @group(0) @binding(2) var b_panels: texture_storage_2d_array<rgba32float, read>;
 
 // This group's place: its batch item, A panel and B panel, or `ok = false`
-// past the edge. A group is 8 invocations computing a 16-row block of C
-// times one B panel; a workgroup holds 8 groups, group_rows along M.
+// past the edge. A group is 8 invocations computing a block of block_rows
+// rows of C times one B panel; a workgroup holds 8 groups, group_rows along
+// M.
 struct Place {
     ok: bool,
     batch: u32,
@@ -88,7 +91,7 @@ fn place(tile: u32, group: u32) -> Place {
     let bb = select(batch, 0u, p.b_batch_stride == 0u);
     out.a_first = (ab * p.row_blocks + rb) * p.k4 * 16u;
     out.b_first = (bb * p.col_blocks + cb) * p.k4 * 4u * p.panel_texels;
-    out.row0 = rb * 16u;
+    out.row0 = rb * p.block_rows;
     out.col0 = cb * p.panel_texels * 4u;
     return out;
 }

@@ -257,6 +257,9 @@ pub(super) enum Epilogue {
     /// `C = x·Wᵀ · gelu'(pre + bias)`, `W` stored `[n, k]`: the MLP's GELU
     /// backward.
     GeluBackward,
+    /// `x·Wᵀ`, `W` stored `[n, k]`, split into `heads` heads of sequences
+    /// of `seq` tokens: the GPT's `∂L/∂O` into heads.
+    SplitHeads,
     /// Per-head products merged into token rows, as the second of three
     /// parts (the GPT's dk into dqkv): `x` `[B·H, T, k]`, `W` `[B·H, k, hd]`
     /// (`rows` = T, `n` = hd, `seq` = B).
@@ -272,6 +275,7 @@ impl Epilogue {
             Epilogue::BiasGelu => "bias+gelu",
             Epilogue::SplitQkv => "bias+split qkv",
             Epilogue::GeluBackward => "gelu backward",
+            Epilogue::SplitHeads => "split heads",
             Epilogue::MergeHeads => "merge heads",
             Epilogue::MergeHeadsTransposed => "merge heads, x^T",
         }
@@ -339,12 +343,12 @@ impl Case {
                 f.heads
             ),
             Input::MatmulEpilogue(f) => {
-                let split = if f.epilogue == Epilogue::SplitQkv {
+                let split = if matches!(f.epilogue, Epilogue::SplitQkv | Epilogue::SplitHeads) {
                     format!(" heads={} T={}", f.heads, f.seq)
                 } else {
                     String::new()
                 };
-                let w = if f.epilogue == Epilogue::GeluBackward {
+                let w = if matches!(f.epilogue, Epilogue::GeluBackward | Epilogue::SplitHeads) {
                     format!("[{},{}]^T", f.n, f.k)
                 } else {
                     format!("[{},{}]", f.k, f.n)
@@ -777,6 +781,8 @@ pub fn cases(limits: &wgpu::Limits) -> Vec<Case> {
             fused(Epilogue::SplitQkv, 768, 128, 384, 4, 64),
             fused(Epilogue::GeluBackward, 37, 28, 52, 0, 0),
             fused(Epilogue::GeluBackward, 768, 128, 512, 0, 0),
+            fused(Epilogue::SplitHeads, 15, 28, 24, 3, 5),
+            fused(Epilogue::SplitHeads, 768, 128, 128, 4, 64),
             fused(Epilogue::MergeHeads, 9, 12, 8, 3, 2),
             fused(Epilogue::MergeHeads, 64, 64, 32, 4, 12),
             fused(Epilogue::MergeHeadsTransposed, 12, 20, 8, 3, 2),

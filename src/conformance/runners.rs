@@ -152,12 +152,14 @@ async fn run_matmul_epilogue(
         seq,
         variant,
     } = *case;
-    // The epilogues with a bias; the heads' merge multiplies per-head matrices.
+    // The epilogues of one product over token rows (all but the split into
+    // heads add a bias); the heads' merge multiplies per-head matrices.
     enum Bias {
         Residual,
         Gelu,
         SplitQkv,
         GeluBackward,
+        SplitHeads,
     }
     let name = epilogue.name();
     let epilogue = match epilogue {
@@ -165,12 +167,14 @@ async fn run_matmul_epilogue(
         Epilogue::BiasGelu => Bias::Gelu,
         Epilogue::SplitQkv => Bias::SplitQkv,
         Epilogue::GeluBackward => Bias::GeluBackward,
+        Epilogue::SplitHeads => Bias::SplitHeads,
         Epilogue::MergeHeads | Epilogue::MergeHeadsTransposed => {
             return run_merge_heads(gpu, rng, case).await
         }
     };
-    // The GELU backward's product is dy·Wᵀ: W stored [n, k].
-    let trans_b = matches!(epilogue, Bias::GeluBackward);
+    // The GELU backward's product and the one split into heads are dy·Wᵀ:
+    // W stored [n, k].
+    let trans_b = matches!(epilogue, Bias::GeluBackward | Bias::SplitHeads);
     let opts = MatmulOptions {
         trans_b,
         ..MatmulOptions::default()
@@ -188,8 +192,13 @@ async fn run_matmul_epilogue(
     let tw = Tensor::from_slice(gpu, &w_shape, &w)?;
     let tb = Tensor::from_slice(gpu, &[n], &bias)?;
     let c = Tensor::zeros(gpu, &[rows, n])?;
-    // q, k and v of the split: [B, H, T, C/H].
-    let head_shape = [rows / seq.max(1), heads, seq, n / 3 / heads.max(1)];
+    // q, k and v of the split, or the heads: [B, H, T, C/H].
+    let width = if matches!(epilogue, Bias::SplitQkv) {
+        n / 3
+    } else {
+        n
+    };
+    let head_shape = [rows / seq.max(1), heads, seq, width / heads.max(1)];
     let extra = match epilogue {
         Bias::Residual => vec![Tensor::from_slice(gpu, &[rows, n], &residual)?],
         Bias::Gelu => vec![Tensor::zeros(gpu, &[rows, n])?],
@@ -199,6 +208,7 @@ async fn run_matmul_epilogue(
             Tensor::zeros(gpu, &head_shape)?,
             Tensor::zeros(gpu, &head_shape)?,
         ],
+        Bias::SplitHeads => vec![Tensor::zeros(gpu, &head_shape)?],
     };
     let spec = match epilogue {
         Bias::Residual => Fused::BiasResidual {
@@ -221,6 +231,11 @@ async fn run_matmul_epilogue(
             heads,
             seq,
         },
+        Bias::SplitHeads => Fused::SplitHeads {
+            out: &extra[0],
+            heads,
+            seq,
+        },
     };
     let steps = fused_steps_with(gpu, variant, &plan, &tx, &tw, &c, spec, None)?
         .ok_or_else(|| Error::Internal(format!("{variant} did not fuse the {name} epilogue")))?;
@@ -231,7 +246,7 @@ async fn run_matmul_epilogue(
         Bias::Residual => vec![&c],
         Bias::Gelu => vec![&c, &extra[0]],
         Bias::GeluBackward => vec![&c],
-        Bias::SplitQkv => extra.iter().collect(),
+        Bias::SplitQkv | Bias::SplitHeads => extra.iter().collect(),
     };
     let mut got = Vec::with_capacity(written.len());
     for t in written {
@@ -279,6 +294,22 @@ async fn run_matmul_epilogue(
                 .zip(want)
                 .map(|(name, want)| Output::new(name, &head_shape, got.remove(0), want, tolerance))
                 .collect()
+        }
+        Bias::SplitHeads => {
+            let hd = n / heads;
+            let mut want = vec![0.0; rows * n];
+            for (i, &value) in product.iter().enumerate() {
+                let (row, col) = (i / n, i % n);
+                let (b, t) = (row / seq, row % seq);
+                want[((b * heads + col / hd) * seq + t) * hd + col % hd] = value;
+            }
+            vec![Output::new(
+                "heads",
+                &head_shape,
+                got.remove(0),
+                want,
+                tolerance,
+            )]
         }
     };
     Ok(Measured {

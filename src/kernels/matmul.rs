@@ -101,6 +101,13 @@ pub(crate) const LINEAR_MERGE_HEADS_SOURCE: &str = shader!(
     "shared/matmul_linear.wgsl",
     "matmul_linear.wgsl"
 );
+/// [`LINEAR_SOURCE`] storing token rows of C into per-head rows.
+pub(crate) const LINEAR_SPLIT_HEADS_SOURCE: &str = shader!(
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_split_heads.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear.wgsl"
+);
 /// [`LINEAR_SOURCE`] storing C into a texture.
 pub(crate) const LINEAR_TEXELS_SOURCE: &str = shader!(
     "shared/matmul_panels.wgsl",
@@ -168,6 +175,13 @@ subgroup_source!(
     "shared/gelu.wgsl",
     "shared/matmul_put_gelu_backward.wgsl",
     "shared/matmul_store.wgsl",
+    "shared/matmul_linear.wgsl",
+    "matmul_linear_subgroup.wgsl");
+subgroup_source!(
+    /// [`LINEAR_SUBGROUP_SOURCE`] storing token rows of C into per-head rows.
+    LINEAR_SUBGROUP_SPLIT_HEADS_SOURCE =
+    "shared/matmul_panels.wgsl",
+    "shared/matmul_store_split_heads.wgsl",
     "shared/matmul_linear.wgsl",
     "matmul_linear_subgroup.wgsl");
 subgroup_source!(
@@ -293,6 +307,18 @@ kernels! {
         /// (`Epilogue::Texels`).
         MATMUL_LINEAR_SUBGROUP_TB_TEXELS = "matmul_linear_subgroup" (a_panels, b_panels, c_texels)
             as "matmul_linear_subgroup_tb_texels" with [TRANS_B = 1];
+    }
+    "matmul_linear" in LINEAR_SPLIT_HEADS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_TB`] storing C's token rows into per-head rows
+        /// (`Epilogue::SplitHeads`).
+        MATMUL_LINEAR_TB_SPLIT_HEADS = "matmul_linear" (a_panels, b_panels, heads)
+            as "matmul_linear_tb_split_heads" with [TRANS_B = 1];
+    }
+    "matmul_linear_subgroup" in LINEAR_SUBGROUP_SPLIT_HEADS_SOURCE, params TextureParams, workgroup 64 {
+        /// [`MATMUL_LINEAR_SUBGROUP_TB`] storing C's token rows into
+        /// per-head rows (`Epilogue::SplitHeads`).
+        MATMUL_LINEAR_SUBGROUP_TB_SPLIT_HEADS = "matmul_linear_subgroup" (a_panels, b_panels, heads)
+            as "matmul_linear_subgroup_tb_split_heads" with [TRANS_B = 1];
     }
     "matmul_linear" in LINEAR_SPLIT_QKV_SOURCE, params TextureParams, workgroup 64 {
         /// [`MATMUL_LINEAR`] whose store adds a bias per column and splits
@@ -632,7 +658,9 @@ pub(crate) struct TextureParams {
     // The heads' merge only: parts of a token row, and this product's.
     merge_parts: u32,
     merge_part: u32,
-    _pad: [u32; 3],
+    /// Rows of C per group of 8 invocations (see [`TextureLayout`]).
+    block_rows: u32,
+    _pad: [u32; 2],
 }
 
 /// A validated product: its parameters and the shape of `C`.
@@ -833,6 +861,16 @@ pub(crate) enum Epilogue<'a> {
         parts: usize,
         part: usize,
     },
+    /// `C`, token rows `[B·T, H·hd]`, stored into per-head rows: value
+    /// `(b·T + t, h·hd + d)` goes to `out[((b·H + h)·T + t)·hd + d]`, `out`
+    /// `[B, H, T, hd]`, and `C` itself is not written: the GPT's split of
+    /// `∂L/∂O` into heads after its backward's `dy·W_projᵀ`, so built for
+    /// `B` transposed only.
+    SplitHeads {
+        out: &'a Tensor,
+        heads: usize,
+        seq: usize,
+    },
     /// `C` into texture `out` (with its layer shift) instead of a buffer,
     /// texel `i` holding floats `4i .. 4i + 4` of `C` as a buffer would (`N`
     /// a multiple of 4), for a kernel that reads `C` as texels next: the
@@ -843,12 +881,15 @@ pub(crate) enum Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// Whether this store is built for these transposes: the heads' merge
-    /// with `A` as stored or transposed, the GELU backward and the texels
-    /// store with `B` transposed, the others with neither.
+    /// with `A` as stored or transposed, the GELU backward, the split into
+    /// heads and the texels store with `B` transposed, the others with
+    /// neither.
     fn built_for(&self, trans_a: bool, trans_b: bool) -> bool {
         match self {
             Epilogue::MergeHeads { .. } => !trans_b,
-            Epilogue::GeluBackward { .. } | Epilogue::Texels { .. } => !trans_a && trans_b,
+            Epilogue::GeluBackward { .. }
+            | Epilogue::SplitHeads { .. }
+            | Epilogue::Texels { .. } => !trans_a && trans_b,
             _ => !trans_a && !trans_b,
         }
     }
@@ -871,6 +912,8 @@ impl Epilogue<'_> {
             (Epilogue::MergeHeads { .. }, true) => &MATMUL_LINEAR_SUBGROUP_MERGE_HEADS,
             (Epilogue::MergeHeads { .. }, false) if trans_a => &MATMUL_LINEAR_TA_MERGE_HEADS,
             (Epilogue::MergeHeads { .. }, false) => &MATMUL_LINEAR_MERGE_HEADS,
+            (Epilogue::SplitHeads { .. }, true) => &MATMUL_LINEAR_SUBGROUP_TB_SPLIT_HEADS,
+            (Epilogue::SplitHeads { .. }, false) => &MATMUL_LINEAR_TB_SPLIT_HEADS,
             (Epilogue::Texels { .. }, true) => &MATMUL_LINEAR_SUBGROUP_TB_TEXELS,
             (Epilogue::Texels { .. }, false) => &MATMUL_LINEAR_TB_TEXELS,
         }
@@ -964,6 +1007,20 @@ pub(crate) fn fused_steps_with<'a>(
                 return Ok(None);
             }
             (Some(bias), &[q, k, v], outputs / 3)
+        }
+        Epilogue::SplitHeads { out, heads, seq } => {
+            // As the q, k, v split: heads whole texels wide, else the
+            // separate kernel.
+            let fits = p.batch == 1
+                && *heads > 0
+                && (p.n as usize).is_multiple_of(*heads)
+                && (p.n as usize / heads).is_multiple_of(4)
+                && *seq > 0
+                && (p.m as usize).is_multiple_of(*seq);
+            if !fits {
+                return Ok(None);
+            }
+            (None, std::slice::from_ref(out), outputs)
         }
     };
     if bias.is_some_and(|b| b.len() != p.n as usize) || others.iter().any(|t| t.len() != part) {
@@ -1310,6 +1367,9 @@ struct TextureLayout {
     /// panels.
     linear: bool,
     k4: u32,
+    /// Rows of C per group of 8 invocations: 32 for `matmul_linear_subgroup`
+    /// with A as stored, else 16 (packed A panels are 16 rows).
+    block_rows: u32,
     row_blocks: u32,
     col_blocks: u32,
     panel_texels: u32,
@@ -1342,16 +1402,25 @@ impl TextureLayout {
         // each), 64 per group of the plain kernel (two texels each).
         let panel_texels: u32 = if subgroups { 8 } else { 16 };
         let k4 = p.k.div_ceil(4);
-        let row_blocks = p.m.div_ceil(16);
-        let col_blocks = p.n.div_ceil(panel_texels * 4);
-        let a_batches = u64::from(if p.a_batch_stride == 0 { 1 } else { p.batch });
-        let b_batches = u64::from(if p.b_batch_stride == 0 { 1 } else { p.batch });
         // Copies need every stored row to be whole texels; then K needs no
         // padding and each texel holds 4 values of one row.
         let linear = copyable
             && p.k.is_multiple_of(4)
             && (p.trans_a == 0 || p.m.is_multiple_of(4))
             && (p.trans_b != 0 || p.n.is_multiple_of(4));
+        // matmul_linear_subgroup reading A as stored takes 32 rows per
+        // group: each B texel it loads then serves twice the rows (about
+        // 15 % faster from 1024³ up on lavapipe); its other builds and the
+        // other kernels take 16.
+        let block_rows = if linear && subgroups && p.trans_a == 0 {
+            32
+        } else {
+            16
+        };
+        let row_blocks = p.m.div_ceil(block_rows);
+        let col_blocks = p.n.div_ceil(panel_texels * 4);
+        let a_batches = u64::from(if p.a_batch_stride == 0 { 1 } else { p.batch });
+        let b_batches = u64::from(if p.b_batch_stride == 0 { 1 } else { p.batch });
         let (a_texels, b_texels) = if linear {
             let (m, n, k) = (u64::from(p.m), u64::from(p.n), u64::from(p.k));
             (a_batches * m * k / 4, b_batches * k * n / 4)
@@ -1364,6 +1433,7 @@ impl TextureLayout {
         Ok(TextureLayout {
             linear,
             k4,
+            block_rows,
             row_blocks,
             col_blocks,
             panel_texels,
@@ -1431,7 +1501,8 @@ fn texture_steps<'a>(
         c_layer_shift: 0,
         merge_parts: 0,
         merge_part: 0,
-        _pad: [0; 3],
+        block_rows: layout.block_rows,
+        _pad: [0; 2],
     };
     let a_key = a_key(&layout, p);
     let variant = MatmulVariant::Texture {
@@ -1488,11 +1559,13 @@ fn texture_steps<'a>(
     };
     let tiles = u64::from(p.batch) * u64::from(params.tiles_m) * u64::from(params.tiles_n);
     let params = match epilogue {
-        Some(Epilogue::SplitQkv { heads, seq, .. }) => TextureParams {
-            split_heads: to_u32("heads", heads)?,
-            split_seq: to_u32("sequence length", seq)?,
-            ..params
-        },
+        Some(Epilogue::SplitQkv { heads, seq, .. } | Epilogue::SplitHeads { heads, seq, .. }) => {
+            TextureParams {
+                split_heads: to_u32("heads", heads)?,
+                split_seq: to_u32("sequence length", seq)?,
+                ..params
+            }
+        }
         Some(Epilogue::Texels { shift, .. }) => TextureParams {
             c_layer_shift: shift,
             ..params
@@ -1533,6 +1606,7 @@ fn texture_steps<'a>(
                 dispatch.bind("c_texels", Binding::Texture(out.clone()))
             }
             Some(Epilogue::MergeHeads { out, .. }) => dispatch.bind("merged", out),
+            Some(Epilogue::SplitHeads { out, .. }) => dispatch.bind("heads", out),
         }
         .step(),
     );

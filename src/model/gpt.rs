@@ -774,16 +774,23 @@ impl Gpt {
             )?);
 
             // Attention block: x_mid = x_in + attn(ln_1(x_in))·W_proj + b_proj.
-            linear(
-                &mut steps,
-                &acts.merged,
-                layer.proj,
-                grads.proj,
-                &b.dres,
-                &b.dc,
-                &s.block,
-            )?;
-            steps.push(bert::split_heads(&s.dims, &b.dc, &b.d_o)?);
+            // ∂L/∂O = dres·W_projᵀ, split into heads in the product's store
+            // where it can be.
+            steps.extend(product(gpu, &acts.merged, &b.dres, grads.proj.0, &ta)?);
+            steps.extend(ops::column_sum_steps(gpu, &s.block, &b.dres, grads.proj.1)?);
+            let epilogue = Epilogue::SplitHeads {
+                out: &b.d_o,
+                heads,
+                seq: ws.n(),
+            };
+            let separate = bert::split_heads(&s.dims, &b.dc, &b.d_o)?;
+            steps.extend(product_with(
+                gpu,
+                (&b.dres, layer.proj.0, &tb),
+                &b.d_o,
+                epilogue,
+                (&b.dc, separate),
+            )?);
             match (&acts.fused, layer.lambda, grads.lambda, &b.saobp) {
                 (Some((fused, _)), Some(lambda), Some(d_lambda), Some(scratch)) => {
                     // dq and dk go straight into dqkv's token rows where both

@@ -49,8 +49,8 @@ struct Params {
     // a token row, and this product's part.
     merge_parts: u32,
     merge_part: u32,
-    // Rows of C per group: 32 for matmul_linear_subgroup reading A as
-    // stored, 16 elsewhere (a packed A panel is 16 rows).
+    // Rows of C per group: 32 for matmul_linear_subgroup, 16 elsewhere (a
+    // packed A panel is 16 rows).
     block_rows: u32,
     pad0: u32,
     pad1: u32,

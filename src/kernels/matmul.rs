@@ -1367,8 +1367,8 @@ struct TextureLayout {
     /// panels.
     linear: bool,
     k4: u32,
-    /// Rows of C per group of 8 invocations: 32 for `matmul_linear_subgroup`
-    /// with A as stored, else 16 (packed A panels are 16 rows).
+    /// Rows of C per group of 8 invocations: 32 for `matmul_linear_subgroup`,
+    /// else 16 (packed A panels are 16 rows).
     block_rows: u32,
     row_blocks: u32,
     col_blocks: u32,
@@ -1408,15 +1408,10 @@ impl TextureLayout {
             && p.k.is_multiple_of(4)
             && (p.trans_a == 0 || p.m.is_multiple_of(4))
             && (p.trans_b != 0 || p.n.is_multiple_of(4));
-        // matmul_linear_subgroup reading A as stored takes 32 rows per
-        // group: each B texel it loads then serves twice the rows (about
-        // 15 % faster from 1024³ up on lavapipe); its other builds and the
-        // other kernels take 16.
-        let block_rows = if linear && subgroups && p.trans_a == 0 {
-            32
-        } else {
-            16
-        };
+        // matmul_linear_subgroup takes 32 rows per group: each B texel it
+        // loads then serves twice the rows (about 15 % faster from 1024³ up
+        // on lavapipe); the other kernels take 16.
+        let block_rows = if linear && subgroups { 32 } else { 16 };
         let row_blocks = p.m.div_ceil(block_rows);
         let col_blocks = p.n.div_ceil(panel_texels * 4);
         let a_batches = u64::from(if p.a_batch_stride == 0 { 1 } else { p.batch });

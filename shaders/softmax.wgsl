@@ -225,6 +225,25 @@ fn valid4(g: u32, i: u32, j: u32) -> vec4<bool> {
     return ok;
 }
 
+// Row `row` of the [matrices, rows, cols] map as the texture kernels walk
+// it: its matrix g and row i, its texels cols4, its first texel, and the end
+// of its texels with valid keys (past the diagonal texel a causal row has
+// none).
+struct TexelRow {
+    g: u32,
+    i: u32,
+    cols4: u32,
+    first: u32,
+    end: u32,
+}
+
+fn texel_row(row: u32) -> TexelRow {
+    let i = row % p.rows;
+    let cols4 = p.cols / 4u;
+    let end = select(cols4, min(i / 4u + 1u, cols4), p.causal != 0u);
+    return TexelRow(row / p.rows, i, cols4, row * cols4, end);
+}
+
 @compute @workgroup_size(64)
 fn softmax_texture(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -235,12 +254,12 @@ fn softmax_texture(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let cols4 = p.cols / 4u;
-    let first = row * cols4;
-    // Past the diagonal texel a causal row has no valid key.
-    let end = select(cols4, min(i / 4u + 1u, cols4), p.causal != 0u);
+    let r = texel_row(row);
+    let g = r.g;
+    let i = r.i;
+    let cols4 = r.cols4;
+    let first = r.first;
+    let end = r.end;
     let lowest = vec4<f32>(-3.0e38);
     var top4 = lowest;
     var found = false;
@@ -297,12 +316,12 @@ fn softmax_backward_texture(
     if (row >= p.matrices * p.rows) {
         return;
     }
-    let g = row / p.rows;
-    let i = row % p.rows;
-    let cols4 = p.cols / 4u;
-    let first = row * cols4;
-    // Past the diagonal texel a causal row has no valid key.
-    let end = select(cols4, min(i / 4u + 1u, cols4), p.causal != 0u);
+    let r = texel_row(row);
+    let g = r.g;
+    let i = r.i;
+    let cols4 = r.cols4;
+    let first = r.first;
+    let end = r.end;
     var dot4 = vec4<f32>(0.0);
     for (var t = 0u; t < end; t = t + 1u) {
         let ok = valid4(g, i, 4u * t);

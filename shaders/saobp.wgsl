@@ -50,6 +50,11 @@
 //   diag_stats_serial, output_adjoints_serial, row_adjoints_serial: the same
 //                 with one invocation per row (the row layout for software
 //                 adapters, see kernels::rows). v1.
+//   output_adjoints_texture, row_adjoints_texture: the serial ones reading
+//                 their [rows, D] and [rows, width] operands from textures
+//                 they were copied into (D a multiple of 4, so width = D + 4
+//                 and W's last texel is (dm, 0, 0, 0)), four columns per
+//                 texel load, W and dY stored four at a time. v1.
 //   lambda_grad   d lambda_h = sum over the batch and rows of the row shares,
 //                 one workgroup per head in a fixed order (no atomics), so the
 //                 sum is the same run to run. v1.
@@ -70,6 +75,12 @@ struct Params {
     // token rows [B * n, merge_parts * heads * d] as part merge_part.
     merge_parts: u32,
     merge_part: u32,
+    // output_adjoints_texture and row_adjoints_texture only: log2 of the
+    // rows per layer of their four textures, in binding order.
+    shift0: u32,
+    shift1: u32,
+    shift2: u32,
+    shift3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -561,6 +572,107 @@ fn row_adjoints_serial(
         return;
     }
     ra_finish(row, ra_columns(row, 0u, 1u));
+}
+
+// ---- output_adjoints_texture / row_adjoints_texture -------------------------
+
+// The operands, copied as stored: texel i holds floats 4i .. 4i + 4.
+@group(0) @binding(1) var adj_0: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var adj_1: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(3) var adj_2: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(4) var adj_3: texture_storage_2d_array<rgba32float, read>;
+
+fn adj0(i: u32) -> vec4<f32> {
+    let at = texel(i, p.shift0);
+    return textureLoad(adj_0, at.xy, at.z);
+}
+
+fn adj1(i: u32) -> vec4<f32> {
+    let at = texel(i, p.shift1);
+    return textureLoad(adj_1, at.xy, at.z);
+}
+
+fn adj2(i: u32) -> vec4<f32> {
+    let at = texel(i, p.shift2);
+    return textureLoad(adj_2, at.xy, at.z);
+}
+
+fn adj3(i: u32) -> vec4<f32> {
+    let at = texel(i, p.shift3);
+    return textureLoad(adj_3, at.xy, at.z);
+}
+
+// output_adjoints_texture: adj_0 = G, adj_1 = Y, adj_2 = V, adj_3 = A U'.
+@group(0) @binding(5) var<storage, read> oat_stats: array<f32>;
+@group(0) @binding(6) var<storage, read> oat_lambda: array<f32>;
+@group(0) @binding(7) var<storage, read_write> oat_w: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> oat_row: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn output_adjoints_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let d4 = p.d / 4u;
+    let w4 = p.width / 4u;
+    let lambda = oat_lambda[(row / p.n) % p.heads];
+    let a = oat_stats[3u * row];
+    let r = oat_stats[3u * row + 1u];
+    let c = oat_stats[3u * row + 2u];
+    // As oa_terms: m from A U''s column D, the first of its last texel.
+    let m = max(adj3(row * w4 + d4).x - a * (r - a) - c, 0.0);
+    let s = 1.0 / (1.0 + lambda * m);
+    var sums = vec4<f32>(0.0);
+    for (var x = 0u; x < d4; x = x + 1u) {
+        let g = adj0(row * d4 + x);
+        let y = adj1(row * d4 + x);
+        let v = adj2(row * d4 + x);
+        let mv = adj3(row * w4 + x) - a * y - (c - a * a) * v;
+        sums = sums + vec4<f32>(dot(g, s * (y + lambda * mv)), dot(g, mv), dot(g, v), dot(g, y));
+        oat_w[row * w4 + x] = lambda * s * g;
+    }
+    let ls = lambda * s;
+    oat_w[row * w4 + d4] = vec4<f32>(-ls * sums.x, 0.0, 0.0, 0.0);
+    oat_row[row] = vec4<f32>(ls * sums.z, ls * sums.w, s, s * (sums.y - m * sums.x));
+}
+
+// row_adjoints_texture: adj_0 = G, adj_1 = W, adj_2 = P = A^T W, adj_3 = V.
+@group(0) @binding(5) var<storage, read> rat_stats: array<f32>;
+@group(0) @binding(6) var<storage, read> rat_row: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> rat_dy: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> rat_diag: array<f32>;
+
+@compute @workgroup_size(64)
+fn row_adjoints_texture(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = element_id(wid, nwg, lid);
+    if (row >= p.matrices * p.n) {
+        return;
+    }
+    let d4 = p.d / 4u;
+    let w4 = p.width / 4u;
+    let a = rat_stats[3u * row];
+    let r = rat_stats[3u * row + 1u];
+    let terms = rat_row[row];
+    var u_v = 0.0;
+    for (var x = 0u; x < d4; x = x + 1u) {
+        let du = adj2(row * w4 + x);
+        rat_dy[row * d4 + x] = terms.z * adj0(row * d4 + x) - a * adj1(row * w4 + x) + du;
+        u_v = u_v + dot(du, adj3(row * d4 + x));
+    }
+    let dm = adj1(row * w4 + d4).x;
+    let w = adj2(row * w4 + d4).x;
+    rat_diag[3u * row] = -terms.y + 2.0 * a * terms.x - w - dm * (r - 2.0 * a) - u_v;
+    rat_diag[3u * row + 1u] = w - dm * a;
+    rat_diag[3u * row + 2u] = -terms.x - dm;
 }
 
 // ---- attention_grad ---------------------------------------------------------

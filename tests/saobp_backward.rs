@@ -130,6 +130,11 @@ fn matches_the_reference_on_random_maps() {
         },
         case(1, 2, 65, 3, true, &[0.3, 5.0]),
         case(2, 2, 33, 16, false, &[5.0, 0.3]),
+        // Dv of whole texels with an empty row (the texel row kernels).
+        Case {
+            empty_row: true,
+            ..case(2, 2, 20, 8, true, &[5.0, 0.3])
+        },
         // Dv above the workgroup width: the row passes loop over columns.
         case(1, 2, 9, 67, false, &[0.3, 5.0]),
         Case {
@@ -141,8 +146,18 @@ fn matches_the_reference_on_random_maps() {
         let mut rng = Rng::new(1307);
         for c in &cases {
             let x = c.inputs(&mut rng);
+            let before = gpu.work();
             let got = download(gpu, &c.run(gpu, &x));
             check_against("O(N²D)", c, &got, &c.reference(&x));
+            // The adjoints' row kernels read texels in the invocation
+            // layout where Dv is whole texels.
+            let texels = saobp::row_layout(gpu).unwrap() == saobp::RowLayout::Invocation
+                && c.dv.is_multiple_of(4);
+            let work = gpu.work().since(&before);
+            for kernel in ["saobp::output_adjoints", "saobp::row_adjoints"] {
+                let ran = work.count(&format!("{kernel}_texture")) == 1;
+                assert_eq!(ran, texels, "Dv = {}: {:?}", c.dv, work.kernels);
+            }
         }
     });
 }
@@ -268,8 +283,11 @@ fn work_is_of_order_n2d_in_one_submission() {
             "saobp::value_grad",
             "saobp::lambda_grad",
         ] {
-            // In either row layout.
-            let runs = work.count(kernel) + work.count(&format!("{kernel}_serial"));
+            // In either row layout, reading storage buffers or texels.
+            let runs = ["", "_serial", "_texture"]
+                .iter()
+                .map(|form| work.count(&format!("{kernel}{form}")))
+                .sum::<u64>();
             assert_eq!(runs, 1, "{kernel}: {:?}", work.kernels);
         }
         assert_eq!(work.submissions, 1, "{:?}", work.kernels);

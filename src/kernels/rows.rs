@@ -14,8 +14,9 @@
 //!   128) the barriers cost 5–10× the arithmetic (the softmax of the tiny
 //!   preset's step went from about 190 ms to under 20 ms on lavapipe).
 //!
-//! In the invocation layout, the LayerNorm kernels, the column sums and the
-//! softmax backward read rows of whole texels (widths a multiple of 4) from
+//! In the invocation layout, the LayerNorm kernels, the column sums, the
+//! softmax backward and SAOBP's backward adjoints (`output_adjoints`,
+//! `row_adjoints`) read rows of whole texels (widths a multiple of 4) from
 //! textures their operands are first copied into (`*_texture` entry
 //! points): on the software adapters a texel load costs about half a
 //! storage-buffer load and carries four floats, and the copies are

@@ -49,6 +49,12 @@ kernels! {
         DIAG_STATS_SERIAL = "diag_stats_serial" (ds_a, ds_stats);
         /// [`DIAG_STATS`] from `A` in a texture, one invocation per 4 rows.
         DIAG_STATS_TEXTURE = "diag_stats_texture" (dt_map, ds_stats);
+        /// [`OUTPUT_ADJOINTS`] with one invocation per row, reading `G`, `Y`,
+        /// `V` and `A·U'` as texels.
+        OUTPUT_ADJOINTS_TEXTURE = "output_adjoints_texture" (adj_0, adj_1, adj_2, adj_3, oat_stats, oat_lambda, oat_w, oat_row);
+        /// [`ROW_ADJOINTS`] with one invocation per row, reading `G`, `W`,
+        /// `Aᵀ·W` and `V` as texels.
+        ROW_ADJOINTS_TEXTURE = "row_adjoints_texture" (adj_0, adj_1, adj_2, adj_3, rat_stats, rat_row, rat_dy, rat_diag);
         /// [`OUTPUT_ADJOINTS`] with one invocation per row.
         OUTPUT_ADJOINTS_SERIAL = "output_adjoints_serial" (oa_grad, oa_y, oa_v, oa_au, oa_stats, oa_lambda, oa_w, oa_row);
         /// [`ROW_ADJOINTS`] with one invocation per row.
@@ -118,6 +124,9 @@ pub(crate) struct SaobpParams {
     /// The merged outputs only ([`Merge`]).
     merge_parts: u32,
     merge_part: u32,
+    /// The `*_adjoints_texture` kernels only: log2 of the rows per layer of
+    /// their four textures, in binding order.
+    shifts: [u32; 4],
 }
 
 /// Columns of the fused form's wide operands (`U'`, `A·U'`, `W`, `Aᵀ·W`):
@@ -157,6 +166,7 @@ pub(crate) fn plan(matrices: usize, heads: usize, n: usize, d: usize) -> Result<
             map_shift: 0,
             merge_parts: 0,
             merge_part: 0,
+            shifts: [0; 4],
         },
         rows: (matrices * n) as u64,
         elements: matrices * n * d,
@@ -666,6 +676,43 @@ pub(crate) struct Grads<'a> {
     pub v_merged: Option<Merge<'a>>,
 }
 
+/// Whether the output backward's row kernels read their operands as texels
+/// on `gpu` (`output_adjoints_texture`, `row_adjoints_texture`): in the
+/// invocation layout of [`rows`] (the software adapters, where a texel load
+/// costs about half a storage-buffer load and carries four floats), with
+/// `D` whole texels (so the wide operands are `D + 4` wide), loops within
+/// the adapter's budget and four storage textures per kernel.
+fn adjoint_texels(gpu: &Gpu, plan: &Plan) -> Result<bool> {
+    let d = plan.params.d;
+    Ok(rows::row_layout(gpu)? == rows::RowLayout::Invocation
+        && d.is_multiple_of(4)
+        && plan.params.width == d + 4
+        && rows::fits(gpu, u64::from(d / 4))
+        && gpu.limits().max_storage_textures_per_shader_stage >= 4)
+}
+
+/// A scratch texture and its layer shift.
+type Texture = (Panels, u32);
+
+/// Each tensor copied as stored into a scratch texture (whole texels): the
+/// copies and each texture, or `None` where one would pass the device's
+/// texture limits.
+fn copies<'a, const K: usize>(
+    gpu: &Gpu,
+    tensors: [&'a Tensor; K],
+) -> Option<(Vec<Step<'a>>, [Texture; K])> {
+    let mut steps = Vec::with_capacity(K);
+    let mut out = Vec::with_capacity(K);
+    for t in tensors {
+        let texture =
+            matmul::PanelTexture::new(gpu, "an adjoint operand", t.len() as u64 / 4).ok()?;
+        let panels = texture.create(gpu);
+        steps.push(texture.copy_from(t, &panels));
+        out.push((panels, texture.layer_shift));
+    }
+    Some((steps, out.try_into().ok()?))
+}
+
 /// The steps of SAOBP's output backward ([`saobp_output_backward`]) into
 /// `out`, from the forward's intermediates `fwd` of the same `a` and `v`.
 #[allow(clippy::too_many_arguments)]
@@ -699,17 +746,54 @@ pub(crate) fn output_backward_steps<'a>(
 
     // Through O, then through M·V and m: dU and w = Aᵀ·dm in one product.
     let d = plan.params.d;
-    let kernels = (&OUTPUT_ADJOINTS, &OUTPUT_ADJOINTS_SERIAL);
-    let mut steps = vec![rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
-        .bind("oa_grad", grad_output)
-        .bind("oa_y", &fwd.y)
-        .bind("oa_v", v)
-        .bind("oa_au", &fwd.au)
-        .bind("oa_stats", &fwd.stats)
-        .bind("oa_lambda", lambda)
-        .bind("oa_w", &s.w)
-        .bind("oa_row", &s.row_terms)
-        .step()];
+    // The adjoints' row kernels read their operands as texels where they
+    // can (see `adjoint_texels`); `G` and `V` are copied once for both.
+    let texels = adjoint_texels(gpu, plan)?;
+    let mut shared_gv = None;
+    let mut steps = Vec::new();
+    let copied = if texels {
+        copies(gpu, [grad_output, &fwd.y, v, &fwd.au])
+    } else {
+        None
+    };
+    match copied {
+        Some((copy, [g, y, vt, au])) => {
+            steps.extend(copy);
+            let params = SaobpParams {
+                shifts: [g.1, y.1, vt.1, au.1],
+                ..plan.params
+            };
+            let k = &OUTPUT_ADJOINTS_TEXTURE;
+            steps.push(
+                Dispatch::new(k, &params, k.groups_for(plan.rows as usize))
+                    .bind("adj_0", Binding::Texture(g.0.clone()))
+                    .bind("adj_1", Binding::Texture(y.0))
+                    .bind("adj_2", Binding::Texture(vt.0.clone()))
+                    .bind("adj_3", Binding::Texture(au.0))
+                    .bind("oat_stats", &fwd.stats)
+                    .bind("oat_lambda", lambda)
+                    .bind("oat_w", &s.w)
+                    .bind("oat_row", &s.row_terms)
+                    .step(),
+            );
+            shared_gv = Some((g, vt));
+        }
+        None => {
+            let kernels = (&OUTPUT_ADJOINTS, &OUTPUT_ADJOINTS_SERIAL);
+            steps.push(
+                rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
+                    .bind("oa_grad", grad_output)
+                    .bind("oa_y", &fwd.y)
+                    .bind("oa_v", v)
+                    .bind("oa_au", &fwd.au)
+                    .bind("oa_stats", &fwd.stats)
+                    .bind("oa_lambda", lambda)
+                    .bind("oa_w", &s.w)
+                    .bind("oa_row", &s.row_terms)
+                    .step(),
+            );
+        }
+    }
     let mut shared_t = matmul::SharedA::default();
     steps.extend(matmul::steps_sharing_a(
         gpu,
@@ -719,19 +803,47 @@ pub(crate) fn output_backward_steps<'a>(
         &s.p,
         &mut shared_t,
     )?);
-    let kernels = (&ROW_ADJOINTS, &ROW_ADJOINTS_SERIAL);
-    steps.push(
-        rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
-            .bind("ra_grad", grad_output)
-            .bind("ra_w", &s.w)
-            .bind("ra_p", &s.p)
-            .bind("ra_v", v)
-            .bind("ra_stats", &fwd.stats)
-            .bind("ra_row", &s.row_terms)
-            .bind("ra_dy", &s.dy)
-            .bind("ra_diag", &s.diag)
-            .step(),
-    );
+    let copied = match shared_gv {
+        Some(gv) => copies(gpu, [&s.w, &s.p]).map(|(copy, wp)| (copy, gv, wp)),
+        None => None,
+    };
+    match copied {
+        Some((copy, (g, vt), [w, pt])) => {
+            steps.extend(copy);
+            let params = SaobpParams {
+                shifts: [g.1, w.1, pt.1, vt.1],
+                ..plan.params
+            };
+            let k = &ROW_ADJOINTS_TEXTURE;
+            steps.push(
+                Dispatch::new(k, &params, k.groups_for(plan.rows as usize))
+                    .bind("adj_0", Binding::Texture(g.0))
+                    .bind("adj_1", Binding::Texture(w.0))
+                    .bind("adj_2", Binding::Texture(pt.0))
+                    .bind("adj_3", Binding::Texture(vt.0))
+                    .bind("rat_stats", &fwd.stats)
+                    .bind("rat_row", &s.row_terms)
+                    .bind("rat_dy", &s.dy)
+                    .bind("rat_diag", &s.diag)
+                    .step(),
+            );
+        }
+        None => {
+            let kernels = (&ROW_ADJOINTS, &ROW_ADJOINTS_SERIAL);
+            steps.push(
+                rows::dispatch(gpu, kernels, &plan.params, plan.rows, d)?
+                    .bind("ra_grad", grad_output)
+                    .bind("ra_w", &s.w)
+                    .bind("ra_p", &s.p)
+                    .bind("ra_v", v)
+                    .bind("ra_stats", &fwd.stats)
+                    .bind("ra_row", &s.row_terms)
+                    .bind("ra_dy", &s.dy)
+                    .bind("ra_diag", &s.diag)
+                    .step(),
+            );
+        }
+    }
 
     // dA: dY·Vᵀ, plus [dMV | dm]·U'ᵀ, plus the terms read off A.
     steps.extend(matmul::steps(gpu, &dyv_plan, &s.dy, v, out.attention)?);

@@ -15,8 +15,8 @@
 //! without atomics, so repeated runs give bit-identical results.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
-use crate::kernels::{matmul, rows, to_u32};
+use crate::gpu::{Binding, Dispatch, Gpu, Step};
+use crate::kernels::{rows, to_u32};
 use crate::tensor::Tensor;
 
 pub(crate) const SOURCE: &str = shader!("shared/gelu.wgsl", "gpt.wgsl");
@@ -291,16 +291,17 @@ pub(crate) fn column_sum_steps<'a>(
     out: &'a Tensor,
 ) -> Result<Vec<Step<'a>>> {
     if reads_texels(gpu, p)? {
-        if let Some(tx) = texels(gpu, "the column sums' input", x) {
+        if let Some((mut steps, [tx])) = rows::texels(gpu, [x]) {
             let k = &COLUMN_SUM_TEXTURE;
             let params = GptParams {
-                x_shift: tx.shift,
+                x_shift: tx.1,
                 ..*p
             };
             let sum = Dispatch::new(k, &params, k.groups_for(p.width as usize / 4))
                 .bind("cst_out", out)
-                .bind("cst_x", tx.binding());
-            return Ok(vec![tx.copy, sum.step()]);
+                .bind("cst_x", bound(&tx));
+            steps.push(sum.step());
+            return Ok(steps);
         }
     }
     let kernels = (&COLUMN_SUM, &COLUMN_SUM_SERIAL);
@@ -310,47 +311,17 @@ pub(crate) fn column_sum_steps<'a>(
         .step()])
 }
 
-// ---- row kernels reading texels ---------------------------------------------
-
 /// Whether the row kernels over `p`'s `[rows, width]` read their operands
-/// as texels on `gpu` (the `*_texture` kernels of `shaders/gpt.wgsl`): in
-/// the invocation layout of [`rows`] (the software adapters, where a texel
-/// load costs about half a storage-buffer load and carries four floats),
-/// with rows of whole texels, three storage textures per kernel, and each
-/// loop (along a row or down a column) within the adapter's loop budget.
-/// The copies into textures are buffer-to-texture copies, cheap beside the
-/// storage loads they replace.
+/// as texels on `gpu` ([`rows::reads_texels`]): loops along a row of
+/// `width / 4` texels or down a column of `rows`, three textures at most.
 fn reads_texels(gpu: &Gpu, p: &GptParams) -> Result<bool> {
-    Ok(rows::row_layout(gpu)? == rows::RowLayout::Invocation
-        && p.width.is_multiple_of(4)
-        && rows::fits(gpu, u64::from(p.width / 4).max(u64::from(p.rows)))
-        && gpu.limits().max_storage_textures_per_shader_stage >= 3)
+    let len = u64::from(p.width / 4).max(u64::from(p.rows));
+    rows::reads_texels(gpu, p.width, len, 3)
 }
 
-/// A tensor copied as stored into a scratch texture for the `*_texture`
-/// kernels: the copy, the texture and its layer shift.
-struct Texels<'a> {
-    copy: Step<'a>,
-    panels: Panels,
-    shift: u32,
-}
-
-impl Texels<'_> {
-    fn binding(&self) -> Binding<'static> {
-        Binding::Texture(self.panels.clone())
-    }
-}
-
-/// `t` (whole texels) as [`Texels`], or `None` where its texture would pass
-/// the device's texture limits (the caller then reads the buffer).
-fn texels<'a>(gpu: &Gpu, what: &str, t: &'a Tensor) -> Option<Texels<'a>> {
-    let texture = matmul::PanelTexture::new(gpu, what, t.len() as u64 / 4).ok()?;
-    let panels = texture.create(gpu);
-    Some(Texels {
-        copy: texture.copy_from(t, &panels),
-        panels,
-        shift: texture.layer_shift,
-    })
+/// A texture of [`rows::texels`] as a binding.
+fn bound((panels, _): &rows::Texture) -> Binding<'static> {
+    Binding::Texture(panels.clone())
 }
 
 /// `gelu(x + bias)` with GPT-2's tanh form (`gelu_new`),
@@ -481,26 +452,22 @@ pub(crate) fn layer_norm_steps<'a>(
     stats: &'a Tensor,
 ) -> Result<Vec<Step<'a>>> {
     if reads_texels(gpu, p)? {
-        let operands = (
-            texels(gpu, "the LayerNorm input", x),
-            texels(gpu, "LayerNorm γ", gamma),
-            texels(gpu, "LayerNorm β", beta),
-        );
-        if let (Some(tx), Some(tg), Some(tb)) = operands {
+        if let Some((mut steps, [tx, tg, tb])) = rows::texels(gpu, [x, gamma, beta]) {
             let k = &LAYER_NORM_FORWARD_TEXTURE;
             let params = GptParams {
-                x_shift: tx.shift,
-                gamma_shift: tg.shift,
-                beta_shift: tb.shift,
+                x_shift: tx.1,
+                gamma_shift: tg.1,
+                beta_shift: tb.1,
                 ..*p
             };
             let norm = Dispatch::new(k, &params, k.groups_for(p.rows as usize))
                 .bind("lft_out", out)
                 .bind("lft_stats", stats)
-                .bind("tx_x", tx.binding())
-                .bind("tx_gamma", tg.binding())
-                .bind("tx_beta", tb.binding());
-            return Ok(vec![tx.copy, tg.copy, tb.copy, norm.step()]);
+                .bind("tx_x", bound(&tx))
+                .bind("tx_gamma", bound(&tg))
+                .bind("tx_beta", bound(&tb));
+            steps.push(norm.step());
+            return Ok(steps);
         }
     }
     let kernels = (&LAYER_NORM_FORWARD, &LAYER_NORM_FORWARD_SERIAL);
@@ -534,33 +501,29 @@ pub(crate) fn layer_norm_backward_steps<'a>(
         ..*p
     };
     if reads_texels(gpu, &p)? {
-        let operands = (
-            texels(gpu, "the LayerNorm input", x),
-            texels(gpu, "the LayerNorm output's gradient", dy),
-            texels(gpu, "LayerNorm γ", gamma),
-        );
-        if let (Some(tx), Some(tdy), Some(tg)) = operands {
+        if let Some((mut steps, [tx, tdy, tg])) = rows::texels(gpu, [x, dy, gamma]) {
             let params = GptParams {
-                x_shift: tx.shift,
-                dy_shift: tdy.shift,
-                gamma_shift: tg.shift,
+                x_shift: tx.1,
+                dy_shift: tdy.1,
+                gamma_shift: tg.1,
                 ..p
             };
             let k = &LAYER_NORM_PARAMS_TEXTURE;
             let sums = Dispatch::new(k, &params, k.groups_for(p.width as usize / 4))
                 .bind("lpt_dgamma", dgamma)
                 .bind("lpt_dbeta", dbeta)
-                .bind("tx_x", tx.binding())
+                .bind("tx_x", bound(&tx))
                 .bind("lpt_stats", stats)
-                .bind("tx_dy", tdy.binding());
+                .bind("tx_dy", bound(&tdy));
             let k = &LAYER_NORM_BACKWARD_TEXTURE;
             let back = Dispatch::new(k, &params, k.groups_for(p.rows as usize))
                 .bind("lbt_dx", dx)
                 .bind("lbt_stats", stats)
-                .bind("tx_x", tx.binding())
-                .bind("tx_gamma", tg.binding())
-                .bind("tx_dy", tdy.binding());
-            return Ok(vec![tx.copy, tdy.copy, tg.copy, sums.step(), back.step()]);
+                .bind("tx_x", bound(&tx))
+                .bind("tx_gamma", bound(&tg))
+                .bind("tx_dy", bound(&tdy));
+            steps.extend([sums.step(), back.step()]);
+            return Ok(steps);
         }
     }
     let kernels = (&LAYER_NORM_PARAMS, &LAYER_NORM_PARAMS_SERIAL);

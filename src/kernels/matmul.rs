@@ -993,31 +993,13 @@ pub(crate) fn fused_steps_with<'a>(
             heads,
             seq,
         } => {
-            // The store places 4 columns at once, so heads must be whole
-            // texels; other head widths take the separate kernel.
-            let width = p.n as usize / 3;
-            let fits = p.batch == 1
-                && p.n.is_multiple_of(3)
-                && *heads > 0
-                && width.is_multiple_of(*heads)
-                && (width / heads).is_multiple_of(4)
-                && *seq > 0
-                && (p.m as usize).is_multiple_of(*seq);
-            if !fits {
+            if !(p.n.is_multiple_of(3) && heads_fit(p, p.n as usize / 3, *heads, *seq)) {
                 return Ok(None);
             }
             (Some(bias), &[q, k, v], outputs / 3)
         }
         Epilogue::SplitHeads { out, heads, seq } => {
-            // As the q, k, v split: heads whole texels wide, else the
-            // separate kernel.
-            let fits = p.batch == 1
-                && *heads > 0
-                && (p.n as usize).is_multiple_of(*heads)
-                && (p.n as usize / heads).is_multiple_of(4)
-                && *seq > 0
-                && (p.m as usize).is_multiple_of(*seq);
-            if !fits {
+            if !heads_fit(p, p.n as usize, *heads, *seq) {
                 return Ok(None);
             }
             (None, std::slice::from_ref(out), outputs)
@@ -1066,6 +1048,20 @@ pub(crate) fn fused_steps_with<'a>(
         Some(epilogue),
     )?;
     Ok(Some(steps))
+}
+
+/// Whether the split stores ([`Epilogue::SplitQkv`], [`Epilogue::SplitHeads`])
+/// can place a product's token rows into heads: one matrix of whole
+/// sequences of `seq` tokens, each part `width` columns of `heads` heads
+/// that are whole texels wide (the store places 4 columns at once); other
+/// shapes take the separate kernel.
+fn heads_fit(p: &MatmulParams, width: usize, heads: usize, seq: usize) -> bool {
+    p.batch == 1
+        && heads > 0
+        && width.is_multiple_of(heads)
+        && (width / heads).is_multiple_of(4)
+        && seq > 0
+        && (p.m as usize).is_multiple_of(seq)
 }
 
 /// The steps of `plan(a, b)` (`B` transposed, as the attention scores

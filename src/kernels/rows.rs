@@ -34,9 +34,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, Gpu};
-use crate::kernels::forced;
+use crate::gpu::{Dispatch, Gpu, Panels, Step};
+use crate::kernels::{forced, matmul};
 use crate::shader::Kernel;
+use crate::tensor::Tensor;
 
 /// How a row kernel splits its rows over invocations (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,4 +131,38 @@ pub(crate) fn dispatch<'a>(
         ),
         _ => Dispatch::new(kernels.0, params, count),
     })
+}
+
+/// Whether a row kernel over rows `width` wide reads its operands as texels
+/// on `gpu` (the `*_texture` entry points): in the invocation layout, with
+/// rows of whole texels, its longest loop (`len` iterations) within the
+/// adapter's loop budget and `textures` storage textures per kernel.
+pub(crate) fn reads_texels(gpu: &Gpu, width: u32, len: u64, textures: u32) -> Result<bool> {
+    Ok(row_layout(gpu)? == RowLayout::Invocation
+        && width.is_multiple_of(4)
+        && fits(gpu, len)
+        && gpu.limits().max_storage_textures_per_shader_stage >= textures)
+}
+
+/// A scratch texture holding a tensor as stored, and its layer shift.
+pub(crate) type Texture = (Panels, u32);
+
+/// Each tensor (whole texels) copied as stored into a scratch texture, for
+/// the `*_texture` row kernels: the copies (buffer-to-texture copies, cheap
+/// beside the storage loads they spare) and the textures; `None` where one
+/// would pass the device's texture limits, and the caller reads buffers.
+pub(crate) fn texels<'a, const K: usize>(
+    gpu: &Gpu,
+    tensors: [&'a Tensor; K],
+) -> Option<(Vec<Step<'a>>, [Texture; K])> {
+    let mut copies = Vec::with_capacity(K);
+    let mut textures = Vec::with_capacity(K);
+    for t in tensors {
+        let texture =
+            matmul::PanelTexture::new(gpu, "a row kernel's operand", t.len() as u64 / 4).ok()?;
+        let panels = texture.create(gpu);
+        copies.push(texture.copy_from(t, &panels));
+        textures.push((panels, texture.layer_shift));
+    }
+    Some((copies, textures.try_into().ok()?))
 }

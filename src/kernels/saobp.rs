@@ -677,40 +677,12 @@ pub(crate) struct Grads<'a> {
 }
 
 /// Whether the output backward's row kernels read their operands as texels
-/// on `gpu` (`output_adjoints_texture`, `row_adjoints_texture`): in the
-/// invocation layout of [`rows`] (the software adapters, where a texel load
-/// costs about half a storage-buffer load and carries four floats), with
-/// `D` whole texels (so the wide operands are `D + 4` wide), loops within
-/// the adapter's budget and four storage textures per kernel.
+/// on `gpu` (`output_adjoints_texture`, `row_adjoints_texture`;
+/// [`rows::reads_texels`]): `D` whole texels, so that the wide operands are
+/// `D + 4` wide, and four textures per kernel.
 fn adjoint_texels(gpu: &Gpu, plan: &Plan) -> Result<bool> {
     let d = plan.params.d;
-    Ok(rows::row_layout(gpu)? == rows::RowLayout::Invocation
-        && d.is_multiple_of(4)
-        && plan.params.width == d + 4
-        && rows::fits(gpu, u64::from(d / 4))
-        && gpu.limits().max_storage_textures_per_shader_stage >= 4)
-}
-
-/// A scratch texture and its layer shift.
-type Texture = (Panels, u32);
-
-/// Each tensor copied as stored into a scratch texture (whole texels): the
-/// copies and each texture, or `None` where one would pass the device's
-/// texture limits.
-fn copies<'a, const K: usize>(
-    gpu: &Gpu,
-    tensors: [&'a Tensor; K],
-) -> Option<(Vec<Step<'a>>, [Texture; K])> {
-    let mut steps = Vec::with_capacity(K);
-    let mut out = Vec::with_capacity(K);
-    for t in tensors {
-        let texture =
-            matmul::PanelTexture::new(gpu, "an adjoint operand", t.len() as u64 / 4).ok()?;
-        let panels = texture.create(gpu);
-        steps.push(texture.copy_from(t, &panels));
-        out.push((panels, texture.layer_shift));
-    }
-    Some((steps, out.try_into().ok()?))
+    Ok(rows::reads_texels(gpu, d, u64::from(d / 4), 4)? && plan.params.width == d + 4)
 }
 
 /// The steps of SAOBP's output backward ([`saobp_output_backward`]) into
@@ -752,7 +724,7 @@ pub(crate) fn output_backward_steps<'a>(
     let mut shared_gv = None;
     let mut steps = Vec::new();
     let copied = if texels {
-        copies(gpu, [grad_output, &fwd.y, v, &fwd.au])
+        rows::texels(gpu, [grad_output, &fwd.y, v, &fwd.au])
     } else {
         None
     };
@@ -804,7 +776,7 @@ pub(crate) fn output_backward_steps<'a>(
         &mut shared_t,
     )?);
     let copied = match shared_gv {
-        Some(gv) => copies(gpu, [&s.w, &s.p]).map(|(copy, wp)| (copy, gv, wp)),
+        Some(gv) => rows::texels(gpu, [&s.w, &s.p]).map(|(copy, wp)| (copy, gv, wp)),
         None => None,
     };
     match copied {

@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Dispatch, Gpu, Panels, Step};
-use crate::kernels::matmul::PanelTexture;
 use crate::kernels::rows;
 use crate::kernels::to_u32;
 use crate::tensor::Tensor;
@@ -168,33 +167,21 @@ pub(crate) fn backward_steps<'a>(
     mask: Option<&'a Tensor>,
 ) -> Result<Vec<Step<'a>>> {
     let mask = mask.map_or(gpu.placeholder(), Tensor::buffer);
-    let texels = rows::row_layout(gpu)? == rows::RowLayout::Invocation
-        && params.cols.is_multiple_of(4)
-        && rows::fits(gpu, u64::from(params.cols / 4))
-        && gpu.limits().max_storage_textures_per_shader_stage >= 2;
-    if texels {
-        let textures = (
-            PanelTexture::new(gpu, "the map", a.len() as u64 / 4),
-            PanelTexture::new(gpu, "the map's gradient", grad.len() as u64 / 4),
-        );
-        if let (Ok(ta), Ok(tg)) = textures {
-            let (a_panels, grad_panels) = (ta.create(gpu), tg.create(gpu));
+    if rows::reads_texels(gpu, params.cols, u64::from(params.cols / 4), 2)? {
+        if let Some((mut steps, [ta, tg])) = rows::texels(gpu, [a, grad]) {
             let params = SoftmaxParams {
-                map_shift: ta.layer_shift,
-                scores_shift: tg.layer_shift,
+                map_shift: ta.1,
+                scores_shift: tg.1,
                 ..*params
             };
             let k = &SOFTMAX_BACKWARD_TEXTURE;
             let back = Dispatch::new(k, &params, k.groups_for(row_count(&params)? as usize))
                 .bind("sbt_grad", grad)
                 .bind("key_mask", mask)
-                .bind("sbt_a", Binding::Texture(a_panels.clone()))
-                .bind("sbt_da", Binding::Texture(grad_panels.clone()));
-            return Ok(vec![
-                ta.copy_from(a, &a_panels),
-                tg.copy_from(grad, &grad_panels),
-                back.step(),
-            ]);
+                .bind("sbt_a", Binding::Texture(ta.0))
+                .bind("sbt_da", Binding::Texture(tg.0));
+            steps.push(back.step());
+            return Ok(steps);
         }
     }
     let kernels = (&SOFTMAX_BACKWARD, &SOFTMAX_BACKWARD_SERIAL);

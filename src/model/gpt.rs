@@ -700,8 +700,19 @@ impl Gpt {
             ..plain
         };
         let mut steps = Vec::new();
-        // `y = x·W + b` with ∂L/∂y in `dy`: ∂W = xᵀ·dy, ∂b = column sums of
-        // dy, and ∂x = dy·Wᵀ into `dx`.
+        // `y = x·W + b` with ∂L/∂y in `dy`: ∂W = xᵀ·dy and ∂b = column sums
+        // of dy into `grad`, ...
+        let weight_grads = |steps: &mut Vec<Step<'a>>,
+                            x: &'a Tensor,
+                            grad: (&'a Tensor, &'a Tensor),
+                            dy: &'a Tensor,
+                            p: &GptParams|
+         -> Result<()> {
+            steps.extend(product(gpu, x, dy, grad.0, &ta)?);
+            steps.extend(ops::column_sum_steps(gpu, p, dy, grad.1)?);
+            Ok(())
+        };
+        // ... and ∂x = dy·Wᵀ into `dx`.
         let linear = |steps: &mut Vec<Step<'a>>,
                       x: &'a Tensor,
                       weight: (&'a Tensor, &'a Tensor),
@@ -710,8 +721,7 @@ impl Gpt {
                       dx: &'a Tensor,
                       p: &GptParams|
          -> Result<()> {
-            steps.extend(product(gpu, x, dy, grad.0, &ta)?);
-            steps.extend(ops::column_sum_steps(gpu, p, dy, grad.1)?);
+            weight_grads(steps, x, grad, dy, p)?;
             steps.extend(product(gpu, dy, weight.0, dx, &tb)?);
             Ok(())
         };
@@ -740,13 +750,7 @@ impl Gpt {
             // MLP block: x_out = x_mid + gelu(ln_2(x_mid)·W_fc + b_fc)·W_proj + b_proj.
             // ∂L/∂gelu(h) = dres·W_projᵀ, and through GELU in the same store
             // where it can be fused.
-            steps.extend(product(gpu, &acts.gelu, &b.dres, grads.mproj.0, &ta)?);
-            steps.extend(ops::column_sum_steps(
-                gpu,
-                &s.block,
-                &b.dres,
-                grads.mproj.1,
-            )?);
+            weight_grads(&mut steps, &acts.gelu, grads.mproj, &b.dres, &s.block)?;
             let epilogue = Epilogue::GeluBackward {
                 bias: layer.fc.1,
                 pre: &acts.fc,
@@ -776,8 +780,7 @@ impl Gpt {
             // Attention block: x_mid = x_in + attn(ln_1(x_in))·W_proj + b_proj.
             // ∂L/∂O = dres·W_projᵀ, split into heads in the product's store
             // where it can be.
-            steps.extend(product(gpu, &acts.merged, &b.dres, grads.proj.0, &ta)?);
-            steps.extend(ops::column_sum_steps(gpu, &s.block, &b.dres, grads.proj.1)?);
+            weight_grads(&mut steps, &acts.merged, grads.proj, &b.dres, &s.block)?;
             let epilogue = Epilogue::SplitHeads {
                 out: &b.d_o,
                 heads,
